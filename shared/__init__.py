@@ -1,0 +1,1 @@
+"""Code shared by the three services: event contracts, settings, Kafka and database plumbing."""

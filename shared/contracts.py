@@ -1,0 +1,228 @@
+"""The messages the services exchange over Kafka. Every topic's payload is defined here.
+
+Commands are named in the imperative, events in the past tense. Every message is JSON with
+camelCase names; money amounts are decimal strings. Code material travels only inside
+`sealedCode` (AES-GCM ciphertext, see shared.crypto) and only on internal topics; the public
+`orders.events` topic never carries it.
+"""
+
+import os
+import time
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic.alias_generators import to_camel
+
+OrderStatus = Literal["PROCESSING", "COMPLETED", "CANCELLED"]
+CancelReason = Literal["DEADLINE_PASSED", "PRODUCT_WITHDRAWN"]
+OrderEventType = Literal["OrderAccepted", "OrderCompleted", "OrderBackordered", "OrderCancelled"]
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_transaction_id() -> str:
+    """A ULID: 26 characters, sortable by creation time, 80 random bits."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        value, rem = divmod(value, 32)
+        chars.append(_CROCKFORD[rem])
+    return "".join(reversed(chars))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore"
+    )
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(by_alias=True).encode()
+
+
+class Event(Message):
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    occurred_at: datetime = Field(default_factory=utcnow)
+
+
+# --- inventory.commands (key: sku) ---------------------------------------------------------
+
+
+class PlaceOrder(Message):
+    """Decide one unit of `sku` for an accepted, paid order: reserve a code or backorder it."""
+
+    type: Literal["PlaceOrder"] = "PlaceOrder"
+    transaction_id: str
+    account_id: uuid.UUID
+    sku: str
+    unit_price: Decimal
+    currency: str
+    placed_at: datetime
+    reply_to: str | None = None
+
+
+class AllocateBackorder(Message):
+    """Give the waiting backorder a code if one is in stock (sent by fulfilment, oldest first)."""
+
+    type: Literal["AllocateBackorder"] = "AllocateBackorder"
+    transaction_id: str
+    sku: str
+
+
+class CancelBackorder(Message):
+    """Cancel the waiting backorder unless a code was already allocated to it."""
+
+    type: Literal["CancelBackorder"] = "CancelBackorder"
+    transaction_id: str
+    sku: str
+    reason: CancelReason
+
+
+InventoryCommand = Annotated[
+    PlaceOrder | AllocateBackorder | CancelBackorder, Field(discriminator="type")
+]
+inventory_command = TypeAdapter[InventoryCommand](InventoryCommand)
+
+
+# --- orders.replies (key: transactionId) ---------------------------------------------------
+
+
+class Decision(Message):
+    """Inventory's answer to the ingress instance named in PlaceOrder.replyTo."""
+
+    transaction_id: str
+    sku: str
+    outcome: Literal["RESERVED", "BACKORDERED"]
+    stock_id: int | None = None
+    sealed_code: str | None = None
+
+
+# --- inventory.events (key: sku) -----------------------------------------------------------
+
+
+class OrderReserved(Event):
+    type: Literal["OrderReserved"] = "OrderReserved"
+    transaction_id: str
+    account_id: uuid.UUID
+    sku: str
+    stock_id: int
+    sealed_code: str
+
+
+class OrderBackordered(Event):
+    type: Literal["OrderBackordered"] = "OrderBackordered"
+    transaction_id: str
+    account_id: uuid.UUID
+    sku: str
+    placed_at: datetime
+
+
+class BackorderAllocated(Event):
+    type: Literal["BackorderAllocated"] = "BackorderAllocated"
+    transaction_id: str
+    account_id: uuid.UUID
+    sku: str
+    stock_id: int
+    sealed_code: str
+
+
+class BackorderStillWaiting(Event):
+    """An AllocateBackorder found no code: the order keeps waiting."""
+
+    type: Literal["BackorderStillWaiting"] = "BackorderStillWaiting"
+    transaction_id: str
+    sku: str
+
+
+class BackorderCancelled(Event):
+    type: Literal["BackorderCancelled"] = "BackorderCancelled"
+    transaction_id: str
+    account_id: uuid.UUID
+    sku: str
+    reason: CancelReason
+
+
+class StockArrived(Event):
+    type: Literal["StockArrived"] = "StockArrived"
+    sku: str
+    added: int
+    available: int
+
+
+InventoryEvent = Annotated[
+    OrderReserved
+    | OrderBackordered
+    | BackorderAllocated
+    | BackorderStillWaiting
+    | BackorderCancelled
+    | StockArrived,
+    Field(discriminator="type"),
+]
+inventory_event = TypeAdapter[InventoryEvent](InventoryEvent)
+
+
+# --- catalog.products (key: sku, compacted) ------------------------------------------------
+
+
+class ProductPrice(Message):
+    price: Decimal
+    from_quantity: int = 1
+    to_quantity: int = 1
+
+
+class ProductSnapshot(Message):
+    """The whole public record of a product, as Get Products shows it, plus its version."""
+
+    sku: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=200)
+    brand: str = ""
+    brand_category: str = ""
+    brand_sub_category: str = ""
+    types: list[str] = Field(default_factory=list)
+    format: Literal["D", "P"] = "D"
+    country: str = ""
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    image_url: str = ""
+    price: Decimal = Field(gt=0, max_digits=18, decimal_places=2)
+    face_value: Decimal | None = None
+    percentage_off_face_value: Decimal | None = None
+    is_instant_delivery_supported: bool = True
+    descriptions: list[str] = Field(default_factory=list)
+    instructions: list[str] = Field(default_factory=list)
+    term_conditions: list[str] = Field(default_factory=list)
+    active: bool = True
+    version: int = 0
+
+
+# --- orders.events (public, key: transactionId) --------------------------------------------
+
+
+class MoneyOut(Message):
+    amount: str
+    currency: str
+
+    @classmethod
+    def of(cls, amount: Decimal, currency: str) -> "MoneyOut":
+        return cls(amount=f"{amount:.2f}", currency=currency)
+
+
+class OrderEvent(Event):
+    """Version 1 of the public order event. Consumers deduplicate by eventId."""
+
+    type: OrderEventType
+    schema_version: Literal[1] = 1
+    transaction_id: str
+    account_id: uuid.UUID
+    client_order_number: str
+    sku: str
+    quantity: int = 1
+    unit_price: MoneyOut
+    grand_total: MoneyOut
+    status: OrderStatus
+    reason: CancelReason | None = None

@@ -1,0 +1,108 @@
+"""Secrets and code material: hashing of credentials, AES-GCM encryption of codes at rest.
+
+Codes are encrypted with a key from `CODE_ENCRYPTION_KEYS` ("kid:base64key,kid2:base64key",
+the first one encrypts, all of them decrypt) so keys can rotate; the key id is stored beside
+every ciphertext. Duplicate codes are detected through a keyed fingerprint, never by storing
+or comparing plaintext.
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+NONCE_BYTES = 12
+
+
+class KeyConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class SealedCode:
+    key_id: str
+    blob: bytes  # nonce || ciphertext+tag
+
+    def to_wire(self) -> str:
+        return f"{self.key_id}:{base64.b64encode(self.blob).decode()}"
+
+    @classmethod
+    def from_wire(cls, value: str) -> "SealedCode":
+        key_id, _, b64 = value.partition(":")
+        return cls(key_id, base64.b64decode(b64))
+
+
+@dataclass(frozen=True)
+class Code:
+    redeem_code: str
+    pin_code: str | None
+
+    def __repr__(self) -> str:  # never print code material by accident
+        return "Code(<redacted>)"
+
+    __str__ = __repr__
+
+
+class CodeVault:
+    def __init__(self, keys_spec: str) -> None:
+        self._keys: dict[str, AESGCM] = {}
+        self._active: str | None = None
+        fingerprint_material = b""
+        for part in (p.strip() for p in keys_spec.split(",")):
+            if not part:
+                continue
+            kid, sep, b64 = part.partition(":")
+            try:
+                raw = base64.b64decode(b64, validate=True)
+            except ValueError as exc:
+                raise KeyConfigError(f"CODE_ENCRYPTION_KEYS: key {kid!r} is not base64") from exc
+            if not sep or not kid or len(raw) != 32:
+                raise KeyConfigError(
+                    "CODE_ENCRYPTION_KEYS must be 'kid:base64(32 bytes)[,kid:...]'; "
+                    f"entry {kid or part!r} is not"
+                )
+            self._keys[kid] = AESGCM(raw)
+            if self._active is None:
+                self._active = kid
+                fingerprint_material = raw
+        if self._active is None:
+            raise KeyConfigError("CODE_ENCRYPTION_KEYS is empty: give at least one key")
+        # The fingerprint key is derived from the first key configured: a rotation keeps the
+        # old key first in the fingerprint sense only if the operator keeps its order.
+        self._fingerprint_key = hashlib.sha256(b"fingerprint|" + fingerprint_material).digest()
+
+    def seal(self, code: Code, aad: str) -> SealedCode:
+        assert self._active is not None
+        nonce = os.urandom(NONCE_BYTES)
+        plaintext = json.dumps({"r": code.redeem_code, "p": code.pin_code}).encode()
+        blob = nonce + self._keys[self._active].encrypt(nonce, plaintext, aad.encode())
+        return SealedCode(self._active, blob)
+
+    def open(self, sealed: SealedCode, aad: str) -> Code:
+        key = self._keys.get(sealed.key_id)
+        if key is None:
+            raise KeyConfigError(f"no key {sealed.key_id!r} in CODE_ENCRYPTION_KEYS")
+        nonce, body = sealed.blob[:NONCE_BYTES], sealed.blob[NONCE_BYTES:]
+        data = json.loads(key.decrypt(nonce, body, aad.encode()))
+        return Code(redeem_code=data["r"], pin_code=data["p"])
+
+    def fingerprint(self, redeem_code: str) -> bytes:
+        return hmac.new(self._fingerprint_key, redeem_code.encode(), hashlib.sha256).digest()
+
+
+def new_secret(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_urlsafe(32)}"
+
+
+def hash_secret(secret: str) -> bytes:
+    """Credentials are 256-bit random values, so one SHA-256 is a sound at-rest hash."""
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def same_secret(candidate: str, stored_hash: bytes) -> bool:
+    return hmac.compare_digest(hash_secret(candidate), stored_hash)

@@ -1,0 +1,97 @@
+"""PostgreSQL plumbing shared by the services: an asyncpg pool and the Alembic runner."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+Conn = asyncpg.Connection | PoolConnectionProxy
+"""A connection, whether held directly or borrowed from a pool."""
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min(2, size),
+        max_size=size,
+        init=_init_connection,
+        command_timeout=30,
+        max_inactive_connection_lifetime=300,
+    )
+    assert pool is not None
+    return pool
+
+
+def sqlalchemy_url(dsn: str) -> str:
+    """The asyncpg DSN in the form SQLAlchemy (and so Alembic) expects."""
+    for prefix in ("postgresql://", "postgres://"):
+        if dsn.startswith(prefix):
+            return "postgresql+asyncpg://" + dsn[len(prefix) :]
+    return dsn
+
+
+def split_sql(script: str) -> list[str]:
+    """Statements of a SQL script, split on semicolons outside $$-quoted bodies."""
+    statements, current, quoted = [], [], False
+    for i, part in enumerate(script.split("$$")):
+        if i:
+            quoted = not quoted
+            current.append("$$")
+        if quoted:
+            current.append(part)
+            continue
+        pieces = part.split(";")
+        current.append(pieces[0])
+        for piece in pieces[1:]:
+            statements.append("".join(current).strip())
+            current = [piece]
+    statements.append("".join(current).strip())
+    return [s for s in statements if s]
+
+
+def run_script(script: str) -> None:
+    """Run a multi-statement script inside a migration (asyncpg prepares one at a time)."""
+    from alembic import op
+
+    for statement in split_sql(script):
+        op.execute(statement)
+
+
+def migrate(migrations_dir: Path, dsn: str) -> None:
+    """Upgrade one service's database to the newest revision of its migrations."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir))
+    cfg.attributes["dsn"] = dsn
+    command.upgrade(cfg, "head")
+
+
+def run_alembic_env() -> None:
+    """Body of every service's migrations/env.py: run the migrations online, over asyncpg."""
+    import asyncio
+
+    from alembic import context
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    dsn: str = context.config.attributes["dsn"]
+
+    def do_run(connection: Any) -> None:
+        context.configure(connection=connection, target_metadata=None)
+        with context.begin_transaction():
+            context.run_migrations()
+
+    async def run() -> None:
+        engine = create_async_engine(sqlalchemy_url(dsn))
+        async with engine.connect() as connection:
+            await connection.run_sync(do_run)
+        await engine.dispose()
+
+    asyncio.run(run())

@@ -1,0 +1,338 @@
+"""Kafka plumbing shared by the services: the durable producer, the transactional outbox and
+its relay, and the retry / dead-letter policy every consumer runs its handler under."""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from asyncpg.pool import PoolConnectionProxy
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from pydantic import BaseModel, ValidationError
+
+from shared import metrics
+from shared.contracts import Message
+from shared.db import Conn
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+
+# Every subscriber commits its offset only after its handler returned: at-least-once. The
+# handler itself retries, then dead-letters, so it only raises for infrastructure failures
+# (database or broker down), and then the message is redelivered rather than skipped.
+SUBSCRIBER_ACK_POLICY = AckPolicy.NACK_ON_ERROR
+
+
+def durable_producer(bootstrap: str, client_id: str) -> AIOKafkaProducer:
+    """aiokafka defaults to acks=1 without idempotence; every producer here is durable."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=1,
+        request_timeout_ms=10_000,
+    )
+
+
+def new_broker(bootstrap: str, client_id: str) -> KafkaBroker:
+    from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+
+    return KafkaBroker(
+        bootstrap,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        allow_auto_create_topics=False,
+        middlewares=[KafkaPrometheusMiddleware(registry=metrics.REGISTRY, app_name=client_id)],
+        graceful_timeout=10.0,
+        logger=logging.getLogger(f"{client_id}.broker"),
+    )
+
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+# --- transactional outbox --------------------------------------------------------------------
+
+
+async def add_to_outbox(
+    conn: Conn,
+    topic: str,
+    key: str,
+    message: Message,
+    *,
+    headers: dict[str, str] | None = None,
+    relay_after_s: float = 0.0,
+) -> int:
+    """Write an event row in the caller's transaction; the relay publishes it after commit.
+
+    `relay_after_s` > 0 is for rows the caller publishes itself right after commit: the relay
+    only takes them over if the caller did not mark them published in time (it crashed).
+    """
+    row_id: int = await conn.fetchval(
+        """
+        INSERT INTO outbox (topic, key, payload, headers, relay_after)
+        VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
+        RETURNING id
+        """,
+        topic,
+        key,
+        message.to_bytes(),
+        headers or {},
+        relay_after_s,
+    )
+    return row_id
+
+
+OUTBOX_DDL = """
+CREATE TABLE outbox (
+    id          bigserial PRIMARY KEY,
+    topic       text        NOT NULL,
+    key         text        NOT NULL,
+    payload     bytea       NOT NULL,
+    headers     jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    relay_after timestamptz NOT NULL DEFAULT now(),
+    published_at timestamptz
+);
+CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_at IS NULL;
+CREATE INDEX outbox_published_at ON outbox (published_at) WHERE published_at IS NOT NULL;
+CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_notify('outbox', ''); RETURN NULL; END $$;
+CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
+"""
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows in id order, one relay per database at a time.
+
+    Rows are selected by `published_at IS NULL` (never by "id greater than the last one seen":
+    ids are not commit order), under an advisory lock so two instances never interleave one
+    key's events. A NOTIFY from the insert trigger wakes the relay at once.
+    """
+
+    LOCK_KEY = 0x0B0C5
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        service: str,
+        poll_interval_s: float,
+        batch: int = 500,
+    ) -> None:
+        self._pool = pool
+        self._producer = producer
+        self._service = service
+        self._poll = poll_interval_s
+        self._batch = batch
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._listener: PoolConnectionProxy | None = None
+
+    async def start(self) -> None:
+        listener = await self._pool.acquire()
+        await listener.add_listener("outbox", self._on_notify)
+        self._listener = listener
+        self._task = asyncio.create_task(self._run(), name=f"{self._service}-outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.remove_listener("outbox", self._on_notify)
+            await self._pool.release(self._listener)
+
+    def _on_notify(self, *_: Any) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        cleanup_every, rounds = 600, 0
+        while True:
+            try:
+                published = await self.relay_once()
+                rounds += 1
+                if rounds % cleanup_every == 0:
+                    await self._pool.execute(
+                        "DELETE FROM outbox WHERE published_at < now() - interval '1 hour'"
+                    )
+                if published >= self._batch:
+                    continue
+            except (OSError, asyncpg.PostgresError, KafkaError) as exc:
+                log.warning("outbox relay of %s failed, will retry: %s", self._service, exc)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll)
+
+    async def relay_once(self) -> int:
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", self.LOCK_KEY):
+                return 0
+            rows = await conn.fetch(
+                """
+                SELECT id, topic, key, payload, headers FROM outbox
+                WHERE published_at IS NULL AND relay_after <= now()
+                ORDER BY id LIMIT $1
+                """,
+                self._batch,
+            )
+            backlog = await conn.fetchrow(
+                "SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS age "
+                "FROM outbox WHERE published_at IS NULL"
+            )
+            assert backlog is not None
+            metrics.OUTBOX_BACKLOG.labels(self._service).set(backlog["n"])
+            metrics.OUTBOX_OLDEST_AGE.labels(self._service).set(float(backlog["age"] or 0))
+            if not rows:
+                return 0
+            futures = [
+                await self._producer.send(
+                    r["topic"],
+                    value=r["payload"],
+                    key=r["key"].encode(),
+                    headers=[(k, v.encode()) for k, v in r["headers"].items()],
+                )
+                for r in rows
+            ]
+            await asyncio.gather(*futures)
+            await conn.execute(
+                "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
+                [r["id"] for r in rows],
+            )
+            metrics.OUTBOX_PUBLISHED.labels(self._service).inc(len(rows))
+            return len(rows)
+
+
+class PublishedMarker:
+    """Marks outbox rows published in batches, for rows the request path sent itself."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._pending: list[int] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def mark(self, row_id: int) -> None:
+        self._pending.append(row_id)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-published-marker")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+    async def flush(self) -> None:
+        ids, self._pending = self._pending, []
+        if ids:
+            try:
+                await self._pool.execute(
+                    "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[]) "
+                    "AND published_at IS NULL",
+                    ids,
+                )
+            except (OSError, asyncpg.PostgresError):
+                # Harmless: the relay will publish these rows again, and every consumer is
+                # idempotent.
+                log.warning("could not mark %d outbox rows published", len(ids))
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            await self.flush()
+
+
+# --- consumers: bounded retries, then dead letters ---------------------------------------
+
+TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, KafkaError)
+
+
+async def consume_resiliently(
+    *,
+    raw: bytes,
+    parse: Callable[[bytes], M],
+    handle: Callable[[M], Awaitable[None]],
+    producer: AIOKafkaProducer,
+    topic: str,
+    dead_letter_topic: str,
+    key: bytes | None,
+    consumer: str,
+    max_retries: int,
+    base_backoff_s: float = 0.05,
+) -> None:
+    """Run `handle` for one message with the retry policy shared by every consumer.
+
+    - A message that does not parse is dead-lettered at once: retrying cannot help.
+    - A handler error is retried with exponential backoff, `max_retries` times, then the
+      message is dead-lettered with the error in its headers, so the partition moves on.
+    - An infrastructure failure (database or broker unreachable) is re-raised after a pause:
+      the subscriber does not commit, and the message is redelivered when things are back.
+    """
+    try:
+        message = parse(raw)
+    except (ValidationError, ValueError) as exc:
+        await _dead_letter(producer, dead_letter_topic, raw, key, topic, consumer, exc, 0)
+        return
+    for attempt in range(max_retries + 1):
+        try:
+            await handle(message)
+            return
+        except TRANSIENT:
+            metrics.CONSUMER_RETRIES.labels(consumer, "transient").inc()
+            await asyncio.sleep(min(2.0, base_backoff_s * 2**attempt))
+            raise
+        except Exception as exc:
+            metrics.CONSUMER_RETRIES.labels(consumer, "error").inc()
+            if attempt == max_retries:
+                await _dead_letter(
+                    producer, dead_letter_topic, raw, key, topic, consumer, exc, attempt + 1
+                )
+                return
+            log.warning(
+                "%s: attempt %d failed (%s), retrying", consumer, attempt + 1, type(exc).__name__
+            )
+            await asyncio.sleep(base_backoff_s * 2**attempt)
+
+
+async def _dead_letter(
+    producer: AIOKafkaProducer,
+    dead_letter_topic: str,
+    raw: bytes,
+    key: bytes | None,
+    source_topic: str,
+    consumer: str,
+    exc: BaseException,
+    attempts: int,
+) -> None:
+    # Only the error's type is kept: its text may quote the message, which may hold codes.
+    log.error(
+        "%s: dead-lettering a message of %s after %d attempts: %s",
+        consumer,
+        source_topic,
+        attempts,
+        type(exc).__name__,
+    )
+    await producer.send_and_wait(
+        dead_letter_topic,
+        value=raw,
+        key=key,
+        headers=[
+            ("x-source-topic", source_topic.encode()),
+            ("x-consumer", consumer.encode()),
+            ("x-attempts", str(attempts).encode()),
+            ("x-error", type(exc).__name__.encode()),
+        ],
+    )
+    metrics.DEAD_LETTERS.labels(consumer, source_topic).inc()

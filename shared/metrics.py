@@ -1,0 +1,30 @@
+"""Prometheus series shared by the services. Service-specific series live in each service."""
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+
+__all__ = ["REGISTRY"]
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+HTTP_REQUESTS = Counter(
+    "http_requests_total", "HTTP requests answered.", ["service", "route", "method", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "http_request_duration_seconds",
+    "Time to answer an HTTP request.",
+    ["service", "route", "method"],
+    buckets=LATENCY_BUCKETS,
+)
+OUTBOX_BACKLOG = Gauge("outbox_backlog_rows", "Outbox rows not yet published.", ["service"])
+OUTBOX_OLDEST_AGE = Gauge(
+    "outbox_oldest_unpublished_age_seconds",
+    "Age of the oldest unpublished outbox row.",
+    ["service"],
+)
+OUTBOX_PUBLISHED = Counter("outbox_published_total", "Outbox rows published.", ["service"])
+CONSUMER_RETRIES = Counter(
+    "consumer_retries_total", "Handler attempts that failed and were retried.", ["consumer", "kind"]
+)
+DEAD_LETTERS = Counter(
+    "dead_lettered_messages_total", "Messages sent to a dead-letter topic.", ["consumer", "topic"]
+)

@@ -1,0 +1,84 @@
+"""Typed settings read from the environment, with safe defaults for a developer's machine.
+
+Outside `APP_ENV=dev|test` the services refuse to start while a secret still has its
+published default value.
+"""
+
+import os
+import socket
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_ADMIN_TOKEN = "dev-admin-token-change-me"  # noqa: S105 - published dev default, refused in prod
+# 32 zero bytes, base64: a published dev default, refused in prod.
+DEV_CODE_KEYS = "dev:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+
+
+def _default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
+
+    app_env: Literal["dev", "test", "prod"] = Field("dev", alias="APP_ENV")
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", alias="KAFKA_BOOTSTRAP_SERVERS")
+    admin_token: SecretStr = Field(SecretStr(DEV_ADMIN_TOKEN), alias="ADMIN_TOKEN")
+    code_encryption_keys: SecretStr = Field(SecretStr(DEV_CODE_KEYS), alias="CODE_ENCRYPTION_KEYS")
+    log_level: str = Field("INFO", alias="LOG_LEVEL")
+    bind_host: str = Field("127.0.0.1", alias="BIND_HOST")
+    instance_id: str = Field(default_factory=_default_instance_id, alias="INSTANCE_ID")
+    db_pool_size: int = Field(20, alias="DB_POOL_SIZE", ge=1, le=200)
+    consumer_max_retries: int = Field(5, alias="CONSUMER_MAX_RETRIES", ge=0, le=100)
+    outbox_poll_interval_s: float = Field(0.2, alias="OUTBOX_POLL_INTERVAL_S", gt=0)
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets_outside_dev(self) -> Self:
+        if self.app_env == "prod":
+            defaults = {
+                "ADMIN_TOKEN": self.admin_token.get_secret_value() == DEV_ADMIN_TOKEN,
+                "CODE_ENCRYPTION_KEYS": self.code_encryption_keys.get_secret_value()
+                == DEV_CODE_KEYS,
+            }
+            bad = [name for name, is_default in defaults.items() if is_default]
+            if bad:
+                raise ValueError(
+                    f"APP_ENV=prod refuses the published default value of {', '.join(bad)}: "
+                    "set each to a secret of your own (see docs/operations.md)."
+                )
+            if len(self.admin_token.get_secret_value()) < 24:
+                raise ValueError("ADMIN_TOKEN must be at least 24 characters in production.")
+        return self
+
+
+class ApiSettings(CommonSettings):
+    database_url: str = Field("postgresql://api:api@127.0.0.1:5432/api", alias="API_DATABASE_URL")
+    port: int = Field(8000, alias="API_PORT")
+    decision_window_ms: int = Field(500, alias="ORDERS_DECISION_WINDOW_MS", ge=10, le=5000)
+    wallet_slots: int = Field(16, alias="API_WALLET_SLOTS", ge=1, le=256)
+    max_body_bytes: int = Field(16 * 1024, alias="API_MAX_BODY_BYTES", ge=1024)
+    auth_cache_ttl_s: float = Field(5.0, alias="API_AUTH_CACHE_TTL_S", ge=0)
+    rate_limit_per_s: float = Field(2000.0, alias="API_RATE_LIMIT_PER_S", gt=0)
+    rate_limit_burst: int = Field(4000, alias="API_RATE_LIMIT_BURST", ge=1)
+
+
+class InventorySettings(CommonSettings):
+    database_url: str = Field(
+        "postgresql://inventory:inventory@127.0.0.1:5432/inventory", alias="INVENTORY_DATABASE_URL"
+    )
+    port: int = Field(8001, alias="INVENTORY_PORT")
+
+
+class FulfilmentSettings(CommonSettings):
+    database_url: str = Field(
+        "postgresql://fulfilment:fulfilment@127.0.0.1:5432/fulfilment",
+        alias="FULFILMENT_DATABASE_URL",
+    )
+    port: int = Field(8002, alias="FULFILMENT_PORT")
+    backorder_deadline_s: float = Field(24 * 3600, alias="ORDERS_BACKORDER_DEADLINE_S", gt=0)
+    deadline_scan_interval_s: float = Field(1.0, alias="FULFILMENT_SCAN_INTERVAL_S", gt=0)
+    supplier_enabled: bool = Field(False, alias="SUPPLIER_ENABLED")
+    supplier_delay_s: float = Field(5.0, alias="SUPPLIER_DELAY_S", ge=0)
+    supplier_batch: int = Field(10, alias="SUPPLIER_BATCH", ge=1, le=10_000)

@@ -1,0 +1,217 @@
+"""The HTTP conventions every service shares: error envelopes, request ids, bounded bodies,
+health and metrics endpoints, and HTTP metrics."""
+
+import hmac
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared import metrics
+from shared.logs import request_id_var
+
+Check = Callable[[], Awaitable[None]]
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9-]{8,64}$")
+
+
+class ApiError(Exception):
+    """An error a client gets as `{"requestId", "error", "message", ...extra}`."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        message: str,
+        *,
+        extra: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+        self.extra = dict(extra or {})
+        self.headers = dict(headers or {})
+
+
+def request_id() -> str:
+    rid = request_id_var.get()
+    return rid if rid is not None else str(uuid.uuid4())
+
+
+def error_response(
+    status: int,
+    error: str,
+    message: str,
+    extra: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    body = {"requestId": request_id(), "error": error, "message": message, **(extra or {})}
+    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+def ok(data: Any) -> dict[str, Any]:
+    return {"requestId": request_id(), "data": data}
+
+
+def _validation_details(exc: RequestValidationError) -> list[dict[str, str]]:
+    details = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+        # The offending input is deliberately not echoed back.
+        details.append({"field": ".".join(loc) or "body", "issue": str(err.get("msg", "invalid"))})
+    return details
+
+
+class CommonMiddleware:
+    """Request ids, body size bound, and HTTP metrics, as one plain ASGI middleware."""
+
+    def __init__(self, app: ASGIApp, service: str, max_body_bytes: int) -> None:
+        self.app = app
+        self.service = service
+        self.max_body = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        raw_rid = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        token = request_id_var.set(raw_rid if _REQUEST_ID.match(raw_rid) else str(uuid.uuid4()))
+        started = time.perf_counter()
+        status_holder = [500]
+
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+            response = error_response(
+                413,
+                "PAYLOAD_TOO_LARGE",
+                f"The request body exceeds {self.max_body} bytes; send a smaller body.",
+            )
+            await response(scope, receive, send)
+            self._observe(scope, 413, started)
+            request_id_var.reset(token)
+            return
+
+        received = 0
+
+        async def bounded_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise ApiError(
+                        413,
+                        "PAYLOAD_TOO_LARGE",
+                        f"The request body exceeds {self.max_body} bytes; send a smaller body.",
+                    )
+            return message
+
+        async def send_with_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder[0] = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id_var.get().encode()))  # type: ignore[union-attr]
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, bounded_receive, send_with_status)
+        finally:
+            self._observe(scope, status_holder[0], started)
+            request_id_var.reset(token)
+
+    def _observe(self, scope: Scope, status: int, started: float) -> None:
+        route = scope.get("route")
+        path = getattr(route, "path", None) or "unmatched"
+        method = scope.get("method", "")
+        metrics.HTTP_REQUESTS.labels(self.service, path, method, str(status)).inc()
+        metrics.HTTP_LATENCY.labels(self.service, path, method).observe(
+            time.perf_counter() - started
+        )
+
+
+def install_common(
+    app: FastAPI,
+    service: str,
+    readiness: Mapping[str, Check],
+    *,
+    max_body_bytes: int = 1024 * 1024,
+) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.error, exc.message, exc.extra, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(
+            400,
+            "INVALID_REQUEST",
+            "The request is not valid: see details for each field to fix.",
+            {"details": _validation_details(exc)},
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+        code = codes.get(exc.status_code, "HTTP_ERROR")
+        message = {
+            404: "No such endpoint: check the path against the API reference.",
+            405: "This method is not allowed on this endpoint.",
+        }.get(exc.status_code, str(exc.detail))
+        return error_response(exc.status_code, code, message)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        import logging
+
+        logging.getLogger(service).exception("unexpected error answering a request")
+        return error_response(
+            500,
+            "INTERNAL_ERROR",
+            "Something went wrong on our side. Retry later; quote the requestId if it persists.",
+        )
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive", "service": service}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        failures: dict[str, str] = {}
+        for name, check in readiness.items():
+            try:
+                await check()
+            except Exception as exc:
+                failures[name] = type(exc).__name__
+        if failures:
+            return JSONResponse(
+                {"status": "not ready", "service": service, "failing": failures}, status_code=503
+            )
+        return JSONResponse({"status": "ready", "service": service})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(CommonMiddleware, service=service, max_body_bytes=max_body_bytes)
+
+
+def require_admin(expected: str, presented: str | None) -> None:
+    """Admin endpoints take `Authorization: Bearer <ADMIN_TOKEN>`."""
+    token = (presented or "").removeprefix("Bearer ").strip()
+    if not token or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise ApiError(
+            401,
+            "UNAUTHORIZED",
+            "Admin endpoints need 'Authorization: Bearer <ADMIN_TOKEN>' with the stack's admin "
+            "token (the CLI reads it from the environment or the local stack's secrets).",
+        )
