@@ -1,0 +1,6 @@
+from services.fulfilment.app import SERVICE, create_app
+from shared.runtime import serve
+from shared.settings import FulfilmentSettings
+
+settings = FulfilmentSettings()
+serve(SERVICE, settings, settings.port, create_app(settings))

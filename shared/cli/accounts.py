@@ -1,0 +1,92 @@
+"""`accounts create | credit | rotate-token | show`: wrap the api service's admin endpoints."""
+
+import argparse
+from decimal import Decimal, InvalidOperation
+
+from shared.cli.common import AdminClient, emit, fail
+
+
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    accounts = sub.add_parser("accounts", help="client accounts, credentials and balances")
+    actions = accounts.add_subparsers(dest="action", required=True)
+
+    create = actions.add_parser(
+        "create", help="create an account; prints its apiKey and accessToken (shown once)"
+    )
+    create.add_argument("--name", required=True)
+    create.add_argument(
+        "--balance",
+        action="append",
+        default=[],
+        metavar="CUR=AMOUNT",
+        help="opening balance, e.g. USD=1000.00 (repeatable)",
+    )
+    create.set_defaults(func=cmd_create)
+
+    credit = actions.add_parser("credit", help="add money to one currency balance")
+    credit.add_argument("account_id")
+    credit.add_argument("--amount", required=True)
+    credit.add_argument("--currency", required=True)
+    credit.set_defaults(func=cmd_credit)
+
+    rotate = actions.add_parser(
+        "rotate-token", help="issue a new access token; old ones expire after a grace period"
+    )
+    rotate.add_argument("account_id")
+    rotate.add_argument("--grace-seconds", type=int, default=900)
+    rotate.set_defaults(func=cmd_rotate)
+
+    show = actions.add_parser("show", help="an account and its balances")
+    show.add_argument("account_id")
+    show.set_defaults(func=cmd_show)
+
+
+def _amount(text: str) -> str:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        fail(f"{text!r} is not an amount: write it like 100.00")
+    if not value.is_finite() or value <= 0 or value.as_tuple().exponent < -2:  # type: ignore[operator]
+        fail(f"{text!r} is not a positive amount with at most two decimals, like 100.00")
+    return str(value)
+
+
+def _currency(text: str) -> str:
+    if len(text) != 3 or not text.isalpha():
+        fail(f"{text!r} is not an ISO-4217 currency code such as USD")
+    return text.upper()
+
+
+def parse_balance(spec: str) -> dict[str, str]:
+    currency, sep, amount = spec.partition("=")
+    if not sep:
+        fail(f"--balance {spec!r}: write it as CURRENCY=AMOUNT, e.g. USD=1000.00")
+    return {"currency": _currency(currency), "amount": _amount(amount)}
+
+
+def cmd_create(args: argparse.Namespace) -> None:
+    balances = [parse_balance(b) for b in args.balance]
+    emit(
+        AdminClient("api").call(
+            "POST", "/admin/accounts", json={"name": args.name, "balances": balances}
+        )
+    )
+
+
+def cmd_credit(args: argparse.Namespace) -> None:
+    body = {"amount": _amount(args.amount), "currency": _currency(args.currency)}
+    emit(AdminClient("api").call("POST", f"/admin/accounts/{args.account_id}/credit", json=body))
+
+
+def cmd_rotate(args: argparse.Namespace) -> None:
+    emit(
+        AdminClient("api").call(
+            "POST",
+            f"/admin/accounts/{args.account_id}/rotate-token",
+            json={"graceSeconds": args.grace_seconds},
+        )
+    )
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    emit(AdminClient("api").call("GET", f"/admin/accounts/{args.account_id}"))

@@ -1,0 +1,97 @@
+"""What every CLI command shares: output, errors, the admin client and local-stack discovery."""
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import httpx
+
+
+class CliError(Exception):
+    """A failure the operator can act on; printed as one line, exit status 1."""
+
+
+def emit(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def fail(message: str) -> NoReturn:
+    raise CliError(message)
+
+
+def run_dir() -> Path:
+    """The local stack's state folder: IO_RUN_DIR, else `.run` beside the CLI's virtualenv."""
+    explicit = os.environ.get("IO_RUN_DIR")
+    if explicit:
+        return Path(explicit)
+    return Path(sys.prefix).resolve().parent / ".run"
+
+
+def local_secret(name: str) -> str | None:
+    """A value from the environment, else from the local stack's `.run/secrets.env`."""
+    if value := os.environ.get(name):
+        return value
+    secrets_file = run_dir() / "secrets.env"
+    if secrets_file.is_file():
+        for line in secrets_file.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key.strip() == name:
+                return value.strip()
+    return None
+
+
+def service_url(service: str) -> str:
+    env = {
+        "api": ("API_URL", "API_PORT", 8000),
+        "inventory": ("INVENTORY_URL", "INVENTORY_PORT", 8001),
+        "fulfilment": ("FULFILMENT_URL", "FULFILMENT_PORT", 8002),
+    }[service]
+    url_var, port_var, default_port = env
+    return os.environ.get(url_var) or f"http://127.0.0.1:{os.environ.get(port_var, default_port)}"
+
+
+class AdminClient:
+    """Calls a service's admin API with the admin credential; turns failures into CliError."""
+
+    def __init__(self, service: str, timeout_s: float = 30.0) -> None:
+        token = local_secret("ADMIN_TOKEN")
+        if not token:
+            fail(
+                "No admin credential: set ADMIN_TOKEN, or run this CLI from the repository's "
+                ".venv after `make up` (it reads .run/secrets.env)."
+            )
+        self.base = service_url(service)
+        self.service = service
+        self._client = httpx.Client(
+            base_url=self.base, timeout=timeout_s, headers={"Authorization": f"Bearer {token}"}
+        )
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._client.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            fail(
+                f"Cannot reach the {self.service} service at {self.base} ({type(exc).__name__}). "
+                "Is the stack up? Start it with `make up`, or set "
+                f"{self.service.upper()}_URL."
+            )
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.status_code >= 400:
+            if isinstance(body, dict) and "message" in body:
+                extra = f" Details: {json.dumps(body['details'])}" if body.get("details") else ""
+                fail(
+                    f"{self.service} refused ({response.status_code} {body.get('error')}): "
+                    f"{body['message']}{extra}"
+                )
+            fail(f"{self.service} answered HTTP {response.status_code} to {method} {path}.")
+        return body.get("data") if isinstance(body, dict) and "data" in body else body

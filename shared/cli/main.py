@@ -1,0 +1,46 @@
+"""Entry point of the `instant-orders` command."""
+
+import argparse
+import sys
+
+from shared.cli import infra
+from shared.cli.common import CliError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="instant-orders",
+        description="Operate an instant-orders stack: accounts, products, stock, set-up.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in _command_modules():
+        module.register(sub)
+    return parser
+
+
+def _command_modules() -> list:  # type: ignore[type-arg]
+    modules = [infra]
+    for name in ("accounts", "catalog", "demo"):
+        try:
+            modules.append(__import__(f"shared.cli.{name}", fromlist=["register"]))
+        except ModuleNotFoundError as exc:
+            if exc.name != f"shared.cli.{name}":
+                raise
+    return modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
