@@ -1,0 +1,6 @@
+from services.api.app import SERVICE, create_app
+from shared.runtime import serve
+from shared.settings import ApiSettings
+
+settings = ApiSettings()
+serve(SERVICE, settings, settings.port, create_app(settings))

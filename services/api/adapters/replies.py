@@ -1,0 +1,90 @@
+"""Request/reply over Kafka for the instant path, without FastStream's `request()` (which only
+its in-memory test broker answers).
+
+Each ingress instance reads the whole reply topic with a group-less consumer (assigned all
+partitions, starting at the end), so no rebalance can ever route its replies elsewhere, and
+resolves the future waiting under the reply's transactionId. Replies for other instances, or
+for requests that already gave up, are ignored.
+"""
+
+import asyncio
+import contextlib
+import logging
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from shared.contracts import Decision
+
+log = logging.getLogger(__name__)
+
+
+class ReplyListener:
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self._bootstrap = bootstrap
+        self._waiting: dict[str, asyncio.Future[Decision]] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=100,
+        )
+        await consumer.start()
+        partitions = consumer.partitions_for_topic(self.topic)
+        if not partitions:
+            await consumer.stop()
+            raise RuntimeError(
+                f"Topic {self.topic} does not exist: run `instant-orders kafka bootstrap`."
+            )
+        assigned = [TopicPartition(self.topic, p) for p in partitions]
+        consumer.assign(assigned)
+        await consumer.seek_to_end(*assigned)
+        for tp in assigned:  # pin the positions now, before any request is published
+            await consumer.position(tp)
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._run(), name="reply-listener")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer:
+            await self._consumer.stop()
+
+    def expect(self, transaction_id: str) -> asyncio.Future[Decision]:
+        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self._waiting[transaction_id] = future
+        return future
+
+    def forget(self, transaction_id: str) -> None:
+        self._waiting.pop(transaction_id, None)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            try:
+                batches = await self._consumer.getmany(timeout_ms=1000, max_records=500)
+            except Exception:
+                log.exception("reply listener could not fetch; retrying")
+                await asyncio.sleep(0.5)
+                continue
+            for records in batches.values():
+                for record in records:
+                    if record.key is None or record.value is None:
+                        continue
+                    future = self._waiting.pop(record.key.decode(), None)
+                    if future is None or future.done():
+                        continue
+                    try:
+                        future.set_result(Decision.model_validate_json(record.value))
+                    except ValueError:
+                        log.warning("ignoring a malformed reply on %s", self.topic)

@@ -1,0 +1,67 @@
+"""The api service: the thin ingress of instant-orders."""
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from services.api.adapters.replies import ReplyListener
+from services.api.entrypoints import admin, consumers, http
+from services.api.service_layer.accounts import Authenticator
+from services.api.service_layer.orders import BrokerHealth, Orders
+from shared import topics
+from shared.crypto import CodeVault
+from shared.messaging import PublishedMarker
+from shared.runtime import Runtime, lifespan_for
+from shared.settings import ApiSettings
+from shared.web import install_common
+
+SERVICE = "api"
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    settings = settings or ApiSettings()
+    runtime = Runtime(SERVICE, settings, settings.database_url)
+    vault = CodeVault(settings.code_encryption_keys.get_secret_value())
+    consumers.register(runtime.broker, lambda: runtime.pool, lambda: runtime.producer, settings)
+
+    @contextlib.asynccontextmanager
+    async def started() -> AsyncIterator[None]:
+        replies = ReplyListener(settings.kafka_bootstrap_servers, topics.ORDER_REPLIES.name)
+        await replies.start()
+        marker = PublishedMarker(runtime.pool)
+        await marker.start()
+        health = BrokerHealth(runtime.producer)
+        app.state.services = http.ApiServices(
+            pool=runtime.pool,
+            orders=Orders(
+                pool=runtime.pool,
+                producer=runtime.producer,
+                replies=replies,
+                marker=marker,
+                health=health,
+                decision_window_s=settings.decision_window_ms / 1000,
+            ),
+            auth=Authenticator(runtime.pool, settings.auth_cache_ttl_s),
+            vault=vault,
+            limiter=http.RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
+        )
+        try:
+            yield
+        finally:
+            await health.stop()
+            await marker.stop()
+            await replies.stop()
+
+    app = FastAPI(
+        title="instant-orders API",
+        version="2",
+        description="EZ Cards v2 compatible ordering API.",
+        lifespan=lifespan_for(runtime, started),
+    )
+    app.state.settings = settings
+    app.state.runtime = runtime
+    install_common(app, SERVICE, runtime.readiness(), max_body_bytes=settings.max_body_bytes)
+    app.include_router(http.router)
+    app.include_router(admin.router)
+    return app

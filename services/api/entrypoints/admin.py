@@ -1,0 +1,135 @@
+"""Operators' API of the api service: accounts, credentials, balances; the product read
+model's state (so the CLI can wait until a product is orderable)."""
+
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request
+from pydantic import BaseModel, Field
+
+from services.api.adapters import repository as repo
+from services.api.domain.model import AccountNotFound
+from services.api.entrypoints.http import Services, iso_utc
+from services.api.service_layer import accounts
+from shared.settings import ApiSettings
+from shared.web import ApiError, ok, require_admin
+
+
+def admin_only(
+    request: Request, authorization: Annotated[str | None, Header(max_length=300)] = None
+) -> None:
+    settings: ApiSettings = request.app.state.settings
+    require_admin(settings.admin_token.get_secret_value(), authorization)
+
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(admin_only)])
+
+Amount = Annotated[Decimal, Field(gt=0, max_digits=16, decimal_places=2)]
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+
+
+class MoneyIn(BaseModel):
+    amount: Amount
+    currency: Currency
+
+
+class NewAccount(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    balances: list[MoneyIn] = Field(default_factory=list, max_length=20)
+
+
+class Rotation(BaseModel):
+    graceSeconds: int = Field(900, ge=0, le=7 * 24 * 3600)
+
+
+ACCOUNT_NOT_FOUND = ApiError(404, "ACCOUNT_NOT_FOUND", "No account has this id: check it.")
+
+
+def _slots(request: Request) -> int:
+    settings: ApiSettings = request.app.state.settings
+    return settings.wallet_slots
+
+
+def _balances(rows: list[tuple[str, Decimal]]) -> list[dict[str, str]]:
+    return [{"balance": f"{amount:.2f}", "currency": currency} for currency, amount in rows]
+
+
+@router.post("/accounts")
+async def create_account(body: NewAccount, request: Request, svc: Services) -> dict[str, Any]:
+    issued = await accounts.create_account(
+        svc.pool, body.name, [(b.currency, b.amount) for b in body.balances], _slots(request)
+    )
+    async with svc.pool.acquire() as conn:
+        balances = await repo.balances(conn, issued.account_id)
+    return ok(
+        {
+            "accountId": str(issued.account_id),
+            "name": body.name,
+            "apiKey": issued.api_key,
+            "accessToken": issued.access_token,
+            "balances": _balances(balances),
+        }
+    )
+
+
+@router.get("/accounts/{account_id}")
+async def get_account(account_id: uuid.UUID, svc: Services) -> dict[str, Any]:
+    async with svc.pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT name, created_at FROM accounts WHERE id = $1", account_id)
+        if row is None:
+            raise ACCOUNT_NOT_FOUND
+        balances = await repo.balances(conn, account_id)
+    return ok(
+        {
+            "accountId": str(account_id),
+            "name": row["name"],
+            "createdAt": iso_utc(row["created_at"]),
+            "balances": _balances(balances),
+        }
+    )
+
+
+@router.post("/accounts/{account_id}/credit")
+async def credit(
+    account_id: uuid.UUID, body: MoneyIn, request: Request, svc: Services
+) -> dict[str, Any]:
+    try:
+        rows = await accounts.credit_account(
+            svc.pool, account_id, body.currency, body.amount, _slots(request)
+        )
+    except AccountNotFound:
+        raise ACCOUNT_NOT_FOUND from None
+    return ok({"accountId": str(account_id), "balances": _balances(rows)})
+
+
+@router.post("/accounts/{account_id}/rotate-token")
+async def rotate_token(
+    account_id: uuid.UUID, svc: Services, body: Rotation | None = None
+) -> dict[str, Any]:
+    grace = timedelta(seconds=(body or Rotation()).graceSeconds)
+    try:
+        token, old_expire = await accounts.rotate_token(svc.pool, account_id, grace)
+    except AccountNotFound:
+        raise ACCOUNT_NOT_FOUND from None
+    return ok(
+        {
+            "accountId": str(account_id),
+            "accessToken": token,
+            "previousTokensExpireAt": iso_utc(old_expire),
+        }
+    )
+
+
+@router.get("/products/{sku}")
+async def product_state(sku: str, svc: Services) -> dict[str, Any]:
+    async with svc.pool.acquire() as conn:
+        row = await repo.get_product_record(conn, sku)
+    if row is None:
+        raise ApiError(
+            404,
+            "PRODUCT_NOT_FOUND",
+            "The api has not seen this SKU yet: upsert it on inventory first.",
+        )
+    return ok({**row["record"], "version": row["version"]})

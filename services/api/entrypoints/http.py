@@ -1,0 +1,338 @@
+"""The public EZ-Cards-v2-compatible API (../docs/api.md). Thin: parse, call a use case,
+shape the answer."""
+
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import asyncpg
+from fastapi import APIRouter, Depends, Header, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from services.api import metrics
+from services.api.adapters import repository as repo
+from services.api.domain.model import (
+    CreateInstantOrder,
+    DomainError,
+    DuplicateClientOrderNumber,
+    InsufficientBalance,
+    Order,
+    PipelineUnavailable,
+    ProductNotFound,
+    ProductNotInstant,
+    UnsupportedCurrency,
+)
+from services.api.service_layer.accounts import Authenticator
+from services.api.service_layer.orders import Orders
+from shared.contracts import MoneyOut
+from shared.crypto import CodeVault, SealedCode
+from shared.web import ApiError, ok
+
+router = APIRouter(prefix="/v2")
+
+
+class RateLimiter:
+    """A token bucket per account, in this instance's memory."""
+
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        self._rate, self._burst = rate_per_s, float(burst)
+        self._buckets: dict[uuid.UUID, tuple[float, float]] = {}
+
+    def retry_after(self, account_id: uuid.UUID) -> float:
+        """0 if the request may go ahead, else seconds to wait."""
+        now = time.monotonic()
+        tokens, last = self._buckets.get(account_id, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - last) * self._rate)
+        if tokens < 1:
+            self._buckets[account_id] = (tokens, now)
+            return (1 - tokens) / self._rate
+        self._buckets[account_id] = (tokens - 1, now)
+        return 0.0
+
+
+@dataclass
+class ApiServices:
+    pool: asyncpg.Pool
+    orders: Orders
+    auth: Authenticator
+    vault: CodeVault
+    limiter: RateLimiter
+
+
+def services(request: Request) -> ApiServices:
+    svc: ApiServices = request.app.state.services
+    return svc
+
+
+Services = Annotated[ApiServices, Depends(services)]
+
+UNAUTHORIZED = ApiError(
+    401,
+    "UNAUTHORIZED",
+    "Missing or invalid credentials: send the x-api-key header and "
+    "'Authorization: Bearer <token>' issued to your account.",
+)
+
+
+async def current_account(
+    svc: Services,
+    x_api_key: Annotated[str | None, Header(max_length=200)] = None,
+    authorization: Annotated[str | None, Header(max_length=300)] = None,
+) -> uuid.UUID:
+    scheme, _, token = (authorization or "").partition(" ")
+    if not x_api_key or scheme.lower() != "bearer" or not token.strip():
+        raise UNAUTHORIZED
+    account_id = await svc.auth.account_for(x_api_key.strip(), token.strip())
+    if account_id is None:
+        raise UNAUTHORIZED
+    wait = svc.limiter.retry_after(account_id)
+    if wait > 0:
+        raise ApiError(
+            429,
+            "RATE_LIMITED",
+            "Too many requests for this account: slow down and retry after the delay given.",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+    return account_id
+
+
+CurrentAccount = Annotated[uuid.UUID, Depends(current_account)]
+
+
+def iso_utc(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def money(amount: Any, currency: str) -> dict[str, str]:
+    return MoneyOut.of(amount, currency).model_dump()
+
+
+def order_out(order: Order) -> dict[str, Any]:
+    unit = money(order.unit_price, order.currency)
+    return {
+        "transactionId": order.transaction_id,
+        "clientOrderNumber": order.client_order_number,
+        "grandTotal": money(order.grand_total, order.currency),
+        "createdAt": iso_utc(order.created_at),
+        "status": order.status,
+        "products": [
+            {
+                "sku": order.sku,
+                "quantity": order.quantity,
+                "unitPrice": unit,
+                "totalPrice": money(order.unit_price * order.quantity, order.currency),
+                "status": order.status,
+            }
+        ],
+    }
+
+
+class CreateInstantOrderIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    sku: str = Field(min_length=1, max_length=64)
+    clientOrderNumber: str | None = Field(None, min_length=1, max_length=100)
+    enableClientOrderNumberDupCheck: StrictBool = False
+    payWithCurrency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
+
+
+def as_api_error(exc: DomainError) -> ApiError:
+    match exc:
+        case ProductNotFound():
+            return ApiError(
+                400,
+                "PRODUCT_NOT_FOUND",
+                "No active product has this SKU: check it against Get Products.",
+            )
+        case ProductNotInstant():
+            return ApiError(
+                400,
+                "PRODUCT_NOT_INSTANT",
+                "This product does not support instant delivery: order it in bulk.",
+            )
+        case InsufficientBalance():
+            return ApiError(
+                400,
+                "INSUFFICIENT_BALANCE",
+                f"Your {exc.currency} balance is below the price of this product: "
+                "top it up, then retry.",
+            )
+        case UnsupportedCurrency():
+            return ApiError(422, "UNSUPPORTED_CURRENCY", exc.message)
+        case DuplicateClientOrderNumber():
+            return ApiError(
+                409,
+                "CLIENT_ORDER_NUMBER_DUPLICATE",
+                "You already have an order with this clientOrderNumber: poll it by its "
+                "transactionId instead of ordering again.",
+                extra={
+                    "clientOrderNumber": exc.client_order_number,
+                    "transactionId": exc.transaction_id,
+                },
+            )
+        case PipelineUnavailable():
+            return ApiError(
+                503,
+                "SERVICE_UNAVAILABLE",
+                "Orders cannot be accepted right now; nothing was charged. Retry "
+                "after the delay given.",
+                headers={"Retry-After": "5"},
+            )
+    return ApiError(500, "INTERNAL_ERROR", "Unexpected error; nothing was charged.")
+
+
+@router.post("/orders/instant")
+async def create_instant_order(
+    body: CreateInstantOrderIn, account_id: CurrentAccount, svc: Services
+) -> dict[str, Any]:
+    try:
+        order = await svc.orders.place_instant(
+            CreateInstantOrder(
+                account_id=account_id,
+                sku=body.sku,
+                client_order_number=body.clientOrderNumber,
+                dup_check=body.enableClientOrderNumberDupCheck,
+                pay_with_currency=body.payWithCurrency,
+            )
+        )
+    except DomainError as exc:
+        error = as_api_error(exc)
+        metrics.ORDERS_REJECTED.labels(error.error).inc()
+        raise error from None
+    return ok(order_out(order))
+
+
+@router.get("/orders")
+async def get_orders(
+    account_id: CurrentAccount,
+    svc: Services,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+    transactionId: Annotated[str | None, Query(max_length=64)] = None,
+    clientOrderNumber: Annotated[str | None, Query(max_length=100)] = None,
+    status: Literal["PROCESSING", "COMPLETED", "CANCELLED"] | None = None,
+) -> dict[str, Any]:
+    async with svc.pool.acquire() as conn:
+        total, orders = await repo.list_orders(
+            conn,
+            account_id,
+            transaction_id=transactionId,
+            client_order_number=clientOrderNumber,
+            status=status,
+            limit=limit,
+            offset=(page - 1) * limit,
+        )
+    return ok(
+        {
+            "total": total,
+            "page": page,
+            "pageSize": limit,
+            "totalPage": math.ceil(total / limit),
+            "items": [order_out(o) for o in orders],
+        }
+    )
+
+
+ORDER_NOT_FOUND = ApiError(
+    404, "ORDER_NOT_FOUND", "No order of yours has this transactionId: check the id."
+)
+
+
+async def owned_order(svc: ApiServices, account_id: uuid.UUID, transaction_id: str) -> Order:
+    if len(transaction_id) > 64:
+        raise ORDER_NOT_FOUND
+    async with svc.pool.acquire() as conn:
+        order = await repo.get_order(conn, account_id, transaction_id)
+    if order is None:
+        raise ORDER_NOT_FOUND
+    return order
+
+
+@router.get("/orders/{transactionId}")
+async def get_order(
+    transactionId: str, account_id: CurrentAccount, svc: Services
+) -> dict[str, Any]:
+    return ok(order_out(await owned_order(svc, account_id, transactionId)))
+
+
+@router.get("/orders/{transactionId}/codes")
+async def get_codes(
+    transactionId: str,
+    account_id: CurrentAccount,
+    svc: Services,
+    sku: Annotated[str | None, Query(max_length=64)] = None,
+    stockIds: Annotated[str | None, Query(max_length=2000, pattern=r"^\d+(,\d+)*$")] = None,
+    status: Literal["PROCESSING", "COMPLETED", "CANCELLED"] | None = None,
+) -> dict[str, Any]:
+    order = await owned_order(svc, account_id, transactionId)
+    if sku is not None and sku != order.sku:
+        return ok([])
+    code: dict[str, Any] = {
+        "stockId": order.stock_id,
+        "status": order.status,
+        "redeemCode": None,
+        "pinCode": None,
+    }
+    if order.status == "COMPLETED" and order.sealed_code is not None:
+        opened = svc.vault.open(SealedCode.from_wire(order.sealed_code), aad=order.sku)
+        code["redeemCode"], code["pinCode"] = opened.redeem_code, opened.pin_code
+    wanted = {int(s) for s in stockIds.split(",")} if stockIds else None
+    keep = (status is None or status == code["status"]) and (
+        wanted is None or code["stockId"] in wanted
+    )
+    return ok([{"sku": order.sku, "quantity": order.quantity, "codes": [code] if keep else []}])
+
+
+def product_out(record: dict[str, Any]) -> dict[str, Any]:
+    shown = {k: v for k, v in record.items() if k not in ("price", "active")}
+    shown["prices"] = [{"price": record["price"], "fromQuantity": 1, "toQuantity": 1}]
+    return shown
+
+
+@router.get("/products")
+async def get_products(
+    _: CurrentAccount,
+    svc: Services,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+    sku: Annotated[str | None, Query(max_length=6500)] = None,
+) -> dict[str, Any]:
+    skus = [s.strip() for s in sku.split(",") if s.strip()] if sku else None
+    if skus is not None and len(skus) > 100:
+        raise ApiError(
+            400,
+            "INVALID_REQUEST",
+            "Filter by at most 100 SKUs at once.",
+            extra={"details": [{"field": "sku", "issue": "more than 100 SKUs"}]},
+        )
+    async with svc.pool.acquire() as conn:
+        total, records = await repo.list_products(conn, skus, limit, (page - 1) * limit)
+    return ok(
+        {
+            "total": total,
+            "page": page,
+            "pageSize": limit,
+            "totalPage": math.ceil(total / limit),
+            "items": [product_out(r) for r in records],
+        }
+    )
+
+
+@router.get("/balances")
+async def get_balances(
+    account_id: CurrentAccount,
+    svc: Services,
+    currency: Annotated[str | None, Query(pattern=r"^[A-Z]{3}$")] = None,
+) -> dict[str, Any]:
+    async with svc.pool.acquire() as conn:
+        rows = await repo.balances(conn, account_id)
+    return ok(
+        [
+            {"balance": f"{amount:.2f}", "currency": cur}
+            for cur, amount in rows
+            if currency is None or cur == currency
+        ]
+    )

@@ -1,0 +1,51 @@
+import base64
+import os
+
+import pytest
+from cryptography.exceptions import InvalidTag
+
+from shared.crypto import Code, CodeVault, KeyConfigError, SealedCode, hash_secret, same_secret
+
+
+def key_spec(*kids: str) -> str:
+    return ",".join(f"{k}:{base64.b64encode(os.urandom(32)).decode()}" for k in kids)
+
+
+def test_a_sealed_code_opens_with_its_sku_and_holds_no_plaintext():
+    vault = CodeVault(key_spec("k1"))
+    sealed = vault.seal(Code("GIFT-ABCD-1234", "0042"), aad="SKU-1")
+    assert b"GIFT-ABCD-1234" not in sealed.blob
+    assert "GIFT-ABCD-1234" not in sealed.to_wire()
+    opened = vault.open(SealedCode.from_wire(sealed.to_wire()), aad="SKU-1")
+    assert (opened.redeem_code, opened.pin_code) == ("GIFT-ABCD-1234", "0042")
+
+
+def test_a_code_sealed_for_one_sku_does_not_open_for_another():
+    vault = CodeVault(key_spec("k1"))
+    sealed = vault.seal(Code("X", None), aad="SKU-1")
+    with pytest.raises(InvalidTag):
+        vault.open(sealed, aad="SKU-2")
+
+
+def test_keys_rotate_old_ciphertexts_still_open():
+    old = key_spec("old")
+    sealed = CodeVault(old).seal(Code("R", "P"), aad="S")
+    rotated = CodeVault(key_spec("new") + "," + old)
+    assert rotated.open(sealed, aad="S").redeem_code == "R"
+    assert rotated.seal(Code("R", "P"), aad="S").key_id == "new"
+
+
+@pytest.mark.parametrize("spec", ["", "k1", "k1:notbase64!", "k1:" + base64.b64encode(b"x").decode()])
+def test_bad_key_configuration_is_refused_with_a_message(spec: str):
+    with pytest.raises(KeyConfigError, match="CODE_ENCRYPTION_KEYS"):
+        CodeVault(spec)
+
+
+def test_codes_never_show_in_repr():
+    assert "SECRET" not in repr(Code("SECRET", "SECRET")) + str(Code("SECRET", None))
+
+
+def test_secrets_compare_against_their_hash_only():
+    stored = hash_secret("tk_abc")
+    assert same_secret("tk_abc", stored)
+    assert not same_secret("tk_abd", stored)

@@ -1,0 +1,34 @@
+import pytest
+from pydantic import ValidationError
+
+from shared.db import split_sql
+from shared.messaging import OUTBOX_DDL
+from shared.settings import ApiSettings
+
+
+def test_production_refuses_the_published_default_secrets(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("APP_ENV", "prod")
+    monkeypatch.delenv("ADMIN_TOKEN", raising=False)
+    monkeypatch.delenv("CODE_ENCRYPTION_KEYS", raising=False)
+    with pytest.raises(ValidationError, match="ADMIN_TOKEN, CODE_ENCRYPTION_KEYS"):
+        ApiSettings()
+
+
+def test_production_starts_with_secrets_of_its_own(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("APP_ENV", "prod")
+    monkeypatch.setenv("ADMIN_TOKEN", "x" * 40)
+    monkeypatch.setenv("CODE_ENCRYPTION_KEYS", "k9:" + "A" * 43 + "=")
+    assert ApiSettings().app_env == "prod"
+
+
+def test_dev_starts_with_defaults(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("APP_ENV", "dev")
+    monkeypatch.delenv("ADMIN_TOKEN", raising=False)
+    assert ApiSettings().decision_window_ms == 500
+
+
+def test_sql_scripts_split_outside_dollar_quoted_bodies():
+    statements = split_sql(OUTBOX_DDL)
+    assert len(statements) == 5
+    function = next(s for s in statements if s.startswith("CREATE FUNCTION"))
+    assert "pg_notify('outbox', ''); RETURN NULL; END $$" in function
