@@ -37,7 +37,12 @@ def sqlalchemy_url(dsn: str) -> str:
 
 
 def split_sql(script: str) -> list[str]:
-    """Statements of a SQL script, split on semicolons outside $$-quoted bodies."""
+    """Statements of a SQL script, split on semicolons outside $$-quoted bodies.
+
+    `--` comments are dropped first (a comment may hold a semicolon); the scripts this
+    splits are our own migrations, which keep `--` out of string literals.
+    """
+    script = "\n".join(line.split("--", 1)[0] for line in script.splitlines())
     statements, current, quoted = [], [], False
     for i, part in enumerate(script.split("$$")):
         if i:

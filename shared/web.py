@@ -65,6 +65,9 @@ def ok(data: Any) -> dict[str, Any]:
 def _validation_details(exc: RequestValidationError) -> list[dict[str, str]]:
     details = []
     for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            details.append({"field": "body", "issue": "The body is not valid JSON."})
+            continue
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
         # The offending input is deliberately not echoed back.
         details.append({"field": ".".join(loc) or "body", "issue": str(err.get("msg", "invalid"))})

@@ -28,7 +28,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def started() -> AsyncIterator[None]:
         replies = ReplyListener(settings.kafka_bootstrap_servers, topics.ORDER_REPLIES.name)
-        await replies.start()
+        await replies.start(runtime.producer)
         marker = PublishedMarker(runtime.pool)
         await marker.start()
         health = BrokerHealth(runtime.producer)

@@ -21,6 +21,12 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         metavar="CUR=AMOUNT",
         help="opening balance, e.g. USD=1000.00 (repeatable)",
     )
+    create.add_argument(
+        "--rate-limit",
+        type=float,
+        metavar="PER_SECOND",
+        help="this account's request rate limit (default: the service's)",
+    )
     create.set_defaults(func=cmd_create)
 
     credit = actions.add_parser("credit", help="add money to one currency balance")
@@ -66,11 +72,12 @@ def parse_balance(spec: str) -> dict[str, str]:
 
 def cmd_create(args: argparse.Namespace) -> None:
     balances = [parse_balance(b) for b in args.balance]
-    emit(
-        AdminClient("api").call(
-            "POST", "/admin/accounts", json={"name": args.name, "balances": balances}
-        )
-    )
+    body: dict[str, object] = {"name": args.name, "balances": balances}
+    if args.rate_limit is not None:
+        if args.rate_limit <= 0:
+            fail("--rate-limit must be a positive number of requests per second")
+        body["rateLimitPerSecond"] = str(round(args.rate_limit, 2))
+    emit(AdminClient("api").call("POST", "/admin/accounts", json=body))
 
 
 def cmd_credit(args: argparse.Namespace) -> None:

@@ -32,3 +32,8 @@ def test_sql_scripts_split_outside_dollar_quoted_bodies():
     assert len(statements) == 5
     function = next(s for s in statements if s.startswith("CREATE FUNCTION"))
     assert "pg_notify('outbox', ''); RETURN NULL; END $$" in function
+
+
+def test_sql_comments_with_semicolons_do_not_split_statements():
+    script = "-- one; two\nCREATE TABLE t (a int); -- trailing; note\nSELECT 1;"
+    assert split_sql(script) == ["CREATE TABLE t (a int)", "SELECT 1"]

@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import logging
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from shared.contracts import Decision
 
@@ -26,7 +27,16 @@ class ReplyListener:
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def start(self, producer: AIOKafkaProducer) -> None:
+        """`producer` only serves to look the topic's partitions up."""
+        try:
+            partitions = await producer.partitions_for(self.topic)
+        except KafkaError:
+            partitions = set()
+        if not partitions:
+            raise RuntimeError(
+                f"Topic {self.topic} does not exist: run `instant-orders kafka bootstrap`."
+            )
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap,
             group_id=None,
@@ -34,12 +44,6 @@ class ReplyListener:
             fetch_max_wait_ms=100,
         )
         await consumer.start()
-        partitions = consumer.partitions_for_topic(self.topic)
-        if not partitions:
-            await consumer.stop()
-            raise RuntimeError(
-                f"Topic {self.topic} does not exist: run `instant-orders kafka bootstrap`."
-            )
         assigned = [TopicPartition(self.topic, p) for p in partitions]
         consumer.assign(assigned)
         await consumer.seek_to_end(*assigned)

@@ -14,9 +14,14 @@ from shared.db import Conn
 # --- accounts and credentials ----------------------------------------------------------------
 
 
-async def create_account(conn: Conn, name: str) -> uuid.UUID:
+async def create_account(conn: Conn, name: str, rate_limit_per_s: Decimal | None) -> uuid.UUID:
     account_id = uuid.uuid4()
-    await conn.execute("INSERT INTO accounts (id, name) VALUES ($1, $2)", account_id, name)
+    await conn.execute(
+        "INSERT INTO accounts (id, name, rate_limit_per_s) VALUES ($1, $2, $3)",
+        account_id,
+        name,
+        rate_limit_per_s,
+    )
     return account_id
 
 
@@ -52,9 +57,10 @@ async def find_live_credentials(
 ) -> list[asyncpg.Record]:
     return await conn.fetch(
         """
-        SELECT account_id, kind, secret_hash FROM credentials
-        WHERE secret_hash = ANY($1::bytea[]) AND revoked_at IS NULL
-          AND (expires_at IS NULL OR expires_at > now())
+        SELECT c.account_id, c.kind, c.secret_hash, a.rate_limit_per_s
+        FROM credentials c JOIN accounts a ON a.id = c.account_id
+        WHERE c.secret_hash = ANY($1::bytea[]) AND c.revoked_at IS NULL
+          AND (c.expires_at IS NULL OR c.expires_at > now())
         """,
         [api_key_hash, token_hash],
     )

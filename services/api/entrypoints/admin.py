@@ -38,6 +38,7 @@ class MoneyIn(BaseModel):
 class NewAccount(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     balances: list[MoneyIn] = Field(default_factory=list, max_length=20)
+    rateLimitPerSecond: Decimal | None = Field(None, gt=0, le=100_000, decimal_places=2)
 
 
 class Rotation(BaseModel):
@@ -59,7 +60,11 @@ def _balances(rows: list[tuple[str, Decimal]]) -> list[dict[str, str]]:
 @router.post("/accounts")
 async def create_account(body: NewAccount, request: Request, svc: Services) -> dict[str, Any]:
     issued = await accounts.create_account(
-        svc.pool, body.name, [(b.currency, b.amount) for b in body.balances], _slots(request)
+        svc.pool,
+        body.name,
+        [(b.currency, b.amount) for b in body.balances],
+        _slots(request),
+        body.rateLimitPerSecond,
     )
     async with svc.pool.acquire() as conn:
         balances = await repo.balances(conn, issued.account_id)

@@ -41,14 +41,17 @@ class RateLimiter:
         self._rate, self._burst = rate_per_s, float(burst)
         self._buckets: dict[uuid.UUID, tuple[float, float]] = {}
 
-    def retry_after(self, account_id: uuid.UUID) -> float:
-        """0 if the request may go ahead, else seconds to wait."""
+    def retry_after(self, account_id: uuid.UUID, rate_per_s: float | None = None) -> float:
+        """0 if the request may go ahead, else seconds to wait. An account's own rate (set by
+        an operator) replaces the default rate, and its burst is one second of that rate."""
+        rate = rate_per_s or self._rate
+        burst = max(1.0, rate) if rate_per_s else self._burst
         now = time.monotonic()
-        tokens, last = self._buckets.get(account_id, (self._burst, now))
-        tokens = min(self._burst, tokens + (now - last) * self._rate)
+        tokens, last = self._buckets.get(account_id, (burst, now))
+        tokens = min(burst, tokens + (now - last) * rate)
         if tokens < 1:
             self._buckets[account_id] = (tokens, now)
-            return (1 - tokens) / self._rate
+            return (1 - tokens) / rate
         self._buckets[account_id] = (tokens - 1, now)
         return 0.0
 
@@ -85,10 +88,10 @@ async def current_account(
     scheme, _, token = (authorization or "").partition(" ")
     if not x_api_key or scheme.lower() != "bearer" or not token.strip():
         raise UNAUTHORIZED
-    account_id = await svc.auth.account_for(x_api_key.strip(), token.strip())
-    if account_id is None:
+    caller = await svc.auth.caller(x_api_key.strip(), token.strip())
+    if caller is None:
         raise UNAUTHORIZED
-    wait = svc.limiter.retry_after(account_id)
+    wait = svc.limiter.retry_after(caller.account_id, caller.rate_limit_per_s)
     if wait > 0:
         raise ApiError(
             429,
@@ -96,7 +99,7 @@ async def current_account(
             "Too many requests for this account: slow down and retry after the delay given.",
             headers={"Retry-After": str(max(1, math.ceil(wait)))},
         )
-    return account_id
+    return caller.account_id
 
 
 CurrentAccount = Annotated[uuid.UUID, Depends(current_account)]

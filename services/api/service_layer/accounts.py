@@ -17,6 +17,12 @@ from shared.crypto import hash_secret, new_secret
 
 
 @dataclass(frozen=True)
+class Caller:
+    account_id: uuid.UUID
+    rate_limit_per_s: float | None  # None: the service's default
+
+
+@dataclass(frozen=True)
 class IssuedCredentials:
     account_id: uuid.UUID
     api_key: str
@@ -24,11 +30,15 @@ class IssuedCredentials:
 
 
 async def create_account(
-    pool: asyncpg.Pool, name: str, opening: list[tuple[str, Decimal]], slots: int
+    pool: asyncpg.Pool,
+    name: str,
+    opening: list[tuple[str, Decimal]],
+    slots: int,
+    rate_limit_per_s: Decimal | None = None,
 ) -> IssuedCredentials:
     api_key, token = new_secret("ak"), new_secret("tk")
     async with pool.acquire() as conn, conn.transaction():
-        account_id = await repo.create_account(conn, name)
+        account_id = await repo.create_account(conn, name, rate_limit_per_s)
         await repo.add_credential(conn, account_id, "API_KEY", hash_secret(api_key), None)
         await repo.add_credential(conn, account_id, "TOKEN", hash_secret(token), None)
         for currency, amount in opening:
@@ -72,9 +82,9 @@ class Authenticator:
         self._pool = pool
         self._ttl = ttl_s
         self._max = max_entries
-        self._cache: OrderedDict[bytes, tuple[uuid.UUID, float]] = OrderedDict()
+        self._cache: OrderedDict[bytes, tuple[Caller, float]] = OrderedDict()
 
-    async def account_for(self, api_key: str, token: str) -> uuid.UUID | None:
+    async def caller(self, api_key: str, token: str) -> Caller | None:
         key_hash, token_hash = hash_secret(api_key), hash_secret(token)
         cache_key = key_hash + token_hash
         hit = self._cache.get(cache_key)
@@ -83,16 +93,17 @@ class Authenticator:
             return hit[0]
         async with self._pool.acquire() as conn:
             rows = await repo.find_live_credentials(conn, key_hash, token_hash)
-        key_owner = token_owner = None
+        key_owner = token_owner = limit = None
         for row in rows:
             if row["kind"] == "API_KEY" and hmac.compare_digest(row["secret_hash"], key_hash):
-                key_owner = row["account_id"]
+                key_owner, limit = row["account_id"], row["rate_limit_per_s"]
             elif row["kind"] == "TOKEN" and hmac.compare_digest(row["secret_hash"], token_hash):
                 token_owner = row["account_id"]
         if key_owner is None or key_owner != token_owner:
             return None
-        self._cache[cache_key] = (key_owner, now + self._ttl)
+        caller = Caller(key_owner, float(limit) if limit is not None else None)
+        self._cache[cache_key] = (caller, now + self._ttl)
         self._cache.move_to_end(cache_key)
         while len(self._cache) > self._max:
             self._cache.popitem(last=False)
-        return uuid.UUID(str(key_owner))
+        return caller

@@ -3,7 +3,6 @@
 Revision ID: 0001
 """
 
-
 from shared.db import run_script
 from shared.messaging import OUTBOX_DDL
 
