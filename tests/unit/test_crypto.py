@@ -35,7 +35,9 @@ def test_keys_rotate_old_ciphertexts_still_open():
     assert rotated.seal(Code("R", "P"), aad="S").key_id == "new"
 
 
-@pytest.mark.parametrize("spec", ["", "k1", "k1:notbase64!", "k1:" + base64.b64encode(b"x").decode()])
+@pytest.mark.parametrize(
+    "spec", ["", "k1", "k1:notbase64!", "k1:" + base64.b64encode(b"x").decode()]
+)
 def test_bad_key_configuration_is_refused_with_a_message(spec: str):
     with pytest.raises(KeyConfigError, match="CODE_ENCRYPTION_KEYS"):
         CodeVault(spec)

@@ -1,0 +1,59 @@
+# Entry points of the project. `make up` starts the whole stack on this machine (no Docker
+# needed), `make test` runs every test against it. See docs/running.md.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+STACK := $(PYTHON) deploy/local/stack.py
+BIN := .venv/bin
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: help install up down status test lint bench clean
+
+help:
+	@echo "make up       start PostgreSQL, Kafka and the three services (installs what is missing)"
+	@echo "make test     make up, then run the tests against the running stack"
+	@echo "make status   one line per process;  make down: stop them all"
+	@echo "make lint     ruff check, ruff format --check, mypy"
+	@echo "make bench    the benchmark, against the running stack"
+	@echo "make clean    make down, then remove .run/ (data, logs, jars, secrets)"
+	@echo "More: $(STACK) --help"
+
+install:
+	$(STACK) install
+
+up:
+	$(STACK) up
+
+down:
+	$(STACK) down
+
+status:
+	$(STACK) status
+
+# pytest's exit code 5 (no test collected) counts as a failure. The shared lock on
+# tests.lock keeps another `make up` from restarting the services under a test run.
+test:
+	$(STACK) up
+	@settings="$$($(STACK) env)" || exit 1; \
+	set -a; eval "$$settings"; set +a; \
+	IO_STACK=1 flock --shared "$$IO_RUN_DIR/tests.lock" $(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no test" >&2; exit 1; fi; \
+	exit $$rc
+
+lint:
+	$(STACK) venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/mypy deploy/local/stack.py
+
+bench:
+	$(STACK) up
+	@settings="$$($(STACK) env)" || exit 1; \
+	set -a; eval "$$settings"; set +a; \
+	$(BIN)/python benchmarks/instant_orders.py $(BENCH_ARGS)
+
+clean:
+	$(STACK) clean
