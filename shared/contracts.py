@@ -84,8 +84,17 @@ class CancelBackorder(Message):
     reason: CancelReason
 
 
+class DeliverStock(Message):
+    """Codes delivered by a supplier, sealed with the code key (`aad` = sku); never plaintext."""
+
+    type: Literal["DeliverStock"] = "DeliverStock"
+    delivery_id: str
+    sku: str
+    sealed_codes: list[str] = Field(max_length=10_000)
+
+
 InventoryCommand = Annotated[
-    PlaceOrder | AllocateBackorder | CancelBackorder, Field(discriminator="type")
+    PlaceOrder | AllocateBackorder | CancelBackorder | DeliverStock, Field(discriminator="type")
 ]
 inventory_command = TypeAdapter[InventoryCommand](InventoryCommand)
 
@@ -197,6 +206,9 @@ class ProductSnapshot(Message):
     instructions: list[str] = Field(default_factory=list)
     term_conditions: list[str] = Field(default_factory=list)
     active: bool = True
+    backorder_deadline_seconds: int | None = Field(None, ge=1, le=30 * 24 * 3600)
+    """(ours) How long a backorder of this product may wait before it is cancelled and
+    refunded; None: the service default (ORDERS_BACKORDER_DEADLINE_S, 24 h)."""
     version: int = 0
 
 

@@ -13,11 +13,13 @@ from aiokafka.errors import KafkaError
 from asyncpg.pool import PoolConnectionProxy
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
 from pydantic import BaseModel, ValidationError
 
 from shared import metrics
 from shared.contracts import Message
 from shared.db import Conn
+from shared.topics import Topic
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -52,6 +54,9 @@ def new_broker(bootstrap: str, client_id: str) -> KafkaBroker:
         middlewares=[KafkaPrometheusMiddleware(registry=metrics.REGISTRY, app_name=client_id)],
         graceful_timeout=10.0,
         logger=logging.getLogger(f"{client_id}.broker"),
+        # FastStream logs "Received" / "Processed" for every message at this level: at INFO
+        # that is two lines per order, so keep them for debugging only.
+        log_level=logging.DEBUG,
     )
 
 
@@ -88,6 +93,23 @@ async def add_to_outbox(
         relay_after_s,
     )
     return row_id
+
+
+async def add_all_to_outbox(conn: Conn, rows: Sequence[tuple[str, str, Message]]) -> None:
+    """`add_to_outbox` for many (topic, key, message) rows, in one statement, in order."""
+    if rows:
+        await conn.execute(
+            """
+            INSERT INTO outbox (topic, key, payload)
+            SELECT topic, key, payload
+            FROM unnest($1::text[], $2::text[], $3::bytea[]) WITH ORDINALITY
+                AS r (topic, key, payload, n)
+            ORDER BY n
+            """,
+            [topic for topic, _, _ in rows],
+            [key for _, key, _ in rows],
+            [message.to_bytes() for _, _, message in rows],
+        )
 
 
 OUTBOX_DDL = """
@@ -336,3 +358,40 @@ async def _dead_letter(
         ],
     )
     metrics.DEAD_LETTERS.labels(consumer, source_topic).inc()
+
+
+def subscribe(
+    broker: KafkaBroker,
+    topic: Topic,
+    *,
+    group_id: str,
+    name: str,
+    parse: Callable[[bytes], M],
+    handle: Callable[[M], Awaitable[None]],
+    producer_of: Callable[[], AIOKafkaProducer],
+    max_retries: int,
+) -> None:
+    """Subscribe `handle` to `topic` in a consumer group: offsets committed after the handler
+    (explicit ack policy), from the earliest offset for a new group, every message run under
+    `consume_resiliently` with the topic's dead-letter topic."""
+
+    @broker.subscriber(
+        topic.name,
+        group_id=group_id,
+        ack_policy=SUBSCRIBER_ACK_POLICY,
+        auto_offset_reset="earliest",
+        title=name,
+        description=topic.doc,
+    )
+    async def on_message(msg: KafkaMessage) -> None:
+        await consume_resiliently(
+            raw=msg.body,
+            parse=parse,
+            handle=handle,
+            producer=producer_of(),
+            topic=topic.name,
+            dead_letter_topic=topic.dead_letter,
+            key=getattr(msg.raw_message, "key", None),
+            consumer=name,
+            max_retries=max_retries,
+        )

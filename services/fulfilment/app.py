@@ -1,18 +1,88 @@
 """The fulfilment service: the life of a backorder after inventory could not serve it at once."""
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
 from fastapi import FastAPI
 
+from services.fulfilment import metrics
+from services.fulfilment.adapters import repository as repo
+from services.fulfilment.adapters.supplier import NoSupplier, SimulatedSupplier, Supplier
+from services.fulfilment.entrypoints import admin, consumers
+from services.fulfilment.service_layer.backorders import Backorders
+from shared.crypto import CodeVault
 from shared.runtime import Runtime, lifespan_for
 from shared.settings import FulfilmentSettings
 from shared.web import install_common
 
 SERVICE = "fulfilment"
+log = logging.getLogger(__name__)
+
+
+async def every(interval_s: float, name: str, step: Callable[[], Awaitable[object]]) -> None:
+    """Run `step` forever, `interval_s` apart; a failing step is logged and tried again."""
+    while True:
+        try:
+            await step()
+        except Exception:
+            log.exception("%s failed; retrying in %.1fs", name, interval_s)
+        await asyncio.sleep(interval_s)
 
 
 def create_app(settings: FulfilmentSettings | None = None) -> FastAPI:
     settings = settings or FulfilmentSettings()
     runtime = Runtime(SERVICE, settings, settings.database_url)
-    app = FastAPI(title="instant-orders fulfilment", lifespan=lifespan_for(runtime))
+    simulated = (
+        SimulatedSupplier(
+            CodeVault(settings.code_encryption_keys.get_secret_value()), settings.supplier_delay_s
+        )
+        if settings.supplier_enabled
+        else None
+    )
+    supplier: Supplier = simulated or NoSupplier()
+    backorders = Backorders(settings.backorder_deadline_s, supplier, settings.supplier_batch)
+    consumers.register(
+        runtime.broker, lambda: runtime.pool, lambda: runtime.producer, backorders, settings
+    )
+
+    async def refresh_gauges() -> None:
+        async with runtime.pool.acquire() as conn:
+            rows = await repo.waiting_by_sku(conn)
+        metrics.BACKORDERS_WAITING.clear()
+        for row in rows:
+            metrics.BACKORDERS_WAITING.labels(row["sku"]).set(row["waiting"])
+        metrics.OLDEST_WAITING_AGE.set(max((float(r["oldest"]) for r in rows), default=0.0))
+
+    @contextlib.asynccontextmanager
+    async def loops() -> AsyncIterator[None]:
+        tasks = [
+            asyncio.create_task(
+                every(
+                    settings.deadline_scan_interval_s,
+                    "deadline scan",
+                    lambda: backorders.cancel_overdue(runtime.pool),
+                )
+            ),
+            asyncio.create_task(every(5.0, "gauges", refresh_gauges)),
+        ]
+        if simulated is not None:
+            tasks.append(
+                asyncio.create_task(
+                    every(0.5, "supplier deliveries", lambda: simulated.deliver_due(runtime.pool))
+                )
+            )
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    app = FastAPI(title="instant-orders fulfilment", lifespan=lifespan_for(runtime, loops))
     app.state.runtime = runtime
+    app.state.settings = settings
     install_common(app, SERVICE, runtime.readiness())
+    app.include_router(admin.router)
     return app

@@ -1,10 +1,10 @@
 """Kafka subscribers of the api: inventory's outcomes and the product catalog."""
 
-from typing import Any
+from collections.abc import Callable
 
+import asyncpg
 from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
 
 from services.api.adapters import repository as repo
 from services.api.service_layer import orders
@@ -12,18 +12,22 @@ from shared import topics
 from shared.contracts import (
     BackorderAllocated,
     BackorderCancelled,
+    InventoryEvent,
     OrderBackordered,
     OrderReserved,
     ProductSnapshot,
     inventory_event,
 )
-from shared.messaging import SUBSCRIBER_ACK_POLICY, consume_resiliently
+from shared.messaging import subscribe
 from shared.settings import ApiSettings
 
-InventoryEvent = Any
 
-
-def register(broker: KafkaBroker, pool_of: Any, producer_of: Any, settings: ApiSettings) -> None:
+def register(
+    broker: KafkaBroker,
+    pool_of: Callable[[], asyncpg.Pool],
+    producer_of: Callable[[], AIOKafkaProducer],
+    settings: ApiSettings,
+) -> None:
     """`pool_of()` / `producer_of()` give the runtime's pool and producer once started."""
 
     async def apply_inventory_event(event: InventoryEvent) -> None:
@@ -42,53 +46,28 @@ def register(broker: KafkaBroker, pool_of: Any, producer_of: Any, settings: ApiS
                 case _:
                     pass  # stock and waiting notices are fulfilment's business
 
-    @broker.subscriber(
-        topics.INVENTORY_EVENTS.name,
-        group_id="api",
-        ack_policy=SUBSCRIBER_ACK_POLICY,
-        auto_offset_reset="earliest",
-        title="api.inventory-events",
-    )
-    async def on_inventory_event(msg: KafkaMessage) -> None:
-        await _consume(
-            msg,
-            inventory_event.validate_json,
-            apply_inventory_event,
-            topics.INVENTORY_EVENTS,
-            "api.inventory-events",
-        )
-
     async def apply_snapshot(snapshot: ProductSnapshot) -> None:
         record = snapshot.model_dump(mode="json", by_alias=True, exclude={"version"})
         async with pool_of().acquire() as conn:
             await repo.upsert_product(conn, record, snapshot.version)
 
-    @broker.subscriber(
-        topics.CATALOG_PRODUCTS.name,
-        group_id="api-catalog",
-        ack_policy=SUBSCRIBER_ACK_POLICY,
-        auto_offset_reset="earliest",
-        title="api.catalog",
+    subscribe(
+        broker,
+        topics.INVENTORY_EVENTS,
+        group_id="api",
+        name="api.inventory-events",
+        parse=inventory_event.validate_json,
+        handle=apply_inventory_event,
+        producer_of=producer_of,
+        max_retries=settings.consumer_max_retries,
     )
-    async def on_product(msg: KafkaMessage) -> None:
-        await _consume(
-            msg,
-            ProductSnapshot.model_validate_json,
-            apply_snapshot,
-            topics.CATALOG_PRODUCTS,
-            "api.catalog",
-        )
-
-    async def _consume(msg: Any, parse: Any, handle: Any, topic: topics.Topic, name: str) -> None:
-        producer: AIOKafkaProducer = producer_of()
-        await consume_resiliently(
-            raw=msg.body,
-            parse=parse,
-            handle=handle,
-            producer=producer,
-            topic=topic.name,
-            dead_letter_topic=topic.dead_letter,
-            key=msg.raw_message.key,
-            consumer=name,
-            max_retries=settings.consumer_max_retries,
-        )
+    subscribe(
+        broker,
+        topics.CATALOG_PRODUCTS,
+        group_id="api-catalog",
+        name="api.catalog",
+        parse=ProductSnapshot.model_validate_json,
+        handle=apply_snapshot,
+        producer_of=producer_of,
+        max_retries=settings.consumer_max_retries,
+    )

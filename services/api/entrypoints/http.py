@@ -290,7 +290,8 @@ async def get_codes(
 
 
 def product_out(record: dict[str, Any]) -> dict[str, Any]:
-    shown = {k: v for k, v in record.items() if k not in ("price", "active")}
+    hidden = ("price", "active", "backorderDeadlineSeconds")
+    shown = {k: v for k, v in record.items() if k not in hidden}
     shown["prices"] = [{"price": record["price"], "fromQuantity": 1, "toQuantity": 1}]
     return shown
 

@@ -1,0 +1,50 @@
+"""Kafka subscribers of fulfilment: inventory's events and the product catalog."""
+
+from collections.abc import Callable
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from faststream.kafka import KafkaBroker
+
+from services.fulfilment.service_layer.backorders import Backorders
+from shared import topics
+from shared.contracts import InventoryEvent, ProductSnapshot, inventory_event
+from shared.messaging import subscribe
+from shared.settings import FulfilmentSettings
+
+
+def register(
+    broker: KafkaBroker,
+    pool_of: Callable[[], asyncpg.Pool],
+    producer_of: Callable[[], AIOKafkaProducer],
+    backorders: Backorders,
+    settings: FulfilmentSettings,
+) -> None:
+    async def apply_event(event: InventoryEvent) -> None:
+        async with pool_of().acquire() as conn, conn.transaction():
+            await backorders.on_inventory_event(conn, event)
+
+    async def apply_product(product: ProductSnapshot) -> None:
+        async with pool_of().acquire() as conn, conn.transaction():
+            await backorders.on_product(conn, product)
+
+    subscribe(
+        broker,
+        topics.INVENTORY_EVENTS,
+        group_id="fulfilment",
+        name="fulfilment.inventory-events",
+        parse=inventory_event.validate_json,
+        handle=apply_event,
+        producer_of=producer_of,
+        max_retries=settings.consumer_max_retries,
+    )
+    subscribe(
+        broker,
+        topics.CATALOG_PRODUCTS,
+        group_id="fulfilment-catalog",
+        name="fulfilment.catalog",
+        parse=ProductSnapshot.model_validate_json,
+        handle=apply_product,
+        producer_of=producer_of,
+        max_retries=settings.consumer_max_retries,
+    )

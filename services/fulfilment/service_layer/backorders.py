@@ -1,0 +1,144 @@
+"""Use cases of fulfilment: one handler per event it follows, the deadline scan, and the
+allocation round that offers arrived stock to the oldest waiting orders first."""
+
+import logging
+from dataclasses import dataclass
+
+import asyncpg
+
+from services.fulfilment import metrics
+from services.fulfilment.adapters import repository as repo
+from services.fulfilment.adapters.supplier import Supplier
+from services.fulfilment.domain.model import OPEN_STATES, deadline, round_size, supplier_quantity
+from shared import topics
+from shared.contracts import (
+    AllocateBackorder,
+    BackorderAllocated,
+    BackorderCancelled,
+    BackorderStillWaiting,
+    CancelBackorder,
+    CancelReason,
+    InventoryEvent,
+    OrderBackordered,
+    OrderReserved,
+    ProductSnapshot,
+    StockArrived,
+)
+from shared.db import Conn
+from shared.messaging import add_to_outbox
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Backorders:
+    default_deadline_s: float
+    supplier: Supplier
+    supplier_batch: int
+
+    async def on_inventory_event(self, conn: Conn, event: InventoryEvent) -> None:
+        match event:
+            case OrderBackordered():
+                await self._on_backordered(conn, event)
+            case StockArrived():
+                await repo.lock_sku(conn, event.sku)
+                await repo.set_stock_hint(conn, event.sku, event.available)
+                await self.allocation_round(conn, event.sku)
+            case OrderReserved():
+                await repo.lock_sku(conn, event.sku)
+                await repo.take_from_stock_hint(conn, event.sku)
+            case BackorderAllocated():
+                await repo.lock_sku(conn, event.sku)
+                if await repo.transition(conn, event.transaction_id, "COMPLETED", OPEN_STATES):
+                    metrics.COMPLETIONS.inc()
+                await repo.take_from_stock_hint(conn, event.sku)
+            case BackorderStillWaiting():
+                knowledge = await repo.lock_sku(conn, event.sku)
+                await repo.set_stock_hint(conn, event.sku, 0)
+                moved = await repo.transition(
+                    conn, event.transaction_id, "WAITING", ("ALLOCATING",)
+                )
+                if moved and not knowledge.active:
+                    await self._cancel(conn, event.sku, [event.transaction_id], "PRODUCT_WITHDRAWN")
+                await self.allocation_round(conn, event.sku)
+            case BackorderCancelled():
+                if await repo.transition(
+                    conn, event.transaction_id, "CANCELLED", OPEN_STATES, event.reason
+                ):
+                    metrics.CANCELLATIONS.labels(event.reason).inc()
+
+    async def _on_backordered(self, conn: Conn, event: OrderBackordered) -> None:
+        knowledge = await repo.lock_sku(conn, event.sku)
+        inserted = await repo.insert_backorder(
+            conn,
+            event.transaction_id,
+            event.account_id,
+            event.sku,
+            event.placed_at,
+            deadline(event.placed_at, knowledge, self.default_deadline_s),
+        )
+        if not inserted:
+            return  # a redelivery
+        if not knowledge.active:
+            await self._cancel(conn, event.sku, [event.transaction_id], "PRODUCT_WITHDRAWN")
+            return
+        await self.allocation_round(conn, event.sku)
+
+    async def on_product(self, conn: Conn, product: ProductSnapshot) -> None:
+        await repo.lock_sku(conn, product.sku)
+        applied = await repo.apply_product(
+            conn, product.sku, product.active, product.backorder_deadline_seconds, product.version
+        )
+        if not applied:
+            return
+        if product.active:
+            await self.allocation_round(conn, product.sku)
+        else:
+            waiting = await repo.waiting_of_sku(conn, product.sku)
+            await self._cancel(conn, product.sku, waiting, "PRODUCT_WITHDRAWN")
+
+    async def allocation_round(self, conn: Conn, sku: str) -> None:
+        """Offer the stock inventory reported to the oldest waiting orders, in order.
+
+        The caller holds the SKU's row lock. AllocateBackorder commands go through the outbox
+        to the SKU-keyed command topic, so inventory decides them in the order sent.
+        """
+        knowledge = await repo.lock_sku(conn, sku)
+        if not knowledge.active:
+            return
+        allocating = await repo.count_in_state(conn, sku, "ALLOCATING")
+        n = round_size(knowledge.stock_hint, allocating)
+        for transaction_id in await repo.start_allocating_oldest(conn, sku, n) if n else []:
+            await add_to_outbox(
+                conn,
+                topics.INVENTORY_COMMANDS.name,
+                sku,
+                AllocateBackorder(transaction_id=transaction_id, sku=sku),
+            )
+            metrics.ALLOCATION_REQUESTS.inc()
+        open_orders = await repo.count_in_state(conn, sku, "WAITING") + allocating + n
+        quantity = supplier_quantity(open_orders, knowledge.stock_hint, self.supplier_batch)
+        if quantity:
+            await self.supplier.request(conn, sku, quantity)
+
+    async def _cancel(
+        self, conn: Conn, sku: str, transaction_ids: list[str], reason: CancelReason
+    ) -> None:
+        for transaction_id in transaction_ids:
+            if await repo.transition(conn, transaction_id, "CANCELLING", ("WAITING",), reason):
+                await add_to_outbox(
+                    conn,
+                    topics.INVENTORY_COMMANDS.name,
+                    sku,
+                    CancelBackorder(transaction_id=transaction_id, sku=sku, reason=reason),
+                )
+
+    async def cancel_overdue(self, pool: asyncpg.Pool, batch: int = 500) -> int:
+        """Ask inventory to cancel every waiting backorder past its deadline."""
+        async with pool.acquire() as conn, conn.transaction():
+            rows = await repo.overdue(conn, batch)
+            for row in rows:
+                await self._cancel(conn, row["sku"], [row["transaction_id"]], "DEADLINE_PASSED")
+        if rows:
+            log.info("asked inventory to cancel %d overdue backorders", len(rows))
+        return len(rows)
