@@ -33,7 +33,10 @@ status:
 	$(STACK) status
 
 # pytest's exit code 5 (no test collected) counts as a failure. The shared lock on
-# tests.lock keeps another `make up` from restarting the services under a test run.
+# tests.lock keeps another `make up` from restarting the services under a test run. Tests
+# run with the simulated supplier off (the test of the supplier turns it on): stock arrives
+# only when a test adds it.
+test: export SUPPLIER_ENABLED ?= false
 test:
 	$(STACK) up
 	@settings="$$($(STACK) env)" || exit 1; \

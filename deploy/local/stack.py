@@ -647,13 +647,7 @@ def process_env(cfg: Config, secret: dict[str, str]) -> dict[str, str]:
     """The environment of a service process (and of the `instant-orders` CLI runs)."""
     env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
     env.update(stack_env(cfg, secret))
-    env.update(
-        {
-            k: v
-            for k, v in os.environ.items()
-            if k.startswith(PASSTHROUGH_PREFIXES) or k in PASSTHROUGH_NAMES
-        }
-    )
+    env.update(tuning_env())
     env["PYTHONUNBUFFERED"] = "1"
     env["VIRTUAL_ENV"] = str(VENV)
     env["PATH"] = f"{VENV / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}"
@@ -1257,9 +1251,25 @@ def wait_kafka_ready(cfg: Config, launch: Launch) -> None:
 # The three services
 
 
+def tuning_env() -> dict[str, str]:
+    """The caller's variables passed to the services, with the stack's defaults: the
+    simulated supplier delivers to backorders in the demo unless SUPPLIER_ENABLED says
+    otherwise (`make test` turns it off)."""
+    env = {"SUPPLIER_ENABLED": "true"}
+    env.update(
+        {
+            k: v
+            for k, v in os.environ.items()
+            if k.startswith(PASSTHROUGH_PREFIXES) or k in PASSTHROUGH_NAMES
+        }
+    )
+    return env
+
+
 def code_digest() -> str:
-    """Cheap fingerprint of the service code, to tell when running services are stale."""
-    parts: list[bytes] = []
+    """Cheap fingerprint of the service code and tuning variables, to tell when running
+    services are stale (then `up` restarts them)."""
+    parts: list[bytes] = [repr(sorted(tuning_env().items())).encode()]
     for top in ("services", "shared"):
         for path in sorted((ROOT / top).rglob("*")):
             if path.suffix in (".py", ".ini", ".mako", ".sql", ".json", ".yaml", ".toml"):
@@ -1468,7 +1478,10 @@ def cmd_up(cfg: Config) -> None:
     cmd_install(cfg)
     stale = stale_apps(cfg)
     if stale:
-        say(f"the code changed since {', '.join(stale)} started: restarting to run the new code")
+        say(
+            f"the code or settings changed since {', '.join(stale)} started: restarting "
+            "them to run the new ones"
+        )
         for name in reversed(stale):
             stop_process(cfg, name)
     first_up = not cfg.seeded_marker.exists()
