@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from shared.cli.common import local_secret, service_url  # noqa: E402
-from shared.contracts import Decision, PlaceOrder  # noqa: E402
+from shared.contracts import Decision, PlaceOrder, new_transaction_id  # noqa: E402
 from shared.topics import INVENTORY_COMMANDS, ORDER_REPLIES  # noqa: E402
 
 
@@ -87,7 +87,7 @@ async def run(bootstrap: str, rate: int, seconds: float, sku_count: int) -> str:
             if (delay := at - time.perf_counter()) > 0:
                 await asyncio.sleep(delay)
             order = PlaceOrder(
-                transaction_id=f"bench-{tag}-{i:08d}",
+                transaction_id=new_transaction_id(),
                 account_id=uuid.uuid4(),
                 sku=skus[i % sku_count],
                 unit_price=Decimal("1.00"),

@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from shared.cli import infra
+from shared.cli import accounts, catalog, demo, infra
 from shared.cli.common import CliError
 
 
@@ -13,20 +13,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Operate an instant-orders stack: accounts, products, stock, set-up.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in _command_modules():
+    for module in (accounts, catalog, demo, infra):
         module.register(sub)
     return parser
-
-
-def _command_modules() -> list:  # type: ignore[type-arg]
-    modules = [infra]
-    for name in ("accounts", "catalog", "demo"):
-        try:
-            modules.append(__import__(f"shared.cli.{name}", fromlist=["register"]))
-        except ModuleNotFoundError as exc:
-            if exc.name != f"shared.cli.{name}":
-                raise
-    return modules
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,6 @@
+from services.inventory.app import SERVICE, create_app
+from shared.runtime import serve
+from shared.settings import InventorySettings
+
+settings = InventorySettings()
+serve(SERVICE, settings, settings.port, create_app(settings))

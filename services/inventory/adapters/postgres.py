@@ -1,0 +1,306 @@
+"""The repositories and unit of work over PostgreSQL: hand-written SQL on one asyncpg
+connection per transaction."""
+
+import contextlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from services.inventory.domain.model import (
+    ClaimedCode,
+    DecisionState,
+    NewCode,
+    OrderDecision,
+    StockLevel,
+)
+from services.inventory.service_layer.unit_of_work import UnitOfWork
+from shared.contracts import Message, ProductSnapshot
+from shared.crypto import SealedCode
+from shared.db import Conn
+from shared.messaging import add_all_to_outbox
+
+# Namespace of the per-SKU advisory locks (two-int form: never clashes with one-key locks).
+SKU_LOCK_SPACE = 0x1A7E
+
+# The code claim: one statement for a whole batch. With a single order it is exactly
+#   UPDATE codes SET status='SOLD', transaction_id=$tx, sold_at=now()
+#   WHERE id = (SELECT id FROM codes WHERE sku=$sku AND status='AVAILABLE'
+#               ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING ...
+# and for n orders of a SKU it pairs its n oldest free codes with them, in order.
+CLAIM_CODES = """
+WITH wanted AS (
+    SELECT sku, transaction_id, row_number() OVER (PARTITION BY sku ORDER BY ord) AS n
+    FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS w (sku, transaction_id, ord)
+), demand AS (
+    SELECT sku, count(*) AS k FROM wanted GROUP BY sku
+), picked AS (
+    SELECT free.id, free.sku, row_number() OVER (PARTITION BY free.sku ORDER BY free.id) AS n
+    FROM demand CROSS JOIN LATERAL (
+        SELECT id, sku FROM codes
+        WHERE codes.sku = demand.sku AND status = 'AVAILABLE'
+        ORDER BY id LIMIT demand.k
+        FOR UPDATE SKIP LOCKED
+    ) AS free
+)
+UPDATE codes
+SET status = 'SOLD', transaction_id = wanted.transaction_id, sold_at = now()
+FROM picked JOIN wanted USING (sku, n)
+WHERE codes.id = picked.id AND codes.status = 'AVAILABLE'
+RETURNING codes.id, codes.transaction_id, codes.key_id, codes.sealed
+"""
+
+
+def _claimed(row: asyncpg.Record) -> ClaimedCode:
+    return ClaimedCode(stock_id=row["id"], sealed=SealedCode(row["key_id"], bytes(row["sealed"])))
+
+
+def _rows_affected(status: str) -> int:
+    return int(status.rsplit(" ", 1)[-1])
+
+
+class PostgresProducts:
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+
+    async def get(self, sku: str, *, for_update: bool = False) -> ProductSnapshot | None:
+        lock = " FOR UPDATE" if for_update else ""
+        row = await self._conn.fetchrow(
+            "SELECT record, version FROM products WHERE sku = $1" + lock,  # noqa: S608
+            sku,
+        )
+        return None if row is None else _product(row)
+
+    async def save(self, product: ProductSnapshot) -> ProductSnapshot:
+        record = product.model_dump(mode="json", by_alias=True, exclude={"version"})
+        version = await self._conn.fetchval(
+            """
+            INSERT INTO products (sku, name, price, currency, is_instant, active, version, record)
+            VALUES ($1, $2, $3, $4, $5, $6, 1, $7)
+            ON CONFLICT (sku) DO UPDATE SET
+                name = EXCLUDED.name, price = EXCLUDED.price, currency = EXCLUDED.currency,
+                is_instant = EXCLUDED.is_instant, active = EXCLUDED.active,
+                record = EXCLUDED.record, version = products.version + 1, updated_at = now()
+            RETURNING version
+            """,
+            product.sku,
+            product.name,
+            product.price,
+            product.currency,
+            product.is_instant_delivery_supported,
+            product.active,
+            record,
+        )
+        return product.model_copy(update={"version": version})
+
+    async def page(self, limit: int, offset: int) -> tuple[int, list[ProductSnapshot]]:
+        total = await self._conn.fetchval("SELECT count(*) FROM products")
+        rows = await self._conn.fetch(
+            "SELECT record, version FROM products ORDER BY sku LIMIT $1 OFFSET $2", limit, offset
+        )
+        return total, [_product(row) for row in rows]
+
+
+def _product(row: asyncpg.Record) -> ProductSnapshot:
+    return ProductSnapshot.model_validate({**row["record"], "version": row["version"]})
+
+
+class PostgresCodes:
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+
+    async def claim(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, ClaimedCode]:
+        pairs = [(sku, tx) for sku, transaction_ids in wanted.items() for tx in transaction_ids]
+        if not pairs:
+            return {}
+        rows = await self._conn.fetch(
+            CLAIM_CODES, [sku for sku, _ in pairs], [tx for _, tx in pairs]
+        )
+        return {row["transaction_id"]: _claimed(row) for row in rows}
+
+    async def sold_to(self, transaction_ids: Sequence[str]) -> dict[str, ClaimedCode]:
+        rows = await self._conn.fetch(
+            "SELECT id, transaction_id, key_id, sealed FROM codes "
+            "WHERE transaction_id = ANY($1::text[])",
+            list(transaction_ids),
+        )
+        return {row["transaction_id"]: _claimed(row) for row in rows}
+
+    async def add(self, sku: str, codes: Sequence[NewCode]) -> int:
+        status = await self._conn.execute(
+            """
+            INSERT INTO codes (sku, key_id, sealed, fingerprint)
+            SELECT $1, key_id, sealed, fingerprint
+            FROM unnest($2::text[], $3::bytea[], $4::bytea[]) AS c (key_id, sealed, fingerprint)
+            ON CONFLICT (fingerprint) DO NOTHING
+            """,
+            sku,
+            [c.sealed.key_id for c in codes],
+            [c.sealed.blob for c in codes],
+            [c.fingerprint for c in codes],
+        )
+        return _rows_affected(status)
+
+    async def available(self, sku: str) -> int:
+        count: int = await self._conn.fetchval(
+            "SELECT count(*) FROM codes WHERE sku = $1 AND status = 'AVAILABLE'", sku
+        )
+        return count
+
+    async def levels(self, skus: Sequence[str]) -> dict[str, StockLevel]:
+        rows = await self._conn.fetch(
+            """
+            SELECT sku,
+                   count(*) FILTER (WHERE status = 'AVAILABLE') AS available,
+                   count(*) FILTER (WHERE status = 'SOLD') AS sold
+            FROM codes WHERE sku = ANY($1::text[]) GROUP BY sku
+            """,
+            list(skus),
+        )
+        return {row["sku"]: StockLevel(row["available"], row["sold"]) for row in rows}
+
+    async def available_per_product(self) -> dict[str, int]:
+        rows = await self._conn.fetch(
+            """
+            SELECT p.sku, count(c.id) AS available
+            FROM products p LEFT JOIN codes c ON c.sku = p.sku AND c.status = 'AVAILABLE'
+            GROUP BY p.sku
+            """
+        )
+        return {row["sku"]: row["available"] for row in rows}
+
+
+_DECISION_COLUMNS = "transaction_id, account_id, sku, state, stock_id, reply_to, placed_at"
+
+
+def _decision(row: asyncpg.Record) -> OrderDecision:
+    return OrderDecision(
+        transaction_id=row["transaction_id"],
+        account_id=row["account_id"],
+        sku=row["sku"],
+        placed_at=row["placed_at"],
+        reply_to=row["reply_to"],
+        state=DecisionState(row["state"]),
+        stock_id=row["stock_id"],
+    )
+
+
+class PostgresDecisions:
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+
+    async def get_many(self, transaction_ids: Sequence[str]) -> dict[str, OrderDecision]:
+        rows = await self._conn.fetch(
+            f"SELECT {_DECISION_COLUMNS} FROM decisions "  # noqa: S608 - constant column list
+            "WHERE transaction_id = ANY($1::text[])",
+            list(transaction_ids),
+        )
+        return {row["transaction_id"]: _decision(row) for row in rows}
+
+    async def get_for_update(self, transaction_id: str) -> OrderDecision | None:
+        row = await self._conn.fetchrow(
+            f"SELECT {_DECISION_COLUMNS} FROM decisions "  # noqa: S608 - constant column list
+            "WHERE transaction_id = $1 FOR UPDATE",
+            transaction_id,
+        )
+        return None if row is None else _decision(row)
+
+    async def skus_with_waiting_backorders(self, skus: Iterable[str]) -> set[str]:
+        rows = await self._conn.fetch(
+            """
+            SELECT s.sku FROM unnest($1::text[]) AS s (sku)
+            WHERE EXISTS (
+                SELECT 1 FROM decisions d WHERE d.sku = s.sku AND d.state = 'BACKORDERED'
+            )
+            """,
+            list(skus),
+        )
+        return {row["sku"] for row in rows}
+
+    async def add_all(self, decisions: Sequence[OrderDecision]) -> None:
+        await self._conn.execute(
+            f"""
+            INSERT INTO decisions ({_DECISION_COLUMNS})
+            SELECT * FROM unnest(
+                $1::text[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::text[],
+                $7::timestamptz[]
+            )
+            """,  # noqa: S608 - constant column list
+            [d.transaction_id for d in decisions],
+            [d.account_id for d in decisions],
+            [d.sku for d in decisions],
+            [d.state.value for d in decisions],
+            [d.stock_id for d in decisions],
+            [d.reply_to for d in decisions],
+            [d.placed_at for d in decisions],
+        )
+
+    async def update(self, decision: OrderDecision) -> None:
+        await self._conn.execute(
+            "UPDATE decisions SET state = $2, stock_id = $3, updated_at = now() "
+            "WHERE transaction_id = $1",
+            decision.transaction_id,
+            decision.state.value,
+            decision.stock_id,
+        )
+
+
+class PostgresUnitOfWork(UnitOfWork):
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        on_commit: Callable[[Sequence[Message]], None] | None = None,
+    ) -> None:
+        super().__init__(on_commit)
+        self._pool = pool
+        self._conn: PoolConnectionProxy | None = None
+        self._tx: asyncpg.transaction.Transaction | None = None
+
+    async def _begin(self) -> None:
+        conn = await self._pool.acquire()
+        try:
+            self._tx = conn.transaction()
+            await self._tx.start()
+        except BaseException:
+            await self._pool.release(conn)
+            raise
+        self._conn = conn
+        self.products = PostgresProducts(conn)
+        self.codes = PostgresCodes(conn)
+        self.decisions = PostgresDecisions(conn)
+
+    @property
+    def connection(self) -> PoolConnectionProxy:
+        assert self._conn is not None, "use the unit of work inside `async with`"
+        return self._conn
+
+    async def serialize_skus(self, skus: Iterable[str]) -> None:
+        # Taken in one statement, in hash order: two batches never wait for each other in a
+        # cycle, and every row lock of a SKU's decisions is taken under its lock.
+        await self.connection.execute(
+            """
+            SELECT pg_advisory_xact_lock($1, h)
+            FROM (SELECT DISTINCT hashtext(s) AS h FROM unnest($2::text[]) AS s ORDER BY 1) AS l
+            ORDER BY h
+            """,
+            SKU_LOCK_SPACE,
+            sorted(set(skus)),
+        )
+
+    async def _commit(self, events: Sequence[tuple[str, str, Message]]) -> None:
+        assert self._tx is not None
+        await add_all_to_outbox(self.connection, events)
+        await self._tx.commit()
+        self._tx = None
+
+    async def _end(self) -> None:
+        if self._conn is None:
+            return
+        try:
+            if self._tx is not None and not self._conn.is_closed():
+                with contextlib.suppress(asyncpg.InterfaceError, OSError):
+                    await self._tx.rollback()
+        finally:
+            self._tx = None
+            conn, self._conn = self._conn, None
+            await self._pool.release(conn)

@@ -1,0 +1,74 @@
+"""The inventory service: catalog and prices, the stock of codes, and every allocation of a code
+to an order (it is their only writer)."""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import asyncpg
+from fastapi import FastAPI
+
+from services.inventory import metrics
+from services.inventory.adapters.postgres import PostgresUnitOfWork
+from services.inventory.entrypoints import admin, commands
+from services.inventory.service_layer import catalog
+from services.inventory.service_layer.unit_of_work import UnitOfWork
+from shared.crypto import CodeVault
+from shared.runtime import Runtime, lifespan_for
+from shared.settings import InventorySettings
+from shared.web import install_common
+
+SERVICE = "inventory"
+# The available-codes gauge follows every claim and delivery of this instance; a recount
+# from the database also covers other instances and operators' direct changes.
+STOCK_RECOUNT_INTERVAL_S = 30.0
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: InventorySettings | None = None) -> FastAPI:
+    settings = settings or InventorySettings()
+    runtime = Runtime(SERVICE, settings, settings.database_url)
+    vault = CodeVault(settings.code_encryption_keys.get_secret_value())
+
+    def new_uow() -> PostgresUnitOfWork:
+        return PostgresUnitOfWork(runtime.pool, on_commit=metrics.observe_committed)
+
+    commands.subscribe(
+        runtime.broker,
+        commands.CommandConsumer(
+            new_uow,
+            lambda: runtime.producer,
+            max_retries=settings.consumer_max_retries,
+            vault=vault,
+        ),
+    )
+
+    @contextlib.asynccontextmanager
+    async def background() -> AsyncIterator[None]:
+        recount = asyncio.create_task(_recount_stock(new_uow), name="inventory-stock-recount")
+        try:
+            yield
+        finally:
+            recount.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recount
+
+    app = FastAPI(
+        title="instant-orders inventory", lifespan=lifespan_for(runtime, on_start=background)
+    )
+    app.state.runtime = runtime
+    app.state.admin = admin.AdminContext(new_uow, vault, settings.admin_token)
+    install_common(app, SERVICE, runtime.readiness(), max_body_bytes=admin.MAX_BODY_BYTES)
+    app.include_router(admin.router)
+    return app
+
+
+async def _recount_stock(new_uow: Callable[[], UnitOfWork]) -> None:
+    while True:
+        try:
+            metrics.set_available(await catalog.available_per_product(new_uow()))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("could not recount the stock: %s", type(exc).__name__)
+        await asyncio.sleep(STOCK_RECOUNT_INTERVAL_S)

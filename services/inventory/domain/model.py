@@ -1,0 +1,150 @@
+"""Inventory's domain: which order gets which code, and when an order has to wait.
+
+An order placed for a SKU is decided once: it is RESERVED when a code is claimed for it at
+once, else BACKORDERED. Orders of one SKU are served first come, first served: while any
+backorder of the SKU is still waiting, a new order waits behind it even if codes are in
+stock (fulfilment allocates the waiting ones, oldest first, when stock arrives). A waiting
+backorder ends ALLOCATED (it got a code) or CANCELLED; once a code is allocated, the
+allocation wins over a late cancellation.
+"""
+
+import secrets
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Literal
+
+from shared.contracts import PlaceOrder
+from shared.crypto import Code, SealedCode
+
+MAX_CODES_PER_DELIVERY = 5_000
+
+
+class DecisionState(StrEnum):
+    RESERVED = "RESERVED"
+    BACKORDERED = "BACKORDERED"
+    ALLOCATED = "ALLOCATED"
+    CANCELLED = "CANCELLED"
+
+
+class NotWaiting(Exception):
+    """Only a waiting backorder can be allocated a code or cancelled."""
+
+
+@dataclass(frozen=True)
+class ClaimedCode:
+    """A code sold to one order: its public stock id and its ciphertext."""
+
+    stock_id: int
+    sealed: SealedCode
+
+
+@dataclass
+class OrderDecision:
+    transaction_id: str
+    account_id: uuid.UUID
+    sku: str
+    placed_at: datetime
+    reply_to: str | None
+    state: DecisionState
+    stock_id: int | None = None
+
+    @property
+    def waiting(self) -> bool:
+        return self.state is DecisionState.BACKORDERED
+
+    @property
+    def instant_outcome(self) -> Literal["RESERVED", "BACKORDERED"]:
+        """What the order was told when it was placed; a later allocation does not change it."""
+        return "RESERVED" if self.state is DecisionState.RESERVED else "BACKORDERED"
+
+    def allocate(self, code: ClaimedCode) -> None:
+        if not self.waiting:
+            raise NotWaiting(f"{self.transaction_id} is {self.state}, not waiting for a code")
+        self.state = DecisionState.ALLOCATED
+        self.stock_id = code.stock_id
+
+    def cancel(self) -> None:
+        if not self.waiting:
+            raise NotWaiting(f"{self.transaction_id} is {self.state}, not waiting for a code")
+        self.state = DecisionState.CANCELLED
+
+
+def claims_to_attempt(
+    orders: Sequence[PlaceOrder], skus_with_waiting_backorders: set[str]
+) -> dict[str, list[str]]:
+    """The orders that may take a code now, per SKU, in the order they were placed.
+
+    None of a SKU whose backorders are still waiting: those orders queue behind them.
+    """
+    wanted: dict[str, list[str]] = {}
+    for order in orders:
+        if order.sku not in skus_with_waiting_backorders:
+            wanted.setdefault(order.sku, []).append(order.transaction_id)
+    return wanted
+
+
+def decide(order: PlaceOrder, code: ClaimedCode | None) -> OrderDecision:
+    return OrderDecision(
+        transaction_id=order.transaction_id,
+        account_id=order.account_id,
+        sku=order.sku,
+        placed_at=order.placed_at
+        if order.placed_at.tzinfo
+        else order.placed_at.replace(tzinfo=UTC),
+        reply_to=order.reply_to,
+        state=DecisionState.RESERVED if code else DecisionState.BACKORDERED,
+        stock_id=code.stock_id if code else None,
+    )
+
+
+def first_of_each_order(orders: Iterable[PlaceOrder]) -> list[PlaceOrder]:
+    """A redelivered command can appear twice in one batch: it is decided once."""
+    seen: dict[str, PlaceOrder] = {}
+    for order in orders:
+        seen.setdefault(order.transaction_id, order)
+    return list(seen.values())
+
+
+# --- stock -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewCode:
+    """A code about to be stocked: its keyed fingerprint (for duplicates) and ciphertext."""
+
+    fingerprint: bytes
+    sealed: SealedCode
+
+
+@dataclass(frozen=True)
+class StockLevel:
+    available: int
+    sold: int
+
+
+def distinct_codes(codes: Iterable[NewCode]) -> list[NewCode]:
+    """Keeps the first of codes that share a redeem code (same fingerprint)."""
+    seen: dict[bytes, NewCode] = {}
+    for code in codes:
+        seen.setdefault(code.fingerprint, code)
+    return list(seen.values())
+
+
+_DEMO_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+
+def demo_codes(count: int) -> list[Code]:
+    """Random codes for demos and load tests: 4 groups of 4, a 4-digit PIN (may start with 0)."""
+    if not 0 < count <= MAX_CODES_PER_DELIVERY:
+        raise ValueError(f"generate between 1 and {MAX_CODES_PER_DELIVERY} codes at a time")
+    return [
+        Code(
+            redeem_code="DEMO-"
+            + "-".join("".join(secrets.choice(_DEMO_ALPHABET) for _ in range(4)) for _ in range(4)),
+            pin_code=f"{secrets.randbelow(10_000):04d}",
+        )
+        for _ in range(count)
+    ]

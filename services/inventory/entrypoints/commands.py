@@ -1,0 +1,207 @@
+"""The subscriber of inventory.commands.
+
+Commands come in batches (one consumer poll, up to BATCH_MAX_RECORDS records, partition order
+kept) and a batch is decided in ONE transaction: one commit per batch instead of one per
+order is what lets one consumer decide about a thousand orders a second. Replies go out after
+the commit; the offsets are committed after that (at-least-once: a redelivered batch finds
+its decisions stored and changes nothing).
+
+If the batch transaction fails for a reason other than infrastructure (a poison message), the
+batch is decided again one command at a time, each under the shared retry / dead-letter
+policy, so only the poison message ends on the dead-letter topic.
+"""
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from faststream.kafka import KafkaBroker
+from faststream.message import StreamMessage
+from pydantic import ValidationError
+
+from services.inventory import metrics
+from services.inventory.service_layer.decisions import Reply, decide
+from services.inventory.service_layer.unit_of_work import UnitOfWork
+from shared.contracts import InventoryCommand, inventory_command
+from shared.crypto import CodeVault
+from shared.logs import transaction_id_var
+from shared.messaging import SUBSCRIBER_ACK_POLICY, TRANSIENT, consume_resiliently
+from shared.topics import INVENTORY_COMMANDS
+
+log = logging.getLogger(__name__)
+
+CONSUMER_GROUP = "inventory"
+CONSUMER_NAME = "inventory-commands"
+BATCH_MAX_RECORDS = 200
+# How long one poll waits for a first record. FastStream sleeps as long again after an empty
+# poll, so this bounds the extra latency of an order arriving on an idle consumer.
+BATCH_TIMEOUT_MS = 5
+# A reply that cannot be handed to the producer within this (no metadata for its topic, full
+# buffer) is dropped: the ingress stopped waiting long ago and learns the outcome from
+# inventory.events.
+REPLY_TIMEOUT_S = 1.0
+
+# Infrastructure failures: the batch is not acknowledged and comes again once things are back.
+INFRASTRUCTURE = (
+    *TRANSIENT,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+
+
+class Record(Protocol):
+    """What the subscriber reads of an aiokafka ConsumerRecord."""
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes | None: ...
+
+
+class CommandConsumer:
+    def __init__(
+        self,
+        new_uow: Callable[[], UnitOfWork],
+        producer: Callable[[], AIOKafkaProducer],
+        max_retries: int,
+        infrastructure_pause_s: float = 0.5,
+        vault: CodeVault | None = None,
+    ) -> None:
+        self._vault = vault
+        self._new_uow = new_uow
+        self._producer = producer
+        self._max_retries = max_retries
+        self._pause_s = infrastructure_pause_s
+
+    async def handle_batch(self, records: Sequence[Record]) -> None:
+        started = time.perf_counter()
+        commands: list[InventoryCommand] = []
+        unparseable: list[Record] = []
+        for record in records:
+            try:
+                commands.append(inventory_command.validate_json(record.value or b""))
+            except (ValidationError, ValueError):
+                unparseable.append(record)
+        if commands:
+            try:
+                replies = await self._decide(commands, started)
+            except INFRASTRUCTURE:
+                log.warning("deciding a batch of %d commands failed: infrastructure", len(records))
+                await asyncio.sleep(self._pause_s)
+                raise
+            except Exception as exc:
+                log.warning(
+                    "deciding a batch of %d commands failed (%s): deciding them one by one",
+                    len(records),
+                    type(exc).__name__,
+                )
+                for record in records:
+                    await self._handle_alone(record)
+                return
+            await self._send(replies)
+        for record in unparseable:
+            await self._handle_alone(record)  # dead-letters it: it does not parse
+
+    async def _handle_alone(self, record: Record) -> None:
+        await consume_resiliently(
+            raw=record.value or b"",
+            parse=inventory_command.validate_json,
+            handle=self._decide_one,
+            producer=self._producer(),
+            topic=INVENTORY_COMMANDS.name,
+            dead_letter_topic=INVENTORY_COMMANDS.dead_letter,
+            key=record.key,
+            consumer=CONSUMER_NAME,
+            max_retries=self._max_retries,
+        )
+
+    async def _decide_one(self, command: InventoryCommand) -> None:
+        token = transaction_id_var.set(getattr(command, "transaction_id", None))
+        try:
+            replies = await self._decide([command], time.perf_counter())
+        except INFRASTRUCTURE as exc:
+            if isinstance(exc, TRANSIENT):
+                raise
+            raise ConnectionError(type(exc).__name__) from exc  # retried, never dead-lettered
+        finally:
+            transaction_id_var.reset(token)
+        await self._send(replies)
+
+    async def _decide(self, commands: Sequence[InventoryCommand], started: float) -> list[Reply]:
+        uow = self._new_uow()
+        replies = await decide(commands, uow, self._vault)
+        metrics.count_already_decided(CONSUMER_NAME, commands, uow.committed)
+        elapsed = time.perf_counter() - started
+        for _ in commands:
+            metrics.DECISION_SECONDS.observe(elapsed)
+        return replies
+
+    async def _send(self, replies: Sequence[Reply]) -> None:
+        """Hands the replies to the producer; their delivery is not waited for.
+
+        A reply that cannot be sent is logged and dropped: the ingress answers PROCESSING and
+        learns the outcome from inventory.events.
+        """
+        producer = self._producer()
+        for reply in replies:
+            decision = reply.decision
+            try:
+                async with asyncio.timeout(REPLY_TIMEOUT_S):
+                    delivery = await producer.send(
+                        reply.topic,
+                        value=decision.to_bytes(),
+                        key=decision.transaction_id.encode(),
+                    )
+            except Exception as exc:
+                _reply_lost(decision.transaction_id, reply.topic, exc)
+                continue
+            delivery.add_done_callback(
+                functools.partial(_on_delivery, decision.transaction_id, reply.topic)
+            )
+
+
+def _on_delivery(transaction_id: str, topic: str, delivery: "asyncio.Future[Any]") -> None:
+    if delivery.cancelled():
+        _reply_lost(transaction_id, topic, asyncio.CancelledError())
+    elif (exc := delivery.exception()) is not None:
+        _reply_lost(transaction_id, topic, exc)
+
+
+def _reply_lost(transaction_id: str, topic: str, exc: BaseException) -> None:
+    log.warning(
+        "could not send the decision on %s to %s: %s", transaction_id, topic, type(exc).__name__
+    )
+
+
+async def _records(message: StreamMessage[Any]) -> Any:
+    """Hands the handler the raw records: each is parsed (or dead-lettered) on its own."""
+    return message.raw_message
+
+
+def subscribe(
+    broker: KafkaBroker,
+    consumer: CommandConsumer,
+    topic: str = INVENTORY_COMMANDS.name,
+    group_id: str = CONSUMER_GROUP,
+) -> None:
+    @broker.subscriber(
+        topic,
+        batch=True,
+        group_id=group_id,
+        ack_policy=SUBSCRIBER_ACK_POLICY,
+        auto_offset_reset="earliest",
+        max_records=BATCH_MAX_RECORDS,
+        batch_timeout_ms=BATCH_TIMEOUT_MS,
+        decoder=_records,
+        title="inventory.commands",
+        description="PlaceOrder, AllocateBackorder, CancelBackorder and DeliverStock, decided "
+        "in batches.",
+    )
+    async def on_inventory_commands(records: Any) -> None:
+        await consumer.handle_batch(records)

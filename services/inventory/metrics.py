@@ -1,0 +1,69 @@
+"""Inventory's Prometheus series, derived from what each transaction committed."""
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from shared.contracts import (
+    BackorderAllocated,
+    Message,
+    OrderBackordered,
+    OrderReserved,
+    PlaceOrder,
+    StockArrived,
+)
+from shared.metrics import CONSUMER_REDELIVERIES
+
+CODES_AVAILABLE = Gauge(
+    "inventory_codes_available",
+    "Codes in stock, not yet sold, per SKU (kept after each claim and delivery, and "
+    "recounted from the database periodically).",
+    ["sku"],
+)
+CODE_CLAIMS = Counter(
+    "inventory_code_claims_total",
+    "Codes sold to orders: reserved at once, or allocated to a waiting backorder.",
+    ["outcome"],
+)
+BACKORDERS_CREATED = Counter(
+    "inventory_backorders_created_total", "Orders that had to wait for stock."
+)
+DECISION_SECONDS = Histogram(
+    "inventory_decision_seconds",
+    "Time from taking a batch of commands off the topic to its commit, per command.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0),
+)
+
+for _outcome in ("reserved", "allocated"):
+    CODE_CLAIMS.labels(_outcome)
+
+
+def observe_committed(messages: Iterable[Message]) -> None:
+    for message in messages:
+        if isinstance(message, OrderReserved):
+            CODE_CLAIMS.labels("reserved").inc()
+            CODES_AVAILABLE.labels(message.sku).dec()
+        elif isinstance(message, BackorderAllocated):
+            CODE_CLAIMS.labels("allocated").inc()
+            CODES_AVAILABLE.labels(message.sku).dec()
+        elif isinstance(message, OrderBackordered):
+            BACKORDERS_CREATED.inc()
+        elif isinstance(message, StockArrived):
+            CODES_AVAILABLE.labels(message.sku).set(message.available)
+
+
+def set_available(per_sku: Mapping[str, int]) -> None:
+    for sku, available in per_sku.items():
+        CODES_AVAILABLE.labels(sku).set(available)
+
+
+def count_already_decided(
+    consumer: str, commands: Sequence[Message], committed: Sequence[Message]
+) -> None:
+    """Counts the PlaceOrder commands of a committed batch that were already decided (a
+    redelivery, the relay's second publish, or twice in one batch): every new decision
+    committed exactly one OrderReserved or OrderBackordered, the others none."""
+    placed = sum(isinstance(c, PlaceOrder) for c in commands)
+    decided = sum(isinstance(m, OrderReserved | OrderBackordered) for m in committed)
+    if placed > decided:
+        CONSUMER_REDELIVERIES.labels(consumer).inc(placed - decided)

@@ -1,0 +1,210 @@
+"""Deciding orders: reserve a code or backorder, allocate or cancel a waiting backorder.
+
+Every handler is idempotent: a redelivered command finds the decision already stored and
+changes nothing (a PlaceOrder gets its stored outcome as reply again). `decide` runs a whole
+batch of commands, in the order they were consumed, in one transaction.
+"""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from services.inventory.domain import model
+from services.inventory.domain.model import ClaimedCode, DecisionState, NewCode, OrderDecision
+from services.inventory.service_layer.unit_of_work import UnitOfWork
+from shared.contracts import (
+    AllocateBackorder,
+    BackorderAllocated,
+    BackorderCancelled,
+    BackorderStillWaiting,
+    CancelBackorder,
+    Decision,
+    DeliverStock,
+    InventoryCommand,
+    OrderBackordered,
+    OrderReserved,
+    PlaceOrder,
+    StockArrived,
+)
+from shared.crypto import CodeVault, SealedCode
+from shared.topics import INVENTORY_EVENTS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A decision to send to the ingress instance waiting for it, after commit."""
+
+    topic: str
+    decision: Decision
+
+
+async def decide(
+    commands: Sequence[InventoryCommand], uow: UnitOfWork, vault: CodeVault | None = None
+) -> list[Reply]:
+    """Decides the commands in order, in one transaction; returns the replies to send.
+
+    `vault` is needed only for DeliverStock (a supplier's sealed codes are opened to
+    fingerprint them, so a code delivered twice is stocked once)."""
+    replies: list[Reply] = []
+    async with uow:
+        await uow.serialize_skus({command.sku for command in commands})
+        orders: list[PlaceOrder] = []
+        for command in commands:
+            if isinstance(command, PlaceOrder):
+                orders.append(command)
+                continue
+            # Orders consumed before this command are decided before it: per-SKU order holds.
+            replies += await place_orders(orders, uow)
+            orders = []
+            if isinstance(command, AllocateBackorder):
+                await allocate_backorder(command, uow)
+            elif isinstance(command, CancelBackorder):
+                await cancel_backorder(command, uow)
+            else:
+                if vault is None:
+                    raise ValueError("DeliverStock needs the code vault to fingerprint codes")
+                await receive_delivery(command, uow, vault)
+        replies += await place_orders(orders, uow)
+        await uow.commit()
+    return replies
+
+
+async def place_orders(orders: Sequence[PlaceOrder], uow: UnitOfWork) -> list[Reply]:
+    if not orders:
+        return []
+    known = await uow.decisions.get_many([order.transaction_id for order in orders])
+    new = [o for o in model.first_of_each_order(orders) if o.transaction_id not in known]
+
+    claimed: dict[str, ClaimedCode] = {}
+    decisions: list[OrderDecision] = []
+    if new:
+        waiting = await uow.decisions.skus_with_waiting_backorders({o.sku for o in new})
+        claimed = await uow.codes.claim(model.claims_to_attempt(new, waiting))
+        decisions = [model.decide(order, claimed.get(order.transaction_id)) for order in new]
+        await uow.decisions.add_all(decisions)
+        for decision in decisions:
+            _publish_placed(decision, claimed.get(decision.transaction_id), uow)
+
+    reserved_before = [tx for tx, d in known.items() if d.state is DecisionState.RESERVED]
+    if reserved_before:
+        claimed |= await uow.codes.sold_to(reserved_before)
+    outcomes = {d.transaction_id: d for d in [*known.values(), *decisions]}
+    return [
+        Reply(order.reply_to, _reply(outcomes[order.transaction_id], claimed))
+        for order in orders
+        if order.reply_to
+    ]
+
+
+async def allocate_backorder(command: AllocateBackorder, uow: UnitOfWork) -> None:
+    decision = await uow.decisions.get_for_update(command.transaction_id)
+    if decision is None:
+        log.warning("AllocateBackorder for unknown order %s ignored", command.transaction_id)
+        return
+    if not decision.waiting:
+        return
+    claimed = await uow.codes.claim({decision.sku: [decision.transaction_id]})
+    code = claimed.get(decision.transaction_id)
+    if code is None:
+        uow.publish(
+            INVENTORY_EVENTS.name,
+            decision.sku,
+            BackorderStillWaiting(transaction_id=decision.transaction_id, sku=decision.sku),
+        )
+        return
+    decision.allocate(code)
+    await uow.decisions.update(decision)
+    uow.publish(
+        INVENTORY_EVENTS.name,
+        decision.sku,
+        BackorderAllocated(
+            transaction_id=decision.transaction_id,
+            account_id=decision.account_id,
+            sku=decision.sku,
+            stock_id=code.stock_id,
+            sealed_code=code.sealed.to_wire(),
+        ),
+    )
+
+
+async def cancel_backorder(command: CancelBackorder, uow: UnitOfWork) -> None:
+    decision = await uow.decisions.get_for_update(command.transaction_id)
+    if decision is None:
+        log.warning("CancelBackorder for unknown order %s ignored", command.transaction_id)
+        return
+    if not decision.waiting:
+        return  # already allocated (the allocation wins) or already cancelled
+    decision.cancel()
+    await uow.decisions.update(decision)
+    uow.publish(
+        INVENTORY_EVENTS.name,
+        decision.sku,
+        BackorderCancelled(
+            transaction_id=decision.transaction_id,
+            account_id=decision.account_id,
+            sku=decision.sku,
+            reason=command.reason,
+        ),
+    )
+
+
+async def receive_delivery(command: DeliverStock, uow: UnitOfWork, vault: CodeVault) -> None:
+    """Stock a supplier's delivery. Codes already known are skipped, so a redelivered
+    delivery adds nothing; stock that arrived is announced like an operator's."""
+    if await uow.products.get(command.sku) is None:
+        raise ValueError(f"a delivery for unknown SKU {command.sku!r}")
+    codes = []
+    for wire in command.sealed_codes:
+        sealed = SealedCode.from_wire(wire)
+        redeem_code = vault.open(sealed, aad=command.sku).redeem_code
+        codes.append(NewCode(fingerprint=vault.fingerprint(redeem_code), sealed=sealed))
+    added = await uow.codes.add(command.sku, model.distinct_codes(codes))
+    if added:
+        available = await uow.codes.available(command.sku)
+        uow.publish(
+            INVENTORY_EVENTS.name,
+            command.sku,
+            StockArrived(sku=command.sku, added=added, available=available),
+        )
+    log.info("delivery %s: %d of %d codes added", command.delivery_id, added, len(codes))
+
+
+def _publish_placed(decision: OrderDecision, code: ClaimedCode | None, uow: UnitOfWork) -> None:
+    if code is not None:
+        uow.publish(
+            INVENTORY_EVENTS.name,
+            decision.sku,
+            OrderReserved(
+                transaction_id=decision.transaction_id,
+                account_id=decision.account_id,
+                sku=decision.sku,
+                stock_id=code.stock_id,
+                sealed_code=code.sealed.to_wire(),
+            ),
+        )
+    else:
+        uow.publish(
+            INVENTORY_EVENTS.name,
+            decision.sku,
+            OrderBackordered(
+                transaction_id=decision.transaction_id,
+                account_id=decision.account_id,
+                sku=decision.sku,
+                placed_at=decision.placed_at,
+            ),
+        )
+
+
+def _reply(decision: OrderDecision, claimed: dict[str, ClaimedCode]) -> Decision:
+    if decision.instant_outcome == "RESERVED":
+        code = claimed[decision.transaction_id]
+        return Decision(
+            transaction_id=decision.transaction_id,
+            sku=decision.sku,
+            outcome="RESERVED",
+            stock_id=code.stock_id,
+            sealed_code=code.sealed.to_wire(),
+        )
+    return Decision(transaction_id=decision.transaction_id, sku=decision.sku, outcome="BACKORDERED")

@@ -1,0 +1,108 @@
+"""The unit of work the handlers run in: one database transaction, its repositories, and the
+events it publishes (written to the outbox in that same transaction, on commit only)."""
+
+import abc
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Protocol, Self
+
+from services.inventory.domain.model import ClaimedCode, NewCode, OrderDecision, StockLevel
+from shared.contracts import Message, ProductSnapshot
+
+
+class Products(Protocol):
+    async def get(self, sku: str, *, for_update: bool = False) -> ProductSnapshot | None: ...
+
+    async def save(self, product: ProductSnapshot) -> ProductSnapshot:
+        """Stores the record; returns it with the version assigned (1, then +1 per save)."""
+        ...
+
+    async def page(self, limit: int, offset: int) -> tuple[int, list[ProductSnapshot]]: ...
+
+
+class Codes(Protocol):
+    async def claim(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, ClaimedCode]:
+        """Sells available codes of each SKU, oldest first, to its orders in the order given
+        (`wanted`: SKU -> transaction ids).
+
+        Returns what each served order got; a SKU's last orders get nothing when it has fewer
+        codes available than orders.
+        """
+        ...
+
+    async def sold_to(self, transaction_ids: Sequence[str]) -> dict[str, ClaimedCode]: ...
+
+    async def add(self, sku: str, codes: Sequence[NewCode]) -> int:
+        """Stocks the codes not already known (by fingerprint); returns how many were new."""
+        ...
+
+    async def available(self, sku: str) -> int: ...
+
+    async def levels(self, skus: Sequence[str]) -> dict[str, StockLevel]: ...
+
+    async def available_per_product(self) -> dict[str, int]: ...
+
+
+class Decisions(Protocol):
+    async def get_many(self, transaction_ids: Sequence[str]) -> dict[str, OrderDecision]: ...
+
+    async def get_for_update(self, transaction_id: str) -> OrderDecision | None: ...
+
+    async def skus_with_waiting_backorders(self, skus: Iterable[str]) -> set[str]: ...
+
+    async def add_all(self, decisions: Sequence[OrderDecision]) -> None: ...
+
+    async def update(self, decision: OrderDecision) -> None: ...
+
+
+class UnitOfWork(abc.ABC):
+    """`async with uow:` ... `await uow.commit()`; leaving the block without commit rolls back."""
+
+    products: Products
+    codes: Codes
+    decisions: Decisions
+
+    def __init__(self, on_commit: Callable[[Sequence[Message]], None] | None = None) -> None:
+        self._pending: list[tuple[str, str, Message]] = []
+        self._on_commit = on_commit
+        self.committed: list[Message] = []
+
+    def publish(self, topic: str, key: str, message: Message) -> None:
+        self._pending.append((topic, key, message))
+
+    async def commit(self) -> None:
+        await self._commit(self._pending)
+        messages = [message for _, _, message in self._pending]
+        self.committed.extend(messages)
+        self._pending = []
+        if self._on_commit is not None:
+            self._on_commit(messages)
+
+    async def __aenter__(self) -> Self:
+        self._pending = []
+        await self._begin()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._pending = []
+        await self._end()
+
+    @abc.abstractmethod
+    async def serialize_skus(self, skus: Iterable[str]) -> None:
+        """Holds every decision about these SKUs in other transactions until this one ends."""
+
+    @abc.abstractmethod
+    async def _begin(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _commit(self, events: Sequence[tuple[str, str, Message]]) -> None:
+        """Writes the events to the outbox and commits, atomically."""
+
+    @abc.abstractmethod
+    async def _end(self) -> None:
+        """Rolls back whatever was not committed and gives the connection back."""

@@ -1,0 +1,334 @@
+"""What only the real database (and broker) can prove about inventory: a code is sold at most
+once under concurrency and redelivery, decisions and their events commit together, no code is
+stored in plaintext, and the subscriber acknowledges only what it decided."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import cast
+
+import asyncpg
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from fastapi import FastAPI
+from faststream.kafka import KafkaBroker
+from pydantic import SecretStr
+
+from services.inventory.adapters.postgres import PostgresUnitOfWork
+from services.inventory.entrypoints import admin, commands
+from services.inventory.service_layer import catalog
+from services.inventory.service_layer.decisions import decide
+from services.inventory.service_layer.unit_of_work import UnitOfWork
+from shared import db
+from shared.contracts import (
+    AllocateBackorder,
+    CancelBackorder,
+    PlaceOrder,
+    ProductSnapshot,
+    inventory_event,
+)
+from shared.crypto import Code, SealedCode
+from shared.web import install_common
+from tests.conftest import Stack
+from tests.helpers import unique, wait_until
+from tests.inventory_contract import VAULT, NewUow, RepositoryContract
+from tests.unit.test_inventory_consumer import FakeProducer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+async def pool(stack: Stack) -> AsyncIterator[asyncpg.Pool]:
+    pool = await db.create_pool(stack.inventory_db_url, 30)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+def new_uow(pool: asyncpg.Pool) -> Callable[[], PostgresUnitOfWork]:
+    return lambda: PostgresUnitOfWork(pool)
+
+
+class TestPostgresRepositories(RepositoryContract):
+    @pytest.fixture
+    def new_uow(self, pool: asyncpg.Pool) -> NewUow:
+        return lambda: PostgresUnitOfWork(pool)
+
+
+def place(sku: str, transaction_id: str | None = None) -> PlaceOrder:
+    return PlaceOrder(
+        transaction_id=transaction_id or unique("tx"),
+        account_id=uuid.uuid4(),
+        sku=sku,
+        unit_price=Decimal("1.00"),
+        currency="USD",
+        placed_at=datetime.now(UTC),
+        reply_to="orders.replies",
+    )
+
+
+async def product_with_codes(new_uow: NewUow, count: int) -> tuple[str, list[str]]:
+    sku = unique("SKU")
+    await catalog.put_product(
+        ProductSnapshot(sku=sku, name=f"Card {sku}", currency="USD", price=Decimal("1.00")),
+        new_uow(),
+    )
+    redeem = [unique("CODE") for _ in range(count)]
+    if count:
+        await catalog.add_stock(sku, [Code(r, "0123") for r in redeem], new_uow(), VAULT)
+    return sku, redeem
+
+
+async def sold(pool: asyncpg.Pool, sku: str) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT id, transaction_id FROM codes WHERE sku = $1 AND status = 'SOLD' ORDER BY id", sku
+    )
+
+
+async def events_of(pool: asyncpg.Pool, sku: str) -> list[object]:
+    rows = await pool.fetch(
+        "SELECT payload FROM outbox WHERE key = $1 AND topic = 'inventory.events' ORDER BY id", sku
+    )
+    return [inventory_event.validate_json(r["payload"]) for r in rows]
+
+
+async def test_two_transactions_race_for_one_code_and_exactly_one_wins(
+    pool: asyncpg.Pool, new_uow: NewUow
+) -> None:
+    sku, _ = await product_with_codes(new_uow, 1)
+    first, second = new_uow(), new_uow()
+    async with first, second:
+        won = await asyncio.gather(
+            first.codes.claim({sku: [unique("tx")]}), second.codes.claim({sku: [unique("tx")]})
+        )
+        # The loser did not wait for the winner's commit (SKIP LOCKED): both answered.
+        assert sorted(len(claimed) for claimed in won) == [0, 1]
+        await first.commit()
+        await second.commit()
+    assert len(await sold(pool, sku)) == 1
+
+
+async def test_an_uncommitted_claim_is_skipped_then_freed_by_rollback(
+    pool: asyncpg.Pool, new_uow: NewUow
+) -> None:
+    sku, _ = await product_with_codes(new_uow, 1)
+    async with new_uow() as holder:
+        assert await holder.codes.claim({sku: [unique("tx")]})
+        async with new_uow() as other:
+            assert await other.codes.claim({sku: [unique("tx")]}) == {}
+    async with new_uow() as later:
+        assert await later.codes.claim({sku: [unique("tx")]})
+        await later.commit()
+    assert len(await sold(pool, sku)) == 1
+
+
+async def test_the_database_refuses_a_second_code_for_an_order(
+    pool: asyncpg.Pool, new_uow: NewUow
+) -> None:
+    sku, _ = await product_with_codes(new_uow, 3)
+    tx = unique("tx")
+    async with new_uow() as uow:
+        await uow.codes.claim({sku: [tx]})
+        await uow.commit()
+    with pytest.raises(asyncpg.UniqueViolationError):
+        async with new_uow() as uow:
+            await uow.codes.claim({sku: [tx]})
+    with pytest.raises(asyncpg.CheckViolationError):
+        await pool.execute(
+            "UPDATE codes SET status = 'SOLD', sold_at = now() "
+            "WHERE id = (SELECT min(id) FROM codes WHERE sku = $1 AND status = 'AVAILABLE')",
+            sku,
+        )
+    assert len(await sold(pool, sku)) == 1
+
+
+async def test_twenty_concurrent_orders_for_five_codes(pool: asyncpg.Pool, new_uow: NewUow) -> None:
+    sku, _ = await product_with_codes(new_uow, 5)
+    orders = [place(sku) for _ in range(20)]
+
+    replies = await asyncio.gather(*(decide([order], new_uow()) for order in orders))
+
+    decisions = [reply.decision for [reply] in replies]
+    reserved = [d for d in decisions if d.outcome == "RESERVED"]
+    assert len(reserved) == 5
+    assert len({d.stock_id for d in reserved}) == 5
+    assert sum(d.outcome == "BACKORDERED" for d in decisions) == 15
+    rows = await sold(pool, sku)
+    assert {(r["id"], r["transaction_id"]) for r in rows} == {
+        (d.stock_id, d.transaction_id) for d in reserved
+    }
+    codes = {VAULT.open(SealedCode.from_wire(str(d.sealed_code)), aad=sku) for d in reserved}
+    assert len({c.redeem_code for c in codes}) == 5
+
+
+async def test_a_batch_serves_its_orders_in_order(pool: asyncpg.Pool, new_uow: NewUow) -> None:
+    sku, _ = await product_with_codes(new_uow, 3)
+    other, _ = await product_with_codes(new_uow, 1)
+    orders = [place(sku if i % 3 else other) for i in range(12)]
+
+    replies = await decide(orders, new_uow())
+
+    outcomes = [(r.decision.sku, r.decision.outcome) for r in replies]
+    assert outcomes == [
+        (other, "RESERVED"),
+        (sku, "RESERVED"),
+        (sku, "RESERVED"),
+        (other, "BACKORDERED"),
+        (sku, "RESERVED"),
+        *[(o.sku, "BACKORDERED") for o in orders[5:]],
+    ]
+    stock_ids = [int(r.decision.stock_id or 0) for r in replies if r.decision.sku == sku][:3]
+    assert stock_ids == sorted(stock_ids)  # oldest code first, first order first
+
+
+async def test_a_redelivered_order_returns_its_decision_and_claims_nothing(
+    pool: asyncpg.Pool, new_uow: NewUow
+) -> None:
+    sku, _ = await product_with_codes(new_uow, 3)
+    order = place(sku)
+    [first] = await decide([order], new_uow())
+    [again] = await decide([order], new_uow())
+    [in_batch, twice] = await decide([order, order], new_uow())
+
+    assert first.decision.outcome == "RESERVED"
+    assert again.decision == first.decision == in_batch.decision == twice.decision
+    assert len(await sold(pool, sku)) == 1
+    reserved = [e for e in await events_of(pool, sku) if type(e).__name__ == "OrderReserved"]
+    assert len(reserved) == 1
+
+
+async def test_cancel_after_allocation_is_a_no_op(pool: asyncpg.Pool, new_uow: NewUow) -> None:
+    sku, _ = await product_with_codes(new_uow, 0)
+    order = place(sku)
+    [backordered] = await decide([order], new_uow())
+    assert backordered.decision.outcome == "BACKORDERED"
+    await catalog.add_stock(sku, [Code(unique("CODE"), None)], new_uow(), VAULT)
+
+    await decide([AllocateBackorder(transaction_id=order.transaction_id, sku=sku)], new_uow())
+    await decide(
+        [CancelBackorder(transaction_id=order.transaction_id, sku=sku, reason="DEADLINE_PASSED")],
+        new_uow(),
+    )
+
+    state = await pool.fetchval(
+        "SELECT state FROM decisions WHERE transaction_id = $1", order.transaction_id
+    )
+    assert state == "ALLOCATED"
+    assert [type(e).__name__ for e in await events_of(pool, sku)] == [
+        "OrderBackordered",
+        "StockArrived",
+        "BackorderAllocated",
+    ]
+    assert [r["transaction_id"] for r in await sold(pool, sku)] == [order.transaction_id]
+
+
+async def test_stock_add_skips_duplicates(pool: asyncpg.Pool, new_uow: NewUow) -> None:
+    sku, redeem = await product_with_codes(new_uow, 2)
+    fresh = unique("CODE")
+    codes = [Code(redeem[0], None), Code(fresh, None), Code(fresh, "9")]
+
+    added = await catalog.add_stock(sku, codes, new_uow(), VAULT)
+
+    assert (added.added, added.skipped, added.available) == (1, 2, 3)
+    arrivals = [e for e in await events_of(pool, sku) if type(e).__name__ == "StockArrived"]
+    assert [(e.added, e.available) for e in arrivals] == [(2, 2), (1, 3)]  # type: ignore[attr-defined]
+
+
+async def test_codes_are_never_stored_in_plaintext(pool: asyncpg.Pool, new_uow: NewUow) -> None:
+    app = FastAPI()
+    app.state.admin = admin.AdminContext(new_uow, VAULT, SecretStr("token-for-this-test"))
+    install_common(app, "inventory-test", {}, max_body_bytes=admin.MAX_BODY_BYTES)
+    app.include_router(admin.router)
+    sku, given = await product_with_codes(new_uow, 20)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://inventory",
+        headers={"Authorization": "Bearer token-for-this-test"},
+    ) as http:
+        response = await http.post(f"/admin/products/{sku}/stock", json={"generate": 30})
+    assert response.json()["data"]["added"] == 30
+    await decide([place(sku) for _ in range(25)], new_uow())
+
+    rows = await pool.fetch(
+        "SELECT c::text AS text, key_id, sealed FROM codes c WHERE sku = $1", sku
+    )
+    plaintexts = {
+        VAULT.open(SealedCode(r["key_id"], bytes(r["sealed"])), aad=sku).redeem_code for r in rows
+    }
+    assert set(given) <= plaintexts
+    assert len(plaintexts) == 50
+    stored = "\n".join(r["text"] for r in rows).encode() + b"".join(
+        bytes(r["sealed"]) for r in rows
+    )
+    outbox = b"".join(
+        r["payload"] for r in await pool.fetch("SELECT payload FROM outbox WHERE key = $1", sku)
+    )
+    decisions = str(await pool.fetch("SELECT * FROM decisions WHERE sku = $1", sku)).encode()
+    for code in plaintexts:
+        for where in (stored, outbox, decisions):
+            assert code.encode() not in where
+
+
+async def test_the_subscriber_acknowledges_only_what_it_decided(
+    stack: Stack, pool: asyncpg.Pool, new_uow: NewUow
+) -> None:
+    """Against the real broker: a batch that met a database outage is not committed and comes
+    again; once decided, the group's offset moves past it."""
+    sku, _ = await product_with_codes(new_uow, 1)
+    topic, group = unique("test-inventory-commands"), unique("test-inventory")
+    kafka_admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await kafka_admin.start()
+    await kafka_admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    outages = 2
+
+    def flaky_uow() -> UnitOfWork:
+        nonlocal outages
+        if outages:
+            outages -= 1
+            raise ConnectionRefusedError("database down for this test")
+        return new_uow()
+
+    broker = KafkaBroker(stack.kafka_bootstrap)
+    consumer = commands.CommandConsumer(
+        flaky_uow,
+        lambda: cast(AIOKafkaProducer, FakeProducer()),
+        max_retries=1,
+        infrastructure_pause_s=0,
+    )
+    commands.subscribe(broker, consumer, topic=topic, group_id=group)
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
+    await producer.start()
+    order = place(sku)
+    try:
+        await producer.send_and_wait(topic, order.to_bytes(), key=sku.encode())
+        async with broker:
+            await broker.start()
+
+            async def decided() -> bool:
+                state = await pool.fetchval(
+                    "SELECT state FROM decisions WHERE transaction_id = $1", order.transaction_id
+                )
+                return bool(state == "RESERVED")
+
+            await wait_until(decided, timeout=30, message="the order decided after the outage")
+
+            async def committed() -> bool:
+                offsets = await kafka_admin.list_consumer_group_offsets(group)
+                meta = offsets.get(TopicPartition(topic, 0))
+                return meta is not None and int(meta.offset) == 1
+
+            await wait_until(committed, timeout=15, message="offset committed past the order")
+        assert outages == 0
+    finally:
+        await producer.stop()
+        await kafka_admin.delete_topics([topic])
+        await kafka_admin.close()
+    assert len(await sold(pool, sku)) == 1

@@ -1,0 +1,149 @@
+"""The contract of inventory's repositories, run against the fakes (unit) and PostgreSQL
+(integration): a subclass provides the `new_uow` fixture."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from services.inventory.domain.model import DecisionState, NewCode, OrderDecision, StockLevel
+from services.inventory.service_layer.catalog import seal_codes
+from services.inventory.service_layer.unit_of_work import UnitOfWork
+from shared.contracts import ProductSnapshot
+from shared.crypto import Code, CodeVault
+from shared.settings import InventorySettings
+from tests.helpers import unique
+
+# The stack's key when the tests run against it, else the dev key.
+VAULT = CodeVault(InventorySettings().code_encryption_keys.get_secret_value())
+NewUow = Callable[[], UnitOfWork]
+
+
+def product(sku: str, **fields: object) -> ProductSnapshot:
+    return ProductSnapshot.model_validate(
+        {"sku": sku, "name": f"Card {sku}", "currency": "USD", "price": Decimal("9.75"), **fields}
+    )
+
+
+def new_codes(sku: str, count: int, prefix: str | None = None) -> list[NewCode]:
+    prefix = prefix or uuid.uuid4().hex
+    return seal_codes([Code(f"{prefix}-{i}", f"{i:04d}") for i in range(count)], sku, VAULT)
+
+
+def waiting(sku: str, transaction_id: str | None = None) -> OrderDecision:
+    return OrderDecision(
+        transaction_id=transaction_id or unique("tx"),
+        account_id=uuid.uuid4(),
+        sku=sku,
+        placed_at=datetime.now(UTC),
+        reply_to=None,
+        state=DecisionState.BACKORDERED,
+    )
+
+
+class RepositoryContract:
+    @pytest.fixture
+    def new_uow(self) -> NewUow:
+        raise NotImplementedError
+
+    async def stocked(self, new_uow: NewUow, count: int) -> str:
+        sku = unique("SKU")
+        async with new_uow() as uow:
+            await uow.products.save(product(sku))
+            assert await uow.codes.add(sku, new_codes(sku, count)) == count
+            await uow.commit()
+        return sku
+
+    async def test_product_versions_count_saves(self, new_uow: NewUow) -> None:
+        sku = unique("SKU")
+        async with new_uow() as uow:
+            first = await uow.products.save(product(sku, version=41))
+            second = await uow.products.save(product(sku, name="Renamed", brand="Acme"))
+            await uow.commit()
+        assert (first.version, second.version) == (1, 2)
+        async with new_uow() as uow:
+            stored = await uow.products.get(sku)
+        assert stored == product(sku, name="Renamed", brand="Acme", version=2)
+
+    async def test_claim_pairs_oldest_codes_with_orders_in_order(self, new_uow: NewUow) -> None:
+        sku = await self.stocked(new_uow, 2)
+        a, b, c, d = (unique("tx") for _ in range(4))
+        async with new_uow() as uow:
+            claimed = await uow.codes.claim({sku: [a, b, c]})
+            await uow.commit()
+        assert set(claimed) == {a, b}
+        assert claimed[a].stock_id < claimed[b].stock_id
+        async with new_uow() as uow:
+            assert await uow.codes.claim({sku: [d]}) == {}
+            assert await uow.codes.sold_to([a, b, c]) == claimed
+            assert await uow.codes.levels([sku]) == {sku: StockLevel(available=0, sold=2)}
+        opened = VAULT.open(claimed[a].sealed, aad=sku)
+        assert opened.pin_code is not None
+
+    async def test_one_claim_serves_several_skus(self, new_uow: NewUow) -> None:
+        one, two, empty = (
+            await self.stocked(new_uow, 1),
+            await self.stocked(new_uow, 3),
+            await self.stocked(new_uow, 0),
+        )
+        orders = {one: [unique("tx") for _ in range(2)], two: [unique("tx") for _ in range(2)]}
+        async with new_uow() as uow:
+            claimed = await uow.codes.claim({**orders, empty: [unique("tx")]})
+            await uow.commit()
+        assert set(claimed) == {orders[one][0], *orders[two]}
+        async with new_uow() as uow:
+            assert await uow.codes.levels([one, two, empty]) == {
+                one: StockLevel(0, 1),
+                two: StockLevel(1, 2),
+            }
+
+    async def test_add_skips_codes_known_in_any_sku(self, new_uow: NewUow) -> None:
+        sku, other, prefix = unique("SKU"), unique("SKU"), unique("dup")
+        async with new_uow() as uow:
+            await uow.products.save(product(sku))
+            await uow.products.save(product(other))
+            assert await uow.codes.add(sku, new_codes(sku, 2, prefix)) == 2
+            # The same two redeem codes (sealed for the other SKU) and a new one.
+            assert await uow.codes.add(other, new_codes(other, 3, prefix)) == 1
+            await uow.commit()
+        async with new_uow() as uow:
+            assert await uow.codes.available(sku) == 2
+            assert await uow.codes.levels([sku, other]) == {
+                sku: StockLevel(2, 0),
+                other: StockLevel(1, 0),
+            }
+            per_product = await uow.codes.available_per_product()
+        assert (per_product[sku], per_product[other]) == (2, 1)
+
+    async def test_decisions_and_waiting_backorders(self, new_uow: NewUow) -> None:
+        sku, calm = unique("SKU"), unique("SKU")
+        first, second = waiting(sku), waiting(sku)
+        async with new_uow() as uow:
+            await uow.decisions.add_all([first, second])
+            await uow.commit()
+        async with new_uow() as uow:
+            assert await uow.decisions.skus_with_waiting_backorders([sku, calm]) == {sku}
+            locked = await uow.decisions.get_for_update(first.transaction_id)
+            assert locked == first
+            locked.cancel()
+            await uow.decisions.update(locked)
+            await uow.commit()
+        async with new_uow() as uow:
+            got = await uow.decisions.get_many([first.transaction_id, "unknown"])
+            assert list(got) == [first.transaction_id]
+            assert got[first.transaction_id].state is DecisionState.CANCELLED
+            assert await uow.decisions.skus_with_waiting_backorders([sku]) == {sku}
+            assert await uow.decisions.get_for_update("unknown") is None
+
+    async def test_leaving_without_commit_rolls_back(self, new_uow: NewUow) -> None:
+        sku = await self.stocked(new_uow, 1)
+        async with new_uow() as uow:
+            assert await uow.codes.claim({sku: [unique("tx")]})
+            await uow.decisions.add_all([waiting(sku)])
+        async with new_uow() as uow:
+            assert await uow.codes.available(sku) == 1
+            assert await uow.decisions.skus_with_waiting_backorders([sku]) == set()

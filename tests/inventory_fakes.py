@@ -1,0 +1,214 @@
+"""In-memory stand-ins for inventory's repositories and unit of work.
+
+They keep the same contract as the PostgreSQL ones (tests/inventory_contract.py runs against
+both), so handler tests on fakes say something true about production.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from services.inventory.domain.model import (
+    ClaimedCode,
+    DecisionState,
+    NewCode,
+    OrderDecision,
+    StockLevel,
+)
+from services.inventory.service_layer.unit_of_work import UnitOfWork
+from shared.contracts import Message, ProductSnapshot
+from shared.crypto import SealedCode
+
+
+@dataclass
+class CodeRow:
+    id: int
+    sku: str
+    fingerprint: bytes
+    sealed: SealedCode
+    status: str = "AVAILABLE"
+    transaction_id: str | None = None
+    sold_at: datetime | None = None
+
+
+@dataclass
+class State:
+    products: dict[str, ProductSnapshot] = field(default_factory=dict)
+    codes: dict[int, CodeRow] = field(default_factory=dict)
+    decisions: dict[str, OrderDecision] = field(default_factory=dict)
+    next_code_id: int = 1
+
+
+class FakeProducts:
+    def __init__(self, state: State) -> None:
+        self._state = state
+
+    async def get(self, sku: str, *, for_update: bool = False) -> ProductSnapshot | None:
+        return self._state.products.get(sku)
+
+    async def save(self, product: ProductSnapshot) -> ProductSnapshot:
+        current = self._state.products.get(product.sku)
+        stored = product.model_copy(update={"version": current.version + 1 if current else 1})
+        self._state.products[product.sku] = stored
+        return stored
+
+    async def page(self, limit: int, offset: int) -> tuple[int, list[ProductSnapshot]]:
+        ordered = [self._state.products[sku] for sku in sorted(self._state.products)]
+        return len(ordered), ordered[offset : offset + limit]
+
+
+class FakeCodes:
+    def __init__(self, state: State) -> None:
+        self._state = state
+
+    async def claim(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, ClaimedCode]:
+        claimed: dict[str, ClaimedCode] = {}
+        for sku, transaction_ids in wanted.items():
+            if any(row.transaction_id in transaction_ids for row in self._state.codes.values()):
+                raise UniqueViolation("codes.transaction_id")
+            free = sorted(
+                (r for r in self._state.codes.values() if r.sku == sku and r.status == "AVAILABLE"),
+                key=lambda r: r.id,
+            )
+            for row, transaction_id in zip(free, transaction_ids, strict=False):
+                row.status, row.transaction_id = "SOLD", transaction_id
+                row.sold_at = datetime.now(UTC)
+                claimed[transaction_id] = ClaimedCode(row.id, row.sealed)
+        return claimed
+
+    async def sold_to(self, transaction_ids: Sequence[str]) -> dict[str, ClaimedCode]:
+        return {
+            row.transaction_id: ClaimedCode(row.id, row.sealed)
+            for row in self._state.codes.values()
+            if row.transaction_id is not None and row.transaction_id in transaction_ids
+        }
+
+    async def add(self, sku: str, codes: Sequence[NewCode]) -> int:
+        if sku not in self._state.products:
+            raise ForeignKeyViolation("codes.sku")
+        known = {row.fingerprint for row in self._state.codes.values()}
+        added = 0
+        for code in codes:
+            if code.fingerprint in known:
+                continue
+            known.add(code.fingerprint)
+            row_id = self._state.next_code_id
+            self._state.next_code_id += 1
+            self._state.codes[row_id] = CodeRow(row_id, sku, code.fingerprint, code.sealed)
+            added += 1
+        return added
+
+    async def available(self, sku: str) -> int:
+        return sum(
+            1 for r in self._state.codes.values() if r.sku == sku and r.status == "AVAILABLE"
+        )
+
+    async def levels(self, skus: Sequence[str]) -> dict[str, StockLevel]:
+        levels: dict[str, StockLevel] = {}
+        for sku in skus:
+            rows = [r for r in self._state.codes.values() if r.sku == sku]
+            if rows:
+                available = sum(1 for r in rows if r.status == "AVAILABLE")
+                levels[sku] = StockLevel(available, len(rows) - available)
+        return levels
+
+    async def available_per_product(self) -> dict[str, int]:
+        return {sku: await self.available(sku) for sku in self._state.products}
+
+
+class FakeDecisions:
+    def __init__(self, state: State) -> None:
+        self._state = state
+
+    async def get_many(self, transaction_ids: Sequence[str]) -> dict[str, OrderDecision]:
+        return {
+            tx: copy.copy(self._state.decisions[tx])
+            for tx in transaction_ids
+            if tx in self._state.decisions
+        }
+
+    async def get_for_update(self, transaction_id: str) -> OrderDecision | None:
+        found = self._state.decisions.get(transaction_id)
+        return copy.copy(found) if found else None
+
+    async def skus_with_waiting_backorders(self, skus: Iterable[str]) -> set[str]:
+        wanted = set(skus)
+        return {
+            d.sku
+            for d in self._state.decisions.values()
+            if d.sku in wanted and d.state is DecisionState.BACKORDERED
+        }
+
+    async def add_all(self, decisions: Sequence[OrderDecision]) -> None:
+        for decision in decisions:
+            if decision.transaction_id in self._state.decisions:
+                raise UniqueViolation("decisions.transaction_id")
+            self._state.decisions[decision.transaction_id] = copy.copy(decision)
+
+    async def update(self, decision: OrderDecision) -> None:
+        self._state.decisions[decision.transaction_id] = copy.copy(decision)
+
+
+class UniqueViolation(Exception):
+    pass
+
+
+class ForeignKeyViolation(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    topic: str
+    key: str
+    message: Message
+
+
+class FakeStore:
+    """The 'database' the fake units of work share: committed state and the outbox."""
+
+    def __init__(self) -> None:
+        self.state = State()
+        self.outbox: list[OutboxRow] = []
+        self.commits = 0
+
+    def uow(self) -> FakeUnitOfWork:
+        return FakeUnitOfWork(self)
+
+    def events(self, topic: str | None = None) -> list[Message]:
+        return [row.message for row in self.outbox if topic is None or row.topic == topic]
+
+
+class FakeUnitOfWork(UnitOfWork):
+    def __init__(
+        self, store: FakeStore, on_commit: Callable[[Sequence[Message]], None] | None = None
+    ) -> None:
+        super().__init__(on_commit)
+        self._store = store
+        self._working: State | None = None
+        self.serialized: set[str] = set()
+
+    async def _begin(self) -> None:
+        self._working = copy.deepcopy(self._store.state)
+        self.products = FakeProducts(self._working)
+        self.codes = FakeCodes(self._working)
+        self.decisions = FakeDecisions(self._working)
+
+    async def serialize_skus(self, skus: Iterable[str]) -> None:
+        self.serialized |= set(skus)
+
+    async def _commit(self, events: Sequence[tuple[str, str, Message]]) -> None:
+        assert self._working is not None
+        self._store.state = self._working
+        self._store.outbox.extend(OutboxRow(t, k, m) for t, k, m in events)
+        self._store.commits += 1
+        self._working = copy.deepcopy(self._working)
+        self.products = FakeProducts(self._working)
+        self.codes = FakeCodes(self._working)
+        self.decisions = FakeDecisions(self._working)
+
+    async def _end(self) -> None:
+        self._working = None

@@ -1,0 +1,317 @@
+"""Inventory's handlers on fakes: the story of a SKU's orders, stock and backorders."""
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from services.inventory.domain.model import DecisionState
+from services.inventory.service_layer import catalog
+from services.inventory.service_layer.decisions import Reply, decide
+from shared.contracts import (
+    AllocateBackorder,
+    BackorderAllocated,
+    BackorderCancelled,
+    BackorderStillWaiting,
+    CancelBackorder,
+    InventoryCommand,
+    Message,
+    OrderBackordered,
+    OrderReserved,
+    PlaceOrder,
+    ProductSnapshot,
+    StockArrived,
+)
+from shared.crypto import Code, SealedCode
+from shared.topics import CATALOG_PRODUCTS, INVENTORY_EVENTS
+from tests.inventory_contract import VAULT
+from tests.inventory_fakes import FakeStore
+
+SKU = "SKU-GIFT-10"
+ACCOUNT = uuid.uuid4()
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def place(tx: str, sku: str = SKU, reply_to: str | None = "orders.replies") -> PlaceOrder:
+    return PlaceOrder(
+        transaction_id=tx,
+        account_id=ACCOUNT,
+        sku=sku,
+        unit_price=Decimal("10.00"),
+        currency="USD",
+        placed_at=T0 + timedelta(seconds=len(tx)),
+        reply_to=reply_to,
+    )
+
+
+def allocate(tx: str, sku: str = SKU) -> AllocateBackorder:
+    return AllocateBackorder(transaction_id=tx, sku=sku)
+
+
+def cancel(tx: str, sku: str = SKU) -> CancelBackorder:
+    return CancelBackorder(transaction_id=tx, sku=sku, reason="DEADLINE_PASSED")
+
+
+@pytest.fixture
+def store() -> FakeStore:
+    return FakeStore()
+
+
+async def create_product(store: FakeStore, sku: str = SKU) -> ProductSnapshot:
+    return await catalog.put_product(
+        ProductSnapshot(sku=sku, name="Gift card", currency="USD", price=Decimal("10.00")),
+        store.uow(),
+    )
+
+
+async def stock(store: FakeStore, *redeem_codes: str, sku: str = SKU) -> catalog.StockAdded:
+    codes = [Code(redeem_code=c, pin_code="0042") for c in redeem_codes]
+    return await catalog.add_stock(sku, codes, store.uow(), VAULT)
+
+
+async def run(store: FakeStore, *commands: InventoryCommand) -> list[Reply]:
+    return await decide(list(commands), store.uow())
+
+
+def events(store: FakeStore) -> list[Message]:
+    return store.events(INVENTORY_EVENTS.name)
+
+
+def opened(sealed_wire: str | None, sku: str = SKU) -> str:
+    assert sealed_wire is not None
+    return VAULT.open(SealedCode.from_wire(sealed_wire), aad=sku).redeem_code
+
+
+async def test_an_order_in_stock_is_reserved_with_the_oldest_code(store: FakeStore) -> None:
+    await create_product(store)
+    await stock(store, "FIRST", "SECOND")
+
+    [reply] = await run(store, place("tx-1"))
+
+    assert reply.topic == "orders.replies"
+    assert reply.decision.outcome == "RESERVED"
+    assert opened(reply.decision.sealed_code) == "FIRST"
+    reserved = events(store)[-1]
+    assert isinstance(reserved, OrderReserved)
+    assert (reserved.transaction_id, reserved.stock_id) == ("tx-1", reply.decision.stock_id)
+    assert reserved.sealed_code == reply.decision.sealed_code
+    assert store.state.decisions["tx-1"].state is DecisionState.RESERVED
+
+
+async def test_an_order_out_of_stock_is_backordered(store: FakeStore) -> None:
+    await create_product(store)
+    [reply] = await run(store, place("tx-1"))
+    assert (reply.decision.outcome, reply.decision.stock_id, reply.decision.sealed_code) == (
+        "BACKORDERED",
+        None,
+        None,
+    )
+    backordered = events(store)[-1]
+    assert isinstance(backordered, OrderBackordered)
+    assert backordered.placed_at == place("tx-1").placed_at
+
+
+async def test_new_orders_wait_behind_backorders_even_when_stock_arrives(
+    store: FakeStore,
+) -> None:
+    await create_product(store)
+    await run(store, place("early"))
+    await stock(store, "ONLY-ONE")
+
+    [late] = await run(store, place("late"))
+    assert late.decision.outcome == "BACKORDERED"  # the early one is served first
+
+    await run(store, allocate("early"))
+    allocated = events(store)[-1]
+    assert isinstance(allocated, BackorderAllocated)
+    assert opened(allocated.sealed_code) == "ONLY-ONE"
+
+    await run(store, allocate("late"))
+    assert isinstance(events(store)[-1], BackorderStillWaiting)
+    await stock(store, "NEXT")
+    await run(store, allocate("late"))
+    assert isinstance(events(store)[-1], BackorderAllocated)
+    [fresh] = await run(store, place("fresh"))
+    assert fresh.decision.outcome == "BACKORDERED"  # no stock left, and nobody waits: fair
+
+
+async def test_a_redelivered_order_gets_its_stored_outcome_and_claims_nothing(
+    store: FakeStore,
+) -> None:
+    await create_product(store)
+    await stock(store, "A", "B")
+    [first] = await run(store, place("tx-1"))
+    published = len(events(store))
+
+    [again] = await run(store, place("tx-1"))
+
+    assert again.decision == first.decision
+    assert len(events(store)) == published
+    assert (await catalog.product_with_stock(SKU, store.uow()))[1].available == 1
+
+
+async def test_a_redelivered_backorder_keeps_its_answer_after_allocation(
+    store: FakeStore,
+) -> None:
+    await create_product(store)
+    await run(store, place("tx-1"))
+    await stock(store, "A")
+    await run(store, allocate("tx-1"))
+    [again] = await run(store, place("tx-1"))
+    assert again.decision.outcome == "BACKORDERED"
+    assert store.state.decisions["tx-1"].state is DecisionState.ALLOCATED
+
+
+async def test_a_batch_is_decided_in_order_in_one_commit(store: FakeStore) -> None:
+    await create_product(store)
+    await create_product(store, "OTHER")
+    await stock(store, "O-1", sku="OTHER")
+    commits = store.commits
+
+    replies = await run(
+        store,
+        place("a"),  # no stock: waits
+        cancel("a"),  # no longer waits ...
+        place("b"),  # ... so b is not queued behind a, but there is no code either
+        place("c", sku="OTHER"),
+        place("c", sku="OTHER"),  # the same order twice in the batch
+        place("d", reply_to=None),
+    )
+
+    assert store.commits == commits + 1
+    assert [(r.decision.transaction_id, r.decision.outcome) for r in replies] == [
+        ("a", "BACKORDERED"),
+        ("b", "BACKORDERED"),
+        ("c", "RESERVED"),
+        ("c", "RESERVED"),
+    ]
+    assert replies[2].decision == replies[3].decision
+    assert store.state.decisions["a"].state is DecisionState.CANCELLED
+    assert [type(e).__name__ for e in events(store) if not isinstance(e, StockArrived)] == [
+        "OrderBackordered",
+        "BackorderCancelled",
+        "OrderBackordered",
+        "OrderReserved",
+        "OrderBackordered",
+    ]
+
+
+async def test_a_cancelled_backorder_frees_the_queue(store: FakeStore) -> None:
+    await create_product(store)
+    await run(store, place("waiting"))
+    await stock(store, "A")
+    await run(store, cancel("waiting"))
+    [reply] = await run(store, place("next"))
+    assert reply.decision.outcome == "RESERVED"
+
+
+async def test_cancel_after_allocation_is_a_no_op(store: FakeStore) -> None:
+    await create_product(store)
+    await run(store, place("tx-1"))
+    await stock(store, "A")
+    await run(store, allocate("tx-1"))
+    published = len(events(store))
+
+    await run(store, cancel("tx-1"), allocate("tx-1"))
+
+    assert len(events(store)) == published
+    assert store.state.decisions["tx-1"].state is DecisionState.ALLOCATED
+
+
+async def test_cancel_twice_cancels_once(store: FakeStore) -> None:
+    await create_product(store)
+    await run(store, place("tx-1"))
+    await run(store, cancel("tx-1"))
+    await run(store, cancel("tx-1"), allocate("tx-1"))
+    cancelled = [e for e in events(store) if isinstance(e, BackorderCancelled)]
+    assert [(e.transaction_id, e.reason) for e in cancelled] == [("tx-1", "DEADLINE_PASSED")]
+    assert store.state.decisions["tx-1"].state is DecisionState.CANCELLED
+
+
+async def test_commands_for_unknown_orders_change_nothing(store: FakeStore) -> None:
+    await create_product(store)
+    await stock(store, "A")
+    published = len(store.outbox)
+    await run(store, allocate("nobody"), cancel("nobody"))
+    assert len(store.outbox) == published
+    assert await catalog.available_per_product(store.uow()) == {SKU: 1}
+
+
+async def test_a_failing_batch_leaves_nothing_behind(store: FakeStore) -> None:
+    await create_product(store)
+    await stock(store, "A")
+    await run(store, place("tx-1"))
+    published, state = len(store.outbox), store.state
+    store.state.decisions.pop("tx-1")  # make the code claim clash with its order
+
+    with pytest.raises(Exception, match="transaction_id"):
+        await run(store, place("other", sku=SKU), place("tx-1"))
+
+    assert len(store.outbox) == published
+    assert store.state is state
+
+
+# --- catalog and stock ---------------------------------------------------------------------
+
+
+async def test_each_product_change_is_a_new_version_on_catalog_products(
+    store: FakeStore,
+) -> None:
+    first = await create_product(store)
+    second = await create_product(store)
+    withdrawn = await catalog.withdraw_product(SKU, store.uow())
+    again = await catalog.withdraw_product(SKU, store.uow())
+
+    assert (first.version, second.version, withdrawn.version) == (1, 2, 3)
+    assert (withdrawn.active, again) == (False, withdrawn)
+    snapshots = store.events(CATALOG_PRODUCTS.name)
+    assert [(s.version, s.active) for s in snapshots if isinstance(s, ProductSnapshot)] == [
+        (1, True),
+        (2, True),
+        (3, False),
+    ]
+    assert [row.key for row in store.outbox] == [SKU] * 3
+    with pytest.raises(catalog.ProductNotFound):
+        await catalog.withdraw_product("NOPE", store.uow())
+
+
+async def test_stock_skips_duplicates_and_announces_arrivals(store: FakeStore) -> None:
+    await create_product(store)
+    first = await stock(store, "A", "B", "A")
+    second = await stock(store, "B", "C")
+    third = await stock(store, "C")
+
+    assert (first.added, first.skipped, first.available) == (2, 1, 2)
+    assert (second.added, second.skipped, second.available) == (1, 1, 3)
+    assert (third.added, third.skipped) == (0, 1)
+    arrivals = [e for e in events(store) if isinstance(e, StockArrived)]
+    assert [(e.added, e.available) for e in arrivals] == [(2, 2), (1, 3)]
+    product, level = await catalog.product_with_stock(SKU, store.uow())
+    assert (product.sku, level.available, level.sold) == (SKU, 3, 0)
+
+
+async def test_stock_for_an_unknown_product_is_refused(store: FakeStore) -> None:
+    with pytest.raises(catalog.ProductNotFound):
+        await stock(store, "A", sku="UNKNOWN")
+    with pytest.raises(ValueError, match="between 1 and"):
+        await catalog.add_stock(SKU, [], store.uow(), VAULT)
+
+
+async def test_no_plaintext_code_in_any_event(store: FakeStore) -> None:
+    await create_product(store)
+    await stock(store, "PLAIN-SECRET-1", "PLAIN-SECRET-2")
+    await run(store, place("tx-1"), place("tx-2"), place("tx-3"))
+    await stock(store, "PLAIN-SECRET-3")
+    await run(store, allocate("tx-3"))
+    payloads = b"".join(row.message.to_bytes() for row in store.outbox)
+    assert b"PLAIN-SECRET" not in payloads
+
+
+async def test_products_page_with_stock(store: FakeStore) -> None:
+    for sku in ("B", "A", "C"):
+        await create_product(store, sku)
+    await stock(store, "X", sku="B")
+    total, page = await catalog.products_with_stock(store.uow(), limit=2, offset=0)
+    assert total == 3
+    assert [(p.sku, s.available) for p, s in page] == [("A", 0), ("B", 1)]
