@@ -1,0 +1,207 @@
+"""Fixtures that drive the running stack over HTTP, as a client and as an operator would."""
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from shared import topics
+from tests.conftest import Stack
+from tests.helpers import unique, wait_until
+
+
+def _admin_token() -> str:
+    token = os.environ.get("ADMIN_TOKEN")
+    if not token:
+        pytest.fail("ADMIN_TOKEN is not set: run the tests with `make test`.", pytrace=False)
+    return token
+
+
+@pytest.fixture(scope="session")
+def urls(stack: Stack) -> Stack:
+    if stack.api_url is None or stack.inventory_url is None:
+        message = "these tests drive the running services: run them with `make test`"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return stack
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_started_at() -> datetime:
+    return datetime.now(UTC)
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def offsets_at_start(stack: Stack) -> dict[TopicPartition, int]:
+    """Where every topic ended when this test session began: scans read from there."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(t.name, p) for t in topics.ALL for p in range(t.partitions)]
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+        return ends
+    finally:
+        await consumer.stop()
+
+
+@pytest.fixture(scope="session")
+async def api_admin(urls: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        base_url=str(urls.api_url),
+        headers={"Authorization": f"Bearer {_admin_token()}"},
+        timeout=30,
+    ) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+async def inventory_admin(urls: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        base_url=str(urls.inventory_url),
+        headers={"Authorization": f"Bearer {_admin_token()}"},
+        timeout=30,
+    ) as client:
+        yield client
+
+
+@dataclass
+class Client:
+    """One account's view of the public API."""
+
+    account_id: str
+    http: httpx.AsyncClient
+
+    async def order(self, sku: str, **fields: Any) -> httpx.Response:
+        return await self.http.post("/v2/orders/instant", json={"sku": sku, **fields})
+
+    async def balance(self, currency: str = "USD") -> Decimal:
+        response = await self.http.get("/v2/balances", params={"currency": currency})
+        assert response.status_code == 200, response.text
+        return Decimal(response.json()["data"][0]["balance"])
+
+    async def get_order(self, transaction_id: str) -> dict[str, Any]:
+        response = await self.http.get(f"/v2/orders/{transaction_id}")
+        assert response.status_code == 200, response.text
+        data: dict[str, Any] = response.json()["data"]
+        return data
+
+    async def codes(self, transaction_id: str) -> list[dict[str, Any]]:
+        response = await self.http.get(f"/v2/orders/{transaction_id}/codes")
+        assert response.status_code == 200, response.text
+        codes: list[dict[str, Any]] = response.json()["data"][0]["codes"]
+        return codes
+
+
+NewClient = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+async def new_client(urls: Stack, api_admin: httpx.AsyncClient) -> AsyncIterator[NewClient]:
+    opened: list[httpx.AsyncClient] = []
+
+    async def make(balance: str = "1000.00", currency: str = "USD", **extra: Any) -> Client:
+        response = await api_admin.post(
+            "/admin/accounts",
+            json={
+                "name": unique("acct"),
+                "balances": [{"currency": currency, "amount": balance}],
+                **extra,
+            },
+        )
+        assert response.status_code == 200, response.text
+        data = response.json()["data"]
+        http = httpx.AsyncClient(
+            base_url=str(urls.api_url),
+            headers={"x-api-key": data["apiKey"], "Authorization": f"Bearer {data['accessToken']}"},
+            timeout=30,
+        )
+        opened.append(http)
+        return Client(data["accountId"], http)
+
+    yield make
+    for http in opened:
+        await http.aclose()
+
+
+NewProduct = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+def new_product(api_admin: httpx.AsyncClient, inventory_admin: httpx.AsyncClient) -> NewProduct:
+    """Create a product with `stock` generated codes; returns once the api can sell it."""
+
+    async def make(
+        price: str = "9.75",
+        stock: int = 0,
+        currency: str = "USD",
+        instant: bool = True,
+        codes: list[dict[str, Any]] | None = None,
+        **fields: Any,
+    ) -> str:
+        sku = unique("SKU")
+        response = await inventory_admin.put(
+            f"/admin/products/{sku}",
+            json={
+                "name": f"Card {sku}",
+                "currency": currency,
+                "price": price,
+                "isInstantDeliverySupported": instant,
+                **fields,
+            },
+        )
+        assert response.status_code == 200, response.text
+        version = response.json()["data"]["version"]
+        if stock or codes:
+            body: dict[str, Any] = {"codes": codes} if codes else {"generate": stock}
+            added = await inventory_admin.post(f"/admin/products/{sku}/stock", json=body)
+            assert added.status_code == 200, added.text
+
+        async def api_sees_it() -> bool:
+            seen = await api_admin.get(f"/admin/products/{sku}")
+            return seen.status_code == 200 and seen.json()["data"]["version"] >= version
+
+        await wait_until(api_sees_it, timeout=10, message=f"api sees product {sku}")
+        return sku
+
+    return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def warm_pipeline(
+    urls: Stack, api_admin: httpx.AsyncClient, inventory_admin: httpx.AsyncClient
+) -> None:
+    """Order until one order comes back COMPLETED within the decision window, so that tests
+    asserting on instant answers do not measure a cold start (first connections, first
+    fetches of every consumer)."""
+    sku = unique("WARMUP")
+    put = await inventory_admin.put(
+        f"/admin/products/{sku}", json={"name": "warm-up", "currency": "USD", "price": "0.01"}
+    )
+    assert put.status_code == 200, put.text
+    stocked = await inventory_admin.post(f"/admin/products/{sku}/stock", json={"generate": 50})
+    assert stocked.status_code == 200, stocked.text
+    account = await api_admin.post(
+        "/admin/accounts",
+        json={"name": "warm-up", "balances": [{"currency": "USD", "amount": "1.00"}]},
+    )
+    data = account.json()["data"]
+    headers = {"x-api-key": data["apiKey"], "Authorization": f"Bearer {data['accessToken']}"}
+    async with httpx.AsyncClient(base_url=str(urls.api_url), headers=headers) as client:
+
+        async def an_instant_completion() -> bool:
+            response = await client.post("/v2/orders/instant", json={"sku": sku})
+            return response.status_code == 200 and response.json()["data"]["status"] == "COMPLETED"
+
+        await wait_until(
+            an_instant_completion,
+            timeout=60,
+            interval=0.2,
+            message="a first order completed within the decision window",
+        )

@@ -1,0 +1,123 @@
+"""The operator CLI against the running stack: what it reports done is done."""
+
+import asyncio
+import json
+import os
+import sys
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Stack
+from tests.helpers import unique
+
+pytestmark = pytest.mark.e2e
+CLI = [sys.executable, "-m", "shared.cli.main"]
+
+
+async def cli(*args: str, expect_ok: bool = True) -> tuple[Any, str]:
+    """Run `instant-orders ARGS`; returns (JSON from stdout or None, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=os.environ.copy(),
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    if expect_ok:
+        assert proc.returncode == 0, err.decode()
+    else:
+        assert proc.returncode == 1, (out.decode(), err.decode())
+    return (json.loads(out) if out.strip() else None), err.decode()
+
+
+def as_client(stack: Stack, account: dict[str, str]) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=str(stack.api_url),
+        headers={
+            "x-api-key": account["apiKey"],
+            "Authorization": f"Bearer {account['accessToken']}",
+        },
+    )
+
+
+async def test_provisioned_with_the_cli_an_order_completes_at_once(
+    stack: Stack, tmp_path: Path
+) -> None:
+    if stack.api_url is None:
+        pytest.skip("needs the running services: run `make test`")
+    sku = unique("CLI")
+    account, _ = await cli("accounts", "create", "--name", "CLI buyer", "--balance", "USD=5.00")
+    product, _ = await cli(
+        "products",
+        "upsert",
+        "--sku",
+        sku,
+        "--name",
+        "CLI card",
+        "--price",
+        "4.50",
+        "--currency",
+        "USD",
+    )
+    assert product["version"] >= 1
+    codes = tmp_path / "codes.csv"
+    codes.write_text(f"redeemCode,pinCode\n{unique('R')},0007\n{unique('R')},\n")
+    stocked, progress = await cli("stock", "add", "--sku", sku, "--file", str(codes))
+    assert (stocked["added"], stocked["skipped"]) == (2, 0)
+    again, _ = await cli("stock", "add", "--sku", sku, "--file", str(codes))
+    assert (again["added"], again["skipped"]) == (0, 2)
+    assert "codes sent" in progress
+
+    async with as_client(stack, account) as client:
+        # Orderable the moment `products upsert` and `stock add` returned: no waiting here.
+        first = await client.post("/v2/orders/instant", json={"sku": sku})
+        assert first.json()["data"]["status"] == "COMPLETED", first.text
+        refused = await client.post("/v2/orders/instant", json={"sku": sku})
+        assert refused.json()["error"] == "INSUFFICIENT_BALANCE"
+
+        credited, _ = await cli(
+            "accounts", "credit", account["accountId"], "--amount", "10.00", "--currency", "USD"
+        )
+        assert credited["balances"] == [{"balance": "10.50", "currency": "USD"}]
+        second = await client.post("/v2/orders/instant", json={"sku": sku})
+        assert second.json()["data"]["status"] == "COMPLETED", second.text
+        balance = (await client.get("/v2/balances")).json()["data"][0]["balance"]
+        assert Decimal(balance) == Decimal("6.00")
+
+        rotated, _ = await cli("accounts", "rotate-token", account["accountId"])
+        fresh = {"Authorization": f"Bearer {rotated['accessToken']}"}
+        assert (await client.get("/v2/balances", headers=fresh)).status_code == 200
+
+
+async def test_cli_errors_say_what_to_do(stack: Stack) -> None:
+    _, err = await cli(
+        "accounts",
+        "credit",
+        "00000000-0000-0000-0000-000000000000",
+        "--amount",
+        "1.00",
+        "--currency",
+        "USD",
+        expect_ok=False,
+    )
+    assert "error:" in err
+    assert "ACCOUNT_NOT_FOUND" in err
+    assert "Traceback" not in err
+    _, err = await cli("accounts", "create", "--name", "x", "--balance", "USD=abc", expect_ok=False)
+    assert "100.00" in err  # shows the expected form
+    _, err = await cli("stock", "add", "--sku", unique("NOPE"), "--generate", "1", expect_ok=False)
+    assert "PRODUCT_NOT_FOUND" in err
+
+
+async def test_without_a_reachable_stack_the_cli_says_how_to_start_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("API_URL", "http://127.0.0.1:9")
+    _, err = await cli("accounts", "show", "00000000-0000-0000-0000-000000000000", expect_ok=False)
+    assert "make up" in err
+    assert "Traceback" not in err

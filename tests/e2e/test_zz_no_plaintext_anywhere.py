@@ -1,0 +1,133 @@
+"""Codes never appear in plaintext in logs, tables or topics (invariant 4).
+
+This module's name sorts last so that it runs after the other end-to-end tests: it decrypts
+every code stocked during this test session, canary codes it sells itself among them, and
+searches for each in every table of the three databases, every service log, the public topic
+and all that this session wrote to the internal topics.
+"""
+
+import os
+from datetime import datetime
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from shared import topics
+from shared.crypto import CodeVault, SealedCode
+from tests.conftest import Stack
+from tests.e2e.conftest import NewClient, NewProduct
+from tests.helpers import unique
+
+pytestmark = pytest.mark.e2e
+
+MIN_SEARCHABLE = 8  # shorter values would match timestamps and ids by chance
+
+
+def searchable(value: str | None) -> bool:
+    """Digit-only values (most PINs) are skipped: they occur in numbers and timestamps by
+    chance. A leaked code is still caught by its redeem code."""
+    return bool(value) and len(value or "") >= MIN_SEARCHABLE and not (value or "").isdigit()
+
+
+async def _codes_stocked_since(stack: Stack, since: datetime) -> set[str]:
+    vault = CodeVault(os.environ["CODE_ENCRYPTION_KEYS"])
+    conn = await asyncpg.connect(stack.inventory_db_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT sku, key_id, sealed FROM codes WHERE created_at >= $1", since
+        )
+    finally:
+        await conn.close()
+    found: set[str] = set()
+    for row in rows:
+        code = vault.open(SealedCode(row["key_id"], bytes(row["sealed"])), aad=row["sku"])
+        found |= {v for v in (code.redeem_code, code.pin_code) if v and searchable(v)}
+    return found
+
+
+async def _table_dumps(url: str) -> str:
+    conn = await asyncpg.connect(url)
+    try:
+        tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        chunks = []
+        for t in tables:
+            rows = await conn.fetch(f'SELECT t::text AS row FROM "{t["tablename"]}" t')
+            chunks.extend(r["row"] for r in rows)
+        return "\n".join(chunks)
+    finally:
+        await conn.close()
+
+
+async def _topic_contents(bootstrap: str, start: dict[TopicPartition, int]) -> bytes:
+    """Every record of the public topic, and what this session wrote to the internal ones."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = list(start)
+        consumer.assign(partitions)
+        for tp in partitions:
+            public = tp.topic == topics.ORDER_EVENTS.name
+            consumer.seek(tp, 0 if public else start[tp])
+        end = await consumer.end_offsets(partitions)
+        data = bytearray()
+        while any([await consumer.position(tp) < end[tp] for tp in partitions]):
+            batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            for records in batches.values():
+                for record in records:
+                    data += (record.key or b"") + b"\n" + (record.value or b"") + b"\n"
+                    for _, value in record.headers:
+                        data += value + b"\n"
+        return bytes(data)
+    finally:
+        await consumer.stop()
+
+
+async def test_no_code_in_plaintext_in_tables_logs_or_topics(
+    stack: Stack,
+    new_client: NewClient,
+    new_product: NewProduct,
+    offsets_at_start: dict[TopicPartition, int],
+    session_started_at: datetime,
+) -> None:
+    canaries = [{"redeemCode": unique("CANARY"), "pinCode": unique("PIN")} for _ in range(3)]
+    sku = await new_product(price="1.00", codes=canaries)
+    client = await new_client()
+    for _ in canaries:
+        order = (await client.order(sku)).json()["data"]
+        assert order["status"] == "COMPLETED"
+        assert (await client.codes(order["transactionId"]))[0]["redeemCode"]
+
+    codes = await _codes_stocked_since(stack, session_started_at)
+    assert {c["redeemCode"] for c in canaries} <= codes
+
+    places: dict[str, str] = {
+        f"{name} database": await _table_dumps(stack.db_url(name))
+        for name in ("api", "inventory", "fulfilment")
+    }
+    log_dir = Path(os.environ.get("IO_RUN_DIR", ".run")) / "logs"
+    for log in sorted(log_dir.glob("*.log")):
+        places[f"log {log.name}"] = log.read_text(errors="replace")
+    topic_bytes = await _topic_contents(stack.kafka_bootstrap, offsets_at_start)
+
+    def leaks_in(texts: dict[str, str], topic_data: bytes) -> list[str]:
+        found = [
+            f"a code in the {place}"
+            for place, text in texts.items()
+            for code in codes
+            if code in text or code.encode().hex() in text
+        ]
+        return found + ["a code on a topic" for code in codes if code.encode() in topic_data]
+
+    # The search must be able to fail: a planted code is found, in text, hex or on a topic.
+    planted = canaries[0]["redeemCode"]
+    assert leaks_in({"planted": f"x {planted} y"}, b"")
+    assert leaks_in({"planted": planted.encode().hex()}, b"")
+    assert leaks_in({}, planted.encode())
+
+    leaks = leaks_in(places, topic_bytes)
+    assert not leaks, f"{len(leaks)} plaintext code(s) found: {sorted(set(leaks))}"
+    assert len(places) > 3, "no service log was scanned"
