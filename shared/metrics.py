@@ -28,3 +28,25 @@ CONSUMER_RETRIES = Counter(
 DEAD_LETTERS = Counter(
     "dead_lettered_messages_total", "Messages sent to a dead-letter topic.", ["consumer", "topic"]
 )
+CONSUMER_REDELIVERIES = Counter(
+    "consumer_redeliveries_total",
+    "Messages a handler found already applied (redelivered, or published twice): it changed "
+    "nothing.",
+    ["consumer"],
+)
+
+# Consumer lag, computed by the services themselves (shared/lag.py).
+CONSUMER_LAG = Gauge(
+    "kafka_consumer_lag_messages",
+    "Messages of a partition that a consumer group has still to read: the partition's end "
+    "offset minus the group's committed offset.",
+    ["group", "topic", "partition"],
+)
+CONSUMER_LAG_REFRESHED = Gauge(
+    "kafka_consumer_lag_last_refresh_timestamp_seconds",
+    "When the consumer lag was last read from the broker (Unix time).",
+)
+CONSUMER_LAG_FAILURES = Counter(
+    "kafka_consumer_lag_refresh_failures_total",
+    "Attempts to read the consumer lag that failed (broker unreachable or slow).",
+)

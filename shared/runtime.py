@@ -4,7 +4,7 @@ for its subscribers, and its outbox relay, started and stopped with the HTTP app
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 
 from shared import db, logs
+from shared.lag import LagMonitor, watched_groups
 from shared.messaging import OutboxRelay, durable_producer, new_broker
 from shared.settings import CommonSettings
 from shared.web import Check
@@ -30,6 +31,7 @@ class Runtime:
     pool: asyncpg.Pool = field(init=False)
     producer: AIOKafkaProducer = field(init=False)
     relay: OutboxRelay = field(init=False)
+    lag: LagMonitor = field(init=False)
 
     def __post_init__(self) -> None:
         self.broker = new_broker(self.settings.kafka_bootstrap_servers, self.service)
@@ -44,11 +46,19 @@ class Runtime:
             self.pool, self.producer, self.service, self.settings.outbox_poll_interval_s
         )
         await self.relay.start()
+        self.lag = LagMonitor(
+            self.settings.kafka_bootstrap_servers,
+            f"{self.service}-{self.settings.instance_id}-lag",
+            watched_groups(self.service),
+        )
+        await self.lag.start()
 
     async def start_consumers(self) -> None:
         await self.broker.start()
 
     async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.lag.stop()
         with contextlib.suppress(Exception):
             await self.broker.stop()
         with contextlib.suppress(Exception):
@@ -68,6 +78,28 @@ class Runtime:
                 await self.producer.client.fetch_all_metadata()
 
         return {"database": database, "kafka": broker}
+
+
+async def every(interval_s: float, name: str, step: Callable[[], Awaitable[object]]) -> None:
+    """Run `step` forever, `interval_s` apart (a background refresh of gauges, for instance).
+
+    A failing step is logged once, with the error's type, and again when it works again; the
+    loop goes on either way.
+    """
+    failing = False
+    while True:
+        try:
+            await step()
+            if failing:
+                log.info("%s works again", name)
+            failing = False
+        except Exception as exc:
+            if not failing:
+                log.warning(
+                    "%s failed (%s); retrying every %.1fs", name, type(exc).__name__, interval_s
+                )
+            failing = True
+        await asyncio.sleep(interval_s)
 
 
 def lifespan_for(

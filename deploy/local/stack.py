@@ -3,20 +3,23 @@
 
 Usage: python3 deploy/local/stack.py COMMAND [SERVICE ...]
 
-  install              virtualenv + Python deps, JDK, Maven, PostgreSQL, Kafka jars
+  install              virtualenv + Python deps, JDK, Maven, PostgreSQL, Kafka jars,
+                       Prometheus
   venv                 only the virtualenv + Python deps (for lint and unit tests)
-  up                   install, then start PostgreSQL, Kafka and the three services
-  down                 stop everything this stack started (services, Kafka, PostgreSQL)
+  up                   install, then start PostgreSQL, Kafka, the three services and
+                       Prometheus
+  down                 stop everything this stack started (Prometheus, services, Kafka,
+                       PostgreSQL)
   status               one line per process: running/stopped, pid, port
   env                  `export VAR=value` lines of the stack's settings
   start|stop|restart|kill SERVICE...
-                       one or more of: api inventory fulfilment kafka postgres
+                       one or more of: api inventory fulfilment kafka postgres prometheus
                        (`kill` sends SIGKILL, for crash tests)
   clean                down, then remove the stack's state (data, logs, jars, secrets)
 
 Everything the stack keeps (data, logs, PIDs, jars, secrets) lives in one folder, `.run/` at
 the repository root, or IO_RUN_DIR. Ports come from API_PORT, INVENTORY_PORT, FULFILMENT_PORT,
-KAFKA_PORT, KAFKA_CONTROLLER_PORT, PG_PORT (and PROMETHEUS_PORT, reserved).
+KAFKA_PORT, KAFKA_CONTROLLER_PORT, PG_PORT and PROMETHEUS_PORT.
 
 Standard library only: this script runs before the project's virtualenv exists.
 """
@@ -40,6 +43,7 @@ import base64
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import pwd
 import re
@@ -66,10 +70,12 @@ VENV_STAMP = VENV / ".instant-orders-install.sha256"
 KAFKA_POM = ROOT / "deploy" / "kafka" / "pom.xml"
 KAFKA_LOG4J = ROOT / "deploy" / "kafka" / "log4j2.xml"
 PG_INIT_SQL = ROOT / "deploy" / "postgres" / "init-databases.sql"
+PROMETHEUS_RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 
 APP_SERVICES = ("api", "inventory", "fulfilment")
 INFRA = ("postgres", "kafka")
-ALL_PROCESSES = (*INFRA, *APP_SERVICES)
+MONITORING = ("prometheus",)
+ALL_PROCESSES = (*INFRA, *APP_SERVICES, *MONITORING)
 
 # PostgreSQL refuses to run as root: as root, the stack runs it as this system user.
 PG_SYSTEM_USER = "instant-orders"
@@ -91,6 +97,7 @@ SERVICE_ENV_NAMES = (
     "FULFILMENT_PORT",
     "ADMIN_TOKEN",
     "CODE_ENCRYPTION_KEYS",
+    "CODE_FINGERPRINT_KEY",
     "API_URL",
     "INVENTORY_URL",
     "FULFILMENT_URL",
@@ -104,7 +111,12 @@ MIN_JAVA = 17
 KAFKA_READY_LINE = "Kafka Server started"
 KAFKA_READY_TIMEOUT = 120.0
 APP_READY_TIMEOUT = 90.0
-STOP_TIMEOUT = {"kafka": 60.0, "postgres": 60.0}
+STOP_TIMEOUT = {"kafka": 60.0, "postgres": 60.0, "prometheus": 30.0}
+# The local Prometheus scrapes and evaluates the alert rules this often: short, so that tests
+# see a service go down (and its consumers' lag grow) within seconds.
+PROMETHEUS_INTERVAL = "2s"
+PROMETHEUS_READY_TIMEOUT = 60.0
+PROMETHEUS_RETENTION = "2d"
 APP_STOP_TIMEOUT = 20.0
 
 
@@ -216,6 +228,7 @@ class Config:
                 ("KAFKA_CONTROLLER_PORT", self.kafka_controller_port),
             ],
             "postgres": [("PG_PORT", self.pg_port)],
+            "prometheus": [("PROMETHEUS_PORT", self.prometheus_port)],
         }[name]
 
     def app_port(self, name: str) -> int:
@@ -244,6 +257,18 @@ class Config:
     @property
     def kafka_properties(self) -> Path:
         return self.kafka_dir / "server.properties"
+
+    @property
+    def prometheus_dir(self) -> Path:
+        return self.run / "prometheus"
+
+    @property
+    def prometheus_config(self) -> Path:
+        return self.prometheus_dir / "prometheus.yml"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.prometheus_port}"
 
     @property
     def secrets_file(self) -> Path:
@@ -575,6 +600,72 @@ def ensure_postgres_binaries() -> PgBin:
     return found
 
 
+@dataclass(frozen=True)
+class PromBin:
+    prometheus: str
+    promtool: str
+
+
+def find_prometheus() -> PromBin | None:
+    dirs: list[Path] = []
+    if os.environ.get("PROMETHEUS_BIN"):
+        dirs.append(Path(os.environ["PROMETHEUS_BIN"]))
+    on_path = shutil.which("prometheus")
+    if on_path:
+        dirs.append(Path(on_path).resolve().parent)
+    dirs.append(Path("/usr/bin"))
+    for directory in dirs:
+        server, tool = directory / "prometheus", directory / "promtool"
+        if server.exists() and tool.exists():
+            return PromBin(str(server), str(tool))
+    return None
+
+
+POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
+
+
+@contextlib.contextmanager
+def services_held_back() -> Iterator[None]:
+    """While apt installs a package, keep its maintainer scripts from starting the package's
+    own service (Debian's prometheus would start one on port 9090 with /etc/prometheus):
+    the standard policy-rc.d "action forbidden" answer, only if the machine has no policy."""
+    if POLICY_RC_D.exists() or os.geteuid() != 0:
+        yield
+        return
+    POLICY_RC_D.write_text("#!/bin/sh\n# temporary, written by instant-orders stack.py\nexit 101\n")
+    POLICY_RC_D.chmod(0o755)
+    try:
+        yield
+    finally:
+        POLICY_RC_D.unlink(missing_ok=True)
+
+
+def ensure_prometheus() -> PromBin:
+    found = find_prometheus()
+    if found:
+        return found
+    with services_held_back():
+        apt_install(
+            ["prometheus"],
+            "Prometheus (the stack's metrics server and its rule checker promtool)",
+        )
+    # The package enables its own service for the next boot: the stack runs its own process
+    # (its config in .run/prometheus), so keep the package's off.
+    if Path("/run/systemd/system").is_dir() and shutil.which("systemctl"):
+        subprocess.run(
+            ["systemctl", "disable", "--now", "prometheus.service"],
+            capture_output=True,
+            check=False,
+        )
+    found = find_prometheus()
+    if not found:
+        fail(
+            "Prometheus was installed but `prometheus` and `promtool` were not found. Set "
+            "PROMETHEUS_BIN to the folder that has both and run the command again."
+        )
+    return found
+
+
 def cmd_install(cfg: Config) -> str:
     """Everything the stack needs on this machine; returns the java executable to use."""
     cfg.make_dirs()
@@ -582,6 +673,7 @@ def cmd_install(cfg: Config) -> str:
     java = ensure_java()
     ensure_postgres_binaries()
     ensure_kafka_jars(cfg, java)
+    ensure_prometheus()
     return java
 
 
@@ -599,6 +691,7 @@ def load_secrets(cfg: Config) -> dict[str, str]:
     wanted: dict[str, Callable[[], str]] = {
         "ADMIN_TOKEN": lambda: secrets.token_urlsafe(32),
         "CODE_ENCRYPTION_KEYS": lambda: "k1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
+        "CODE_FINGERPRINT_KEY": lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
     }
     missing = {k: make() for k, make in wanted.items() if not values.get(k)}
     if missing:
@@ -634,6 +727,7 @@ def stack_env(cfg: Config, secret: dict[str, str]) -> dict[str, str]:
         "FULFILMENT_PORT": str(cfg.fulfilment_port),
         "ADMIN_TOKEN": secret["ADMIN_TOKEN"],
         "CODE_ENCRYPTION_KEYS": secret["CODE_ENCRYPTION_KEYS"],
+        "CODE_FINGERPRINT_KEY": secret["CODE_FINGERPRINT_KEY"],
         "API_URL": f"http://127.0.0.1:{cfg.api_port}",
         "INVENTORY_URL": f"http://127.0.0.1:{cfg.inventory_port}",
         "FULFILMENT_URL": f"http://127.0.0.1:{cfg.fulfilment_port}",
@@ -662,6 +756,7 @@ def cmd_env(cfg: Config) -> None:
             "KAFKA_CONTROLLER_PORT": str(cfg.kafka_controller_port),
             "PG_PORT": str(cfg.pg_port),
             "PROMETHEUS_PORT": str(cfg.prometheus_port),
+            "PROMETHEUS_URL": cfg.prometheus_url,
         }
     )
     for key, value in env.items():
@@ -727,6 +822,8 @@ def is_ours(cfg: Config, name: str, pid: int) -> bool:
         )
     if name == "kafka":
         return "kafka.Kafka" in args and str(cfg.kafka_properties) in args
+    if name == "prometheus":
+        return bool(args) and f"--config.file={cfg.prometheus_config}" in args
     if f"services.{name}" not in args:
         return False
     env = environ_of(pid)
@@ -1403,6 +1500,136 @@ def run_cli(
 
 
 # --------------------------------------------------------------------------------------------
+# Prometheus
+
+
+def prometheus_config_text(cfg: Config) -> str:
+    """The local twin of deploy/prometheus/prometheus.yml (the Docker one): same job, labels
+    and rules, with the stack's ports and a short interval."""
+    targets = "".join(
+        f'      - targets: ["127.0.0.1:{cfg.app_port(name)}"]\n'
+        f"        labels: {{service: {name}}}\n"
+        for name in APP_SERVICES
+    )
+    return f"""# Written by deploy/local/stack.py on every start; edits are overwritten.
+# The Docker twin is deploy/prometheus/prometheus.yml; both load deploy/prometheus/alerts.yml.
+global:
+  scrape_interval: {PROMETHEUS_INTERVAL}
+  scrape_timeout: {PROMETHEUS_INTERVAL}
+  evaluation_interval: {PROMETHEUS_INTERVAL}
+
+rule_files:
+  - {json.dumps(str(PROMETHEUS_RULES))}
+
+scrape_configs:
+  - job_name: instant-orders
+    metrics_path: /metrics
+    # The services label their HTTP series with `service` too, with the same value.
+    honor_labels: true
+    static_configs:
+{targets}"""
+
+
+def prometheus_digest(cfg: Config) -> str:
+    """What the running Prometheus loaded: its config and the alert rules."""
+    rules = PROMETHEUS_RULES.read_bytes() if PROMETHEUS_RULES.exists() else b""
+    return sha256_of(prometheus_config_text(cfg).encode(), rules)
+
+
+def write_prometheus_config(cfg: Config, prom: PromBin) -> None:
+    """Writes the config, after promtool accepted it and the rules it loads (Prometheus would
+    refuse to start on a bad rule, or keep the old ones on a reload, silently)."""
+    cfg.prometheus_dir.mkdir(parents=True, exist_ok=True)
+    candidate = cfg.prometheus_dir / "prometheus.yml.new"
+    candidate.write_text(prometheus_config_text(cfg))
+    result = subprocess.run(
+        [prom.promtool, "check", "config", str(candidate)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    if result.returncode != 0:
+        candidate.unlink(missing_ok=True)
+        fail(
+            f"promtool refused the Prometheus config or the alert rules of "
+            f"{rel(PROMETHEUS_RULES)}: {(result.stdout + result.stderr).strip()[-1500:]}\n"
+            f"Fix the rules (`promtool check rules {rel(PROMETHEUS_RULES)}`, `promtool test "
+            f"rules deploy/prometheus/alerts.test.yml`) and run the command again."
+        )
+    candidate.replace(cfg.prometheus_config)
+
+
+def launch_prometheus(cfg: Config, prom: PromBin) -> Launch:
+    write_prometheus_config(cfg, prom)
+    data = cfg.prometheus_dir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    log = cfg.log("prometheus")
+    with log.open("ab") as out:
+        out.write(
+            f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} starting prometheus =====\n".encode()
+        )
+        offset = out.tell()
+        proc = subprocess.Popen(
+            [
+                prom.prometheus,
+                f"--config.file={cfg.prometheus_config}",
+                f"--storage.tsdb.path={data}",
+                f"--storage.tsdb.retention.time={PROMETHEUS_RETENTION}",
+                f"--web.listen-address=127.0.0.1:{cfg.prometheus_port}",
+            ],
+            cwd=cfg.prometheus_dir,
+            env={k: os.environ[k] for k in INHERITED_ENV if k in os.environ},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    _children[proc.pid] = proc
+    write_pid(cfg, "prometheus", proc.pid)
+    cfg.codefile("prometheus").write_text(prometheus_digest(cfg) + "\n")
+    return Launch("prometheus", proc, log, offset)
+
+
+def wait_prometheus_ready(cfg: Config, launch: Launch) -> None:
+    started = time.monotonic()
+    url = f"{cfg.prometheus_url}/-/ready"
+    while time.monotonic() - started < PROMETHEUS_READY_TIMEOUT:
+        if launch.proc.poll() is not None:
+            forget_pid(cfg, "prometheus")
+            fail(
+                f"Prometheus exited with code {launch.proc.returncode} while starting (is its "
+                f"data folder {rel(cfg.prometheus_dir / 'data')} damaged? Stop the stack and "
+                f"remove it: only metrics history is lost). Last lines of {rel(launch.log)}:\n"
+                f"{_log_since(launch)}"
+            )
+        if http_status(url) == 200:
+            say(f"  prometheus ready in {time.monotonic() - started:.1f}s")
+            return
+        time.sleep(0.2)
+    terminate("prometheus", launch.proc.pid, STOP_TIMEOUT["prometheus"])
+    forget_pid(cfg, "prometheus")
+    fail(
+        f"Prometheus did not answer GET /-/ready with 200 within "
+        f"{PROMETHEUS_READY_TIMEOUT:.0f}s. Last lines of {rel(launch.log)}:\n{_log_since(launch)}"
+    )
+
+
+def reload_prometheus_if_changed(cfg: Config) -> None:
+    """A running Prometheus reloads its config and rules on SIGHUP: `up` sends it when the
+    alert rules (or the ports) changed since it loaded them."""
+    pid = running_pid(cfg, "prometheus")
+    path = cfg.codefile("prometheus")
+    digest = prometheus_digest(cfg)
+    if pid is None or (path.exists() and path.read_text().strip() == digest):
+        return
+    say("the Prometheus config or alert rules changed: reloading them (SIGHUP)")
+    write_prometheus_config(cfg, ensure_prometheus())
+    os.kill(pid, signal.SIGHUP)
+    path.write_text(digest + "\n")
+
+
+# --------------------------------------------------------------------------------------------
 # Commands
 
 
@@ -1439,6 +1666,10 @@ def start_processes(cfg: Config, names: Sequence[str], *, migrate: bool) -> list
         say(f"starting {name} on 127.0.0.1:{cfg.app_port(name)} (log: {rel(cfg.log(name))})")
         launches.append(launch_app(cfg, name, env))
     wait_apps_ready(cfg, launches)
+    if "prometheus" in to_start:
+        prom = ensure_prometheus()
+        say(f"starting Prometheus on {cfg.prometheus_url} (log: {rel(cfg.log('prometheus'))})")
+        wait_prometheus_ready(cfg, launch_prometheus(cfg, prom))
     return to_start
 
 
@@ -1500,17 +1731,13 @@ def cmd_up(cfg: Config) -> None:
             out.write(output)
         cfg.seeded_marker.write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
         print(output.rstrip())
-    start_prometheus_hook(cfg)
+    reload_prometheus_if_changed(cfg)
     took = time.monotonic() - started
     if started_now:
         print(f"instant-orders stack is up (started {', '.join(started_now)} in {took:.1f}s)")
     else:
         print(f"instant-orders stack is already up (checked in {took:.1f}s)")
     print_summary(cfg)
-
-
-def start_prometheus_hook(cfg: Config) -> None:
-    """Prometheus joins the stack in a later change (PROMETHEUS_PORT is reserved for it)."""
 
 
 def print_summary(cfg: Config) -> None:
@@ -1522,6 +1749,7 @@ def print_summary(cfg: Config) -> None:
   fulfilment   http://127.0.0.1:{cfg.fulfilment_port}   (admin)
   Kafka        127.0.0.1:{cfg.kafka_port}
   PostgreSQL   127.0.0.1:{cfg.pg_port}   databases api, inventory, fulfilment (user = password)
+  Prometheus   {cfg.prometheus_url}   (alerts: /alerts, targets: /targets)
   secrets      {run}/secrets.env   demo credentials: {run}/demo-credentials.txt
   logs         {run}/logs/
   settings     eval "$(python3 deploy/local/stack.py env)"
@@ -1543,6 +1771,9 @@ def cmd_status(cfg: Config) -> None:
         if pid and name in APP_SERVICES:
             code = http_status(f"http://127.0.0.1:{cfg.app_port(name)}/readyz", timeout=1.0)
             extra = f"  readyz={code or 'no answer'}"
+        elif pid and name == "prometheus":
+            code = http_status(f"{cfg.prometheus_url}/-/ready", timeout=1.0)
+            extra = f"  ready={code or 'no answer'}"
         print(f"{name:<11} {state:<8} pid={pid or '-':<8} port={ports}{extra}")
 
 
@@ -1553,6 +1784,7 @@ def cmd_clean(cfg: Config) -> None:
         cfg.logs,
         cfg.pids,
         cfg.kafka_dir,
+        cfg.prometheus_dir,
         cfg.run / "pg",
         layout.base,
         layout.socket_dir,

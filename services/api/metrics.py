@@ -1,4 +1,6 @@
-from prometheus_client import Counter, Histogram
+from collections.abc import Iterable
+
+from prometheus_client import Counter, Gauge, Histogram
 
 from shared.metrics import LATENCY_BUCKETS
 
@@ -19,3 +21,28 @@ ORDER_TRANSITIONS = Counter(
     "orders_transitions_total", "Order status changes applied to the read model.", ["to"]
 )
 REFUNDS = Counter("orders_refunds_total", "Cancelled orders refunded.", ["currency"])
+
+# The order read model, refreshed every few seconds by the api (see app.py). An order waits
+# for inventory's decision for milliseconds; a backordered order waits for stock, up to its
+# product's backorder deadline. An old order awaiting a decision is a stuck order.
+PROCESSING_STAGES = ("awaiting_decision", "backordered")
+ORDERS_PROCESSING = Gauge(
+    "orders_processing",
+    "Orders in PROCESSING in the api read model, by stage: awaiting_decision (inventory has "
+    "not decided yet) or backordered (waiting for stock).",
+    ["stage"],
+)
+ORDERS_PROCESSING_OLDEST_AGE = Gauge(
+    "orders_processing_oldest_age_seconds",
+    "Age of the oldest order in PROCESSING, by stage (0 when there is none).",
+    ["stage"],
+)
+
+
+def set_processing(rows: Iterable[tuple[str, int, float]]) -> None:
+    """Sets both stages from (stage, count, oldest age in seconds) rows; a missing stage is 0."""
+    found = {stage: (count, oldest) for stage, count, oldest in rows}
+    for stage in PROCESSING_STAGES:
+        count, oldest = found.get(stage, (0, 0.0))
+        ORDERS_PROCESSING.labels(stage).set(count)
+        ORDERS_PROCESSING_OLDEST_AGE.labels(stage).set(oldest)

@@ -1,5 +1,7 @@
 from prometheus_client import Counter, Gauge
 
+from shared.metrics import CONSUMER_REDELIVERIES
+
 BACKORDERS_WAITING = Gauge(
     "fulfilment_backorders_waiting", "Backorders not yet completed or cancelled.", ["sku"]
 )
@@ -20,3 +22,6 @@ SUPPLIER_REQUESTS = Counter(
 SUPPLIER_DELIVERIES = Counter(
     "fulfilment_supplier_codes_delivered_total", "Codes delivered by the supplier."
 )
+# Inventory events found already applied (a backorder already known, a completion or a
+# cancellation already recorded).
+REDELIVERIES = CONSUMER_REDELIVERIES.labels("fulfilment.inventory-events")

@@ -1,0 +1,134 @@
+"""Observability without the stack: which consumer groups each service watches, the lag
+arithmetic, the lag loop surviving a broker outage, and the gauges and counters the services
+derive from what they see."""
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from aiokafka.errors import KafkaConnectionError
+from prometheus_client import REGISTRY
+
+from services.api import metrics as api_metrics
+from shared import lag
+from shared.contracts import PlaceOrder
+from tests.helpers import unique, wait_until
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_the_groups_are_those_the_services_subscribe_with() -> None:
+    from services.api.app import create_app as api_app
+    from services.fulfilment.app import create_app as fulfilment_app
+    from services.inventory.app import create_app as inventory_app
+
+    subscribed: dict[str, dict[str, set[str]]] = {}
+    for create_app in (api_app, inventory_app, fulfilment_app):
+        runtime = create_app().state.runtime
+        subscribed[runtime.service] = {
+            sub.group_id: set(sub.topic_names) for sub in runtime.broker.subscribers
+        }
+    for service, groups in subscribed.items():
+        assert set(lag.OWN_GROUPS[service]) == set(groups), service
+        for group, topic_names in groups.items():
+            assert {t.name for t in lag.CONSUMER_GROUPS[group]} == topic_names, group
+
+
+def test_every_group_is_watched_by_its_service_and_by_another_one() -> None:
+    """A consumer that is down cannot report its own lag: someone else must."""
+    for group in lag.CONSUMER_GROUPS:
+        watchers = [s for s in lag.OWN_GROUPS if group in lag.watched_groups(s)]
+        owner = next(s for s, own in lag.OWN_GROUPS.items() if group in own)
+        assert owner in watchers, group
+        assert len(watchers) >= 2, f"{group} is watched only by {watchers}"
+    assert set(lag.watched_groups("api")) == {"api", "api-catalog", "inventory"}
+    assert set(lag.watched_groups("fulfilment")) == {
+        "fulfilment",
+        "fulfilment-catalog",
+        "inventory",
+    }
+
+
+@pytest.mark.parametrize(
+    ("end", "committed", "beginning", "expected"),
+    [
+        (10, 7, 0, 3),  # three to read
+        (10, 10, 0, 0),  # caught up
+        (10, None, 4, 6),  # never committed: reads from the beginning (earliest)
+        (10, -1, 0, 10),  # the broker's "no offset"
+        (5, 9, 0, 0),  # a stale end offset never makes a negative lag
+    ],
+)
+def test_lag_arithmetic(end: int, committed: int | None, beginning: int, expected: int) -> None:
+    assert lag.lag_of(end, committed, beginning) == expected
+
+
+class FlakyBroker(lag.LagMonitor):
+    """Fails its first rounds as an unreachable broker would, then answers."""
+
+    def __init__(self, failures: int, interval_s: float = 0.01) -> None:
+        super().__init__("127.0.0.1:1", "test", {}, interval_s=interval_s)
+        self.failures = failures
+        self.rounds = 0
+
+    async def refresh(self) -> dict[tuple[str, str, int], int]:
+        self.rounds += 1
+        if self.rounds <= self.failures:
+            raise KafkaConnectionError("broker unreachable")
+        return {}
+
+
+async def test_the_lag_loop_outlives_a_broker_outage() -> None:
+    failures = sample("kafka_consumer_lag_refresh_failures_total")
+    monitor = FlakyBroker(failures=3)
+    await monitor.start()
+    try:
+        await wait_until(lambda: monitor.rounds >= 6, timeout=5, message="the loop goes on")
+    finally:
+        await monitor.stop()
+    assert sample("kafka_consumer_lag_refresh_failures_total") == failures + 3
+
+
+def test_processing_orders_gauges_cover_both_stages() -> None:
+    api_metrics.set_processing([("awaiting_decision", 3, 12.5)])
+    assert sample("orders_processing", stage="awaiting_decision") == 3
+    assert sample("orders_processing_oldest_age_seconds", stage="awaiting_decision") == 12.5
+    # A stage with no order is 0, not left at its last value.
+    assert sample("orders_processing", stage="backordered") == 0
+    api_metrics.set_processing([("backordered", 2, 7200.0)])
+    assert sample("orders_processing", stage="awaiting_decision") == 0
+    assert sample("orders_processing_oldest_age_seconds", stage="awaiting_decision") == 0
+    assert sample("orders_processing", stage="backordered") == 2
+
+
+def _place(transaction_id: str, sku: str) -> PlaceOrder:
+    return PlaceOrder(
+        transaction_id=transaction_id,
+        account_id=uuid.uuid4(),
+        sku=sku,
+        unit_price=Decimal("1.00"),
+        currency="USD",
+        placed_at=datetime.now(UTC),
+    )
+
+
+def test_inventory_counts_the_orders_it_had_already_decided() -> None:
+    from services.inventory import metrics as inventory_metrics
+
+    consumer = unique("consumer")
+    inventory_metrics.count_already_decided(consumer, 2)
+    assert sample("consumer_redeliveries_total", consumer=consumer) == 2
+    inventory_metrics.count_already_decided(consumer, 0)
+    assert sample("consumer_redeliveries_total", consumer=consumer) == 2
+
+
+async def test_stop_ends_the_loop_even_while_it_waits() -> None:
+    monitor = FlakyBroker(failures=0, interval_s=3600)  # parks the loop in its sleep
+    await monitor.start()
+    await wait_until(lambda: monitor.rounds >= 1, timeout=5)
+    async with asyncio.timeout(2):
+        await monitor.stop()
