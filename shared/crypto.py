@@ -49,7 +49,10 @@ class Code:
 
 
 class CodeVault:
-    def __init__(self, keys_spec: str) -> None:
+    def __init__(self, keys_spec: str, fingerprint_key: str | None = None) -> None:
+        """`fingerprint_key` (base64, 32 bytes) keys the duplicate detection. It must stay
+        the same for the life of the stock, whatever encryption keys come and go: without
+        it, fingerprints derive from the first encryption key, which a rotation changes."""
         self._keys: dict[str, AESGCM] = {}
         self._active: str | None = None
         fingerprint_material = b""
@@ -72,8 +75,13 @@ class CodeVault:
                 fingerprint_material = raw
         if self._active is None:
             raise KeyConfigError("CODE_ENCRYPTION_KEYS is empty: give at least one key")
-        # The fingerprint key is derived from the first key configured: a rotation keeps the
-        # old key first in the fingerprint sense only if the operator keeps its order.
+        if fingerprint_key is not None:
+            try:
+                fingerprint_material = base64.b64decode(fingerprint_key, validate=True)
+            except ValueError as exc:
+                raise KeyConfigError("CODE_FINGERPRINT_KEY is not base64") from exc
+            if len(fingerprint_material) != 32:
+                raise KeyConfigError("CODE_FINGERPRINT_KEY must be base64 of 32 bytes")
         self._fingerprint_key = hashlib.sha256(b"fingerprint|" + fingerprint_material).digest()
 
     def seal(self, code: Code, aad: str) -> SealedCode:

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from asyncpg.pool import PoolConnectionProxy
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -190,8 +190,15 @@ class OutboxRelay:
                     )
                 if published >= self._batch:
                     continue
-            except (OSError, asyncpg.PostgresError, KafkaError) as exc:
-                log.warning("outbox relay of %s failed, will retry: %s", self._service, exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Whatever failed, the relay must not stop: rows stay unpublished, and the
+                # next round sends them.
+                log.warning(
+                    "outbox relay of %s failed, will retry: %s", self._service, type(exc).__name__
+                )
+                await asyncio.sleep(min(self._poll * 5, 2.0))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll)
@@ -217,15 +224,26 @@ class OutboxRelay:
             metrics.OUTBOX_OLDEST_AGE.labels(self._service).set(float(backlog["age"] or 0))
             if not rows:
                 return 0
-            futures = [
-                await self._producer.send(
-                    r["topic"],
-                    value=r["payload"],
-                    key=r["key"].encode(),
-                    headers=[(k, v.encode()) for k, v in r["headers"].items()],
-                )
-                for r in rows
-            ]
+            futures = []
+            for r in rows:
+                try:
+                    futures.append(
+                        await self._producer.send(
+                            r["topic"],
+                            value=r["payload"],
+                            key=r["key"].encode(),
+                            headers=[(k, v.encode()) for k, v in r["headers"].items()],
+                        )
+                    )
+                except MessageSizeTooLargeError:
+                    # It can never be sent: set it aside (counted, logged) rather than block
+                    # every row behind it.
+                    log.error(
+                        "outbox row %d for %s is larger than the broker takes: not sent",
+                        r["id"],
+                        r["topic"],
+                    )
+                    metrics.DEAD_LETTERS.labels(f"{self._service}.outbox", r["topic"]).inc()
             await asyncio.gather(*futures)
             await conn.execute(
                 "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
@@ -265,10 +283,14 @@ class PublishedMarker:
                     "AND published_at IS NULL",
                     ids,
                 )
-            except (OSError, asyncpg.PostgresError):
-                # Harmless: the relay will publish these rows again, and every consumer is
-                # idempotent.
-                log.warning("could not mark %d outbox rows published", len(ids))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Harmless: the relay publishes these rows again once their grace is over,
+                # and every consumer is idempotent. They are not kept: memory stays bounded.
+                log.warning(
+                    "could not mark %d outbox rows published (%s)", len(ids), type(exc).__name__
+                )
 
     async def _run(self) -> None:
         while True:
@@ -278,7 +300,20 @@ class PublishedMarker:
 
 # --- consumers: bounded retries, then dead letters ---------------------------------------
 
-TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, KafkaError)
+TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    # the server is shutting down or starting up, or out of connections or memory
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    # a transaction that lost a race: trying again is the remedy
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+    KafkaError,
+)
+"""Failures of the infrastructure, not of the message: retried without limit, never
+dead-lettered, so a database restart cannot throw live messages away."""
 
 
 async def consume_resiliently(

@@ -6,14 +6,18 @@ published default value.
 
 import os
 import socket
-from typing import Literal, Self
+from typing import TYPE_CHECKING, Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+if TYPE_CHECKING:
+    from shared.crypto import CodeVault
+
 DEV_ADMIN_TOKEN = "dev-admin-token-change-me"  # noqa: S105 - published dev default, refused in prod
-# 32 zero bytes, base64: a published dev default, refused in prod.
+# 32 zero bytes, base64: published dev defaults, refused in prod.
 DEV_CODE_KEYS = "dev:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+DEV_FINGERPRINT_KEY = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
 
 
 def _default_instance_id() -> str:
@@ -27,6 +31,9 @@ class CommonSettings(BaseSettings):
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", alias="KAFKA_BOOTSTRAP_SERVERS")
     admin_token: SecretStr = Field(SecretStr(DEV_ADMIN_TOKEN), alias="ADMIN_TOKEN")
     code_encryption_keys: SecretStr = Field(SecretStr(DEV_CODE_KEYS), alias="CODE_ENCRYPTION_KEYS")
+    code_fingerprint_key: SecretStr = Field(
+        SecretStr(DEV_FINGERPRINT_KEY), alias="CODE_FINGERPRINT_KEY"
+    )
     log_level: str = Field("INFO", alias="LOG_LEVEL")
     bind_host: str = Field("127.0.0.1", alias="BIND_HOST")
     instance_id: str = Field(default_factory=_default_instance_id, alias="INSTANCE_ID")
@@ -41,16 +48,26 @@ class CommonSettings(BaseSettings):
                 "ADMIN_TOKEN": self.admin_token.get_secret_value() == DEV_ADMIN_TOKEN,
                 "CODE_ENCRYPTION_KEYS": self.code_encryption_keys.get_secret_value()
                 == DEV_CODE_KEYS,
+                "CODE_FINGERPRINT_KEY": self.code_fingerprint_key.get_secret_value()
+                == DEV_FINGERPRINT_KEY,
             }
             bad = [name for name, is_default in defaults.items() if is_default]
             if bad:
                 raise ValueError(
                     f"APP_ENV=prod refuses the published default value of {', '.join(bad)}: "
-                    "set each to a secret of your own (see docs/operations.md)."
+                    "set each to a secret of your own (see 'In production' in docs/running.md)."
                 )
             if len(self.admin_token.get_secret_value()) < 24:
                 raise ValueError("ADMIN_TOKEN must be at least 24 characters in production.")
         return self
+
+    def code_vault(self) -> "CodeVault":
+        from shared.crypto import CodeVault
+
+        return CodeVault(
+            self.code_encryption_keys.get_secret_value(),
+            self.code_fingerprint_key.get_secret_value(),
+        )
 
 
 class ApiSettings(CommonSettings):
@@ -62,6 +79,8 @@ class ApiSettings(CommonSettings):
     auth_cache_ttl_s: float = Field(5.0, alias="API_AUTH_CACHE_TTL_S", ge=0)
     rate_limit_per_s: float = Field(2000.0, alias="API_RATE_LIMIT_PER_S", gt=0)
     rate_limit_burst: int = Field(4000, alias="API_RATE_LIMIT_BURST", ge=1)
+    nudge_after_s: float = Field(30.0, alias="API_NUDGE_AFTER_S", gt=0)
+    nudge_interval_s: float = Field(5.0, alias="API_NUDGE_INTERVAL_S", gt=0)
 
 
 class InventorySettings(CommonSettings):
@@ -79,6 +98,7 @@ class FulfilmentSettings(CommonSettings):
     port: int = Field(8002, alias="FULFILMENT_PORT")
     backorder_deadline_s: float = Field(24 * 3600, alias="ORDERS_BACKORDER_DEADLINE_S", gt=0)
     deadline_scan_interval_s: float = Field(1.0, alias="FULFILMENT_SCAN_INTERVAL_S", gt=0)
+    retry_after_s: float = Field(30.0, alias="FULFILMENT_RETRY_AFTER_S", gt=0)
     supplier_enabled: bool = Field(False, alias="SUPPLIER_ENABLED")
     supplier_delay_s: float = Field(5.0, alias="SUPPLIER_DELAY_S", ge=0)
     supplier_batch: int = Field(10, alias="SUPPLIER_BATCH", ge=1, le=10_000)

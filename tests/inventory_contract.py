@@ -14,12 +14,12 @@ from services.inventory.domain.model import DecisionState, NewCode, OrderDecisio
 from services.inventory.service_layer.catalog import seal_codes
 from services.inventory.service_layer.unit_of_work import UnitOfWork
 from shared.contracts import ProductSnapshot
-from shared.crypto import Code, CodeVault
+from shared.crypto import Code
 from shared.settings import InventorySettings
 from tests.helpers import unique
 
 # The stack's key when the tests run against it, else the dev key.
-VAULT = CodeVault(InventorySettings().code_encryption_keys.get_secret_value())
+VAULT = InventorySettings().code_vault()
 NewUow = Callable[[], UnitOfWork]
 
 

@@ -1,29 +1,39 @@
 """The api service: the thin ingress of instant-orders."""
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from services.api import metrics
+from services.api.adapters import repository as repo
 from services.api.adapters.replies import ReplyListener
 from services.api.entrypoints import admin, consumers, http
 from services.api.service_layer.accounts import Authenticator
-from services.api.service_layer.orders import BrokerHealth, Orders
+from services.api.service_layer.orders import BrokerHealth, Orders, nudge_undecided
 from shared import topics
-from shared.crypto import CodeVault
 from shared.messaging import PublishedMarker
-from shared.runtime import Runtime, lifespan_for
+from shared.runtime import Runtime, every, lifespan_for
 from shared.settings import ApiSettings
 from shared.web import install_common
 
 SERVICE = "api"
+# How often the orders_processing gauges are recounted from the read model.
+PROCESSING_GAUGE_INTERVAL_S = 2.0
+# An order still PROCESSING is asked about again at most this often.
+NUDGE_AGAIN_AFTER_S = 600.0
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings()
     runtime = Runtime(SERVICE, settings, settings.database_url)
-    vault = CodeVault(settings.code_encryption_keys.get_secret_value())
+    vault = settings.code_vault()
     consumers.register(runtime.broker, lambda: runtime.pool, lambda: runtime.producer, settings)
+
+    async def count_processing() -> None:
+        async with runtime.pool.acquire() as conn:
+            metrics.set_processing(await repo.processing_summary(conn))
 
     @contextlib.asynccontextmanager
     async def started() -> AsyncIterator[None]:
@@ -46,9 +56,26 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             vault=vault,
             limiter=http.RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
         )
+        loops = [
+            asyncio.create_task(
+                every(PROCESSING_GAUGE_INTERVAL_S, "counting PROCESSING orders", count_processing)
+            ),
+            asyncio.create_task(
+                every(
+                    settings.nudge_interval_s,
+                    "nudging undecided orders",
+                    lambda: nudge_undecided(
+                        runtime.pool, settings.nudge_after_s, NUDGE_AGAIN_AFTER_S
+                    ),
+                )
+            ),
+        ]
         try:
             yield
         finally:
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
             await health.stop()
             await marker.stop()
             await replies.stop()

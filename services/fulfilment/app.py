@@ -3,7 +3,7 @@
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
@@ -12,8 +12,7 @@ from services.fulfilment.adapters import repository as repo
 from services.fulfilment.adapters.supplier import NoSupplier, SimulatedSupplier, Supplier
 from services.fulfilment.entrypoints import admin, consumers
 from services.fulfilment.service_layer.backorders import Backorders
-from shared.crypto import CodeVault
-from shared.runtime import Runtime, lifespan_for
+from shared.runtime import Runtime, every, lifespan_for
 from shared.settings import FulfilmentSettings
 from shared.web import install_common
 
@@ -21,23 +20,11 @@ SERVICE = "fulfilment"
 log = logging.getLogger(__name__)
 
 
-async def every(interval_s: float, name: str, step: Callable[[], Awaitable[object]]) -> None:
-    """Run `step` forever, `interval_s` apart; a failing step is logged and tried again."""
-    while True:
-        try:
-            await step()
-        except Exception:
-            log.exception("%s failed; retrying in %.1fs", name, interval_s)
-        await asyncio.sleep(interval_s)
-
-
 def create_app(settings: FulfilmentSettings | None = None) -> FastAPI:
     settings = settings or FulfilmentSettings()
     runtime = Runtime(SERVICE, settings, settings.database_url)
     simulated = (
-        SimulatedSupplier(
-            CodeVault(settings.code_encryption_keys.get_secret_value()), settings.supplier_delay_s
-        )
+        SimulatedSupplier(settings.code_vault(), settings.supplier_delay_s)
         if settings.supplier_enabled
         else None
     )
@@ -66,6 +53,13 @@ def create_app(settings: FulfilmentSettings | None = None) -> FastAPI:
                 )
             ),
             asyncio.create_task(every(5.0, "gauges", refresh_gauges)),
+            asyncio.create_task(
+                every(
+                    settings.retry_after_s / 3,
+                    "retrying stalled backorders",
+                    lambda: backorders.retry_stalled(runtime.pool, settings.retry_after_s),
+                )
+            ),
         ]
         if simulated is not None:
             tasks.append(

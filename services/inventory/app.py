@@ -14,7 +14,6 @@ from services.inventory.adapters.postgres import PostgresUnitOfWork
 from services.inventory.entrypoints import admin, commands
 from services.inventory.service_layer import catalog
 from services.inventory.service_layer.unit_of_work import UnitOfWork
-from shared.crypto import CodeVault
 from shared.runtime import Runtime, lifespan_for
 from shared.settings import InventorySettings
 from shared.web import install_common
@@ -30,7 +29,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: InventorySettings | None = None) -> FastAPI:
     settings = settings or InventorySettings()
     runtime = Runtime(SERVICE, settings, settings.database_url)
-    vault = CodeVault(settings.code_encryption_keys.get_secret_value())
+    vault = settings.code_vault()
 
     def new_uow() -> PostgresUnitOfWork:
         return PostgresUnitOfWork(runtime.pool, on_commit=metrics.observe_committed)

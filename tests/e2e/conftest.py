@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,6 +37,16 @@ def urls(stack: Stack) -> Stack:
 @pytest.fixture(scope="session", autouse=True)
 def session_started_at() -> datetime:
     return datetime.now(UTC)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def log_sizes_at_start() -> dict[Path, int]:
+    """How long each service log was when this session began: scans read what came after."""
+    return {log: log.stat().st_size for log in log_dir().glob("*.log")}
+
+
+def log_dir() -> Path:
+    return Path(os.environ.get("IO_RUN_DIR", ".run")) / "logs"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -243,6 +243,11 @@ async def test_order_events_rebuild_every_orders_status(
     client = await new_client()
     ids = await place_any(client, sku, 3)  # one completes at once, two wait
     await add_stock(inventory_admin, sku, 1)  # one more completes
+
+    async def two_completed() -> bool:
+        return (await statuses(client, ids)).count("COMPLETED") == 2
+
+    await wait_until(two_completed, timeout=15)
     withdrawn = await inventory_admin.post(f"/admin/products/{sku}/withdraw")
     assert withdrawn.status_code == 200  # the last one is cancelled
 

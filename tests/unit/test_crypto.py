@@ -51,3 +51,18 @@ def test_secrets_compare_against_their_hash_only():
     stored = hash_secret("tk_abc")
     assert same_secret("tk_abc", stored)
     assert not same_secret("tk_abd", stored)
+
+
+def test_fingerprints_survive_a_key_rotation_with_a_fingerprint_key():
+    fingerprint_key = base64.b64encode(os.urandom(32)).decode()
+    old = key_spec("old")
+    before = CodeVault(old, fingerprint_key).fingerprint("GIFT-1")
+    after = CodeVault(key_spec("new") + "," + old, fingerprint_key).fingerprint("GIFT-1")
+    assert before == after
+    assert CodeVault(old, fingerprint_key).fingerprint("GIFT-2") != before
+
+
+@pytest.mark.parametrize("bad", ["notbase64!", base64.b64encode(b"short").decode()])
+def test_a_bad_fingerprint_key_is_refused(bad: str):
+    with pytest.raises(KeyConfigError, match="CODE_FINGERPRINT_KEY"):
+        CodeVault(key_spec("k1"), bad)

@@ -10,14 +10,18 @@ def test_production_refuses_the_published_default_secrets(monkeypatch: pytest.Mo
     monkeypatch.setenv("APP_ENV", "prod")
     monkeypatch.delenv("ADMIN_TOKEN", raising=False)
     monkeypatch.delenv("CODE_ENCRYPTION_KEYS", raising=False)
-    with pytest.raises(ValidationError, match="ADMIN_TOKEN, CODE_ENCRYPTION_KEYS"):
+    monkeypatch.delenv("CODE_FINGERPRINT_KEY", raising=False)
+    with pytest.raises(
+        ValidationError, match="ADMIN_TOKEN, CODE_ENCRYPTION_KEYS, CODE_FINGERPRINT_KEY"
+    ):
         ApiSettings()
 
 
 def test_production_starts_with_secrets_of_its_own(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("APP_ENV", "prod")
     monkeypatch.setenv("ADMIN_TOKEN", "x" * 40)
-    monkeypatch.setenv("CODE_ENCRYPTION_KEYS", "k9:" + "A" * 43 + "=")
+    monkeypatch.setenv("CODE_ENCRYPTION_KEYS", "k9:" + "B" * 43 + "=")
+    monkeypatch.setenv("CODE_FINGERPRINT_KEY", "C" * 43 + "=")
     assert ApiSettings().app_env == "prod"
 
 

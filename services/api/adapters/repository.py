@@ -130,28 +130,31 @@ async def credit(
     return True
 
 
+DEBIT_ONE_SLOT = """
+UPDATE wallet_slots SET balance = balance - $3
+WHERE (account_id, currency, slot) = (
+    SELECT account_id, currency, slot FROM wallet_slots
+    WHERE account_id = $1 AND currency = $2 AND balance >= $3
+    ORDER BY random() LIMIT 1 FOR UPDATE {wait})
+RETURNING slot
+"""
+
+
 async def debit(
     conn: Conn, account_id: uuid.UUID, currency: str, amount: Decimal, transaction_id: str
 ) -> bool:
     """Take `amount` from the wallet in this transaction. False if the balance is too low.
 
-    Fast path: one statement takes a random unlocked slot that can pay. Slow path (no such
-    slot, e.g. balances spread thin): lock every slot, then pay from the sum and spread what
+    Fast path: one statement takes a random unlocked slot that can pay. If every such slot
+    is busy, wait for one of them (the row is re-checked once the lock is ours). Only when no
+    single slot can pay (balances spread thin) lock them all, pay from the sum and spread what
     is left evenly again.
     """
-    slot = await conn.fetchval(
-        """
-        UPDATE wallet_slots SET balance = balance - $3
-        WHERE (account_id, currency, slot) = (
-            SELECT account_id, currency, slot FROM wallet_slots
-            WHERE account_id = $1 AND currency = $2 AND balance >= $3
-            ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED)
-        RETURNING slot
-        """,
-        account_id,
-        currency,
-        amount,
-    )
+    slot = None
+    for wait in ("SKIP LOCKED", ""):
+        slot = await conn.fetchval(DEBIT_ONE_SLOT.format(wait=wait), account_id, currency, amount)
+        if slot is not None:
+            break
     if slot is None:
         rows = await conn.fetch(
             """
@@ -355,6 +358,21 @@ async def cancel_order(conn: Conn, transaction_id: str, reason: str) -> Order | 
     return _order(row) if row else None
 
 
+async def processing_summary(conn: Conn) -> list[tuple[str, int, float]]:
+    """(stage, count, age of the oldest in seconds) of the orders in PROCESSING, for metrics:
+    stage `awaiting_decision` (no decision from inventory yet) or `backordered`."""
+    rows = await conn.fetch(
+        """
+        SELECT CASE WHEN backordered_at IS NULL THEN 'awaiting_decision' ELSE 'backordered' END
+                   AS stage,
+               count(*) AS n,
+               extract(epoch FROM now() - min(created_at)) AS oldest
+        FROM orders WHERE status = 'PROCESSING' GROUP BY 1
+        """
+    )
+    return [(r["stage"], int(r["n"]), float(r["oldest"])) for r in rows]
+
+
 async def get_order(conn: Conn, account_id: uuid.UUID, transaction_id: str) -> Order | None:
     row = await conn.fetchrow(
         f"SELECT {ORDER_COLUMNS} FROM orders WHERE transaction_id = $1 AND account_id = $2",  # noqa: S608
@@ -393,3 +411,24 @@ async def list_orders(
         offset,
     )
     return int(total), [_order(r) for r in rows]
+
+
+async def take_orders_to_nudge(
+    conn: Conn, older_than_s: float, again_after_s: float, limit: int
+) -> list[asyncpg.Record]:
+    """PROCESSING orders older than `older_than_s`, not nudged in the last `again_after_s`;
+    marks them nudged now."""
+    return await conn.fetch(
+        """
+        UPDATE orders SET nudged_at = now()
+        WHERE transaction_id IN (
+            SELECT transaction_id FROM orders
+            WHERE status = 'PROCESSING' AND created_at < now() - make_interval(secs => $1)
+              AND (nudged_at IS NULL OR nudged_at < now() - make_interval(secs => $2))
+            ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+        RETURNING transaction_id, account_id, sku, unit_price, currency, created_at
+        """,
+        older_than_s,
+        again_after_s,
+        limit,
+    )

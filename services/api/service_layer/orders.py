@@ -4,7 +4,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -40,7 +40,10 @@ from shared.messaging import PublishedMarker, add_to_outbox
 log = logging.getLogger(__name__)
 
 # Rows the request path publishes itself; the relay takes them over only after this long.
-INLINE_RELAY_GRACE_S = 5.0
+INLINE_RELAY_GRACE_S = 15.0
+# How long a publish may take before the broker counts as unreachable (the decision window
+# can be shorter: the answer is then PROCESSING, and the publish goes on).
+PUBLISH_TIMEOUT_S = 10.0
 
 
 class BrokerHealth:
@@ -105,6 +108,7 @@ class Orders:
     marker: PublishedMarker
     health: BrokerHealth
     decision_window_s: float
+    _publishing: set["asyncio.Task[bool]"] = field(default_factory=set)
 
     async def place_instant(self, cmd: CreateInstantOrder) -> Order:
         """Accept, pay for and durably record one order, then wait (bounded) for inventory.
@@ -163,56 +167,77 @@ class Orders:
                 conn, topics.ORDER_EVENTS.name, transaction_id, order_event("OrderAccepted", order)
             )
 
+        # The order is committed and paid: from here on nothing may fail the request. What
+        # cannot be done now is done by the inventory.events consumer.
         decision = await self._publish_and_wait(command, command_row, started)
         if decision is not None and decision.outcome == "RESERVED":
             assert decision.stock_id is not None
             assert decision.sealed_code is not None
-            async with self.pool.acquire() as conn, conn.transaction():
-                completed = await record_allocation(
-                    conn, transaction_id, decision.stock_id, decision.sealed_code
+            try:
+                order = await self._record_reservation(
+                    order, decision.stock_id, decision.sealed_code
                 )
-            if completed is not None:
-                order = completed
-            else:  # the event consumer got there first
-                async with self.pool.acquire() as conn:
-                    order = await repo.get_order(conn, cmd.account_id, transaction_id) or order
+            except Exception as exc:
+                log.warning(
+                    "reservation not recorded at once (%s): answering PROCESSING",
+                    type(exc).__name__,
+                )
         metrics.ORDERS_ACCEPTED.labels(
             "completed" if order.status == "COMPLETED" else "processing"
         ).inc()
         return order
 
+    async def _record_reservation(self, order: Order, stock_id: int, sealed_code: str) -> Order:
+        async with self.pool.acquire() as conn, conn.transaction():
+            completed = await record_allocation(conn, order.transaction_id, stock_id, sealed_code)
+        if completed is not None:
+            return completed
+        async with self.pool.acquire() as conn:  # the event consumer got there first
+            return await repo.get_order(conn, order.account_id, order.transaction_id) or order
+
     async def _publish_and_wait(
         self, command: PlaceOrder, command_row: int, started: float
     ) -> Decision | None:
+        """Publish the committed command and wait for its decision, until the window closes.
+
+        The publish has its own timeout and goes on after the window if it must: only a failed
+        publish (not a slow one) marks the broker unhealthy, and a command sent late is still
+        sent once, in order, rather than resent by the relay seconds later.
+        """
         future = self.replies.expect(command.transaction_id)
+        publish = asyncio.create_task(self._publish(command, command_row))
+        self._publishing.add(publish)
+        publish.add_done_callback(self._publishing.discard)
         try:
             remaining = self.decision_window_s - (time.monotonic() - started)
-            try:
-                async with asyncio.timeout(max(remaining, 0.01)):
-                    await self.producer.send_and_wait(
-                        topics.INVENTORY_COMMANDS.name,
-                        value=command.to_bytes(),
-                        key=command.sku.encode(),
-                    )
-            except (KafkaError, TimeoutError) as exc:
-                # The order is committed with its command in the outbox: the relay sends it.
-                log.warning("order request not published inline (%s)", type(exc).__name__)
-                self.health.failed()
-                metrics.DECISION_TIMEOUTS.inc()
-                return None
-            self.marker.mark(command_row)
-            published = time.monotonic()
-            remaining = self.decision_window_s - (published - started)
-            try:
-                async with asyncio.timeout(max(remaining, 0.001)):
-                    decision = await future
-            except TimeoutError:
-                metrics.DECISION_TIMEOUTS.inc()
-                return None
+            async with asyncio.timeout(max(remaining, 0.001)):
+                if not await asyncio.shield(publish):
+                    return None
+                published = time.monotonic()
+                decision = await future
             metrics.DECISION_LATENCY.observe(time.monotonic() - published)
             return decision
+        except TimeoutError:
+            metrics.DECISION_TIMEOUTS.inc()
+            return None
         finally:
             self.replies.forget(command.transaction_id)
+
+    async def _publish(self, command: PlaceOrder, command_row: int) -> bool:
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                await self.producer.send_and_wait(
+                    topics.INVENTORY_COMMANDS.name,
+                    value=command.to_bytes(),
+                    key=command.sku.encode(),
+                )
+        except (KafkaError, TimeoutError) as exc:
+            # The order is committed with its command in the outbox: the relay sends it.
+            log.warning("order request not published (%s)", type(exc).__name__)
+            self.health.failed()
+            return False
+        self.marker.mark(command_row)
+        return True
 
 
 # --- applying inventory's outcomes (from the reply or from inventory.events) ----------------
@@ -263,3 +288,30 @@ async def record_cancellation(
         order_event("OrderCancelled", order, reason),
     )
     metrics.ORDER_TRANSITIONS.labels("CANCELLED").inc()
+
+
+async def nudge_undecided(
+    pool: asyncpg.Pool, older_than_s: float, again_after_s: float, limit: int = 200
+) -> int:
+    """Ask inventory again about orders still PROCESSING after `older_than_s`.
+
+    Inventory answers a PlaceOrder it already decided by announcing the order's current
+    state again, so an event lost on the way (dead-lettered, say) cannot leave an order
+    PROCESSING forever; a command that never arrived is decided now. Every consumer is
+    idempotent, so asking about an order that merely waits for stock costs one no-op.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await repo.take_orders_to_nudge(conn, older_than_s, again_after_s, limit)
+        for row in rows:
+            command = PlaceOrder(
+                transaction_id=row["transaction_id"],
+                account_id=row["account_id"],
+                sku=row["sku"],
+                unit_price=row["unit_price"],
+                currency=row["currency"].strip(),
+                placed_at=row["created_at"],
+            )
+            await add_to_outbox(conn, topics.INVENTORY_COMMANDS.name, row["sku"], command)
+    if rows:
+        log.info("asked inventory again about %d orders still PROCESSING", len(rows))
+    return len(rows)

@@ -188,3 +188,37 @@ async def waiting_by_sku(conn: Conn) -> list[asyncpg.Record]:
         FROM backorders WHERE state IN ('WAITING', 'ALLOCATING', 'CANCELLING') GROUP BY sku
         """
     )
+
+
+async def take_stale_in_flight(conn: Conn, older_than_s: float, limit: int) -> list[asyncpg.Record]:
+    """Backorders whose command got no answer for `older_than_s`; touched so they are taken
+    once per period."""
+    return await conn.fetch(
+        """
+        UPDATE backorders SET updated_at = now()
+        WHERE transaction_id IN (
+            SELECT transaction_id FROM backorders
+            WHERE state IN ('ALLOCATING', 'CANCELLING')
+              AND updated_at < now() - make_interval(secs => $1)
+            ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+        RETURNING transaction_id, sku, state, cancel_reason
+        """,
+        older_than_s,
+        limit,
+    )
+
+
+async def skus_waiting_unoffered(conn: Conn, older_than_s: float, limit: int) -> list[str]:
+    """SKUs with orders waiting for `older_than_s` and none being offered a code."""
+    rows = await conn.fetch(
+        """
+        SELECT sku FROM backorders b
+        WHERE state = 'WAITING' AND updated_at < now() - make_interval(secs => $1)
+          AND NOT EXISTS (SELECT 1 FROM backorders a
+                          WHERE a.sku = b.sku AND a.state = 'ALLOCATING')
+        GROUP BY sku LIMIT $2
+        """,
+        older_than_s,
+        limit,
+    )
+    return [r["sku"] for r in rows]

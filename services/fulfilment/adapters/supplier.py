@@ -20,6 +20,8 @@ from shared.db import Conn
 from shared.messaging import add_to_outbox
 
 _ALPHABET = string.ascii_uppercase + string.digits
+# A DeliverStock message stays far below Kafka's 1 MiB message size (~115 bytes a code).
+CODES_PER_DELIVERY = 500
 
 
 class Supplier(Protocol):
@@ -48,14 +50,16 @@ class SimulatedSupplier:
         async with pool.acquire() as conn, conn.transaction():
             due = await repo.due_supplier_requests(conn, limit)
             for request in due:
-                sealed = [
-                    self._vault.seal(self._generate(), aad=request["sku"]).to_wire()
-                    for _ in range(request["quantity"])
-                ]
-                delivery = DeliverStock(
-                    delivery_id=f"sim-{request['id']}", sku=request["sku"], sealed_codes=sealed
-                )
-                await add_to_outbox(conn, topics.INVENTORY_COMMANDS.name, request["sku"], delivery)
+                sku, quantity = request["sku"], request["quantity"]
+                for part, start in enumerate(range(0, quantity, CODES_PER_DELIVERY)):
+                    sealed = [
+                        self._vault.seal(self._generate(), aad=sku).to_wire()
+                        for _ in range(min(CODES_PER_DELIVERY, quantity - start))
+                    ]
+                    delivery = DeliverStock(
+                        delivery_id=f"sim-{request['id']}-{part}", sku=sku, sealed_codes=sealed
+                    )
+                    await add_to_outbox(conn, topics.INVENTORY_COMMANDS.name, sku, delivery)
                 await repo.mark_delivered(conn, request["id"])
                 metrics.SUPPLIER_DELIVERIES.inc(request["quantity"])
         return len(due)

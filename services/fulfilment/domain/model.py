@@ -32,9 +32,13 @@ def round_size(stock_hint: int, allocating: int) -> int:
     return max(0, stock_hint - allocating)
 
 
+MAX_SUPPLIER_REQUEST = 5_000
+
+
 def supplier_quantity(waiting: int, stock_hint: int, batch: int) -> int:
-    """What to ask a supplier for: the shortfall, rounded up to whole batches; 0 if none."""
+    """What to ask a supplier for: the shortfall, rounded up to whole batches, at most
+    MAX_SUPPLIER_REQUEST (a next request covers the rest); 0 if none."""
     shortfall = waiting - stock_hint
     if shortfall <= 0:
         return 0
-    return -(-shortfall // batch) * batch
+    return min(-(-shortfall // batch) * batch, MAX_SUPPLIER_REQUEST)

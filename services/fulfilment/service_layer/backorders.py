@@ -51,7 +51,9 @@ class Backorders:
                 await repo.lock_sku(conn, event.sku)
                 if await repo.transition(conn, event.transaction_id, "COMPLETED", OPEN_STATES):
                     metrics.COMPLETIONS.inc()
-                await repo.take_from_stock_hint(conn, event.sku)
+                    await repo.take_from_stock_hint(conn, event.sku)
+                else:
+                    metrics.REDELIVERIES.inc()
             case BackorderStillWaiting():
                 knowledge = await repo.lock_sku(conn, event.sku)
                 await repo.set_stock_hint(conn, event.sku, 0)
@@ -66,6 +68,8 @@ class Backorders:
                     conn, event.transaction_id, "CANCELLED", OPEN_STATES, event.reason
                 ):
                     metrics.CANCELLATIONS.labels(event.reason).inc()
+                else:
+                    metrics.REDELIVERIES.inc()
 
     async def _on_backordered(self, conn: Conn, event: OrderBackordered) -> None:
         knowledge = await repo.lock_sku(conn, event.sku)
@@ -78,7 +82,8 @@ class Backorders:
             deadline(event.placed_at, knowledge, self.default_deadline_s),
         )
         if not inserted:
-            return  # a redelivery
+            metrics.REDELIVERIES.inc()
+            return
         if not knowledge.active:
             await self._cancel(conn, event.sku, [event.transaction_id], "PRODUCT_WITHDRAWN")
             return
@@ -142,3 +147,41 @@ class Backorders:
         if rows:
             log.info("asked inventory to cancel %d overdue backorders", len(rows))
         return len(rows)
+
+    async def retry_stalled(self, pool: asyncpg.Pool, older_than_s: float) -> int:
+        """Repair what a lost message left undone; every step is idempotent at inventory.
+
+        - A command with no answer for `older_than_s` is sent again.
+        - A SKU whose orders wait with none being offered a code (a stock notice may have been
+          lost, or overtaken) offers one to its oldest order: inventory answers with the code
+          or "still waiting", and the round goes on from there.
+        """
+        async with pool.acquire() as conn, conn.transaction():
+            stale = await repo.take_stale_in_flight(conn, older_than_s, 500)
+            for row in stale:
+                command: AllocateBackorder | CancelBackorder = (
+                    AllocateBackorder(transaction_id=row["transaction_id"], sku=row["sku"])
+                    if row["state"] == "ALLOCATING"
+                    else CancelBackorder(
+                        transaction_id=row["transaction_id"],
+                        sku=row["sku"],
+                        reason=row["cancel_reason"] or "DEADLINE_PASSED",
+                    )
+                )
+                await add_to_outbox(conn, topics.INVENTORY_COMMANDS.name, row["sku"], command)
+            skus = await repo.skus_waiting_unoffered(conn, older_than_s, 100)
+        for sku in skus:  # one transaction per SKU: its lock before its rows, as everywhere
+            async with pool.acquire() as conn, conn.transaction():
+                knowledge = await repo.lock_sku(conn, sku)
+                if not knowledge.active:
+                    continue
+                for transaction_id in await repo.start_allocating_oldest(conn, sku, 1):
+                    await add_to_outbox(
+                        conn,
+                        topics.INVENTORY_COMMANDS.name,
+                        sku,
+                        AllocateBackorder(transaction_id=transaction_id, sku=sku),
+                    )
+        if stale or skus:
+            log.info("resent %d commands, offered stock again for %d SKUs", len(stale), len(skus))
+        return len(stale) + len(skus)

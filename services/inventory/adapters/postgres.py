@@ -182,6 +182,7 @@ def _decision(row: asyncpg.Record) -> OrderDecision:
         reply_to=row["reply_to"],
         state=DecisionState(row["state"]),
         stock_id=row["stock_id"],
+        cancel_reason=row.get("cancel_reason"),
     )
 
 
@@ -191,7 +192,7 @@ class PostgresDecisions:
 
     async def get_many(self, transaction_ids: Sequence[str]) -> dict[str, OrderDecision]:
         rows = await self._conn.fetch(
-            f"SELECT {_DECISION_COLUMNS} FROM decisions "  # noqa: S608 - constant column list
+            f"SELECT {_DECISION_COLUMNS}, cancel_reason FROM decisions "  # noqa: S608 - constant
             "WHERE transaction_id = ANY($1::text[])",
             list(transaction_ids),
         )
@@ -199,7 +200,7 @@ class PostgresDecisions:
 
     async def get_for_update(self, transaction_id: str) -> OrderDecision | None:
         row = await self._conn.fetchrow(
-            f"SELECT {_DECISION_COLUMNS} FROM decisions "  # noqa: S608 - constant column list
+            f"SELECT {_DECISION_COLUMNS}, cancel_reason FROM decisions "  # noqa: S608 - constant
             "WHERE transaction_id = $1 FOR UPDATE",
             transaction_id,
         )
@@ -237,11 +238,12 @@ class PostgresDecisions:
 
     async def update(self, decision: OrderDecision) -> None:
         await self._conn.execute(
-            "UPDATE decisions SET state = $2, stock_id = $3, updated_at = now() "
-            "WHERE transaction_id = $1",
+            "UPDATE decisions SET state = $2, stock_id = $3, cancel_reason = $4, "
+            "updated_at = now() WHERE transaction_id = $1",
             decision.transaction_id,
             decision.state.value,
             decision.stock_id,
+            decision.cancel_reason,
         )
 
 

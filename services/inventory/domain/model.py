@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal
 
-from shared.contracts import PlaceOrder
+from shared.contracts import CancelReason, PlaceOrder
 from shared.crypto import Code, SealedCode
 
 MAX_CODES_PER_DELIVERY = 5_000
@@ -50,6 +50,7 @@ class OrderDecision:
     reply_to: str | None
     state: DecisionState
     stock_id: int | None = None
+    cancel_reason: CancelReason | None = None
 
     @property
     def waiting(self) -> bool:
@@ -66,10 +67,11 @@ class OrderDecision:
         self.state = DecisionState.ALLOCATED
         self.stock_id = code.stock_id
 
-    def cancel(self) -> None:
+    def cancel(self, reason: CancelReason = "DEADLINE_PASSED") -> None:
         if not self.waiting:
             raise NotWaiting(f"{self.transaction_id} is {self.state}, not waiting for a code")
         self.state = DecisionState.CANCELLED
+        self.cancel_reason = reason
 
 
 def claims_to_attempt(

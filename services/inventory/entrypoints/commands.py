@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-import asyncpg
 from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
 from faststream.message import StreamMessage
@@ -47,11 +46,7 @@ BATCH_TIMEOUT_MS = 5
 REPLY_TIMEOUT_S = 1.0
 
 # Infrastructure failures: the batch is not acknowledged and comes again once things are back.
-INFRASTRUCTURE = (
-    *TRANSIENT,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-)
+INFRASTRUCTURE = TRANSIENT
 
 
 class Record(Protocol):
@@ -125,10 +120,6 @@ class CommandConsumer:
         token = transaction_id_var.set(getattr(command, "transaction_id", None))
         try:
             replies = await self._decide([command], time.perf_counter())
-        except INFRASTRUCTURE as exc:
-            if isinstance(exc, TRANSIENT):
-                raise
-            raise ConnectionError(type(exc).__name__) from exc  # retried, never dead-lettered
         finally:
             transaction_id_var.reset(token)
         await self._send(replies)
@@ -136,7 +127,7 @@ class CommandConsumer:
     async def _decide(self, commands: Sequence[InventoryCommand], started: float) -> list[Reply]:
         uow = self._new_uow()
         replies = await decide(commands, uow, self._vault)
-        metrics.count_already_decided(CONSUMER_NAME, commands, uow.committed)
+        metrics.count_already_decided(CONSUMER_NAME, uow.already_decided)
         elapsed = time.perf_counter() - started
         for _ in commands:
             metrics.DECISION_SECONDS.observe(elapsed)

@@ -21,6 +21,7 @@ from shared.contracts import (
     Decision,
     DeliverStock,
     InventoryCommand,
+    Message,
     OrderBackordered,
     OrderReserved,
     PlaceOrder,
@@ -76,6 +77,7 @@ async def place_orders(orders: Sequence[PlaceOrder], uow: UnitOfWork) -> list[Re
         return []
     known = await uow.decisions.get_many([order.transaction_id for order in orders])
     new = [o for o in model.first_of_each_order(orders) if o.transaction_id not in known]
+    uow.already_decided += len(orders) - len(new)
 
     claimed: dict[str, ClaimedCode] = {}
     decisions: list[OrderDecision] = []
@@ -87,9 +89,11 @@ async def place_orders(orders: Sequence[PlaceOrder], uow: UnitOfWork) -> list[Re
         for decision in decisions:
             _publish_placed(decision, claimed.get(decision.transaction_id), uow)
 
-    reserved_before = [tx for tx, d in known.items() if d.state is DecisionState.RESERVED]
-    if reserved_before:
-        claimed |= await uow.codes.sold_to(reserved_before)
+    served_before = [tx for tx, d in known.items() if d.stock_id is not None]
+    if served_before:
+        claimed |= await uow.codes.sold_to(served_before)
+    for decision in known.values():
+        _announce_again(decision, claimed.get(decision.transaction_id), uow)
     outcomes = {d.transaction_id: d for d in [*known.values(), *decisions]}
     return [
         Reply(order.reply_to, _reply(outcomes[order.transaction_id], claimed))
@@ -136,7 +140,7 @@ async def cancel_backorder(command: CancelBackorder, uow: UnitOfWork) -> None:
         return
     if not decision.waiting:
         return  # already allocated (the allocation wins) or already cancelled
-    decision.cancel()
+    decision.cancel(command.reason)
     await uow.decisions.update(decision)
     uow.publish(
         INVENTORY_EVENTS.name,
@@ -171,30 +175,56 @@ async def receive_delivery(command: DeliverStock, uow: UnitOfWork, vault: CodeVa
     log.info("delivery %s: %d of %d codes added", command.delivery_id, added, len(codes))
 
 
-def _publish_placed(decision: OrderDecision, code: ClaimedCode | None, uow: UnitOfWork) -> None:
-    if code is not None:
-        uow.publish(
-            INVENTORY_EVENTS.name,
-            decision.sku,
-            OrderReserved(
+def _announce_again(decision: OrderDecision, code: ClaimedCode | None, uow: UnitOfWork) -> None:
+    """A PlaceOrder delivered again (after a crash, or the api asking after an order it heard
+    nothing of): announce the order's current state again. Every consumer applies events
+    idempotently, so this only repairs what a lost event left undone; being a repeat, it is
+    not counted as a new claim or backorder."""
+    event: Message
+    match decision.state:
+        case DecisionState.RESERVED | DecisionState.BACKORDERED:
+            reserved = decision.state is DecisionState.RESERVED
+            _publish_placed(decision, code if reserved else None, uow, repeat=True)
+            return
+        case DecisionState.ALLOCATED:
+            assert code is not None
+            event = BackorderAllocated(
                 transaction_id=decision.transaction_id,
                 account_id=decision.account_id,
                 sku=decision.sku,
                 stock_id=code.stock_id,
                 sealed_code=code.sealed.to_wire(),
-            ),
-        )
-    else:
-        uow.publish(
-            INVENTORY_EVENTS.name,
-            decision.sku,
-            OrderBackordered(
+            )
+        case DecisionState.CANCELLED:
+            event = BackorderCancelled(
                 transaction_id=decision.transaction_id,
                 account_id=decision.account_id,
                 sku=decision.sku,
-                placed_at=decision.placed_at,
-            ),
+                reason=decision.cancel_reason or "DEADLINE_PASSED",
+            )
+    uow.publish(INVENTORY_EVENTS.name, decision.sku, event, repeat=True)
+
+
+def _publish_placed(
+    decision: OrderDecision, code: ClaimedCode | None, uow: UnitOfWork, *, repeat: bool = False
+) -> None:
+    event: Message
+    if code is not None:
+        event = OrderReserved(
+            transaction_id=decision.transaction_id,
+            account_id=decision.account_id,
+            sku=decision.sku,
+            stock_id=code.stock_id,
+            sealed_code=code.sealed.to_wire(),
         )
+    else:
+        event = OrderBackordered(
+            transaction_id=decision.transaction_id,
+            account_id=decision.account_id,
+            sku=decision.sku,
+            placed_at=decision.placed_at,
+        )
+    uow.publish(INVENTORY_EVENTS.name, decision.sku, event, repeat=repeat)
 
 
 def _reply(decision: OrderDecision, claimed: dict[str, ClaimedCode]) -> Decision:

@@ -66,13 +66,21 @@ class UnitOfWork(abc.ABC):
         self._pending: list[tuple[str, str, Message]] = []
         self._on_commit = on_commit
         self.committed: list[Message] = []
+        self._repeats: set[int] = set()
+        # PlaceOrder commands found already decided (redelivered, or sent twice).
+        self.already_decided = 0
 
-    def publish(self, topic: str, key: str, message: Message) -> None:
+    def publish(self, topic: str, key: str, message: Message, *, repeat: bool = False) -> None:
+        """Publish after commit (outbox). `repeat`: an announcement made again, whose state
+        change was counted when it happened; it is not reported to `on_commit`."""
         self._pending.append((topic, key, message))
+        if repeat:
+            self._repeats.add(id(message))
 
     async def commit(self) -> None:
         await self._commit(self._pending)
-        messages = [message for _, _, message in self._pending]
+        messages = [m for _, _, m in self._pending if id(m) not in self._repeats]
+        self._repeats = set()
         self.committed.extend(messages)
         self._pending = []
         if self._on_commit is not None:
