@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from shared import topics
 from tests.conftest import Stack
@@ -216,3 +217,25 @@ async def warm_pipeline(
             interval=0.2,
             message="a first order completed within the decision window",
         )
+
+
+CONSUMER_GROUPS = ("inventory", "api", "api-catalog", "fulfilment", "fulfilment-catalog")
+
+
+async def pipeline_idle(stack: Stack) -> bool:
+    """True when every consumer group of the services has consumed every message: tests that
+    compare process-wide counters start from there, so no earlier test's tail moves them."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    await consumer.start()
+    try:
+        for group in CONSUMER_GROUPS:
+            committed = await admin.list_consumer_group_offsets(group)
+            ends = await consumer.end_offsets(list(committed))
+            if any(ends[tp] > meta.offset for tp, meta in committed.items()):
+                return False
+        return True
+    finally:
+        await consumer.stop()
+        await admin.close()

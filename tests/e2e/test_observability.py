@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared import topics
 from shared.contracts import OrderBackordered, PlaceOrder
 from tests.conftest import Stack, StackCtl
-from tests.e2e.conftest import Client, NewClient, NewProduct
+from tests.e2e.conftest import Client, NewClient, NewProduct, pipeline_idle
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -96,6 +96,7 @@ async def test_orders_move_every_services_counters(
     sku = await new_product(price="2.00", stock=3)
     client = await new_client(balance="20.00")
     poor = await new_client(balance="1.00")
+    await wait_until(lambda: pipeline_idle(urls), timeout=30, message="the pipeline is idle")
     before = await scrape_all(urls)
 
     served = [await order(client, sku, "COMPLETED") for _ in range(3)]
