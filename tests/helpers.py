@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import inspect
 import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar, overload
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -107,3 +109,14 @@ async def stackctl(
             f"stack.py {command} {' '.join(services)} failed ({proc.returncode}):\n{text}"
         )
     return text
+
+
+def load_stack_module() -> ModuleType:
+    """deploy/local/stack.py as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("io_local_stack", STACK_PY)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

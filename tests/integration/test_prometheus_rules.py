@@ -4,21 +4,18 @@ Grafana dashboard use is one the services export."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.helpers import REPO_ROOT, STACK_PY
+from tests.helpers import REPO_ROOT, load_stack_module
 
 PROMETHEUS_DIR = REPO_ROOT / "deploy" / "prometheus"
 DASHBOARDS = REPO_ROOT / "deploy" / "grafana" / "dashboards"
@@ -53,23 +50,13 @@ def run(promtool: str, *args: str) -> str:
     return output
 
 
-def load_stack() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("io_local_stack_rules", STACK_PY)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_docker_config_is_valid(promtool: str) -> None:
     output = run(promtool, "check", "config", str(PROMETHEUS_DIR / "prometheus.yml"))
     assert "1 rule files found" in output
 
 
 def test_the_local_stacks_config_is_valid(promtool: str, tmp_path: Path) -> None:
-    stack = load_stack()
+    stack = load_stack_module()
     config = tmp_path / "prometheus.yml"
     config.write_text(stack.prometheus_config_text(stack.Config.from_env()))
     output = run(promtool, "check", "config", str(config))

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.helpers import REPO_ROOT, STACK_PY
+from tests.helpers import REPO_ROOT, load_stack_module
 
 APPS = ("api", "inventory", "fulfilment")
 PORTS = {"api": 8000, "inventory": 8001, "fulfilment": 8002}
@@ -18,16 +15,6 @@ PORTS = {"api": 8000, "inventory": 8001, "fulfilment": 8002}
 DOCKER_ONLY_ENV = {"BIND_HOST"}
 # Meaningful for the local stack only (its state folder).
 LOCAL_ONLY_ENV = {"IO_RUN_DIR"}
-
-
-def _load_stack_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("io_local_stack", STACK_PY)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +70,7 @@ def test_migrate_runs_once_after_infrastructure(services: dict[str, Any]) -> Non
 
 @pytest.mark.parametrize("app", [*APPS, "migrate"])
 def test_env_names_match_the_local_stack(services: dict[str, Any], app: str) -> None:
-    stack = _load_stack_module()
+    stack = load_stack_module()
     local = set(stack.SERVICE_ENV_NAMES) - LOCAL_ONLY_ENV
     names = set(services[app]["environment"])
     assert names - DOCKER_ONLY_ENV == local

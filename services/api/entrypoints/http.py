@@ -105,6 +105,17 @@ async def current_account(
 CurrentAccount = Annotated[uuid.UUID, Depends(current_account)]
 
 
+def paged(total: int, page: int, limit: int, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The pagination envelope of Get Orders and Get Products."""
+    return {
+        "total": total,
+        "page": page,
+        "pageSize": limit,
+        "totalPage": math.ceil(total / limit),
+        "items": items,
+    }
+
+
 def iso_utc(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -228,15 +239,7 @@ async def get_orders(
             limit=limit,
             offset=(page - 1) * limit,
         )
-    return ok(
-        {
-            "total": total,
-            "page": page,
-            "pageSize": limit,
-            "totalPage": math.ceil(total / limit),
-            "items": [order_out(o) for o in orders],
-        }
-    )
+    return ok(paged(total, page, limit, [order_out(o) for o in orders]))
 
 
 ORDER_NOT_FOUND = ApiError(
@@ -314,15 +317,7 @@ async def get_products(
         )
     async with svc.pool.acquire() as conn:
         total, records = await repo.list_products(conn, skus, limit, (page - 1) * limit)
-    return ok(
-        {
-            "total": total,
-            "page": page,
-            "pageSize": limit,
-            "totalPage": math.ceil(total / limit),
-            "items": [product_out(r) for r in records],
-        }
-    )
+    return ok(paged(total, page, limit, [product_out(r) for r in records]))
 
 
 @router.get("/balances")

@@ -231,10 +231,11 @@ class Orders:
                     value=command.to_bytes(),
                     key=command.sku.encode(),
                 )
-        except (KafkaError, TimeoutError) as exc:
+        except Exception as exc:
             # The order is committed with its command in the outbox: the relay sends it.
             log.warning("order request not published (%s)", type(exc).__name__)
-            self.health.failed()
+            if isinstance(exc, KafkaError | TimeoutError):
+                self.health.failed()
             return False
         self.marker.mark(command_row)
         return True

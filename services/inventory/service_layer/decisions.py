@@ -123,13 +123,7 @@ async def allocate_backorder(command: AllocateBackorder, uow: UnitOfWork) -> Non
     uow.publish(
         INVENTORY_EVENTS.name,
         decision.sku,
-        BackorderAllocated(
-            transaction_id=decision.transaction_id,
-            account_id=decision.account_id,
-            sku=decision.sku,
-            stock_id=code.stock_id,
-            sealed_code=code.sealed.to_wire(),
-        ),
+        _allocated(decision, code),
     )
 
 
@@ -188,13 +182,7 @@ def _announce_again(decision: OrderDecision, code: ClaimedCode | None, uow: Unit
             return
         case DecisionState.ALLOCATED:
             assert code is not None
-            event = BackorderAllocated(
-                transaction_id=decision.transaction_id,
-                account_id=decision.account_id,
-                sku=decision.sku,
-                stock_id=code.stock_id,
-                sealed_code=code.sealed.to_wire(),
-            )
+            event = _allocated(decision, code)
         case DecisionState.CANCELLED:
             event = BackorderCancelled(
                 transaction_id=decision.transaction_id,
@@ -203,6 +191,16 @@ def _announce_again(decision: OrderDecision, code: ClaimedCode | None, uow: Unit
                 reason=decision.cancel_reason or "DEADLINE_PASSED",
             )
     uow.publish(INVENTORY_EVENTS.name, decision.sku, event, repeat=True)
+
+
+def _allocated(decision: OrderDecision, code: ClaimedCode) -> BackorderAllocated:
+    return BackorderAllocated(
+        transaction_id=decision.transaction_id,
+        account_id=decision.account_id,
+        sku=decision.sku,
+        stock_id=code.stock_id,
+        sealed_code=code.sealed.to_wire(),
+    )
 
 
 def _publish_placed(
