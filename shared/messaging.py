@@ -4,6 +4,7 @@ its relay, and the retry / dead-letter policy every consumer runs its handler un
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -132,6 +133,11 @@ CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
 """
 
 
+# After a wake-up the relay waits this long, so that one round publishes the rows of many
+# concurrent transactions rather than one round per row.
+COALESCE_S = 0.002
+
+
 class OutboxRelay:
     """Publishes committed outbox rows in id order, one relay per database at a time.
 
@@ -156,6 +162,7 @@ class OutboxRelay:
         self._poll = poll_interval_s
         self._batch = batch
         self._wake = asyncio.Event()
+        self._next_gauges = 0.0
         self._task: asyncio.Task[None] | None = None
         self._listener: PoolConnectionProxy | None = None
 
@@ -202,6 +209,8 @@ class OutboxRelay:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll)
+            # Let the rows of concurrent transactions gather: one round then publishes many.
+            await asyncio.sleep(COALESCE_S)
 
     async def relay_once(self) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
@@ -215,13 +224,15 @@ class OutboxRelay:
                 """,
                 self._batch,
             )
-            backlog = await conn.fetchrow(
-                "SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS age "
-                "FROM outbox WHERE published_at IS NULL"
-            )
-            assert backlog is not None
-            metrics.OUTBOX_BACKLOG.labels(self._service).set(backlog["n"])
-            metrics.OUTBOX_OLDEST_AGE.labels(self._service).set(float(backlog["age"] or 0))
+            if time.monotonic() >= self._next_gauges:
+                self._next_gauges = time.monotonic() + 1.0
+                backlog = await conn.fetchrow(
+                    "SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS age "
+                    "FROM outbox WHERE published_at IS NULL"
+                )
+                assert backlog is not None
+                metrics.OUTBOX_BACKLOG.labels(self._service).set(backlog["n"])
+                metrics.OUTBOX_OLDEST_AGE.labels(self._service).set(float(backlog["age"] or 0))
             if not rows:
                 return 0
             futures = []
