@@ -441,3 +441,84 @@ def subscribe(
             consumer=name,
             max_retries=max_retries,
         )
+
+
+BATCH_MAX_RECORDS = 200
+BATCH_TIMEOUT_MS = 5
+
+
+async def _raw_records(message: Any) -> Any:
+    """Hands a batch handler the raw records, so that each is parsed (or dead-lettered) alone."""
+    return message.raw_message
+
+
+def subscribe_batched(
+    broker: KafkaBroker,
+    topic: Topic,
+    *,
+    group_id: str,
+    name: str,
+    parse: Callable[[bytes], M],
+    apply: Callable[[Conn, M], Awaitable[None]],
+    pool_of: Callable[[], asyncpg.Pool],
+    producer_of: Callable[[], AIOKafkaProducer],
+    max_retries: int,
+) -> None:
+    """Like `subscribe`, for high-volume topics: each poll (up to BATCH_MAX_RECORDS messages) is
+    applied in ONE transaction, in partition order, then its offsets are committed. A batch
+    that fails for a reason of its own is applied again one message at a time, each under
+    `consume_resiliently`, so only a poison message is dead-lettered; an infrastructure
+    failure is raised, and the batch comes again."""
+
+    async def apply_alone(message: M) -> None:
+        async with pool_of().acquire() as conn, conn.transaction():
+            await apply(conn, message)
+
+    async def one_by_one(records: Sequence[Any]) -> None:
+        for record in records:
+            await consume_resiliently(
+                raw=record.value or b"",
+                parse=parse,
+                handle=apply_alone,
+                producer=producer_of(),
+                topic=topic.name,
+                dead_letter_topic=topic.dead_letter,
+                key=record.key,
+                consumer=name,
+                max_retries=max_retries,
+            )
+
+    @broker.subscriber(
+        topic.name,
+        batch=True,
+        group_id=group_id,
+        ack_policy=SUBSCRIBER_ACK_POLICY,
+        auto_offset_reset="earliest",
+        max_records=BATCH_MAX_RECORDS,
+        batch_timeout_ms=BATCH_TIMEOUT_MS,
+        decoder=_raw_records,
+        title=name,
+        description=topic.doc,
+    )
+    async def on_batch(records: Any) -> None:
+        try:
+            messages = [parse(record.value or b"") for record in records]
+        except (ValidationError, ValueError):
+            await one_by_one(records)  # dead-letters what does not parse, applies the rest
+            return
+        try:
+            async with pool_of().acquire() as conn, conn.transaction():
+                for message in messages:
+                    await apply(conn, message)
+        except TRANSIENT:
+            metrics.CONSUMER_RETRIES.labels(name, "transient").inc()
+            await asyncio.sleep(0.5)
+            raise
+        except Exception as exc:
+            log.warning(
+                "%s: a batch of %d failed (%s): applying them one by one",
+                name,
+                len(records),
+                type(exc).__name__,
+            )
+            await one_by_one(records)

@@ -18,7 +18,8 @@ from shared.contracts import (
     ProductSnapshot,
     inventory_event,
 )
-from shared.messaging import subscribe
+from shared.db import Conn
+from shared.messaging import subscribe, subscribe_batched
 from shared.settings import ApiSettings
 
 
@@ -30,34 +31,34 @@ def register(
 ) -> None:
     """`pool_of()` / `producer_of()` give the runtime's pool and producer once started."""
 
-    async def apply_inventory_event(event: InventoryEvent) -> None:
-        async with pool_of().acquire() as conn, conn.transaction():
-            match event:
-                case OrderReserved() | BackorderAllocated():
-                    await orders.record_allocation(
-                        conn, event.transaction_id, event.stock_id, event.sealed_code
-                    )
-                case OrderBackordered():
-                    await orders.record_backorder(conn, event.transaction_id)
-                case BackorderCancelled():
-                    await orders.record_cancellation(
-                        conn, event.transaction_id, event.reason, settings.wallet_slots
-                    )
-                case _:
-                    pass  # stock and waiting notices are fulfilment's business
+    async def apply_inventory_event(conn: Conn, event: InventoryEvent) -> None:
+        match event:
+            case OrderReserved() | BackorderAllocated():
+                await orders.record_allocation(
+                    conn, event.transaction_id, event.stock_id, event.sealed_code
+                )
+            case OrderBackordered():
+                await orders.record_backorder(conn, event.transaction_id)
+            case BackorderCancelled():
+                await orders.record_cancellation(
+                    conn, event.transaction_id, event.reason, settings.wallet_slots
+                )
+            case _:
+                pass  # stock and waiting notices are fulfilment's business
 
     async def apply_snapshot(snapshot: ProductSnapshot) -> None:
         record = snapshot.model_dump(mode="json", by_alias=True, exclude={"version"})
         async with pool_of().acquire() as conn:
             await repo.upsert_product(conn, record, snapshot.version)
 
-    subscribe(
+    subscribe_batched(
         broker,
         topics.INVENTORY_EVENTS,
         group_id="api",
         name="api.inventory-events",
         parse=inventory_event.validate_json,
-        handle=apply_inventory_event,
+        apply=apply_inventory_event,
+        pool_of=pool_of,
         producer_of=producer_of,
         max_retries=settings.consumer_max_retries,
     )

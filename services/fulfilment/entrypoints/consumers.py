@@ -8,8 +8,8 @@ from faststream.kafka import KafkaBroker
 
 from services.fulfilment.service_layer.backorders import Backorders
 from shared import topics
-from shared.contracts import InventoryEvent, ProductSnapshot, inventory_event
-from shared.messaging import subscribe
+from shared.contracts import ProductSnapshot, inventory_event
+from shared.messaging import subscribe, subscribe_batched
 from shared.settings import FulfilmentSettings
 
 
@@ -20,21 +20,18 @@ def register(
     backorders: Backorders,
     settings: FulfilmentSettings,
 ) -> None:
-    async def apply_event(event: InventoryEvent) -> None:
-        async with pool_of().acquire() as conn, conn.transaction():
-            await backorders.on_inventory_event(conn, event)
-
     async def apply_product(product: ProductSnapshot) -> None:
         async with pool_of().acquire() as conn, conn.transaction():
             await backorders.on_product(conn, product)
 
-    subscribe(
+    subscribe_batched(
         broker,
         topics.INVENTORY_EVENTS,
         group_id="fulfilment",
         name="fulfilment.inventory-events",
         parse=inventory_event.validate_json,
-        handle=apply_event,
+        apply=backorders.on_inventory_event,
+        pool_of=pool_of,
         producer_of=producer_of,
         max_retries=settings.consumer_max_retries,
     )
