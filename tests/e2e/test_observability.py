@@ -311,6 +311,7 @@ AWAITING = 'max(orders_processing{stage="awaiting_decision"})'
 
 
 async def test_a_stopped_inventory_is_down_with_its_lag_and_waiting_orders_growing(
+    stack: Stack,
     prometheus: Prometheus,
     stackctl: StackCtl,
     new_client: NewClient,
@@ -323,7 +324,15 @@ async def test_a_stopped_inventory_is_down_with_its_lag_and_waiting_orders_growi
         return await prometheus.up() == dict.fromkeys(SERVICES, 1.0)
 
     await wait_until(all_up, timeout=30, interval=0.5, message="the three services up")
-    lag_before = await prometheus.value(LAG) or 0.0
+    # A baseline taken while an earlier test's burst drains would be stale (readings are a
+    # few seconds old): start from an idle pipeline whose lag Prometheus already reads as 0.
+    await wait_until(lambda: pipeline_idle(stack), timeout=30, message="the pipeline is idle")
+
+    async def lag_reads_zero() -> bool:
+        return (await prometheus.value(LAG) or 0.0) == 0.0
+
+    await wait_until(lag_reads_zero, timeout=30, interval=0.5, message="lag reads 0")
+    lag_before = 0.0
     awaiting_before = await prometheus.value(AWAITING) or 0.0
     n = 4
 
