@@ -20,7 +20,6 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
-from faststream.message import StreamMessage
 from pydantic import ValidationError
 
 from services.inventory import metrics
@@ -29,17 +28,20 @@ from services.inventory.service_layer.unit_of_work import UnitOfWork
 from shared.contracts import InventoryCommand, inventory_command
 from shared.crypto import CodeVault
 from shared.logs import transaction_id_var
-from shared.messaging import SUBSCRIBER_ACK_POLICY, TRANSIENT, consume_resiliently
+from shared.messaging import (
+    BATCH_MAX_RECORDS,
+    BATCH_TIMEOUT_MS,
+    SUBSCRIBER_ACK_POLICY,
+    TRANSIENT,
+    consume_resiliently,
+    raw_records,
+)
 from shared.topics import INVENTORY_COMMANDS
 
 log = logging.getLogger(__name__)
 
 CONSUMER_GROUP = "inventory"
 CONSUMER_NAME = "inventory-commands"
-BATCH_MAX_RECORDS = 200
-# How long one poll waits for a first record. FastStream sleeps as long again after an empty
-# poll, so this bounds the extra latency of an order arriving on an idle consumer.
-BATCH_TIMEOUT_MS = 5
 # A reply that cannot be handed to the producer within this (no metadata for its topic, full
 # buffer) is dropped: the ingress stopped waiting long ago and learns the outcome from
 # inventory.events.
@@ -170,11 +172,6 @@ def _reply_lost(transaction_id: str, topic: str, exc: BaseException) -> None:
     )
 
 
-async def _records(message: StreamMessage[Any]) -> Any:
-    """Hands the handler the raw records: each is parsed (or dead-lettered) on its own."""
-    return message.raw_message
-
-
 def subscribe(
     broker: KafkaBroker,
     consumer: CommandConsumer,
@@ -189,7 +186,7 @@ def subscribe(
         auto_offset_reset="earliest",
         max_records=BATCH_MAX_RECORDS,
         batch_timeout_ms=BATCH_TIMEOUT_MS,
-        decoder=_records,
+        decoder=raw_records,
         title="inventory.commands",
         description="PlaceOrder, AllocateBackorder, CancelBackorder and DeliverStock, decided "
         "in batches.",
