@@ -2,7 +2,6 @@
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -17,7 +16,6 @@ from shared.settings import FulfilmentSettings
 from shared.web import install_common
 
 SERVICE = "fulfilment"
-log = logging.getLogger(__name__)
 
 
 def create_app(settings: FulfilmentSettings | None = None) -> FastAPI:
