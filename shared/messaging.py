@@ -455,6 +455,26 @@ async def raw_records(message: Any) -> Any:
     return message.raw_message
 
 
+def batch_subscriber(
+    broker: KafkaBroker, topic: str, *, group_id: str, name: str, description: str
+) -> Callable[[Callable[[Any], Awaitable[None]]], object]:
+    """The decorator of every batch subscriber: a poll of up to BATCH_MAX_RECORDS raw records
+    in partition order, offsets committed only after the handler returned (explicit ack
+    policy), a new group starting from the earliest offset."""
+    return broker.subscriber(
+        topic,
+        batch=True,
+        group_id=group_id,
+        ack_policy=SUBSCRIBER_ACK_POLICY,
+        auto_offset_reset="earliest",
+        max_records=BATCH_MAX_RECORDS,
+        batch_timeout_ms=BATCH_TIMEOUT_MS,
+        decoder=raw_records,
+        title=name,
+        description=description,
+    )
+
+
 def subscribe_batched(
     broker: KafkaBroker,
     topic: Topic,
@@ -491,18 +511,7 @@ def subscribe_batched(
                 max_retries=max_retries,
             )
 
-    @broker.subscriber(
-        topic.name,
-        batch=True,
-        group_id=group_id,
-        ack_policy=SUBSCRIBER_ACK_POLICY,
-        auto_offset_reset="earliest",
-        max_records=BATCH_MAX_RECORDS,
-        batch_timeout_ms=BATCH_TIMEOUT_MS,
-        decoder=raw_records,
-        title=name,
-        description=topic.doc,
-    )
+    @batch_subscriber(broker, topic.name, group_id=group_id, name=name, description=topic.doc)
     async def on_batch(records: Any) -> None:
         try:
             messages = [parse(record.value or b"") for record in records]

@@ -6,12 +6,13 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -206,6 +207,15 @@ def install_common(
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(CommonMiddleware, service=service, max_body_bytes=max_body_bytes)
+
+
+def admin_only(
+    request: Request, authorization: Annotated[str | None, Header(max_length=300)] = None
+) -> None:
+    """The dependency of every service's admin router; the app keeps its token in
+    `app.state.admin_token` (a SecretStr)."""
+    token: SecretStr = request.app.state.admin_token
+    require_admin(token.get_secret_value(), authorization)
 
 
 def require_admin(expected: str, presented: str | None) -> None:

@@ -87,6 +87,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         lifespan=lifespan_for(runtime, started),
     )
     app.state.settings = settings
+    app.state.admin_token = settings.admin_token
     app.state.runtime = runtime
     install_common(app, SERVICE, runtime.readiness(), max_body_bytes=settings.max_body_bytes)
     app.include_router(http.router)

@@ -75,6 +75,7 @@ def create_app(settings: FulfilmentSettings | None = None) -> FastAPI:
     app = FastAPI(title="instant-orders fulfilment", lifespan=lifespan_for(runtime, loops))
     app.state.runtime = runtime
     app.state.settings = settings
+    app.state.admin_token = settings.admin_token
     install_common(app, SERVICE, runtime.readiness())
     app.include_router(admin.router)
     return app

@@ -58,7 +58,8 @@ def create_app(settings: InventorySettings | None = None) -> FastAPI:
         title="instant-orders inventory", lifespan=lifespan_for(runtime, on_start=background)
     )
     app.state.runtime = runtime
-    app.state.admin = admin.AdminContext(new_uow, vault, settings.admin_token)
+    app.state.admin = admin.AdminContext(new_uow, vault)
+    app.state.admin_token = settings.admin_token
     install_common(app, SERVICE, runtime.readiness(), max_body_bytes=admin.MAX_BODY_BYTES)
     app.include_router(admin.router)
     return app

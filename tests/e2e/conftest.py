@@ -63,23 +63,22 @@ async def offsets_at_start(stack: Stack) -> dict[TopicPartition, int]:
         await consumer.stop()
 
 
+def admin_client(base_url: str | None) -> httpx.AsyncClient:
+    """An operator's client of one service's admin API."""
+    return httpx.AsyncClient(
+        base_url=str(base_url), headers={"Authorization": f"Bearer {_admin_token()}"}, timeout=30
+    )
+
+
 @pytest.fixture(scope="session")
 async def api_admin(urls: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        base_url=str(urls.api_url),
-        headers={"Authorization": f"Bearer {_admin_token()}"},
-        timeout=30,
-    ) as client:
+    async with admin_client(urls.api_url) as client:
         yield client
 
 
 @pytest.fixture(scope="session")
 async def inventory_admin(urls: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        base_url=str(urls.inventory_url),
-        headers={"Authorization": f"Bearer {_admin_token()}"},
-        timeout=30,
-    ) as client:
+    async with admin_client(urls.inventory_url) as client:
         yield client
 
 

@@ -247,7 +247,8 @@ async def test_stock_add_skips_duplicates(pool: asyncpg.Pool, new_uow: NewUow) -
 
 async def test_codes_are_never_stored_in_plaintext(pool: asyncpg.Pool, new_uow: NewUow) -> None:
     app = FastAPI()
-    app.state.admin = admin.AdminContext(new_uow, VAULT, SecretStr("token-for-this-test"))
+    app.state.admin = admin.AdminContext(new_uow, VAULT)
+    app.state.admin_token = SecretStr("token-for-this-test")
     install_common(app, "inventory-test", {}, max_body_bytes=admin.MAX_BODY_BYTES)
     app.include_router(admin.router)
     sku, given = await product_with_codes(new_uow, 20)

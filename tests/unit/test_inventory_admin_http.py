@@ -25,7 +25,8 @@ def store() -> FakeStore:
 @pytest.fixture
 async def http(store: FakeStore) -> AsyncIterator[httpx.AsyncClient]:
     app = FastAPI()
-    app.state.admin = admin.AdminContext(store.uow, VAULT, SecretStr(TOKEN))
+    app.state.admin = admin.AdminContext(store.uow, VAULT)
+    app.state.admin_token = SecretStr(TOKEN)
     install_common(app, "inventory-test", {}, max_body_bytes=admin.MAX_BODY_BYTES)
     app.include_router(admin.router)
     async with httpx.AsyncClient(

@@ -69,13 +69,6 @@ async def find_live_credentials(
 # --- wallets ---------------------------------------------------------------------------------
 
 
-async def wallet_currencies(conn: Conn, account_id: uuid.UUID) -> set[str]:
-    rows = await conn.fetch(
-        "SELECT DISTINCT currency FROM wallet_slots WHERE account_id = $1", account_id
-    )
-    return {r["currency"] for r in rows}
-
-
 async def balances(conn: Conn, account_id: uuid.UUID) -> list[tuple[str, Decimal]]:
     rows = await conn.fetch(
         """
@@ -198,12 +191,23 @@ def _product(row: asyncpg.Record | None) -> Product | None:
     )
 
 
-async def get_product(conn: Conn, sku: str) -> Product | None:
-    return _product(
-        await conn.fetchrow(
-            "SELECT sku, currency, price, is_instant, active FROM products WHERE sku = $1", sku
-        )
+async def product_and_wallets(
+    conn: Conn, sku: str, account_id: uuid.UUID
+) -> tuple[Product | None, set[str]]:
+    """The product (None if unknown) and the account's wallet currencies: one round trip,
+    on the instant path."""
+    row = await conn.fetchrow(
+        """
+        SELECT p.sku, p.currency, p.price, p.is_instant, p.active,
+               ARRAY(SELECT DISTINCT currency FROM wallet_slots WHERE account_id = $2) AS wallets
+        FROM (SELECT 1) AS one LEFT JOIN products p ON p.sku = $1
+        """,
+        sku,
+        account_id,
     )
+    assert row is not None
+    wallets = {currency.strip() for currency in row["wallets"]}
+    return (_product(row) if row["sku"] is not None else None), wallets
 
 
 async def get_product_record(conn: Conn, sku: str) -> asyncpg.Record | None:

@@ -6,7 +6,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from services.api.adapters import repository as repo
@@ -14,15 +14,7 @@ from services.api.domain.model import AccountNotFound
 from services.api.entrypoints.http import Services, iso_utc
 from services.api.service_layer import accounts
 from shared.settings import ApiSettings
-from shared.web import ApiError, ok, require_admin
-
-
-def admin_only(
-    request: Request, authorization: Annotated[str | None, Header(max_length=300)] = None
-) -> None:
-    settings: ApiSettings = request.app.state.settings
-    require_admin(settings.admin_token.get_secret_value(), authorization)
-
+from shared.web import ApiError, admin_only, ok
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(admin_only)])
 

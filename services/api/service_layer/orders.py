@@ -122,10 +122,9 @@ class Orders:
         transaction_id = new_transaction_id()
         transaction_id_var.set(transaction_id)
         async with self.pool.acquire() as conn, conn.transaction():
-            product = check_orderable(await repo.get_product(conn, cmd.sku))
-            currency = settlement_currency(
-                product, cmd.pay_with_currency, await repo.wallet_currencies(conn, cmd.account_id)
-            )
+            found, wallets = await repo.product_and_wallets(conn, cmd.sku, cmd.account_id)
+            product = check_orderable(found)
+            currency = settlement_currency(product, cmd.pay_with_currency, wallets)
             number = cmd.client_order_number or ""
             if cmd.dup_check and number:
                 await repo.lock_client_order_number(conn, cmd.account_id, number)

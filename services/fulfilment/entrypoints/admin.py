@@ -2,19 +2,10 @@
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from shared.runtime import Runtime
-from shared.settings import FulfilmentSettings
-from shared.web import ok, require_admin
-
-
-def admin_only(
-    request: Request, authorization: Annotated[str | None, Header(max_length=300)] = None
-) -> None:
-    settings: FulfilmentSettings = request.app.state.settings
-    require_admin(settings.admin_token.get_secret_value(), authorization)
-
+from shared.web import admin_only, ok
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(admin_only)])
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any, Literal, Self
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from services.inventory.domain import model
@@ -16,7 +16,7 @@ from services.inventory.service_layer import catalog
 from services.inventory.service_layer.unit_of_work import UnitOfWork
 from shared.contracts import ProductSnapshot
 from shared.crypto import Code, CodeVault
-from shared.web import ApiError, ok, require_admin
+from shared.web import ApiError, admin_only, ok
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # 5,000 codes of the longest allowed size fit
 
@@ -25,7 +25,6 @@ MAX_BODY_BYTES = 4 * 1024 * 1024  # 5,000 codes of the longest allowed size fit
 class AdminContext:
     new_uow: Callable[[], UnitOfWork]
     vault: CodeVault
-    admin_token: SecretStr
 
 
 def _context(request: Request) -> AdminContext:
@@ -36,13 +35,7 @@ def _context(request: Request) -> AdminContext:
 Context = Annotated[AdminContext, Depends(_context)]
 
 
-async def _admin_only(
-    context: Context, authorization: Annotated[str | None, Header()] = None
-) -> None:
-    require_admin(context.admin_token.get_secret_value(), authorization)
-
-
-router = APIRouter(prefix="/admin", dependencies=[Depends(_admin_only)], tags=["admin"])
+router = APIRouter(prefix="/admin", dependencies=[Depends(admin_only)], tags=["admin"])
 
 Sku = Annotated[str, Path(min_length=1, max_length=64, description="The product's SKU.")]
 Text = Annotated[str, Field(max_length=200)]

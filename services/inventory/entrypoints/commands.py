@@ -29,12 +29,9 @@ from shared.contracts import InventoryCommand, inventory_command
 from shared.crypto import CodeVault
 from shared.logs import transaction_id_var
 from shared.messaging import (
-    BATCH_MAX_RECORDS,
-    BATCH_TIMEOUT_MS,
-    SUBSCRIBER_ACK_POLICY,
     TRANSIENT,
+    batch_subscriber,
     consume_resiliently,
-    raw_records,
 )
 from shared.topics import INVENTORY_COMMANDS
 
@@ -178,16 +175,11 @@ def subscribe(
     topic: str = INVENTORY_COMMANDS.name,
     group_id: str = CONSUMER_GROUP,
 ) -> None:
-    @broker.subscriber(
+    @batch_subscriber(
+        broker,
         topic,
-        batch=True,
         group_id=group_id,
-        ack_policy=SUBSCRIBER_ACK_POLICY,
-        auto_offset_reset="earliest",
-        max_records=BATCH_MAX_RECORDS,
-        batch_timeout_ms=BATCH_TIMEOUT_MS,
-        decoder=raw_records,
-        title="inventory.commands",
+        name="inventory.commands",
         description="PlaceOrder, AllocateBackorder, CancelBackorder and DeliverStock, decided "
         "in batches.",
     )
