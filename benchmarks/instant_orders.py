@@ -7,7 +7,14 @@ naive design serialises on the balance row.
 
     .venv/bin/python benchmarks/instant_orders.py --rates 100,300,600,1000 --seconds 20
 
-Prints a Markdown table, and with --record appends it to docs/benchmarks.md with the command.
+In one run it measures: the idle stack's CPU; one order at a time (p50/p99); each rate's
+latency percentiles, COMPLETED count and CPU per order of every process of the stack (api,
+inventory, fulfilment, Kafka, PostgreSQL, and the load generator itself), from /proc CPU time
+over the steady run; and, with --overload, a burst offered above the ceiling (how many got a
+fast 503, and the longest any request waited). --soak-minutes runs one rate for that long and
+prints per minute the p99, throughput and resident memory of every process.
+
+Prints Markdown tables, and with --record appends them to docs/benchmarks.md with the command.
 The load generator is a minimal keep-alive HTTP/1.1 client (httpx's pool cost more CPU per
 request than the api itself, on the same two cores); "answered/s" is answers over the time
 the whole rate took, so a server that falls behind shows it.
@@ -21,6 +28,7 @@ import platform
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +38,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from shared.cli.common import local_secret, service_url  # noqa: E402
+from shared.cli.common import local_secret, run_dir, service_url  # noqa: E402
 
 
 @dataclass
@@ -41,22 +49,113 @@ class Result:
     elapsed: float = 0.0
     latencies: list[float] = field(default_factory=list)
     statuses: dict[str, int] = field(default_factory=dict)
+    cpu_ms: dict[str, float] = field(default_factory=dict)
+
+    def pct(self, p: float) -> float:
+        lat = sorted(self.latencies)
+        return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")
+
+    @property
+    def answered_per_s(self) -> float:
+        return len(self.latencies) / self.elapsed if self.elapsed else 0.0
 
     def row(self) -> str:
-        lat = sorted(self.latencies)
         completed = self.statuses.get("COMPLETED", 0)
-
-        def pct(p: float) -> str:
-            return f"{lat[min(len(lat) - 1, int(p * len(lat)))] * 1000:.1f}" if lat else "-"
-
-        achieved = len(lat) / self.elapsed if self.elapsed else 0.0
         other = {k: v for k, v in self.statuses.items() if k != "COMPLETED"}
-        worst = f"{lat[-1] * 1000:.1f}" if lat else "-"
+        worst = max(self.latencies, default=float("nan")) * 1000
         others = json.dumps(other) if other else "-"
+        per_order = " | ".join(f"{self.cpu_ms.get(name, 0):.2f}" for name in CPU_COLUMNS)
         return (
-            f"| {self.rate} | {achieved:.0f} | {pct(0.50)} | {pct(0.95)} | {pct(0.99)} | "
-            f"{worst} | {completed} | {others} |"
+            f"| {self.rate} | {self.answered_per_s:.0f} | {self.pct(0.50):.1f} | "
+            f"{self.pct(0.95):.1f} | {self.pct(0.99):.1f} | {worst:.1f} | {completed} | "
+            f"{others} | {per_order} |"
         )
+
+
+# --- CPU time and memory of the stack's processes, from /proc ---------------------------------
+
+STACK_PROCESSES = ("api", "inventory", "fulfilment", "kafka", "postgres")
+CPU_COLUMNS = (*STACK_PROCESSES, "stack", "generator")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2 :].split()  # fields from the 3rd (state) on
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            tree.setdefault(int(fields[1]), []).append(int(entry.name))
+    return tree
+
+
+def _tree(root: int, tree: dict[int, list[int]]) -> list[int]:
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(tree.get(pid, []))
+    return found
+
+
+def stack_pids() -> dict[str, list[int]]:
+    """Each stack process by name (.run/pids/NAME.pid, NAME-2.pid for a second instance)."""
+    pids: dict[str, list[int]] = {}
+    folder = run_dir() / "pids"
+    for path in sorted(folder.glob("*.pid")) if folder.is_dir() else []:
+        name = path.stem.split("-")[0]
+        if name in STACK_PROCESSES:
+            try:
+                pids.setdefault(name, []).append(int(path.read_text().split()[0]))
+            except (OSError, ValueError, IndexError):
+                continue
+    return pids
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU time so far of each stack process with all its descendants (PostgreSQL's backends,
+    the JVM's threads), and of this generator."""
+    tree = _children()
+    seconds: dict[str, float] = {}
+    for name, roots in stack_pids().items():
+        total = 0
+        for root in roots:
+            for pid in _tree(root, tree):
+                if (fields := _stat(pid)) is not None:
+                    # utime, stime; and of the root, its reaped children's too
+                    total += int(fields[11]) + int(fields[12])
+                    if pid == root:
+                        total += int(fields[13]) + int(fields[14])
+        seconds[name] = total / CLOCK_TICKS
+    me = os.times()
+    seconds["generator"] = me.user + me.system
+    return seconds
+
+
+def rss_mib() -> dict[str, float]:
+    tree = _children()
+    sizes: dict[str, float] = {}
+    for name, roots in stack_pids().items():
+        total = 0
+        for root in roots:
+            for pid in _tree(root, tree):
+                if (fields := _stat(pid)) is not None:
+                    total += int(fields[21]) * PAGE_BYTES
+        sizes[name] = total / 2**20
+    return sizes
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    delta = {name: after[name] - before.get(name, after[name]) for name in after}
+    delta["stack"] = sum(delta.get(name, 0.0) for name in STACK_PROCESSES)
+    return delta
 
 
 async def admin(client: httpx.AsyncClient, method: str, url: str, **kw: object) -> dict:
@@ -149,7 +248,12 @@ class Connection:
 
 
 async def run_rate(
-    sku: str, creds: list[dict[str, str]], rate: int, seconds: float, connections: int
+    sku: str,
+    creds: list[dict[str, str]],
+    rate: int,
+    seconds: float,
+    connections: int,
+    on_answer: "Callable[[float, float, str], None] | None" = None,
 ) -> Result:
     result = Result(rate, seconds)
     url = httpx.URL(service_url("api"))
@@ -159,6 +263,16 @@ async def run_rate(
     body = json.dumps({"sku": sku}).encode()
     total = int(rate * seconds)
     start = time.perf_counter() + 0.2
+    # Only the steady middle of the run counts towards CPU per order: not the start-up, nor
+    # the tail while the last answers come back.
+    window = (start + min(2.0, seconds / 5), start + seconds - min(1.0, seconds / 10))
+    marks: list[dict[str, float]] = []
+    in_window = 0
+
+    async def sample_cpu() -> None:
+        for moment in window:
+            await asyncio.sleep(max(0.0, moment - time.perf_counter()))
+            marks.append(cpu_seconds())
 
     async def one(i: int) -> None:
         scheduled = start + i / rate
@@ -175,51 +289,190 @@ async def run_rate(
             key = type(exc).__name__
         finally:
             pool.put_nowait(conn)
-        result.latencies.append(time.perf_counter() - scheduled)
+        nonlocal in_window
+        answered = time.perf_counter()
+        in_window += window[0] <= answered < window[1]
+        latency = answered - scheduled
+        result.latencies.append(latency)
         result.statuses[key] = result.statuses.get(key, 0) + 1
+        if on_answer is not None:
+            on_answer(scheduled, latency, key)
 
     began = time.perf_counter()
+    sampler = asyncio.create_task(sample_cpu())
     await asyncio.gather(*(one(i) for i in range(total)))
     result.elapsed = time.perf_counter() - began
     result.sent = total
+    if seconds >= 3:
+        await sampler
+        orders = max(1, in_window)  # answers within the window: a server behind is not flattered
+        used = cpu_delta(marks[0], marks[1])
+        result.cpu_ms = {name: used[name] * 1000 / orders for name in used}
+    else:
+        sampler.cancel()
     while not pool.empty():
         pool.get_nowait().close()
     return result
 
 
+async def one_at_a_time(sku: str, creds: dict[str, str], count: int) -> Result:
+    """Each order sent when the previous one was answered: the latency floor."""
+    result = Result(0, 0)
+    url = httpx.URL(service_url("api"))
+    conn = Connection(url.host, url.port or 80)
+    body = json.dumps({"sku": sku}).encode()
+    began = time.perf_counter()
+    for _ in range(count):
+        sent = time.perf_counter()
+        status, payload = await conn.post("/v2/orders/instant", body, creds)
+        result.latencies.append(time.perf_counter() - sent)
+        key = json.loads(payload)["data"]["status"] if status == 200 else f"HTTP {status}"
+        result.statuses[key] = result.statuses.get(key, 0) + 1
+        await asyncio.sleep(0.02)  # pacing between orders, not synchronisation
+    result.elapsed = time.perf_counter() - began
+    conn.close()
+    return result
+
+
+async def idle_cpu(seconds: float) -> dict[str, float]:
+    """Cores used by each process of the stack while no order arrives."""
+    before = cpu_seconds()
+    await asyncio.sleep(seconds)
+    used = cpu_delta(before, cpu_seconds())
+    return {name: used[name] / seconds for name in used}
+
+
+def cores_row(label: str, cores: dict[str, float]) -> str:
+    return f"| {label} | " + " | ".join(f"{cores.get(n, 0):.3f}" for n in CPU_COLUMNS) + " |"
+
+
+async def overload(
+    sku: str, creds: list[dict[str, str]], rate: int, seconds: float, connections: int
+) -> str:
+    result = await run_rate(sku, creds, rate, seconds, connections)
+    shed = result.statuses.get("HTTP 503", 0)
+    worst = max(result.latencies, default=0.0) * 1000
+    shown = ("COMPLETED", "PROCESSING", "HTTP 503")
+    other = {k: v for k, v in result.statuses.items() if k not in shown}
+    return (
+        f"| {rate} | {result.sent} | {result.statuses.get('COMPLETED', 0)} | "
+        f"{result.statuses.get('PROCESSING', 0)} | {shed} | "
+        f"{json.dumps(other) if other else '-'} | {result.pct(0.99):.1f} | {worst:.1f} |"
+    )
+
+
+async def soak(
+    sku: str, creds: list[dict[str, str]], rate: int, minutes: int, connections: int
+) -> list[str]:
+    rows: list[str] = []
+    for minute in range(1, minutes + 1):
+        result = await run_rate(sku, creds, rate, 60, connections)
+        rss = rss_mib()
+        sizes = " | ".join(f"{rss.get(n, 0):.0f}" for n in STACK_PROCESSES)
+        rows.append(
+            f"| {minute} | {result.answered_per_s:.0f} | {result.pct(0.5):.1f} | "
+            f"{result.pct(0.99):.1f} | {result.statuses.get('COMPLETED', 0)} | "
+            f"{len(result.latencies) - result.statuses.get('COMPLETED', 0)} | "
+            f"{result.cpu_ms.get('stack', 0):.2f} | {sizes} |"
+        )
+        print(rows[-1], file=sys.stderr, flush=True)
+    return rows
+
+
+def running_counts() -> str:
+    return ", ".join(f"{name} x{len(pids)}" for name, pids in stack_pids().items())
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rates", default="100,300,600,1000")
+    parser.add_argument("--rates", default="300,600,1000")
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--accounts", type=int, default=1)
     parser.add_argument(
         "--connections",
         type=int,
-        default=64,
+        default=128,
         help="keep-alive connections (requests in flight at most)",
     )
+    parser.add_argument("--single", type=int, default=200, help="orders sent one at a time")
+    parser.add_argument("--idle-seconds", type=float, default=10, help="0: skip the idle check")
+    parser.add_argument("--overload", type=int, default=0, help="offered rate of the overload run")
+    parser.add_argument("--overload-seconds", type=float, default=30)
+    parser.add_argument("--soak-minutes", type=int, default=0)
+    parser.add_argument("--soak-rate", type=int, default=500)
     parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
     args = parser.parse_args()
-    rates = [int(r) for r in args.rates.split(",")]
-    needed = int(sum(rates) * args.seconds * 1.05) + 100
+    rates = [int(r) for r in args.rates.split(",") if r]
+    needed = (
+        int(sum(rates) * args.seconds * 1.05)
+        + args.single
+        + args.overload * int(args.overload_seconds)
+        + args.soak_rate * 60 * args.soak_minutes
+        + 100
+    )
     print(
         f"setting up: one product with {needed} codes, {args.accounts} account(s)", file=sys.stderr
     )
     sku, creds = await setup(needed, args.accounts)
-    header = (
-        "| offered orders/s | answered/s | p50 ms | p95 ms | p99 ms | max ms | COMPLETED "
-        "| other |\n"
-        "|---|---|---|---|---|---|---|---|"
-    )
-    rows = []
-    for rate in rates:
-        print(f"running {rate} orders/s for {args.seconds:g}s", file=sys.stderr)
-        result = await run_rate(sku, creds, rate, args.seconds, args.connections)
-        rows.append(result.row())
-        print(rows[-1], file=sys.stderr)
+    sections: list[str] = [f"Processes: {running_counts()}."]
+    if args.idle_seconds > 0:
+        print(f"idle for {args.idle_seconds:g}s", file=sys.stderr)
+        await asyncio.sleep(3)  # let the set-up's own work settle first
+        idle = await idle_cpu(args.idle_seconds)
+        sections.append(
+            "Idle stack, cores used:\n\n| | "
+            + " | ".join(CPU_COLUMNS)
+            + " |\n|---"
+            + "|---" * len(CPU_COLUMNS)
+            + "|\n"
+            + cores_row("idle", idle)
+        )
+        print(sections[-1], file=sys.stderr)
+    if args.single > 0:
+        print(f"{args.single} orders one at a time", file=sys.stderr)
+        single = await one_at_a_time(sku, creds[0], args.single)
+        sections.append(
+            f"One order at a time ({args.single} orders): p50 {single.pct(0.5):.1f} ms, "
+            f"p99 {single.pct(0.99):.1f} ms, {json.dumps(single.statuses)}."
+        )
+        print(sections[-1], file=sys.stderr)
+    if rates:
+        header = (
+            "| offered orders/s | answered/s | p50 ms | p95 ms | p99 ms | max ms | COMPLETED "
+            "| other | " + " | ".join(f"{n} ms CPU/order" for n in CPU_COLUMNS) + " |\n"
+            "|---|---|---|---|---|---|---|---|" + "---|" * len(CPU_COLUMNS)
+        )
+        rows = []
+        for rate in rates:
+            print(f"running {rate} orders/s for {args.seconds:g}s", file=sys.stderr)
+            result = await run_rate(sku, creds, rate, args.seconds, args.connections)
+            rows.append(result.row())
+            print(rows[-1], file=sys.stderr)
+        sections.append("\n".join([header, *rows]))
+    if args.overload:
+        print(f"overload: {args.overload}/s for {args.overload_seconds:g}s", file=sys.stderr)
+        row = await overload(
+            sku, creds, args.overload, args.overload_seconds, max(args.connections, 512)
+        )
+        sections.append(
+            "Overload:\n\n| offered/s | sent | COMPLETED | PROCESSING | 503 | other | p99 ms "
+            "| max ms |\n|---|---|---|---|---|---|---|---|\n" + row
+        )
+        print(sections[-1], file=sys.stderr)
+    if args.soak_minutes:
+        rows = await soak(sku, creds, args.soak_rate, args.soak_minutes, args.connections)
+        sections.append(
+            f"Soak at {args.soak_rate}/s, per minute:\n\n| minute | answered/s | p50 ms | p99 ms "
+            "| COMPLETED | other | stack ms CPU/order | "
+            + " | ".join(f"{n} RSS MiB" for n in STACK_PROCESSES)
+            + " |\n|---|---|---|---|---|---|---|"
+            + "---|" * len(STACK_PROCESSES)
+            + "\n"
+            + "\n".join(rows)
+        )
     command = "benchmarks/instant_orders.py " + " ".join(sys.argv[1:])
-    table = "\n".join([header, *rows])
-    print(table)
+    report = "\n\n".join(sections)
+    print(report)
     if args.record:
         stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         with (REPO / "docs" / "benchmarks.md").open("a") as out:
@@ -227,7 +480,7 @@ async def main() -> None:
                 f"\n### {stamp}: {args.accounts} account(s), {args.seconds:g}s per rate\n\n"
                 f"Command: `.venv/bin/python {command}` on {os.cpu_count()} cores, "
                 f"Python {platform.python_version()}, the whole stack on this machine.\n\n"
-                f"{table}\n"
+                f"{report}\n"
             )
 
 

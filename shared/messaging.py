@@ -6,15 +6,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from itertools import chain
 from typing import Any, TypeVar
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from asyncpg.pool import PoolConnectionProxy
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.subscriber.usecase import BatchSubscriber
 from pydantic import BaseModel, ValidationError
 
 from shared import metrics
@@ -90,7 +92,7 @@ async def add_to_outbox(
         topic,
         key,
         message.to_bytes(),
-        headers or {},
+        {**type_header(message), **(headers or {})},
         relay_after_s,
     )
     return row_id
@@ -101,16 +103,35 @@ async def add_all_to_outbox(conn: Conn, rows: Sequence[tuple[str, str, Message]]
     if rows:
         await conn.execute(
             """
-            INSERT INTO outbox (topic, key, payload)
-            SELECT topic, key, payload
-            FROM unnest($1::text[], $2::text[], $3::bytea[]) WITH ORDINALITY
-                AS r (topic, key, payload, n)
+            INSERT INTO outbox (topic, key, payload, headers)
+            SELECT topic, key, payload, CASE WHEN type = '' THEN '{}'::jsonb
+                                             ELSE jsonb_build_object('x-type', type) END
+            FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[]) WITH ORDINALITY
+                AS r (topic, key, payload, type, n)
             ORDER BY n
             """,
             [topic for topic, _, _ in rows],
             [key for _, key, _ in rows],
             [message.to_bytes() for _, _, message in rows],
+            [getattr(message, "type", "") for _, _, message in rows],
         )
+
+
+TYPE_HEADER = "x-type"
+
+
+def type_header(message: Message) -> dict[str, str]:
+    """Every message with a `type` also carries it as the `x-type` header, so that a consumer
+    can pass over the types it has no use for without decoding them."""
+    kind = getattr(message, "type", None)
+    return {TYPE_HEADER: kind} if isinstance(kind, str) else {}
+
+
+def header_type(record: Any) -> str | None:
+    for name, value in getattr(record, "headers", None) or ():
+        if name == TYPE_HEADER:
+            return bytes(value).decode("utf-8", "replace")
+    return None
 
 
 OUTBOX_DDL = """
@@ -443,11 +464,29 @@ def subscribe(
         )
 
 
-# A batch subscriber takes up to this many records a poll, and waits this long for a first
-# one (FastStream then sleeps as long after an empty poll: the extra latency of an order that
-# arrives on an idle consumer).
+# A batch subscriber takes up to this many records a poll. An idle one long-polls: it waits
+# up to BATCH_IDLE_WAIT_MS for a first record and returns the moment one arrives.
 BATCH_MAX_RECORDS = 200
-BATCH_TIMEOUT_MS = 5
+BATCH_IDLE_WAIT_MS = 1000
+
+
+class LongPollingBatchSubscriber(BatchSubscriber):
+    """FastStream's batch subscriber without its sleep after an empty poll.
+
+    FastStream's own loop waits `batch_timeout_ms` for records and, if none came, sleeps as
+    long again. A short timeout then spins (about 100 wake-ups a second per idle subscriber),
+    and a long one delays the first message after a quiet spell by up to that long. Here the
+    wait is the whole idle behaviour: aiokafka's `getmany` returns as soon as a record has
+    been fetched, so a quiet subscriber wakes once a second and a message is taken at once.
+    """
+
+    __slots__ = ()
+
+    async def get_msg(self, consumer: AIOKafkaConsumer) -> tuple[ConsumerRecord, ...]:
+        batches = await consumer.getmany(
+            timeout_ms=BATCH_IDLE_WAIT_MS, max_records=self.max_records
+        )
+        return tuple(chain.from_iterable(batches.values()))
 
 
 async def raw_records(message: Any) -> Any:
@@ -461,18 +500,22 @@ def batch_subscriber(
     """The decorator of every batch subscriber: a poll of up to BATCH_MAX_RECORDS raw records
     in partition order, offsets committed only after the handler returned (explicit ack
     policy), a new group starting from the earliest offset."""
-    return broker.subscriber(
+    subscriber = broker.subscriber(
         topic,
         batch=True,
         group_id=group_id,
         ack_policy=SUBSCRIBER_ACK_POLICY,
         auto_offset_reset="earliest",
         max_records=BATCH_MAX_RECORDS,
-        batch_timeout_ms=BATCH_TIMEOUT_MS,
+        batch_timeout_ms=BATCH_IDLE_WAIT_MS,
         decoder=raw_records,
         title=name,
         description=description,
     )
+    # FastStream builds its subscriber classes itself; this one differs only in `get_msg`.
+    assert type(subscriber) is BatchSubscriber, type(subscriber)
+    subscriber.__class__ = LongPollingBatchSubscriber
+    return subscriber
 
 
 def subscribe_batched(
@@ -482,20 +525,25 @@ def subscribe_batched(
     group_id: str,
     name: str,
     parse: Callable[[bytes], M],
-    apply: Callable[[Conn, M], Awaitable[None]],
+    apply: Callable[[Conn, Sequence[M]], Awaitable[None]],
     pool_of: Callable[[], asyncpg.Pool],
     producer_of: Callable[[], AIOKafkaProducer],
     max_retries: int,
+    types: frozenset[str] | None = None,
 ) -> None:
     """Like `subscribe`, for high-volume topics: each poll (up to BATCH_MAX_RECORDS messages) is
     applied in ONE transaction, in partition order, then its offsets are committed. A batch
     that fails for a reason of its own is applied again one message at a time, each under
     `consume_resiliently`, so only a poison message is dead-lettered; an infrastructure
-    failure is raised, and the batch comes again."""
+    failure is raised, and the batch comes again.
+
+    `types`: the message types this consumer has a use for. A record whose `x-type` header
+    names another type is passed over undecoded (its offset is committed with the batch); a
+    poll of nothing but such records costs no transaction."""
 
     async def apply_alone(message: M) -> None:
         async with pool_of().acquire() as conn, conn.transaction():
-            await apply(conn, message)
+            await apply(conn, [message])
 
     async def one_by_one(records: Sequence[Any]) -> None:
         for record in records:
@@ -512,7 +560,12 @@ def subscribe_batched(
             )
 
     @batch_subscriber(broker, topic.name, group_id=group_id, name=name, description=topic.doc)
-    async def on_batch(records: Any) -> None:
+    async def on_batch(all_records: Any) -> None:
+        records = [
+            r for r in all_records if types is None or header_type(r) in types or not header_type(r)
+        ]
+        if not records:
+            return
         try:
             messages = [parse(record.value or b"") for record in records]
         except (ValidationError, ValueError):
@@ -520,8 +573,7 @@ def subscribe_batched(
             return
         try:
             async with pool_of().acquire() as conn, conn.transaction():
-                for message in messages:
-                    await apply(conn, message)
+                await apply(conn, messages)
         except TRANSIENT:
             metrics.CONSUMER_RETRIES.labels(name, "transient").inc()
             await asyncio.sleep(0.5)

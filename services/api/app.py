@@ -11,9 +11,8 @@ from services.api.adapters import repository as repo
 from services.api.adapters.replies import ReplyListener
 from services.api.entrypoints import admin, consumers, http
 from services.api.service_layer.accounts import Authenticator
-from services.api.service_layer.orders import BrokerHealth, Orders, nudge_undecided
+from services.api.service_layer.orders import BrokerHealth, Orders, ask_again_about_undecided
 from shared import topics
-from shared.messaging import PublishedMarker
 from shared.runtime import Runtime, every, lifespan_for
 from shared.settings import ApiSettings
 from shared.web import install_common
@@ -39,8 +38,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     async def started() -> AsyncIterator[None]:
         replies = ReplyListener(settings.kafka_bootstrap_servers, topics.ORDER_REPLIES.name)
         await replies.start(runtime.producer)
-        marker = PublishedMarker(runtime.pool)
-        await marker.start()
         health = BrokerHealth(runtime.producer)
         app.state.services = http.ApiServices(
             pool=runtime.pool,
@@ -48,9 +45,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 pool=runtime.pool,
                 producer=runtime.producer,
                 replies=replies,
-                marker=marker,
                 health=health,
                 decision_window_s=settings.decision_window_ms / 1000,
+                max_in_flight=settings.max_in_flight,
             ),
             auth=Authenticator(runtime.pool, settings.auth_cache_ttl_s),
             vault=vault,
@@ -63,8 +60,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             asyncio.create_task(
                 every(
                     settings.nudge_interval_s,
-                    "nudging undecided orders",
-                    lambda: nudge_undecided(
+                    "asking inventory again about undecided orders",
+                    lambda: ask_again_about_undecided(
                         runtime.pool, settings.nudge_after_s, NUDGE_AGAIN_AFTER_S
                     ),
                 )
@@ -77,7 +74,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 loop.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
             await health.stop()
-            await marker.stop()
             await replies.stop()
 
     app = FastAPI(

@@ -8,6 +8,13 @@ ORDERS_ACCEPTED = Counter(
     "orders_accepted_total", "Instant orders accepted, by the answer given.", ["outcome"]
 )
 ORDERS_REJECTED = Counter("orders_rejected_total", "Instant orders refused, by error.", ["error"])
+ORDERS_SHED = Counter(
+    "orders_shed_total",
+    "Instant orders refused with 503 before anything was charged, because this api process "
+    "was at capacity: `in_flight` (API_MAX_IN_FLIGHT orders already in progress) or "
+    "`queue_wait` (its acceptance could not start in time).",
+    ["reason"],
+)
 DECISION_LATENCY = Histogram(
     "orders_instant_decision_seconds",
     "From publishing an order to receiving inventory's decision.",

@@ -2,6 +2,7 @@
 layer decides the transaction boundaries."""
 
 import uuid
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -133,51 +134,61 @@ RETURNING slot
 """
 
 
-async def debit(
-    conn: Conn, account_id: uuid.UUID, currency: str, amount: Decimal, transaction_id: str
+async def take_from_one_slot(
+    conn: Conn, account_id: uuid.UUID, currency: str, amount: Decimal
 ) -> bool:
-    """Take `amount` from the wallet in this transaction. False if the balance is too low.
+    """Take `amount` from one slot that can pay it, in this transaction.
 
-    Fast path: one statement takes a random unlocked slot that can pay. If every such slot
-    is busy, wait for one of them (the row is re-checked once the lock is ours). Only when no
-    single slot can pay (balances spread thin) lock them all, pay from the sum and spread what
-    is left evenly again.
+    One statement takes a random unlocked slot that can pay; if every such slot is busy, it
+    waits for one of them (the row is re-checked once the lock is ours). False when no single
+    slot holds `amount` (the balance may still: see `take_from_all_slots`).
     """
-    slot = None
     for wait in ("SKIP LOCKED", ""):
         slot = await conn.fetchval(DEBIT_ONE_SLOT.format(wait=wait), account_id, currency, amount)
-        if slot is not None:
-            break
-    if slot is None:
-        rows = await conn.fetch(
-            """
-            SELECT slot, balance FROM wallet_slots WHERE account_id = $1 AND currency = $2
-            ORDER BY slot FOR UPDATE
-            """,
-            account_id,
-            currency,
-        )
-        total = sum((r["balance"] for r in rows), Decimal(0))
-        if total < amount:
-            return False
-        shares = split_evenly(total - amount, len(rows))
-        await conn.executemany(
-            "UPDATE wallet_slots SET balance = $4 WHERE account_id = $1 AND currency = $2 "
-            "AND slot = $3",
-            [
-                (account_id, currency, r["slot"], share)
-                for r, share in zip(rows, shares, strict=True)
-            ],
-        )
-    await conn.execute(
-        "INSERT INTO ledger (account_id, currency, amount, kind, transaction_id) "
-        "VALUES ($1, $2, $3, 'DEBIT', $4)",
+        if slot is not None:  # slot 0 is a slot
+            return True
+    return False
+
+
+async def take_from_all_slots(
+    conn: Conn, account_id: uuid.UUID, currency: str, amount: Decimal
+) -> bool:
+    """Lock every slot, pay from their sum and spread what is left evenly again. False if the
+    whole balance is below `amount`."""
+    rows = await conn.fetch(
+        """
+        SELECT slot, balance FROM wallet_slots WHERE account_id = $1 AND currency = $2
+        ORDER BY slot FOR UPDATE
+        """,
         account_id,
         currency,
-        -amount,
-        transaction_id,
+    )
+    total = sum((r["balance"] for r in rows), Decimal(0))
+    if total < amount:
+        return False
+    shares = split_evenly(total - amount, len(rows))
+    await conn.executemany(
+        "UPDATE wallet_slots SET balance = $4 WHERE account_id = $1 AND currency = $2 "
+        "AND slot = $3",
+        [(account_id, currency, r["slot"], share) for r, share in zip(rows, shares, strict=True)],
     )
     return True
+
+
+async def add_debits(conn: Conn, debits: Sequence[tuple[str, uuid.UUID, str, Decimal]]) -> None:
+    """One DEBIT ledger row per (transaction id, account, currency, amount), in one statement.
+    The ledger's unique index refuses a second debit of an order."""
+    await conn.execute(
+        """
+        INSERT INTO ledger (transaction_id, account_id, currency, amount, kind)
+        SELECT t, a, c, -m, 'DEBIT'
+        FROM unnest($1::text[], $2::uuid[], $3::text[], $4::numeric[]) AS d (t, a, c, m)
+        """,
+        [d[0] for d in debits],
+        [d[1] for d in debits],
+        [d[2] for d in debits],
+        [d[3] for d in debits],
+    )
 
 
 # --- products (read model of catalog.products) -------------------------------------------------
@@ -191,23 +202,32 @@ def _product(row: asyncpg.Record | None) -> Product | None:
     )
 
 
-async def product_and_wallets(
-    conn: Conn, sku: str, account_id: uuid.UUID
-) -> tuple[Product | None, set[str]]:
-    """The product (None if unknown) and the account's wallet currencies: one round trip,
-    on the instant path."""
-    row = await conn.fetchrow(
+async def products_and_wallets(
+    conn: Conn, skus: Sequence[str], account_ids: Sequence[uuid.UUID]
+) -> tuple[dict[str, Product], dict[uuid.UUID, set[str]]]:
+    """The products of `skus` that exist and each account's wallet currencies: one round
+    trip for a whole batch of instant orders."""
+    rows = await conn.fetch(
         """
-        SELECT p.sku, p.currency, p.price, p.is_instant, p.active,
-               ARRAY(SELECT DISTINCT currency FROM wallet_slots WHERE account_id = $2) AS wallets
-        FROM (SELECT 1) AS one LEFT JOIN products p ON p.sku = $1
+        SELECT sku, currency, price, is_instant, active, NULL::uuid AS account_id
+        FROM products WHERE sku = ANY($1::text[])
+        UNION ALL
+        SELECT DISTINCT NULL::text, currency, NULL::numeric, NULL::boolean, NULL::boolean, account_id
+        FROM wallet_slots WHERE account_id = ANY($2::uuid[])
         """,
-        sku,
-        account_id,
+        list(skus),
+        list(account_ids),
     )
-    assert row is not None
-    wallets = {currency.strip() for currency in row["wallets"]}
-    return (_product(row) if row["sku"] is not None else None), wallets
+    products: dict[str, Product] = {}
+    wallets: dict[uuid.UUID, set[str]] = {}
+    for row in rows:
+        if row["account_id"] is None:
+            product = _product(row)
+            assert product is not None
+            products[product.sku] = product
+        else:
+            wallets.setdefault(row["account_id"], set()).add(row["currency"].strip())
+    return products, wallets
 
 
 async def get_product_record(conn: Conn, sku: str) -> asyncpg.Record | None:
@@ -282,59 +302,81 @@ def _order(row: asyncpg.Record) -> Order:
     )
 
 
-async def lock_client_order_number(conn: Conn, account_id: uuid.UUID, number: str) -> None:
+def client_number_key(account_id: uuid.UUID, number: str) -> str:
+    return f"{account_id}|{number}"
+
+
+async def lock_client_order_numbers(conn: Conn, keys: Iterable[str]) -> None:
+    """Hold these (account, clientOrderNumber) keys until the transaction ends; taken in hash
+    order in one statement, so two batches never wait for each other in a cycle."""
     await conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", f"{account_id}|{number}"
-    )
-
-
-async def find_by_client_order_number(conn: Conn, account_id: uuid.UUID, number: str) -> str | None:
-    value: str | None = await conn.fetchval(
         """
-        SELECT transaction_id FROM orders WHERE account_id = $1 AND client_order_number = $2
-        ORDER BY transaction_id LIMIT 1
+        SELECT pg_advisory_xact_lock(h)
+        FROM (SELECT DISTINCT hashtextextended(k, 7) AS h FROM unnest($1::text[]) AS k
+              ORDER BY 1) AS l
+        ORDER BY h
         """,
-        account_id,
-        number,
+        sorted(set(keys)),
     )
-    return value
 
 
-async def insert_order(conn: Conn, order: Order) -> None:
+async def find_by_client_order_numbers(
+    conn: Conn, wanted: Sequence[tuple[uuid.UUID, str]]
+) -> dict[tuple[uuid.UUID, str], str]:
+    """The first order (by transactionId) of each (account, clientOrderNumber) that has one."""
+    rows = await conn.fetch(
+        """
+        SELECT DISTINCT ON (o.account_id, o.client_order_number)
+               o.account_id, o.client_order_number, o.transaction_id
+        FROM unnest($1::uuid[], $2::text[]) AS w (account_id, number)
+        JOIN orders o ON o.account_id = w.account_id AND o.client_order_number = w.number
+        ORDER BY o.account_id, o.client_order_number, o.transaction_id
+        """,
+        [a for a, _ in wanted],
+        [n for _, n in wanted],
+    )
+    return {(r["account_id"], r["client_order_number"]): r["transaction_id"] for r in rows}
+
+
+async def insert_orders(conn: Conn, orders: Sequence[Order]) -> None:
     await conn.execute(
         """
         INSERT INTO orders (transaction_id, account_id, client_order_number, sku, quantity,
                             unit_price, currency, grand_total, status, created_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+        SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::integer[],
+                             $6::numeric[], $7::text[], $8::numeric[], $9::text[],
+                             $10::timestamptz[])
         """,
-        order.transaction_id,
-        order.account_id,
-        order.client_order_number,
-        order.sku,
-        order.quantity,
-        order.unit_price,
-        order.currency,
-        order.grand_total,
-        order.status,
-        order.created_at,
+        [o.transaction_id for o in orders],
+        [o.account_id for o in orders],
+        [o.client_order_number for o in orders],
+        [o.sku for o in orders],
+        [o.quantity for o in orders],
+        [o.unit_price for o in orders],
+        [o.currency for o in orders],
+        [o.grand_total for o in orders],
+        [o.status for o in orders],
+        [o.created_at for o in orders],
     )
 
 
-async def complete_order(
-    conn: Conn, transaction_id: str, stock_id: int, sealed_code: str
-) -> Order | None:
-    """PROCESSING → COMPLETED; None if the order was already completed (a redelivery)."""
-    row = await conn.fetchrow(
+async def complete_orders(conn: Conn, allocations: Sequence[tuple[str, int, str]]) -> list[Order]:
+    """PROCESSING → COMPLETED for each (transaction id, stock id, sealed code), in one
+    statement; returns the orders this call completed (not those completed already: a
+    redelivery, or the reply and the event both applied)."""
+    rows = await conn.fetch(
         f"""
-        UPDATE orders SET status = 'COMPLETED', stock_id = $2, sealed_code = $3, updated_at = now()
-        WHERE transaction_id = $1 AND status = 'PROCESSING'
-        RETURNING {ORDER_COLUMNS}
+        UPDATE orders SET status = 'COMPLETED', stock_id = a.stock_id, sealed_code = a.sealed,
+                          updated_at = now()
+        FROM unnest($1::text[], $2::bigint[], $3::text[]) AS a (transaction_id, stock_id, sealed)
+        WHERE orders.transaction_id = a.transaction_id AND orders.status = 'PROCESSING'
+        RETURNING {", ".join("orders." + c for c in ORDER_COLUMNS.split(", "))}
         """,  # noqa: S608
-        transaction_id,
-        stock_id,
-        sealed_code,
+        [a[0] for a in allocations],
+        [a[1] for a in allocations],
+        [a[2] for a in allocations],
     )
-    return _order(row) if row else None
+    return [_order(row) for row in rows]
 
 
 async def mark_backordered(conn: Conn, transaction_id: str) -> Order | None:
@@ -384,6 +426,14 @@ async def get_order(conn: Conn, account_id: uuid.UUID, transaction_id: str) -> O
         account_id,
     )
     return _order(row) if row else None
+
+
+async def get_orders(conn: Conn, transaction_ids: Sequence[str]) -> list[Order]:
+    rows = await conn.fetch(
+        f"SELECT {ORDER_COLUMNS} FROM orders WHERE transaction_id = ANY($1::text[])",  # noqa: S608
+        list(transaction_ids),
+    )
+    return [_order(row) for row in rows]
 
 
 async def list_orders(

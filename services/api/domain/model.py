@@ -54,6 +54,10 @@ class PipelineUnavailable(DomainError):
     """The broker cannot take the order now: refuse before charging anything."""
 
 
+class Overloaded(DomainError):
+    """This process has as many orders in progress as it takes: refuse before charging."""
+
+
 @dataclass(frozen=True)
 class Product:
     sku: str

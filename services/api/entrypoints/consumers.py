@@ -1,6 +1,6 @@
 """Kafka subscribers of the api: inventory's outcomes and the product catalog."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -22,6 +22,11 @@ from shared.db import Conn
 from shared.messaging import subscribe, subscribe_batched
 from shared.settings import ApiSettings
 
+# What the api follows of inventory.events; stock and waiting notices are not decoded.
+API_EVENT_TYPES = frozenset(
+    {"OrderReserved", "BackorderAllocated", "OrderBackordered", "BackorderCancelled"}
+)
+
 
 def register(
     broker: KafkaBroker,
@@ -31,12 +36,20 @@ def register(
 ) -> None:
     """`pool_of()` / `producer_of()` give the runtime's pool and producer once started."""
 
+    async def apply_inventory_events(conn: Conn, events: Sequence[InventoryEvent]) -> None:
+        # Allocations in a row are recorded in one statement; the events' order is kept.
+        allocations: list[tuple[str, int, str]] = []
+        for event in events:
+            if isinstance(event, OrderReserved | BackorderAllocated):
+                allocations.append((event.transaction_id, event.stock_id, event.sealed_code))
+                continue
+            await orders.record_allocations(conn, allocations)
+            allocations = []
+            await apply_inventory_event(conn, event)
+        await orders.record_allocations(conn, allocations)
+
     async def apply_inventory_event(conn: Conn, event: InventoryEvent) -> None:
         match event:
-            case OrderReserved() | BackorderAllocated():
-                await orders.record_allocation(
-                    conn, event.transaction_id, event.stock_id, event.sealed_code
-                )
             case OrderBackordered():
                 await orders.record_backorder(conn, event.transaction_id)
             case BackorderCancelled():
@@ -44,7 +57,7 @@ def register(
                     conn, event.transaction_id, event.reason, settings.wallet_slots
                 )
             case _:
-                pass  # stock and waiting notices are fulfilment's business
+                pass  # stock and waiting notices are fulfilment's business (not delivered)
 
     async def apply_snapshot(snapshot: ProductSnapshot) -> None:
         record = snapshot.model_dump(mode="json", by_alias=True, exclude={"version"})
@@ -57,7 +70,8 @@ def register(
         group_id="api",
         name="api.inventory-events",
         parse=inventory_event.validate_json,
-        apply=apply_inventory_event,
+        apply=apply_inventory_events,
+        types=API_EVENT_TYPES,
         pool_of=pool_of,
         producer_of=producer_of,
         max_retries=settings.consumer_max_retries,

@@ -20,6 +20,7 @@ from services.api.domain.model import (
     DuplicateClientOrderNumber,
     InsufficientBalance,
     Order,
+    Overloaded,
     PipelineUnavailable,
     ProductNotFound,
     ProductNotInstant,
@@ -65,7 +66,8 @@ class ApiServices:
     limiter: RateLimiter
 
 
-def services(request: Request) -> ApiServices:
+async def services(request: Request) -> ApiServices:
+    # async: FastAPI runs a plain `def` dependency in a worker thread, on every request.
     svc: ApiServices = request.app.state.services
     return svc
 
@@ -186,6 +188,14 @@ def as_api_error(exc: DomainError) -> ApiError:
                     "clientOrderNumber": exc.client_order_number,
                     "transactionId": exc.transaction_id,
                 },
+            )
+        case Overloaded():
+            return ApiError(
+                503,
+                "SERVICE_UNAVAILABLE",
+                "Too many orders are in progress right now; nothing was charged. Retry after "
+                "the delay given.",
+                headers={"Retry-After": "1"},
             )
         case PipelineUnavailable():
             return ApiError(

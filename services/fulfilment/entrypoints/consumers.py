@@ -12,6 +12,18 @@ from shared.contracts import ProductSnapshot, inventory_event
 from shared.messaging import subscribe, subscribe_batched
 from shared.settings import FulfilmentSettings
 
+# Every instant order in stock makes an OrderReserved, which fulfilment has no use for: it is
+# passed over undecoded (see Backorders.on_inventory_events).
+FULFILMENT_EVENT_TYPES = frozenset(
+    {
+        "OrderBackordered",
+        "StockArrived",
+        "BackorderAllocated",
+        "BackorderStillWaiting",
+        "BackorderCancelled",
+    }
+)
+
 
 def register(
     broker: KafkaBroker,
@@ -30,7 +42,8 @@ def register(
         group_id="fulfilment",
         name="fulfilment.inventory-events",
         parse=inventory_event.validate_json,
-        apply=backorders.on_inventory_event,
+        apply=backorders.on_inventory_events,
+        types=FULFILMENT_EVENT_TYPES,
         pool_of=pool_of,
         producer_of=producer_of,
         max_retries=settings.consumer_max_retries,

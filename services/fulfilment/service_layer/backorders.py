@@ -2,6 +2,7 @@
 allocation round that offers arrived stock to the oldest waiting orders first."""
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -35,6 +36,14 @@ class Backorders:
     default_deadline_s: float
     supplier: Supplier
     supplier_batch: int
+
+    async def on_inventory_events(self, conn: Conn, events: Sequence[InventoryEvent]) -> None:
+        """Applies a poll of events in order. OrderReserved is not among them (see
+        entrypoints.consumers): the stock hint counts down only for backorders, so after
+        instant sales it can be higher than the stock; a round that offers more codes than
+        there are is answered BackorderStillWaiting, which sets it to 0."""
+        for event in events:
+            await self.on_inventory_event(conn, event)
 
     async def on_inventory_event(self, conn: Conn, event: InventoryEvent) -> None:
         match event:
