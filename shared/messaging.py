@@ -154,9 +154,11 @@ CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
 """
 
 
-# After a wake-up the relay waits this long, so that one round publishes the rows of many
-# concurrent transactions rather than one round per row.
-COALESCE_S = 0.002
+# After a wake-up the relay waits this long, so that one round (one transaction, one produce
+# request per partition) publishes the rows of many transactions rather than one round per
+# row. Nothing on the instant path waits for the relay: the order request and its reply go
+# directly; relayed rows are events for the read models, fulfilment and downstream consumers.
+COALESCE_S = 0.02
 
 
 class OutboxRelay:
@@ -494,12 +496,26 @@ async def raw_records(message: Any) -> Any:
     return message.raw_message
 
 
+# Consumers off the instant path let the broker gather their records for up to this long
+# (or 256 KiB): one fetch, one transaction and one offset commit for many events instead of one
+# per order, at the price of that much delay.
+GATHER_MAX_WAIT_MS = 100
+GATHER_MIN_BYTES = 256 * 1024
+
+
 def batch_subscriber(
-    broker: KafkaBroker, topic: str, *, group_id: str, name: str, description: str
+    broker: KafkaBroker,
+    topic: str,
+    *,
+    group_id: str,
+    name: str,
+    description: str,
+    gather: bool = False,
 ) -> Callable[[Callable[[Any], Awaitable[None]]], object]:
     """The decorator of every batch subscriber: a poll of up to BATCH_MAX_RECORDS raw records
     in partition order, offsets committed only after the handler returned (explicit ack
-    policy), a new group starting from the earliest offset."""
+    policy), a new group starting from the earliest offset. `gather`: a consumer off the
+    instant path, whose fetches the broker holds up to GATHER_MAX_WAIT_MS to fill them."""
     subscriber = broker.subscriber(
         topic,
         batch=True,
@@ -511,6 +527,8 @@ def batch_subscriber(
         decoder=raw_records,
         title=name,
         description=description,
+        fetch_max_wait_ms=GATHER_MAX_WAIT_MS if gather else 500,
+        fetch_min_bytes=GATHER_MIN_BYTES if gather else 1,
     )
     # FastStream builds its subscriber classes itself; this one differs only in `get_msg`.
     assert type(subscriber) is BatchSubscriber, type(subscriber)
@@ -531,7 +549,8 @@ def subscribe_batched(
     max_retries: int,
     types: frozenset[str] | None = None,
 ) -> None:
-    """Like `subscribe`, for high-volume topics: each poll (up to BATCH_MAX_RECORDS messages) is
+    """Like `subscribe`, for high-volume topics off the instant path: each poll (up to
+    BATCH_MAX_RECORDS messages, gathered by the broker for up to GATHER_MAX_WAIT_MS) is
     applied in ONE transaction, in partition order, then its offsets are committed. A batch
     that fails for a reason of its own is applied again one message at a time, each under
     `consume_resiliently`, so only a poison message is dead-lettered; an infrastructure
@@ -559,7 +578,9 @@ def subscribe_batched(
                 max_retries=max_retries,
             )
 
-    @batch_subscriber(broker, topic.name, group_id=group_id, name=name, description=topic.doc)
+    @batch_subscriber(
+        broker, topic.name, group_id=group_id, name=name, description=topic.doc, gather=True
+    )
     async def on_batch(all_records: Any) -> None:
         records = [
             r for r in all_records if types is None or header_type(r) in types or not header_type(r)

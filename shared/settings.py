@@ -39,7 +39,8 @@ class CommonSettings(BaseSettings):
     instance_id: str = Field(default_factory=_default_instance_id, alias="INSTANCE_ID")
     db_pool_size: int = Field(20, alias="DB_POOL_SIZE", ge=1, le=200)
     consumer_max_retries: int = Field(5, alias="CONSUMER_MAX_RETRIES", ge=0, le=100)
-    outbox_poll_interval_s: float = Field(0.2, alias="OUTBOX_POLL_INTERVAL_S", gt=0)
+    # Every outbox insert wakes the relay (NOTIFY); the poll only covers a lost notification.
+    outbox_poll_interval_s: float = Field(2.0, alias="OUTBOX_POLL_INTERVAL_S", gt=0)
 
     @model_validator(mode="after")
     def _refuse_default_secrets_outside_dev(self) -> Self:
