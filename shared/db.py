@@ -15,12 +15,23 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """What a connection goes back to the pool with. asyncpg's default reset runs a query on
+    every release (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL): a round trip more per
+    use, a third of the round trips of the instant path. Nothing here leaves session state
+    behind: locks are transaction-scoped, no session setting is changed, and the outbox relay
+    removes its listener itself. Only a transaction left open (a bug) is rolled back."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min(2, size),
         max_size=size,
         init=_init_connection,
+        reset=_keep_session,
         command_timeout=30,
         max_inactive_connection_lifetime=300,
     )

@@ -162,7 +162,8 @@ COALESCE_S = 0.02
 
 
 class OutboxRelay:
-    """Publishes committed outbox rows in id order, one relay per database at a time.
+    """Publishes committed outbox rows in id order, one relay per database at a time, and
+    deletes each row once the broker acknowledged it.
 
     Rows are selected by `published_at IS NULL` (never by "id greater than the last one seen":
     ids are not commit order), under an advisory lock so two instances never interleave one
@@ -209,15 +210,9 @@ class OutboxRelay:
         self._wake.set()
 
     async def _run(self) -> None:
-        cleanup_every, rounds = 600, 0
         while True:
             try:
                 published = await self.relay_once()
-                rounds += 1
-                if rounds % cleanup_every == 0:
-                    await self._pool.execute(
-                        "DELETE FROM outbox WHERE published_at < now() - interval '1 hour'"
-                    )
                 if published >= self._batch:
                     continue
             except asyncio.CancelledError:
@@ -258,7 +253,7 @@ class OutboxRelay:
                 metrics.OUTBOX_OLDEST_AGE.labels(self._service).set(float(backlog["age"] or 0))
             if not rows:
                 return 0
-            futures = []
+            futures, sent, parked = [], [], []
             for r in rows:
                 try:
                     futures.append(
@@ -269,67 +264,28 @@ class OutboxRelay:
                             headers=[(k, v.encode()) for k, v in r["headers"].items()],
                         )
                     )
+                    sent.append(r["id"])
                 except MessageSizeTooLargeError:
-                    # It can never be sent: set it aside (counted, logged) rather than block
-                    # every row behind it.
+                    # It can never be sent: park it (kept, never marked sent, counted in the
+                    # outbox backlog and logged) rather than block every row behind it.
                     log.error(
-                        "outbox row %d for %s is larger than the broker takes: not sent",
+                        "outbox row %d for %s is larger than the broker takes: parked, not sent",
                         r["id"],
                         r["topic"],
                     )
                     metrics.DEAD_LETTERS.labels(f"{self._service}.outbox", r["topic"]).inc()
+                    parked.append(r["id"])
             await asyncio.gather(*futures)
-            await conn.execute(
-                "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
-                [r["id"] for r in rows],
-            )
-            metrics.OUTBOX_PUBLISHED.labels(self._service).inc(len(rows))
+            # Only rows the broker acknowledged leave the outbox. Deleted rather than marked:
+            # nothing reads a sent row again, and the table and its index stay small.
+            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", sent)
+            if parked:
+                await conn.execute(
+                    "UPDATE outbox SET relay_after = 'infinity' WHERE id = ANY($1::bigint[])",
+                    parked,
+                )
+            metrics.OUTBOX_PUBLISHED.labels(self._service).inc(len(sent))
             return len(rows)
-
-
-class PublishedMarker:
-    """Marks outbox rows published in batches, for rows the request path sent itself."""
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
-        self._pending: list[int] = []
-        self._task: asyncio.Task[None] | None = None
-
-    def mark(self, row_id: int) -> None:
-        self._pending.append(row_id)
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="outbox-published-marker")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.flush()
-
-    async def flush(self) -> None:
-        ids, self._pending = self._pending, []
-        if ids:
-            try:
-                await self._pool.execute(
-                    "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[]) "
-                    "AND published_at IS NULL",
-                    ids,
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Harmless: the relay publishes these rows again once their grace is over,
-                # and every consumer is idempotent. They are not kept: memory stays bounded.
-                log.warning(
-                    "could not mark %d outbox rows published (%s)", len(ids), type(exc).__name__
-                )
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(0.05)
-            await self.flush()
 
 
 # --- consumers: bounded retries, then dead letters ---------------------------------------

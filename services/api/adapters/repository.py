@@ -175,20 +175,103 @@ async def take_from_all_slots(
     return True
 
 
-async def add_debits(conn: Conn, debits: Sequence[tuple[str, uuid.UUID, str, Decimal]]) -> None:
-    """One DEBIT ledger row per (transaction id, account, currency, amount), in one statement.
-    The ledger's unique index refuses a second debit of an order."""
+# Records accepted orders in one statement: each order's DEBIT ledger row (the ledger's unique
+# index refuses a second debit of an order), its row, and its OrderAccepted event in the
+# outbox, in order. `{paid_only}` narrows the orders to those whose wallet a CTE before paid.
+RECORD_ORDERS = """
+new_orders AS (
+    SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::integer[],
+                         $6::numeric[], $7::text[], $8::numeric[], $9::timestamptz[],
+                         $10::bytea[]) WITH ORDINALITY
+        AS o (transaction_id, account_id, client_order_number, sku, quantity, unit_price,
+              currency, grand_total, created_at, event, n)
+    {paid_only}
+), ledger_rows AS (
+    INSERT INTO ledger (transaction_id, account_id, currency, amount, kind)
+    SELECT transaction_id, account_id, currency, -grand_total, 'DEBIT' FROM new_orders
+), order_rows AS (
+    INSERT INTO orders (transaction_id, account_id, client_order_number, sku, quantity,
+                        unit_price, currency, grand_total, status, created_at)
+    SELECT transaction_id, account_id, client_order_number, sku, quantity, unit_price,
+           currency, grand_total, 'PROCESSING', created_at
+    FROM new_orders
+)
+INSERT INTO outbox (topic, key, payload, headers)
+SELECT $11, transaction_id, event, jsonb_build_object('x-type', 'OrderAccepted')
+FROM new_orders ORDER BY n
+RETURNING key
+"""
+
+# Pays each wallet ($12 account, $13 currency, $14 amount) from one slot that holds the amount
+# and is not locked by another transaction; a wallet with no such slot is not paid.
+PAY_FROM_FREE_SLOTS = """
+WITH wanted AS (
+    SELECT * FROM unnest($12::uuid[], $13::text[], $14::numeric[])
+        AS w (account_id, currency, amount)
+), picked AS (
+    SELECT w.account_id, w.currency, w.amount, free.slot
+    FROM wanted w CROSS JOIN LATERAL (
+        SELECT slot FROM wallet_slots
+        WHERE account_id = w.account_id AND currency = w.currency AND balance >= w.amount
+        ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED
+    ) AS free
+), paid AS (
+    UPDATE wallet_slots s SET balance = s.balance - p.amount
+    FROM picked p
+    WHERE s.account_id = p.account_id AND s.currency = p.currency AND s.slot = p.slot
+    RETURNING s.account_id, s.currency
+),
+"""
+
+
+def _order_arrays(orders: Sequence[Order], events: Sequence[bytes]) -> list[Any]:
+    return [
+        [o.transaction_id for o in orders],
+        [o.account_id for o in orders],
+        [o.client_order_number for o in orders],
+        [o.sku for o in orders],
+        [o.quantity for o in orders],
+        [o.unit_price for o in orders],
+        [o.currency for o in orders],
+        [o.grand_total for o in orders],
+        [o.created_at for o in orders],
+        list(events),
+    ]
+
+
+async def record_orders(
+    conn: Conn, orders: Sequence[Order], events: Sequence[bytes], events_topic: str
+) -> None:
+    """Ledger rows, order rows and OrderAccepted events of orders already paid for."""
     await conn.execute(
-        """
-        INSERT INTO ledger (transaction_id, account_id, currency, amount, kind)
-        SELECT t, a, c, -m, 'DEBIT'
-        FROM unnest($1::text[], $2::uuid[], $3::text[], $4::numeric[]) AS d (t, a, c, m)
-        """,
-        [d[0] for d in debits],
-        [d[1] for d in debits],
-        [d[2] for d in debits],
-        [d[3] for d in debits],
+        "WITH " + RECORD_ORDERS.format(paid_only=""),
+        *_order_arrays(orders, events),
+        events_topic,
     )
+
+
+async def pay_and_record(
+    conn: Conn, orders: Sequence[Order], events: Sequence[bytes], events_topic: str
+) -> set[str]:
+    """Pays for the orders and records them, in ONE statement (and so one commit when the
+    connection is not in a transaction): each wallet pays the sum of its orders from one free
+    slot that holds it. Returns the transaction ids recorded; the orders of a wallet that had
+    no such slot are not, and nothing of them was changed."""
+    totals: dict[tuple[uuid.UUID, str], Decimal] = {}
+    for o in orders:
+        totals[o.account_id, o.currency] = totals.get((o.account_id, o.currency), 0) + o.grand_total
+    rows = await conn.fetch(
+        PAY_FROM_FREE_SLOTS
+        + RECORD_ORDERS.format(
+            paid_only="WHERE (o.account_id, o.currency) IN (SELECT account_id, currency FROM paid)"
+        ),
+        *_order_arrays(orders, events),
+        events_topic,
+        [a for a, _ in totals],
+        [c for _, c in totals],
+        list(totals.values()),
+    )
+    return {row["key"] for row in rows}
 
 
 # --- products (read model of catalog.products) -------------------------------------------------
@@ -212,7 +295,8 @@ async def products_and_wallets(
         SELECT sku, currency, price, is_instant, active, NULL::uuid AS account_id
         FROM products WHERE sku = ANY($1::text[])
         UNION ALL
-        SELECT DISTINCT NULL::text, currency, NULL::numeric, NULL::boolean, NULL::boolean, account_id
+        SELECT DISTINCT NULL::text, currency, NULL::numeric, NULL::boolean, NULL::boolean,
+               account_id
         FROM wallet_slots WHERE account_id = ANY($2::uuid[])
         """,
         list(skus),
@@ -338,28 +422,6 @@ async def find_by_client_order_numbers(
     return {(r["account_id"], r["client_order_number"]): r["transaction_id"] for r in rows}
 
 
-async def insert_orders(conn: Conn, orders: Sequence[Order]) -> None:
-    await conn.execute(
-        """
-        INSERT INTO orders (transaction_id, account_id, client_order_number, sku, quantity,
-                            unit_price, currency, grand_total, status, created_at)
-        SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::integer[],
-                             $6::numeric[], $7::text[], $8::numeric[], $9::text[],
-                             $10::timestamptz[])
-        """,
-        [o.transaction_id for o in orders],
-        [o.account_id for o in orders],
-        [o.client_order_number for o in orders],
-        [o.sku for o in orders],
-        [o.quantity for o in orders],
-        [o.unit_price for o in orders],
-        [o.currency for o in orders],
-        [o.grand_total for o in orders],
-        [o.status for o in orders],
-        [o.created_at for o in orders],
-    )
-
-
 async def complete_orders(conn: Conn, allocations: Sequence[tuple[str, int, str]]) -> list[Order]:
     """PROCESSING → COMPLETED for each (transaction id, stock id, sealed code), in one
     statement; returns the orders this call completed (not those completed already: a
@@ -370,6 +432,7 @@ async def complete_orders(conn: Conn, allocations: Sequence[tuple[str, int, str]
                           updated_at = now()
         FROM unnest($1::text[], $2::bigint[], $3::text[]) AS a (transaction_id, stock_id, sealed)
         WHERE orders.transaction_id = a.transaction_id AND orders.status = 'PROCESSING'
+          AND orders.transaction_id = ANY($1::text[])  -- by primary key, whatever the plan
         RETURNING {", ".join("orders." + c for c in ORDER_COLUMNS.split(", "))}
         """,  # noqa: S608
         [a[0] for a in allocations],
@@ -377,6 +440,39 @@ async def complete_orders(conn: Conn, allocations: Sequence[tuple[str, int, str]
         [a[2] for a in allocations],
     )
     return [_order(row) for row in rows]
+
+
+async def complete_and_announce(
+    conn: Conn, allocations: Sequence[tuple[str, int, str, bytes]], events_topic: str
+) -> set[str]:
+    """PROCESSING → COMPLETED for each (transaction id, stock id, sealed code, OrderCompleted
+    event), with the event of each order it completed in the outbox: one statement. Returns
+    the transaction ids it completed (an order completed already is left as it is)."""
+    rows = await conn.fetch(
+        """
+        WITH a AS (
+            SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[])
+                WITH ORDINALITY AS a (transaction_id, stock_id, sealed, event, n)
+        ), done AS (
+            UPDATE orders SET status = 'COMPLETED', stock_id = a.stock_id,
+                              sealed_code = a.sealed, updated_at = now()
+            FROM a
+            WHERE orders.transaction_id = a.transaction_id AND orders.status = 'PROCESSING'
+              AND orders.transaction_id = ANY($1::text[])  -- by primary key, whatever the plan
+            RETURNING orders.transaction_id
+        )
+        INSERT INTO outbox (topic, key, payload, headers)
+        SELECT $5, a.transaction_id, a.event, jsonb_build_object('x-type', 'OrderCompleted')
+        FROM a JOIN done USING (transaction_id) ORDER BY a.n
+        RETURNING key
+        """,
+        [a[0] for a in allocations],
+        [a[1] for a in allocations],
+        [a[2] for a in allocations],
+        [a[3] for a in allocations],
+        events_topic,
+    )
+    return {row["key"] for row in rows}
 
 
 async def mark_backordered(conn: Conn, transaction_id: str) -> Order | None:

@@ -5,7 +5,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, cast
 from uuid import UUID
@@ -90,6 +91,10 @@ class BrokerHealth:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
+
+
+def accepted_event(order: Order) -> OrderEvent:
+    return order_event("OrderAccepted", order)
 
 
 def order_event(
@@ -188,170 +193,176 @@ class Orders:
     async def _accept_batch(
         self, cmds: Sequence[CreateInstantOrder]
     ) -> list[Accepted | DomainError | object]:
+        """Accepts a batch of orders: looks their products and wallets up, then pays for and
+        records them in one statement (one round trip, one commit) when no dup check is asked
+        and each wallet has a free slot holding its orders' sum; the rest take the general
+        path, one transaction with the dup check and the slow debits."""
+        results: list[Accepted | DomainError | object] = [AGAIN] * len(cmds)
+        placed_at = utcnow()
+        async with self.pool.acquire() as conn:
+            products, wallets = await repo.products_and_wallets(
+                conn, sorted({c.sku for c in cmds}), list({c.account_id for c in cmds})
+            )
+            orders: list[tuple[int, Order]] = []
+            for i, cmd in enumerate(cmds):
+                try:
+                    product = check_orderable(products.get(cmd.sku))
+                    currency = settlement_currency(
+                        product, cmd.pay_with_currency, wallets.get(cmd.account_id, set())
+                    )
+                except DomainError as exc:
+                    results[i] = exc
+                    continue
+                orders.append((i, new_order(cmd, product, currency, placed_at)))
+            rest = orders
+            if orders and not any(dup_checked(cmds[i]) for i, _ in orders):
+                recorded = await repo.pay_and_record(
+                    conn,
+                    [o for _, o in orders],
+                    [accepted_event(o).to_bytes() for _, o in orders],
+                    topics.ORDER_EVENTS.name,
+                )
+                rest = [(i, o) for i, o in orders if o.transaction_id not in recorded]
+                for i, o in orders:
+                    if o.transaction_id in recorded:
+                        results[i] = self._accepted(o)
+            if rest:
+                await self._accept_in_a_transaction(conn, cmds, rest, results)
+        return results
+
+    def _accepted(self, order: Order) -> Accepted:
+        return order, PlaceOrder(
+            transaction_id=order.transaction_id,
+            account_id=order.account_id,
+            sku=order.sku,
+            unit_price=order.unit_price,
+            currency=order.currency,
+            placed_at=order.created_at,
+            reply_to=self.replies.topic,
+        )
+
+    async def _accept_in_a_transaction(
+        self,
+        conn: Conn,
+        cmds: Sequence[CreateInstantOrder],
+        orders: Sequence[tuple[int, Order]],
+        results: list[Accepted | DomainError | object],
+    ) -> None:
         for attempt in range(3):
+            outcome: dict[int, Accepted | DomainError | object] = {}
             try:
-                return await self._accept_in_one_transaction(cmds)
+                async with conn.transaction():
+                    kept = await self._not_duplicates(conn, cmds, orders, outcome)
+                    paid = await self._debit(conn, kept, outcome)
+                    if paid:
+                        await repo.record_orders(
+                            conn,
+                            [o for _, o in paid],
+                            [accepted_event(o).to_bytes() for _, o in paid],
+                            topics.ORDER_EVENTS.name,
+                        )
             except (DeadlockDetectedError, SerializationError):
                 # Two batches locked the same wallet slots in opposite orders: nothing of this
                 # one was committed, so it is simply tried again.
                 if attempt == 2:
                     raise
-        raise AssertionError("unreachable")
-
-    async def _accept_in_one_transaction(
-        self, cmds: Sequence[CreateInstantOrder]
-    ) -> list[Accepted | DomainError | object]:
-        results: list[Accepted | DomainError | object | None] = [None] * len(cmds)
-        transaction_ids = [new_transaction_id() for _ in cmds]
-        placed_at = utcnow()
-        async with self.pool.acquire() as conn, conn.transaction():
-            products, wallets = await repo.products_and_wallets(
-                conn, sorted({c.sku for c in cmds}), list({c.account_id for c in cmds})
-            )
-            priced: list[tuple[int, Product, str]] = []
-            for i, cmd in enumerate(cmds):
-                try:
-                    product = check_orderable(products.get(cmd.sku))
-                    wallet = wallets.get(cmd.account_id, set())
-                    priced.append(
-                        (i, product, settlement_currency(product, cmd.pay_with_currency, wallet))
-                    )
-                except DomainError as exc:
-                    results[i] = exc
-            priced = await self._not_duplicates(conn, cmds, transaction_ids, priced, results)
-            paid = await self._debit(conn, cmds, transaction_ids, priced, results)
-            orders = [
-                Order(
-                    transaction_id=transaction_ids[i],
-                    account_id=cmds[i].account_id,
-                    client_order_number=cmds[i].client_order_number or "",
-                    sku=product.sku,
-                    quantity=1,
-                    unit_price=product.price,
-                    currency=currency,
-                    grand_total=product.price,
-                    status="PROCESSING",
-                    created_at=placed_at,
-                )
-                for i, product, currency in paid
-            ]
-            if orders:
-                await repo.insert_orders(conn, orders)
-                await add_all_to_outbox(
-                    conn,
-                    [
-                        (
-                            topics.ORDER_EVENTS.name,
-                            o.transaction_id,
-                            order_event("OrderAccepted", o),
-                        )
-                        for o in orders
-                    ],
-                )
-        for (i, _, _), order in zip(paid, orders, strict=True):
-            results[i] = (
-                order,
-                PlaceOrder(
-                    transaction_id=order.transaction_id,
-                    account_id=order.account_id,
-                    sku=order.sku,
-                    unit_price=order.unit_price,
-                    currency=order.currency,
-                    placed_at=order.created_at,
-                    reply_to=self.replies.topic,
-                ),
-            )
-        assert all(r is not None for r in results)
-        return results
+                continue
+            for i, order in paid:
+                outcome[i] = self._accepted(order)
+            for i, result in outcome.items():
+                results[i] = result
+            return
 
     async def _not_duplicates(
         self,
         conn: Conn,
         cmds: Sequence[CreateInstantOrder],
-        transaction_ids: Sequence[str],
-        priced: list[tuple[int, Product, str]],
-        results: list[Any],
-    ) -> list[tuple[int, Product, str]]:
+        orders: Sequence[tuple[int, Order]],
+        outcome: dict[int, Accepted | DomainError | object],
+    ) -> list[tuple[int, Order]]:
         """The dup check: refuses an order whose account already has one with this
         clientOrderNumber, under a lock per (account, number) held until commit, so that
         identical requests racing in other batches or processes wait for this one."""
-        checked = {
-            (cmds[i].account_id, cmds[i].client_order_number or "")
-            for i, _, _ in priced
-            if cmds[i].dup_check and cmds[i].client_order_number
-        }
+        checked = {(o.account_id, o.client_order_number) for i, o in orders if dup_checked(cmds[i])}
         if not checked:
-            return priced
+            return list(orders)
         await repo.lock_client_order_numbers(
             conn, [repo.client_number_key(a, n) for a, n in checked]
         )
         existing = await repo.find_by_client_order_numbers(conn, sorted(checked, key=str))
         in_batch: set[tuple[UUID, str]] = set()
         kept = []
-        for i, product, currency in priced:
-            key = (cmds[i].account_id, cmds[i].client_order_number or "")
-            if key in checked:
+        for i, order in orders:
+            key = (order.account_id, order.client_order_number)
+            if dup_checked(cmds[i]):
                 if key in existing:
-                    results[i] = DuplicateClientOrderNumber(key[1], existing[key])
+                    outcome[i] = DuplicateClientOrderNumber(key[1], existing[key])
                     continue
                 if key in in_batch:
-                    results[i] = AGAIN
+                    outcome[i] = AGAIN
                     continue
                 in_batch.add(key)
-            kept.append((i, product, currency))
+            kept.append((i, order))
         return kept
 
     async def _debit(
         self,
         conn: Conn,
-        cmds: Sequence[CreateInstantOrder],
-        transaction_ids: Sequence[str],
-        priced: list[tuple[int, Product, str]],
-        results: list[Any],
-    ) -> list[tuple[int, Product, str]]:
-        """Pays for the orders of a batch: each wallet (account, currency) once for the sum of
-        its orders when one slot holds it, else order by order. Wallets are taken in a fixed
-        order, so concurrent batches do not deadlock on them."""
-        by_wallet: dict[tuple[UUID, str], list[tuple[int, Product, str]]] = {}
-        for entry in priced:
-            by_wallet.setdefault((cmds[entry[0]].account_id, entry[2]), []).append(entry)
-        paid: list[tuple[int, Product, str]] = []
+        orders: Sequence[tuple[int, Order]],
+        outcome: dict[int, Accepted | DomainError | object],
+    ) -> list[tuple[int, Order]]:
+        """Pays for orders in this transaction: each wallet (account, currency) once for the
+        sum of its orders when one slot holds it, else order by order, waiting for busy slots
+        and drawing on all slots when no single one can pay. Wallets are taken in a fixed
+        order, so that concurrent batches rarely deadlock on them."""
+        by_wallet: dict[tuple[UUID, str], list[tuple[int, Order]]] = {}
+        for entry in orders:
+            by_wallet.setdefault((entry[1].account_id, entry[1].currency), []).append(entry)
+        paid: list[tuple[int, Order]] = []
         for (account_id, currency), entries in sorted(by_wallet.items(), key=lambda w: str(w[0])):
-            amounts = [product.price for _, product, _ in entries]
-            if await repo.take_from_one_slot(conn, account_id, currency, wallet_sum(amounts)):
+            total = sum((o.grand_total for _, o in entries), Decimal(0))
+            if await repo.take_from_one_slot(conn, account_id, currency, total):
                 paid += entries
                 continue
-            for entry, amount in zip(entries, amounts, strict=True):
+            for i, order in entries:
+                amount = order.grand_total
                 if await repo.take_from_one_slot(
                     conn, account_id, currency, amount
                 ) or await repo.take_from_all_slots(conn, account_id, currency, amount):
-                    paid.append(entry)
+                    paid.append((i, order))
                 else:
-                    results[entry[0]] = InsufficientBalance(currency)
+                    outcome[i] = InsufficientBalance(currency)
         paid.sort(key=lambda entry: entry[0])
-        await repo.add_debits(
-            conn,
-            [
-                (transaction_ids[i], cmds[i].account_id, currency, product.price)
-                for i, product, currency in paid
-            ],
-        )
         return paid
 
     async def _record_batch(self, items: Sequence[tuple[Order, int, str]]) -> list[Order]:
-        async with self.pool.acquire() as conn, conn.transaction():
-            done = {
-                o.transaction_id: o
-                for o in await record_allocations(
-                    conn, [(order.transaction_id, stock, sealed) for order, stock, sealed in items]
-                )
-            }
-            missing = [
-                order.transaction_id for order, _, _ in items if order.transaction_id not in done
-            ]
-            if missing:  # the event consumer got there first
-                done |= {o.transaction_id: o for o in await repo.get_orders(conn, missing)}
-        return [done.get(order.transaction_id, order) for order, _, _ in items]
+        """Records reservations: one statement completes the orders and writes their
+        OrderCompleted events; an order the event consumer completed first is read back."""
+        completed = [
+            replace(order, status="COMPLETED", stock_id=stock_id, sealed_code=sealed)
+            for order, stock_id, sealed in items
+        ]
+        async with self.pool.acquire() as conn:
+            done = await repo.complete_and_announce(
+                conn,
+                [
+                    (
+                        o.transaction_id,
+                        stock_id,
+                        sealed,
+                        order_event("OrderCompleted", o).to_bytes(),
+                    )
+                    for o, (_, stock_id, sealed) in zip(completed, items, strict=True)
+                ],
+                topics.ORDER_EVENTS.name,
+            )
+            late = [o.transaction_id for o in completed if o.transaction_id not in done]
+            found = {o.transaction_id: o for o in await repo.get_orders(conn, late)} if late else {}
+        metrics.ORDER_TRANSITIONS.labels("COMPLETED").inc(len(done))
+        return [
+            o if o.transaction_id in done else found.get(o.transaction_id, order)
+            for o, (order, _, _) in zip(completed, items, strict=True)
+        ]
 
     async def _publish_and_wait(self, command: PlaceOrder, started: float) -> Decision | None:
         """Publish the committed command and wait for its decision, until the window closes.
@@ -395,8 +406,25 @@ class Orders:
         return True
 
 
-def wallet_sum(amounts: Sequence[Decimal]) -> Decimal:
-    return sum(amounts, Decimal(0))
+def dup_checked(cmd: CreateInstantOrder) -> bool:
+    return cmd.dup_check and bool(cmd.client_order_number)
+
+
+def new_order(
+    cmd: CreateInstantOrder, product: Product, currency: str, placed_at: datetime
+) -> Order:
+    return Order(
+        transaction_id=new_transaction_id(),
+        account_id=cmd.account_id,
+        client_order_number=cmd.client_order_number or "",
+        sku=product.sku,
+        quantity=1,
+        unit_price=product.price,
+        currency=currency,
+        grand_total=product.price,
+        status="PROCESSING",
+        created_at=placed_at,
+    )
 
 
 # --- applying inventory's outcomes (from the reply or from inventory.events) ----------------
