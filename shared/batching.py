@@ -11,6 +11,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+from shared import metrics
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -23,11 +25,18 @@ class QueueWaitExceeded(Exception):
 
 class GroupCommit(Generic[T, R]):
     def __init__(
-        self, flush: Flush[T, R], *, max_batch: int = 256, max_wait_s: float | None = None
+        self,
+        name: str,
+        flush: Flush[T, R],
+        *,
+        max_batch: int = 256,
+        max_wait_s: float | None = None,
     ) -> None:
         """`flush(items)` returns one result (or the exception for that item) per item, in
         order; if it raises, every item of the batch gets that exception. An item still
         queued after `max_wait_s` fails with QueueWaitExceeded without being flushed."""
+        self._seconds = metrics.GROUP_COMMIT_SECONDS.labels(name)
+        self._sizes = metrics.GROUP_COMMIT_SIZE.labels(name)
         self._flush = flush
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
@@ -57,10 +66,20 @@ class GroupCommit(Generic[T, R]):
                 batch = [item for item in batch if not item[1].done()]
                 if not batch:
                     continue
+            began = time.perf_counter()
             try:
                 results = await self._flush([item for item, _, _ in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"a flush of {len(batch)} gave {len(results)} results")
             except Exception as exc:
                 results = [exc] * len(batch)
+            except BaseException:  # cancelled (shutdown): no caller may wait forever
+                for _, future, _ in [*batch, *self._queue]:
+                    if not future.done():
+                        future.cancel()
+                raise
+            self._seconds.observe(time.perf_counter() - began)
+            self._sizes.observe(len(batch))
             for (_, future, _), result in zip(batch, results, strict=True):
                 _settle(future, result)
 

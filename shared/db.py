@@ -28,7 +28,9 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         dsn,
-        min_size=min(2, size),
+        # Connections are opened up front: a first connection costs tens of milliseconds
+        # (SCRAM, type introspection), which a burst of orders right after start would wait.
+        min_size=min(8, size),
         max_size=size,
         init=_init_connection,
         reset=_keep_session,

@@ -129,7 +129,7 @@ def type_header(message: Message) -> dict[str, str]:
 
 def header_type(record: Any) -> str | None:
     for name, value in getattr(record, "headers", None) or ():
-        if name == TYPE_HEADER:
+        if name == TYPE_HEADER and value is not None:  # Kafka allows a header without a value
             return bytes(value).decode("utf-8", "replace")
     return None
 

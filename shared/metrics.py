@@ -15,6 +15,18 @@ HTTP_LATENCY = Histogram(
     ["service", "route", "method"],
     buckets=LATENCY_BUCKETS,
 )
+GROUP_COMMIT_SECONDS = Histogram(
+    "group_commit_flush_seconds",
+    "How long one group-commit flush (one statement or transaction for many requests) took.",
+    ["batch"],
+    buckets=LATENCY_BUCKETS,
+)
+GROUP_COMMIT_SIZE = Histogram(
+    "group_commit_batch_size",
+    "Requests served by one group-commit flush.",
+    ["batch"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 OUTBOX_BACKLOG = Gauge("outbox_backlog_rows", "Outbox rows not yet published.", ["service"])
 OUTBOX_OLDEST_AGE = Gauge(
     "outbox_oldest_unpublished_age_seconds",

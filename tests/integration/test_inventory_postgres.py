@@ -14,7 +14,7 @@ from typing import cast
 import asyncpg
 import httpx
 import pytest
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
@@ -34,6 +34,7 @@ from shared.contracts import (
     inventory_event,
 )
 from shared.crypto import Code, SealedCode
+from shared.topics import INVENTORY_EVENTS
 from shared.web import install_common
 from tests.conftest import Stack
 from tests.helpers import unique, wait_until
@@ -93,11 +94,49 @@ async def sold(pool: asyncpg.Pool, sku: str) -> list[asyncpg.Record]:
     )
 
 
-async def events_of(pool: asyncpg.Pool, sku: str) -> list[object]:
-    rows = await pool.fetch(
-        "SELECT payload FROM outbox WHERE key = $1 AND topic = 'inventory.events' ORDER BY id", sku
-    )
-    return [inventory_event.validate_json(r["payload"]) for r in rows]
+@pytest.fixture(scope="module")
+async def events_from(stack: Stack) -> dict[TopicPartition, int]:
+    """Where inventory.events ended when this module started: its tests' events come after."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(INVENTORY_EVENTS.name, p) for p in range(6)]
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+        return ends
+    finally:
+        await consumer.stop()
+
+
+async def events_of(
+    stack: Stack, start: dict[TopicPartition, int], sku: str, at_least: int
+) -> list[object]:
+    """The SKU's events as relayed to inventory.events (the relay deletes outbox rows the
+    broker acknowledged): waits for `at_least`, then reads to the end, so that an extra one
+    written with them shows too."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=None)
+    await consumer.start()
+    found: list[object] = []
+    try:
+        consumer.assign(list(start))
+        for tp, offset in start.items():
+            consumer.seek(tp, offset)
+
+        async def read_to_end() -> bool:
+            ends = await consumer.end_offsets(list(start))
+            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+                for records in (await consumer.getmany(timeout_ms=200)).values():
+                    found.extend(
+                        inventory_event.validate_json(r.value or b"")
+                        for r in records
+                        if r.key == sku.encode()
+                    )
+            return len(found) >= at_least
+
+        await wait_until(read_to_end, timeout=20, message=f"{at_least} events of {sku}")
+        await read_to_end()
+    finally:
+        await consumer.stop()
+    return found
 
 
 async def test_two_transactions_race_for_one_code_and_exactly_one_wins(
@@ -190,7 +229,10 @@ async def test_a_batch_serves_its_orders_in_order(pool: asyncpg.Pool, new_uow: N
 
 
 async def test_a_redelivered_order_returns_its_decision_and_claims_nothing(
-    pool: asyncpg.Pool, new_uow: NewUow
+    pool: asyncpg.Pool,
+    new_uow: NewUow,
+    stack: Stack,
+    events_from: dict[TopicPartition, int],
 ) -> None:
     sku, _ = await product_with_codes(new_uow, 3)
     order = place(sku)
@@ -203,12 +245,21 @@ async def test_a_redelivered_order_returns_its_decision_and_claims_nothing(
     assert len(await sold(pool, sku)) == 1
     # Each redelivery announces the same reservation again (a lost event is repaired), and
     # a batch holding the order twice announces it once.
-    reserved = [e for e in await events_of(pool, sku) if type(e).__name__ == "OrderReserved"]
+    reserved = [
+        e
+        for e in await events_of(stack, events_from, sku, 3)
+        if type(e).__name__ == "OrderReserved"
+    ]
     assert len(reserved) == 3
     assert len({(e.transaction_id, e.stock_id, e.sealed_code) for e in reserved}) == 1
 
 
-async def test_cancel_after_allocation_is_a_no_op(pool: asyncpg.Pool, new_uow: NewUow) -> None:
+async def test_cancel_after_allocation_is_a_no_op(
+    pool: asyncpg.Pool,
+    new_uow: NewUow,
+    stack: Stack,
+    events_from: dict[TopicPartition, int],
+) -> None:
     sku, _ = await product_with_codes(new_uow, 0)
     order = place(sku)
     [backordered] = await decide([order], new_uow())
@@ -225,7 +276,7 @@ async def test_cancel_after_allocation_is_a_no_op(pool: asyncpg.Pool, new_uow: N
         "SELECT state FROM decisions WHERE transaction_id = $1", order.transaction_id
     )
     assert state == "ALLOCATED"
-    assert [type(e).__name__ for e in await events_of(pool, sku)] == [
+    assert [type(e).__name__ for e in await events_of(stack, events_from, sku, 3)] == [
         "OrderBackordered",
         "StockArrived",
         "BackorderAllocated",
@@ -233,7 +284,12 @@ async def test_cancel_after_allocation_is_a_no_op(pool: asyncpg.Pool, new_uow: N
     assert [r["transaction_id"] for r in await sold(pool, sku)] == [order.transaction_id]
 
 
-async def test_stock_add_skips_duplicates(pool: asyncpg.Pool, new_uow: NewUow) -> None:
+async def test_stock_add_skips_duplicates(
+    pool: asyncpg.Pool,
+    new_uow: NewUow,
+    stack: Stack,
+    events_from: dict[TopicPartition, int],
+) -> None:
     sku, redeem = await product_with_codes(new_uow, 2)
     fresh = unique("CODE")
     codes = [Code(redeem[0], None), Code(fresh, None), Code(fresh, "9")]
@@ -241,11 +297,17 @@ async def test_stock_add_skips_duplicates(pool: asyncpg.Pool, new_uow: NewUow) -
     added = await catalog.add_stock(sku, codes, new_uow(), VAULT)
 
     assert (added.added, added.skipped, added.available) == (1, 2, 3)
-    arrivals = [e for e in await events_of(pool, sku) if type(e).__name__ == "StockArrived"]
+    events = await events_of(stack, events_from, sku, 2)
+    arrivals = [e for e in events if type(e).__name__ == "StockArrived"]
     assert [(e.added, e.available) for e in arrivals] == [(2, 2), (1, 3)]  # type: ignore[attr-defined]
 
 
-async def test_codes_are_never_stored_in_plaintext(pool: asyncpg.Pool, new_uow: NewUow) -> None:
+async def test_codes_are_never_stored_in_plaintext(
+    pool: asyncpg.Pool,
+    new_uow: NewUow,
+    stack: Stack,
+    events_from: dict[TopicPartition, int],
+) -> None:
     app = FastAPI()
     app.state.admin = admin.AdminContext(new_uow, VAULT)
     app.state.admin_token = SecretStr("token-for-this-test")
@@ -272,9 +334,7 @@ async def test_codes_are_never_stored_in_plaintext(pool: asyncpg.Pool, new_uow: 
     stored = "\n".join(r["text"] for r in rows).encode() + b"".join(
         bytes(r["sealed"]) for r in rows
     )
-    outbox = b"".join(
-        r["payload"] for r in await pool.fetch("SELECT payload FROM outbox WHERE key = $1", sku)
-    )
+    outbox = str(await events_of(stack, events_from, sku, 26)).encode()  # 1 arrival, 25 orders
     decisions = str(await pool.fetch("SELECT * FROM decisions WHERE sku = $1", sku)).encode()
     for code in plaintexts:
         for where in (stored, outbox, decisions):

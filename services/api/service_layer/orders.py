@@ -130,7 +130,7 @@ class Orders:
     replies: ReplyListener
     health: BrokerHealth
     decision_window_s: float
-    max_in_flight: int = 512
+    max_in_flight: int = 256
     _in_flight: int = 0
     _accepting: GroupCommit[CreateInstantOrder, Any] = field(init=False)
     _recording: GroupCommit[tuple[Order, int, str], Order] = field(init=False)
@@ -140,8 +140,8 @@ class Orders:
         # An order that cannot even start its acceptance this soon is refused (503, nothing
         # charged) rather than left to wait past the decision window.
         max_queue_s = min(ACCEPT_MAX_QUEUE_S, self.decision_window_s / 2)
-        self._accepting = GroupCommit(self._accept_batch, max_wait_s=max_queue_s)
-        self._recording = GroupCommit(self._record_batch)
+        self._accepting = GroupCommit("accept", self._accept_batch, max_wait_s=max_queue_s)
+        self._recording = GroupCommit("record", self._record_batch)
 
     async def place_instant(self, cmd: CreateInstantOrder) -> Order:
         """Accept, pay for and durably record one order, then wait (bounded) for inventory.

@@ -1,0 +1,120 @@
+"""Kafka plumbing without a broker: the x-type header and the long-polling batch subscriber."""
+
+import asyncio
+import uuid
+from decimal import Decimal
+from types import SimpleNamespace
+from typing import Any
+
+from aiokafka import ConsumerRecord, TopicPartition
+from faststream.kafka import KafkaBroker
+
+from shared.contracts import Decision, PlaceOrder, utcnow
+from shared.messaging import (
+    BATCH_IDLE_WAIT_MS,
+    BATCH_MAX_RECORDS,
+    SUBSCRIBER_ACK_POLICY,
+    LongPollingBatchSubscriber,
+    batch_subscriber,
+    header_type,
+    type_header,
+)
+
+
+def record(offset: int, partition: int = 0, headers: Any = ()) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        "inventory.events", partition, offset, 0, 0, b"SKU-1", b"{}", None, 5, 2, headers
+    )
+
+
+class FakeConsumer:
+    """`getmany` as aiokafka's: records by partition, {} when the wait ended with none."""
+
+    def __init__(self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        self.batches = batches
+        self.calls: list[dict[str, Any]] = []
+
+    async def getmany(self, **kwargs: Any) -> dict[TopicPartition, list[Any]]:
+        self.calls.append(kwargs)
+        return self.batches
+
+
+def long_polling_subscriber(*, gather: bool = False) -> Any:
+    broker = KafkaBroker("localhost:9092")  # constructing it does not connect
+    return batch_subscriber(
+        broker,
+        "inventory.events",
+        group_id="api-test",
+        name="api.inventory-events",
+        description="test",
+        gather=gather,
+    )
+
+
+def test_a_message_with_a_type_carries_it_as_the_x_type_header() -> None:
+    command = PlaceOrder(
+        transaction_id="01J0000000000000000000000A",
+        account_id=uuid.uuid4(),
+        sku="SKU-1",
+        unit_price=Decimal("2.50"),
+        currency="USD",
+        placed_at=utcnow(),
+    )
+    decision = Decision(
+        transaction_id="01J0000000000000000000000A", sku="SKU-1", outcome="BACKORDERED"
+    )
+
+    assert type_header(command) == {"x-type": "PlaceOrder"}
+    assert type_header(decision) == {}
+
+
+def test_header_type_reads_the_x_type_header_of_a_record() -> None:
+    typed = record(0, headers=[("traceparent", b"00-ab"), ("x-type", b"OrderReserved")])
+
+    assert header_type(typed) == "OrderReserved"
+    assert header_type(SimpleNamespace(headers=(("x-type", bytearray(b"OrderReleased")),))) == (
+        "OrderReleased"
+    )
+    assert header_type(record(1, headers=[("traceparent", b"00-ab")])) is None
+    assert header_type(record(2, headers=[])) is None
+    assert header_type(SimpleNamespace(headers=None)) is None
+    assert header_type(object()) is None
+
+
+def test_batch_subscriber_is_the_long_polling_one_with_the_explicit_ack_policy() -> None:
+    subscriber = long_polling_subscriber()
+
+    assert type(subscriber) is LongPollingBatchSubscriber
+    assert subscriber.ack_policy is SUBSCRIBER_ACK_POLICY
+    assert subscriber.max_records == BATCH_MAX_RECORDS
+
+
+async def test_an_idle_poll_returns_nothing_without_sleeping_after_the_wait() -> None:
+    subscriber = long_polling_subscriber()
+    consumer = FakeConsumer({})
+    loop = asyncio.get_running_loop()
+
+    started = loop.time()
+    records = await asyncio.wait_for(subscriber.get_msg(consumer), 5.0)
+    elapsed = loop.time() - started
+
+    assert records == ()
+    # FastStream's own get_msg sleeps batch_timeout_ms (here BATCH_IDLE_WAIT_MS) after it.
+    assert elapsed < BATCH_IDLE_WAIT_MS / 1000 / 2, elapsed
+    assert consumer.calls == [{"timeout_ms": BATCH_IDLE_WAIT_MS, "max_records": BATCH_MAX_RECORDS}]
+
+
+async def test_a_poll_hands_over_the_records_of_every_partition_in_partition_order() -> None:
+    subscriber = long_polling_subscriber(gather=True)
+    first, second, third = record(7, 0), record(8, 0), record(3, 1)
+    consumer = FakeConsumer(
+        {
+            TopicPartition("inventory.events", 0): [first, second],
+            TopicPartition("inventory.events", 1): [third],
+        }
+    )
+
+    records = await asyncio.wait_for(subscriber.get_msg(consumer), 5.0)
+
+    assert records == (first, second, third)
+    assert all(a is b for a, b in zip(records, (first, second, third), strict=True))
