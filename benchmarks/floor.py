@@ -20,20 +20,26 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.messaging import durable_producer  # noqa: E402
-from shared.topics import ORDER_REPLIES  # noqa: E402
+from shared.messaging import durable_producer
+from shared.topics import ORDER_REPLIES
 
 
 def summary(name: str, samples: list[float]) -> str:
     ordered = sorted(samples)
-    p = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000  # noqa: E731
-    return f"| {name} | {len(samples)} | {p(0.5):.2f} | {p(0.99):.2f} | {statistics.mean(samples) * 1000:.2f} |"
+
+    def pct(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    mean = statistics.mean(samples) * 1000
+    return f"| {name} | {len(samples)} | {pct(0.5):.2f} | {pct(0.99):.2f} | {mean:.2f} |"
 
 
 async def kafka_round_trip(bootstrap: str, count: int) -> list[float]:
     producer = durable_producer(bootstrap, "floor")
     await producer.start()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+    )
     await consumer.start()
     tp = TopicPartition(ORDER_REPLIES.name, 0)
     consumer.assign([tp])
@@ -61,8 +67,7 @@ async def pg_commit(url: str, count: int) -> list[float]:
     conn = await asyncpg.connect(url)
     samples = []
     try:
-        await conn.execute("CREATE TEMP TABLE floor (id bigserial, at timestamptz DEFAULT now())")
-        # a temporary table is not WAL-logged: measure on a real one instead
+        # a real table (a temporary one is not WAL-logged), dropped afterwards
         await conn.execute("CREATE TABLE IF NOT EXISTS floor_probe (id bigserial, at timestamptz)")
         for _ in range(count):
             began = time.perf_counter()
@@ -81,7 +86,10 @@ async def main() -> None:
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     url = os.environ.get("API_DATABASE_URL", "postgresql://api:api@127.0.0.1:5432/api")
     rows = [
-        summary("Kafka produce (acks=all, idempotent) → consume", await kafka_round_trip(bootstrap, args.count)),
+        summary(
+            "Kafka produce (acks=all, idempotent) → consume",
+            await kafka_round_trip(bootstrap, args.count),
+        ),
         summary("PostgreSQL one-row insert, autocommit", await pg_commit(url, args.count)),
     ]
     print("| what | n | p50 ms | p99 ms | mean ms |\n|---|---|---|---|---|\n" + "\n".join(rows))

@@ -50,7 +50,7 @@ PRODUCES: Mapping[str, tuple[topics.Topic, ...]] = {
     "fulfilment": (topics.INVENTORY_COMMANDS,),
 }
 
-REFRESH_INTERVAL_S = 2.0
+REFRESH_INTERVAL_S = 5.0
 REFRESH_TIMEOUT_S = 5.0
 
 

@@ -1241,6 +1241,9 @@ auto.create.topics.enable=false
 # Small machine: the log cleaner's buffer defaults to 128 MiB.
 log.cleaner.dedupe.buffer.size=8388608
 log.retention.hours=24
+# The controller appends a no-op record to the metadata log when idle, every 500 ms by
+# default: the idle broker's largest cost here.
+metadata.max.idle.interval.ms=5000
 """
 
 

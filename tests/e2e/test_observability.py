@@ -348,7 +348,10 @@ async def test_a_stopped_inventory_is_down_with_its_lag_and_waiting_orders_growi
         async def grown() -> bool:
             lag = await prometheus.value(LAG) or 0.0
             awaiting = await prometheus.value(AWAITING) or 0.0
-            return lag >= lag_before + n and awaiting >= awaiting_before + n
+            # an AssertionError means "not yet"; the last one says what was read
+            assert lag >= lag_before + n, f"lag {lag}, from {lag_before}"
+            assert awaiting >= awaiting_before + n, f"awaiting {awaiting}, from {awaiting_before}"
+            return True
 
         await wait_until(grown, timeout=20, interval=0.5, message="lag and awaiting orders grow")
     finally:

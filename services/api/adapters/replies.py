@@ -41,7 +41,9 @@ class ReplyListener:
             bootstrap_servers=self._bootstrap,
             group_id=None,
             enable_auto_commit=False,
-            fetch_max_wait_ms=100,
+            # The broker answers a fetch as soon as a reply arrives; an idle one asks twice a
+            # second.
+            fetch_max_wait_ms=500,
         )
         await consumer.start()
         assigned = [TopicPartition(self.topic, p) for p in partitions]
