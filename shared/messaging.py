@@ -191,6 +191,8 @@ class OutboxRelay:
         self._listener: PoolConnectionProxy | None = None
 
     async def start(self) -> None:
+        # Rows sent by an earlier version, which marked sent rows instead of deleting them.
+        await self._pool.execute("DELETE FROM outbox WHERE published_at IS NOT NULL")
         listener = await self._pool.acquire()
         await listener.add_listener("outbox", self._on_notify)
         self._listener = listener
@@ -244,9 +246,10 @@ class OutboxRelay:
             )
             if time.monotonic() >= self._next_gauges:
                 self._next_gauges = time.monotonic() + 1.0
+                # Parked rows (never sendable) are counted as dead letters, not as a backlog.
                 backlog = await conn.fetchrow(
                     "SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS age "
-                    "FROM outbox WHERE published_at IS NULL"
+                    "FROM outbox WHERE published_at IS NULL AND relay_after <> 'infinity'"
                 )
                 assert backlog is not None
                 metrics.OUTBOX_BACKLOG.labels(self._service).set(backlog["n"])

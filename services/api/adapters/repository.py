@@ -414,6 +414,7 @@ async def find_by_client_order_numbers(
                o.account_id, o.client_order_number, o.transaction_id
         FROM unnest($1::uuid[], $2::text[]) AS w (account_id, number)
         JOIN orders o ON o.account_id = w.account_id AND o.client_order_number = w.number
+                     AND o.client_order_number <> ''  -- the partial index's predicate
         ORDER BY o.account_id, o.client_order_number, o.transaction_id
         """,
         [a for a, _ in wanted],
@@ -575,7 +576,8 @@ async def take_orders_to_nudge(
             SELECT transaction_id FROM orders
             WHERE status = 'PROCESSING' AND created_at < now() - make_interval(secs => $1)
               AND (nudged_at IS NULL OR nudged_at < now() - make_interval(secs => $2))
-            ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+            -- never asked first: a lost command is not starved by backorders asked before
+            ORDER BY nudged_at NULLS FIRST, created_at LIMIT $3 FOR UPDATE SKIP LOCKED)
         RETURNING transaction_id, account_id, sku, unit_price, currency, created_at
         """,
         older_than_s,

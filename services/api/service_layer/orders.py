@@ -14,7 +14,11 @@ from uuid import UUID
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from asyncpg.exceptions import DeadlockDetectedError, SerializationError
+from asyncpg.exceptions import (
+    DeadlockDetectedError,
+    LockNotAvailableError,
+    SerializationError,
+)
 
 from services.api import metrics
 from services.api.adapters import repository as repo
@@ -227,7 +231,15 @@ class Orders:
                     if o.transaction_id in recorded:
                         results[i] = self._accepted(o)
             if rest:
-                await self._accept_in_a_transaction(conn, cmds, rest, results)
+                # Orders recorded above are committed: a failure here is only the rest's.
+                try:
+                    await self._accept_in_a_transaction(conn, cmds, rest, results)
+                except LockNotAvailableError:
+                    for i, _ in rest:
+                        results[i] = Overloaded()  # wallet or dup-check lock busy too long
+                except Exception as exc:
+                    for i, _ in rest:
+                        results[i] = exc
         return results
 
     def _accepted(self, order: Order) -> Accepted:
@@ -252,6 +264,10 @@ class Orders:
             outcome: dict[int, Accepted | DomainError | object] = {}
             try:
                 async with conn.transaction():
+                    # A lock held elsewhere may not hold this batch past the decision window.
+                    await conn.execute(
+                        f"SET LOCAL lock_timeout = {int(self.decision_window_s * 1000)}"
+                    )
                     kept = await self._not_duplicates(conn, cmds, orders, outcome)
                     paid = await self._debit(conn, kept, outcome)
                     if paid:

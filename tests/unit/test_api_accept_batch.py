@@ -1,0 +1,65 @@
+"""A batch whose general path fails keeps the orders its one-statement path already paid for
+and recorded: they are committed, so their callers must not be told to retry."""
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from decimal import Decimal
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+from asyncpg.exceptions import LockNotAvailableError
+
+from services.api.adapters import repository as repo
+from services.api.domain.model import CreateInstantOrder, Order, Overloaded, Product
+from services.api.service_layer.orders import Orders
+
+
+class Pool:
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[object]:
+        yield object()
+
+
+def request(account: uuid.UUID) -> CreateInstantOrder:
+    return CreateInstantOrder(account, "SKU-1", None, dup_check=False, pay_with_currency=None)
+
+
+@pytest.mark.parametrize(
+    ("failure", "rest_gets"),
+    [(RuntimeError("boom"), RuntimeError), (LockNotAvailableError(), Overloaded)],
+)
+async def test_orders_recorded_in_one_statement_survive_a_failing_rest(
+    monkeypatch: pytest.MonkeyPatch, failure: Exception, rest_gets: type[Exception]
+) -> None:
+    paid_wallet, busy_wallet = uuid.uuid4(), uuid.uuid4()
+    product = Product("SKU-1", "USD", Decimal("1.00"), is_instant=True, active=True)
+
+    async def products_and_wallets(*_: Any) -> Any:
+        return {"SKU-1": product}, {paid_wallet: {"USD"}, busy_wallet: {"USD"}}
+
+    async def pay_and_record(_: Any, orders: Sequence[Order], *__: Any) -> set[str]:
+        return {o.transaction_id for o in orders if o.account_id == paid_wallet}
+
+    async def general_path(*_: Any) -> None:
+        raise failure
+
+    monkeypatch.setattr(repo, "products_and_wallets", products_and_wallets)
+    monkeypatch.setattr(repo, "pay_and_record", pay_and_record)
+    orders = Orders(
+        pool=cast(Any, Pool()),
+        producer=cast(Any, None),
+        replies=cast(Any, SimpleNamespace(topic="orders.replies")),
+        health=cast(Any, SimpleNamespace(accepting=True)),
+        decision_window_s=0.5,
+    )
+    monkeypatch.setattr(orders, "_accept_in_a_transaction", general_path)
+
+    results = await orders._accept_batch([request(paid_wallet), request(busy_wallet)])
+
+    accepted, refused = results
+    assert isinstance(accepted, tuple)
+    assert accepted[0].account_id == paid_wallet
+    assert accepted[1].transaction_id == accepted[0].transaction_id  # its PlaceOrder
+    assert isinstance(refused, rest_gets)
