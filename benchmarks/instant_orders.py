@@ -119,37 +119,39 @@ def stack_pids() -> dict[str, list[int]]:
     return pids
 
 
-def cpu_seconds() -> dict[str, float]:
-    """CPU time so far of each stack process with all its descendants (PostgreSQL's backends,
-    the JVM's threads), and of this generator."""
+def _per_process(value_of: Callable[[list[str], bool], int]) -> dict[str, int]:
+    """`value_of(stat fields, is_root)` summed over each stack process and all its
+    descendants (PostgreSQL's backends, the JVM's threads)."""
     tree = _children()
-    seconds: dict[str, float] = {}
+    totals: dict[str, int] = {}
     for name, roots in stack_pids().items():
-        total = 0
-        for root in roots:
-            for pid in _tree(root, tree):
-                if (fields := _stat(pid)) is not None:
-                    # utime, stime; and of the root, its reaped children's too
-                    total += int(fields[11]) + int(fields[12])
-                    if pid == root:
-                        total += int(fields[13]) + int(fields[14])
-        seconds[name] = total / CLOCK_TICKS
+        totals[name] = sum(
+            value_of(fields, pid == root)
+            for root in roots
+            for pid in _tree(root, tree)
+            if (fields := _stat(pid)) is not None
+        )
+    return totals
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU time so far of each stack process with its descendants, and of this generator."""
+
+    def ticks(fields: list[str], is_root: bool) -> int:
+        used = int(fields[11]) + int(fields[12])  # utime, stime
+        if is_root:  # and its reaped children's
+            used += int(fields[13]) + int(fields[14])
+        return used
+
+    seconds = {name: t / CLOCK_TICKS for name, t in _per_process(ticks).items()}
     me = os.times()
     seconds["generator"] = me.user + me.system
     return seconds
 
 
 def rss_mib() -> dict[str, float]:
-    tree = _children()
-    sizes: dict[str, float] = {}
-    for name, roots in stack_pids().items():
-        total = 0
-        for root in roots:
-            for pid in _tree(root, tree):
-                if (fields := _stat(pid)) is not None:
-                    total += int(fields[21]) * PAGE_BYTES
-        sizes[name] = total / 2**20
-    return sizes
+    resident = _per_process(lambda fields, _: int(fields[21]) * PAGE_BYTES)
+    return {name: size / 2**20 for name, size in resident.items()}
 
 
 def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:

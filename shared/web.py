@@ -2,6 +2,7 @@
 health and metrics endpoints, and HTTP metrics."""
 
 import hmac
+import logging
 import re
 import time
 import uuid
@@ -119,8 +120,11 @@ class CommonMiddleware:
                     )
             return message
 
+        response_started = [False]
+
         async def send_with_status(message: Message) -> None:
             if message["type"] == "http.response.start":
+                response_started[0] = True
                 status_holder[0] = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id_var.get().encode()))  # type: ignore[union-attr]
@@ -129,6 +133,19 @@ class CommonMiddleware:
 
         try:
             await self.app(scope, bounded_receive, send_with_status)
+        except Exception:
+            # Answered here, where the request's id is still known: the 500's body, its
+            # x-request-id header and the log line all carry the same id.
+            logging.getLogger(self.service).exception("unexpected error answering a request")
+            if response_started[0]:
+                raise
+            status_holder[0] = 500
+            await error_response(
+                500,
+                "INTERNAL_ERROR",
+                "Something went wrong on our side. Retry later; quote the requestId if it "
+                "persists.",
+            )(scope, receive, send_with_status)
         finally:
             self._observe(scope, status_holder[0], started)
             request_id_var.reset(token)
@@ -172,17 +189,6 @@ def install_common(
             405: "This method is not allowed on this endpoint.",
         }.get(exc.status_code, str(exc.detail))
         return error_response(exc.status_code, code, message)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        import logging
-
-        logging.getLogger(service).exception("unexpected error answering a request")
-        return error_response(
-            500,
-            "INTERNAL_ERROR",
-            "Something went wrong on our side. Retry later; quote the requestId if it persists.",
-        )
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

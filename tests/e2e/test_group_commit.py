@@ -108,3 +108,19 @@ async def test_every_event_carries_its_type_in_a_header(
         (ORDER_EVENTS.name, "OrderAccepted"): "OrderAccepted",
         (ORDER_EVENTS.name, "OrderCompleted"): "OrderCompleted",
     }
+
+
+async def test_a_nul_in_one_order_is_refused_without_harming_the_orders_beside_it(
+    new_client: NewClient, new_product: NewProduct
+) -> None:
+    sku = await new_product(price="1.00", stock=5)
+    client = await new_client()
+
+    bad, *good = await asyncio.gather(
+        client.order(sku + "\x00"), *(client.order(sku) for _ in range(5))
+    )
+
+    assert bad.status_code == 400, bad.text
+    assert bad.json()["error"] == "INVALID_REQUEST"
+    assert [d["field"] for d in bad.json()["details"]] == ["sku"]
+    assert [r.json()["data"]["status"] for r in good] == ["COMPLETED"] * 5

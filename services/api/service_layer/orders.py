@@ -150,8 +150,9 @@ class Orders:
     async def place_instant(self, cmd: CreateInstantOrder) -> Order:
         """Accept, pay for and durably record one order, then wait (bounded) for inventory.
 
-        The order row and the debit commit together, in one transaction with the orders that
-        arrived at the same time; the PlaceOrder command is then published at once. If that
+        The order row and the debit commit together, in one statement (or transaction) with
+        the orders that arrived at the same time; the PlaceOrder command is then published at
+        once. If that
         publish is lost (the process dies), the order row itself is what the api asks
         inventory about again (`ask_again_about_undecided`).
         """

@@ -1,0 +1,61 @@
+"""An unexpected error is answered 500 with the request's id, in the body and the
+`x-request-id` header, and logged with that same id; NUL characters are invalid input."""
+
+import json
+import logging
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from pydantic import ValidationError
+
+from services.api.entrypoints.http import CreateInstantOrderIn
+from shared.logs import JsonFormatter
+from shared.web import install_common
+
+
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter("test"))
+        self.lines: list[dict[str, object]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+async def test_a_500_carries_the_request_id_that_its_log_line_has() -> None:
+    app = FastAPI()
+    install_common(app, "test-service", {})
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("the order's secret text")
+
+    lines = Lines()
+    logging.getLogger("test-service").addHandler(lines)
+    try:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            response = await client.get("/boom")
+    finally:
+        logging.getLogger("test-service").removeHandler(lines)
+
+    assert response.status_code == 500
+    body = response.json()
+    assert body["error"] == "INTERNAL_ERROR"
+    assert "secret" not in response.text
+    assert body["requestId"] == response.headers["x-request-id"]
+    [line] = [
+        entry for entry in lines.lines if entry["msg"] == "unexpected error answering a request"
+    ]
+    assert line["requestId"] == body["requestId"]
+    assert line["error"] == "RuntimeError"
+
+
+@pytest.mark.parametrize("field", ["sku", "clientOrderNumber"])
+def test_a_nul_character_is_invalid_input(field: str) -> None:
+    fields = {"sku": "GIFT-25", field: "GIFT\x0025"}
+    with pytest.raises(ValidationError) as refused:
+        CreateInstantOrderIn.model_validate_json(json.dumps(fields))
+    assert [e["loc"] for e in refused.value.errors()] == [(field,)]
