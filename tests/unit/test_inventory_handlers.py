@@ -212,16 +212,23 @@ async def test_a_cancelled_backorder_frees_the_queue(store: FakeStore) -> None:
     assert reply.decision.outcome == "RESERVED"
 
 
-async def test_cancel_after_allocation_is_a_no_op(store: FakeStore) -> None:
+async def test_cancel_after_allocation_changes_nothing_and_announces_the_allocation(
+    store: FakeStore,
+) -> None:
     await create_product(store)
     await run(store, place("tx-1"))
     await stock(store, "A")
     await run(store, allocate("tx-1"))
-    published = len(events(store))
+    [allocated] = [e for e in events(store) if isinstance(e, BackorderAllocated)]
 
+    # A sender that never saw the allocation (its event dead-lettered) asks again: it is told.
     await run(store, cancel("tx-1"), allocate("tx-1"))
 
-    assert len(events(store)) == published
+    again = [e for e in events(store) if isinstance(e, BackorderAllocated)]
+    assert [(e.transaction_id, e.stock_id, e.sealed_code) for e in again] == [
+        (allocated.transaction_id, allocated.stock_id, allocated.sealed_code)
+    ] * 3
+    assert not [e for e in events(store) if isinstance(e, BackorderCancelled)]
     assert store.state.decisions["tx-1"].state is DecisionState.ALLOCATED
 
 
@@ -231,7 +238,9 @@ async def test_cancel_twice_cancels_once(store: FakeStore) -> None:
     await run(store, cancel("tx-1"))
     await run(store, cancel("tx-1"), allocate("tx-1"))
     cancelled = [e for e in events(store) if isinstance(e, BackorderCancelled)]
-    assert [(e.transaction_id, e.reason) for e in cancelled] == [("tx-1", "DEADLINE_PASSED")]
+    # cancelled once, and each repeated command is answered with the cancellation again
+    assert [(e.transaction_id, e.reason) for e in cancelled] == [("tx-1", "DEADLINE_PASSED")] * 3
+    assert not [e for e in events(store) if isinstance(e, BackorderAllocated)]
     assert store.state.decisions["tx-1"].state is DecisionState.CANCELLED
 
 

@@ -108,6 +108,7 @@ async def allocate_backorder(command: AllocateBackorder, uow: UnitOfWork) -> Non
         log.warning("AllocateBackorder for unknown order %s ignored", command.transaction_id)
         return
     if not decision.waiting:
+        await announce_current_state(decision, uow)
         return
     claimed = await uow.codes.claim({decision.sku: [decision.transaction_id]})
     code = claimed.get(decision.transaction_id)
@@ -133,7 +134,9 @@ async def cancel_backorder(command: CancelBackorder, uow: UnitOfWork) -> None:
         log.warning("CancelBackorder for unknown order %s ignored", command.transaction_id)
         return
     if not decision.waiting:
-        return  # already allocated (the allocation wins) or already cancelled
+        # already allocated (the allocation wins) or already cancelled
+        await announce_current_state(decision, uow)
+        return
     decision.cancel(command.reason)
     await uow.decisions.update(decision)
     uow.publish(
@@ -167,6 +170,16 @@ async def receive_delivery(command: DeliverStock, uow: UnitOfWork, vault: CodeVa
             StockArrived(sku=command.sku, added=added, available=available),
         )
     log.info("delivery %s: %d of %d codes added", command.delivery_id, added, len(codes))
+
+
+async def announce_current_state(decision: OrderDecision, uow: UnitOfWork) -> None:
+    """A command about an order decided already (redelivered, or re-sent by a sender that
+    never saw the answer): announce the order's state again, so the sender's missing event
+    is repaired rather than its order left waiting for one."""
+    code = None
+    if decision.stock_id is not None:
+        code = (await uow.codes.sold_to([decision.transaction_id])).get(decision.transaction_id)
+    _announce_again(decision, code, uow)
 
 
 def _announce_again(decision: OrderDecision, code: ClaimedCode | None, uow: UnitOfWork) -> None:
