@@ -374,7 +374,7 @@ async def soak(
         rows.append(
             f"| {minute} | {result.answered_per_s:.0f} | {result.pct(0.5):.1f} | "
             f"{result.pct(0.99):.1f} | {result.statuses.get('COMPLETED', 0)} | "
-            f"{len(result.latencies) - result.statuses.get('COMPLETED', 0)} | "
+            f"{json.dumps({k: v for k, v in result.statuses.items() if k != 'COMPLETED'})} | "
             f"{result.cpu_ms.get('stack', 0):.2f} | {sizes} |"
         )
         print(rows[-1], file=sys.stderr, flush=True)
