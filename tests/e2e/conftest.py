@@ -8,6 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -219,6 +220,19 @@ async def warm_pipeline(
 
 
 CONSUMER_GROUPS = ("inventory", "api", "api-catalog", "fulfilment", "fulfilment-catalog")
+
+
+async def debits_of(stack: Stack, transaction_ids: list[str]) -> int:
+    """DEBIT ledger rows of these orders, read from the api's database."""
+    conn = await asyncpg.connect(stack.api_db_url)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM ledger WHERE kind = 'DEBIT' AND transaction_id = ANY($1)",
+            transaction_ids,
+        )
+    finally:
+        await conn.close()
+    return count
 
 
 async def pipeline_idle(stack: Stack) -> bool:

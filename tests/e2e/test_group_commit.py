@@ -5,14 +5,13 @@ its type in the `x-type` header, so consumers pass over types they do not use.""
 import asyncio
 from decimal import Decimal
 
-import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.contracts import new_transaction_id
 from shared.topics import INVENTORY_EVENTS, ORDER_EVENTS
 from tests.conftest import Stack
-from tests.e2e.conftest import NewClient, NewProduct
+from tests.e2e.conftest import NewClient, NewProduct, debits_of
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -30,15 +29,7 @@ async def test_concurrent_orders_of_several_accounts_are_each_charged_once(
     assert {r.json()["data"]["status"] for r in responses} == {"COMPLETED"}
     for client in clients:
         assert await client.balance() == Decimal("75.00")
-    conn = await asyncpg.connect(stack.api_db_url)
-    try:
-        debits = await conn.fetchval(
-            "SELECT count(*) FROM ledger WHERE kind = 'DEBIT' AND transaction_id = ANY($1)",
-            [r.json()["data"]["transactionId"] for r in responses],
-        )
-    finally:
-        await conn.close()
-    assert debits == 30
+    assert await debits_of(stack, [r.json()["data"]["transactionId"] for r in responses]) == 30
 
 
 async def test_a_balance_spread_thin_pays_exactly_the_orders_it_covers(

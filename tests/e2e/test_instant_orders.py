@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import Stack
-from tests.e2e.conftest import NewClient, NewProduct
+from tests.e2e.conftest import NewClient, NewProduct, debits_of
 from tests.helpers import unique, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -46,15 +46,7 @@ async def test_in_stock_order_completes_and_its_code_is_readable_at_once(
     assert codes[0]["redeemCode"].startswith("R-")
     assert isinstance(codes[0]["stockId"], int)
     assert await client.balance() == Decimal("90.25")
-    conn = await asyncpg.connect(stack.api_db_url)
-    try:
-        debits = await conn.fetchval(
-            "SELECT count(*) FROM ledger WHERE transaction_id = $1 AND kind = 'DEBIT'",
-            order["transactionId"],
-        )
-    finally:
-        await conn.close()
-    assert debits == 1
+    assert await debits_of(stack, [order["transactionId"]]) == 1
 
 
 async def test_out_of_stock_order_is_processing_and_paid(

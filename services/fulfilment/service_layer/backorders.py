@@ -39,7 +39,8 @@ class Backorders:
 
     async def on_inventory_events(self, conn: Conn, events: Sequence[InventoryEvent]) -> None:
         """Applies a poll of events in order. OrderReserved is not among them (see
-        entrypoints.consumers): the stock hint counts down only for backorders, so after
+        entrypoints.consumers; only records written without an `x-type` header, before it
+        existed, still bring one): the stock hint counts down only for backorders, so after
         instant sales it can be higher than the stock; a round that offers more codes than
         there are is answered BackorderStillWaiting, which sets it to 0."""
         for event in events:
