@@ -276,12 +276,11 @@ async def test_cancel_after_allocation_changes_nothing_and_announces_the_allocat
         "SELECT state FROM decisions WHERE transaction_id = $1", order.transaction_id
     )
     assert state == "ALLOCATED"
-    assert [type(e).__name__ for e in await events_of(stack, events_from, sku, 4)] == [
-        "OrderBackordered",
-        "StockArrived",
-        "BackorderAllocated",
-        "BackorderAllocated",  # the cancel, answered with the allocation that won
-    ]
+    kinds = [type(e).__name__ for e in await events_of(stack, events_from, sku, 4)]
+    assert kinds[:3] == ["OrderBackordered", "StockArrived", "BackorderAllocated"]
+    # the cancel is answered with the allocation that won (and so is the running fulfilment's
+    # own AllocateBackorder for this order, if it sent one in time): nothing else
+    assert kinds[3:] and set(kinds[3:]) == {"BackorderAllocated"}
     assert [r["transaction_id"] for r in await sold(pool, sku)] == [order.transaction_id]
 
 
