@@ -1,7 +1,8 @@
-"""Typed settings read from the environment, with safe defaults for a developer's machine.
+"""Typed settings read from the environment.
 
-Outside `APP_ENV=dev|test` the services refuse to start while a secret still has its
-published default value.
+An unset `APP_ENV` means production: the services then refuse to start while a secret still
+has its published default value. A developer's machine says `APP_ENV=dev` (the local stack,
+docker-compose.yml and the tests do), and the defaults are enough there.
 """
 
 import os
@@ -27,7 +28,7 @@ def _default_instance_id() -> str:
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
 
-    app_env: Literal["dev", "test", "prod"] = Field("dev", alias="APP_ENV")
+    app_env: Literal["dev", "test", "prod"] = Field("prod", alias="APP_ENV")
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", alias="KAFKA_BOOTSTRAP_SERVERS")
     admin_token: SecretStr = Field(SecretStr(DEV_ADMIN_TOKEN), alias="ADMIN_TOKEN")
     code_encryption_keys: SecretStr = Field(SecretStr(DEV_CODE_KEYS), alias="CODE_ENCRYPTION_KEYS")
@@ -38,6 +39,8 @@ class CommonSettings(BaseSettings):
     bind_host: str = Field("127.0.0.1", alias="BIND_HOST")
     instance_id: str = Field(default_factory=_default_instance_id, alias="INSTANCE_ID")
     db_pool_size: int = Field(20, alias="DB_POOL_SIZE", ge=1, le=200)
+    # A request that cannot get a connection in this time answers 503 (the pool is exhausted).
+    db_acquire_timeout_s: float = Field(2.0, alias="DB_ACQUIRE_TIMEOUT_S", gt=0, le=60)
     consumer_max_retries: int = Field(5, alias="CONSUMER_MAX_RETRIES", ge=0, le=100)
     # Every outbox insert wakes the relay (NOTIFY); the poll only covers a lost notification.
     outbox_poll_interval_s: float = Field(2.0, alias="OUTBOX_POLL_INTERVAL_S", gt=0)
@@ -55,8 +58,10 @@ class CommonSettings(BaseSettings):
             bad = [name for name, is_default in defaults.items() if is_default]
             if bad:
                 raise ValueError(
-                    f"APP_ENV=prod refuses the published default value of {', '.join(bad)}: "
-                    "set each to a secret of your own (see 'In production' in docs/running.md)."
+                    "In production (APP_ENV unset or prod) the services refuse the published "
+                    f"default value of {', '.join(bad)}: set each to a secret of your own (see "
+                    "'In production' in docs/running.md), or set APP_ENV=dev on a developer's "
+                    "machine."
                 )
             if len(self.admin_token.get_secret_value()) < 24:
                 raise ValueError("ADMIN_TOKEN must be at least 24 characters in production.")
@@ -74,6 +79,9 @@ class CommonSettings(BaseSettings):
 class ApiSettings(CommonSettings):
     database_url: str = Field("postgresql://api:api@127.0.0.1:5432/api", alias="API_DATABASE_URL")
     port: int = Field(8000, alias="API_PORT")
+    # Worker processes sharing the port (uvicorn's supervisor restarts one that dies); each has
+    # its own reply listener, pool, relay and in-flight limit. See docs/running.md.
+    processes: int = Field(1, alias="API_PROCESSES", ge=1, le=64)
     decision_window_ms: int = Field(500, alias="ORDERS_DECISION_WINDOW_MS", ge=10, le=5000)
     wallet_slots: int = Field(16, alias="API_WALLET_SLOTS", ge=1, le=256)
     max_body_bytes: int = Field(16 * 1024, alias="API_MAX_BODY_BYTES", ge=1024)

@@ -25,6 +25,10 @@ import pytest
 from tests.helpers import REPO_ROOT
 from tests.helpers import stackctl as _stackctl
 
+# The tests run a development configuration (an unset APP_ENV means production, which refuses
+# the published default secrets the tests use).
+os.environ["APP_ENV"] = "dev"
+
 DB_ENV = {
     "api": "API_DATABASE_URL",
     "inventory": "INVENTORY_DATABASE_URL",

@@ -30,13 +30,21 @@ def _migrations_dir(service: str) -> Path:
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
+    from pydantic_settings import BaseSettings
+
     from shared.db import migrate
     from shared.settings import ApiSettings, FulfilmentSettings, InventorySettings
 
+    # Only the database URLs: a migration needs none of the services' secrets.
+    settings: dict[str, type[BaseSettings]] = {
+        "api": ApiSettings,
+        "inventory": InventorySettings,
+        "fulfilment": FulfilmentSettings,
+    }
     urls = {
-        "api": ApiSettings().database_url,
-        "inventory": InventorySettings().database_url,
-        "fulfilment": FulfilmentSettings().database_url,
+        service: os.environ.get(f"{service.upper()}_DATABASE_URL", "").strip()
+        or str(cls.model_fields["database_url"].default)
+        for service, cls in settings.items()
     }
     chosen = SERVICES if args.service == "all" else (args.service,)
     for service in chosen:

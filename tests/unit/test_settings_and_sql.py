@@ -25,6 +25,13 @@ def test_production_starts_with_secrets_of_its_own(monkeypatch: pytest.MonkeyPat
     assert ApiSettings().app_env == "prod"
 
 
+def test_an_unset_app_env_is_production(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("APP_ENV", raising=False)
+    monkeypatch.delenv("ADMIN_TOKEN", raising=False)
+    with pytest.raises(ValidationError, match=r"APP_ENV unset or prod.*ADMIN_TOKEN"):
+        ApiSettings()
+
+
 def test_dev_starts_with_defaults(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("APP_ENV", "dev")
     monkeypatch.delenv("ADMIN_TOKEN", raising=False)
