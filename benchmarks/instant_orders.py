@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 import uuid
@@ -382,7 +383,40 @@ async def soak(
 
 
 def running_counts() -> str:
-    return ", ".join(f"{name} x{len(pids)}" for name, pids in stack_pids().items())
+    """How many of each stack process run (the api's worker processes, not their supervisor,
+    when API_PROCESSES > 1)."""
+    tree = _children()
+    counts = []
+    for name, pids in stack_pids().items():
+        if name == "api":
+            workers = sum(
+                1
+                for pid in pids
+                for child in tree.get(pid, [])
+                if "-m services.api" in _cmdline(child)
+            )
+            counts.append(f"api x{workers or len(pids)}")
+        else:
+            counts.append(f"{name} x{len(pids)}")
+    return ", ".join(counts)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def restart_api(processes: int) -> None:
+    """Restarts the stack's api with API_PROCESSES worker processes (the rest runs on)."""
+    print(f"restarting the api with {processes} process(es)", file=sys.stderr, flush=True)
+    subprocess.run(
+        [sys.executable, str(REPO / "deploy" / "local" / "stack.py"), "restart", "api"],
+        env={**os.environ, "API_PROCESSES": str(processes)},
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 async def main() -> None:
@@ -402,12 +436,18 @@ async def main() -> None:
     parser.add_argument("--overload-seconds", type=float, default=30)
     parser.add_argument("--soak-minutes", type=int, default=0)
     parser.add_argument("--soak-rate", type=int, default=500)
+    parser.add_argument(
+        "--api-processes",
+        default="",
+        help="e.g. 1,2: restart the api with each count in turn and measure each (default: the "
+        "api as it runs)",
+    )
     parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",") if r]
+    counts = [int(n) for n in args.api_processes.split(",") if n] or [0]
     needed = (
-        int(sum(rates) * args.seconds * 1.05)
-        + args.single
+        len(counts) * (int(sum(rates) * args.seconds * 1.05) + args.single)
         + args.overload * int(args.overload_seconds)
         + args.soak_rate * 60 * args.soak_minutes
         + 100
@@ -416,41 +456,45 @@ async def main() -> None:
         f"setting up: one product with {needed} codes, {args.accounts} account(s)", file=sys.stderr
     )
     sku, creds = await setup(needed, args.accounts)
-    sections: list[str] = [f"Processes: {running_counts()}."]
-    if args.idle_seconds > 0:
-        print(f"idle for {args.idle_seconds:g}s", file=sys.stderr)
-        await asyncio.sleep(3)  # let the set-up's own work settle first
-        idle = await idle_cpu(args.idle_seconds)
-        sections.append(
-            "Idle stack, cores used:\n\n| | "
-            + " | ".join(CPU_COLUMNS)
-            + " |\n|---"
-            + "|---" * len(CPU_COLUMNS)
-            + "|\n"
-            + cores_row("idle", idle)
-        )
-        print(sections[-1], file=sys.stderr)
-    if args.single > 0:
-        print(f"{args.single} orders one at a time", file=sys.stderr)
-        single = await one_at_a_time(sku, creds[0], args.single)
-        sections.append(
-            f"One order at a time ({args.single} orders): p50 {single.pct(0.5):.1f} ms, "
-            f"p99 {single.pct(0.99):.1f} ms, {json.dumps(single.statuses)}."
-        )
-        print(sections[-1], file=sys.stderr)
-    if rates:
-        header = (
-            "| offered orders/s | answered/s | p50 ms | p95 ms | p99 ms | max ms | COMPLETED "
-            "| other | " + " | ".join(f"{n} ms CPU/order" for n in CPU_COLUMNS) + " |\n"
-            "|---|---|---|---|---|---|---|---|" + "---|" * len(CPU_COLUMNS)
-        )
-        rows = []
-        for rate in rates:
-            print(f"running {rate} orders/s for {args.seconds:g}s", file=sys.stderr)
-            result = await run_rate(sku, creds, rate, args.seconds, args.connections)
-            rows.append(result.row())
-            print(rows[-1], file=sys.stderr)
-        sections.append("\n".join([header, *rows]))
+    sections: list[str] = []
+    for count in counts:
+        if count:
+            restart_api(count)
+        sections.append(f"Processes: {running_counts()}.")
+        if args.idle_seconds > 0:
+            print(f"idle for {args.idle_seconds:g}s", file=sys.stderr)
+            await asyncio.sleep(3)  # let the set-up's own work settle first
+            idle = await idle_cpu(args.idle_seconds)
+            sections.append(
+                "Idle stack, cores used:\n\n| | "
+                + " | ".join(CPU_COLUMNS)
+                + " |\n|---"
+                + "|---" * len(CPU_COLUMNS)
+                + "|\n"
+                + cores_row("idle", idle)
+            )
+            print(sections[-1], file=sys.stderr)
+        if args.single > 0:
+            print(f"{args.single} orders one at a time", file=sys.stderr)
+            single = await one_at_a_time(sku, creds[0], args.single)
+            sections.append(
+                f"One order at a time ({args.single} orders): p50 {single.pct(0.5):.1f} ms, "
+                f"p99 {single.pct(0.99):.1f} ms, {json.dumps(single.statuses)}."
+            )
+            print(sections[-1], file=sys.stderr)
+        if rates:
+            header = (
+                "| offered orders/s | answered/s | p50 ms | p95 ms | p99 ms | max ms | COMPLETED "
+                "| other | " + " | ".join(f"{n} ms CPU/order" for n in CPU_COLUMNS) + " |\n"
+                "|---|---|---|---|---|---|---|---|" + "---|" * len(CPU_COLUMNS)
+            )
+            rows = []
+            for rate in rates:
+                print(f"running {rate} orders/s for {args.seconds:g}s", file=sys.stderr)
+                result = await run_rate(sku, creds, rate, args.seconds, args.connections)
+                rows.append(result.row())
+                print(rows[-1], file=sys.stderr)
+            sections.append("\n".join([header, *rows]))
     if args.overload:
         print(f"overload: {args.overload}/s for {args.overload_seconds:g}s", file=sys.stderr)
         row = await overload(

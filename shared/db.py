@@ -25,9 +25,42 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
-async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(
+class BoundedPool(asyncpg.Pool):
+    """asyncpg's pool, whose `acquire()` gives up after `acquire_timeout_s` (asyncpg waits
+    forever by default): an exhausted pool then answers 503 instead of holding requests."""
+
+    acquire_timeout_s = 2.0
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        return super().acquire(timeout=self.acquire_timeout_s if timeout is None else timeout)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) says the database cannot be reached or used right
+    now (down, restarting, out of connections, pool exhausted) rather than that the request
+    was wrong: the `503 SERVICE_UNAVAILABLE` case, not a 500."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(
+            seen,
+            asyncpg.PostgresConnectionError
+            | asyncpg.exceptions.OperatorInterventionError  # 57P01-03: shutdown, starting up
+            | asyncpg.exceptions.TooManyConnectionsError
+            | OSError  # connection refused while reconnecting
+            | TimeoutError,  # BoundedPool.acquire, a connect timeout
+        ):
+            return True
+        if isinstance(seen, asyncpg.InterfaceError) and "closed" in str(seen):
+            return True  # "connection is closed": it died while in use
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+async def create_pool(dsn: str, size: int, acquire_timeout_s: float = 2.0) -> asyncpg.Pool:
+    pool = BoundedPool(
         dsn,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
         # Connections are opened up front: a first connection costs tens of milliseconds
         # (SCRAM, type introspection), which a burst of orders right after start would wait.
         min_size=min(8, size),
@@ -36,8 +69,13 @@ async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
         reset=_keep_session,
         command_timeout=30,
         max_inactive_connection_lifetime=300,
+        max_queries=50_000,  # asyncpg's default
+        setup=None,
+        connect=None,
+        loop=None,
     )
-    assert pool is not None
+    pool.acquire_timeout_s = acquire_timeout_s
+    await pool
     return pool
 
 

@@ -15,15 +15,17 @@ transaction_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 
 class JsonFormatter(logging.Formatter):
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, worker: str | None = None) -> None:
         super().__init__()
         self._service = service
+        self._worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "service": self._service,
+            **({"worker": self._worker} if self._worker is not None else {}),
             "logger": record.name,
             "msg": record.getMessage(),
         }
@@ -37,9 +39,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure(service: str, level: str) -> None:
+def configure(service: str, level: str, worker: str | None = None) -> None:
+    """JSON lines on stdout; `worker` (the index of one of several worker processes of the
+    service) goes on every line."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter(service))
+    handler.setFormatter(JsonFormatter(service, worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -27,11 +27,31 @@ GROUP_COMMIT_SIZE = Histogram(
     ["batch"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
-OUTBOX_BACKLOG = Gauge("outbox_backlog_rows", "Outbox rows not yet published.", ["service"])
+BACKGROUND_UP = Gauge(
+    "background_task_up",
+    "1 while a background task of the service runs, 0 from its failure until its restart.",
+    ["service", "task"],
+    # With several api processes: 0 when the task is down in any live one.
+    multiprocess_mode="livemin",
+)
+BACKGROUND_RESTARTS = Counter(
+    "background_task_restarts_total",
+    "Background tasks restarted after an error (each is logged with it).",
+    ["service", "task"],
+)
+# Gauges are read from the database or the broker, so with several worker processes
+# (API_PROCESSES) every process sees the same value: the most recent one is the answer.
+OUTBOX_BACKLOG = Gauge(
+    "outbox_backlog_rows",
+    "Outbox rows not yet published.",
+    ["service"],
+    multiprocess_mode="mostrecent",
+)
 OUTBOX_OLDEST_AGE = Gauge(
     "outbox_oldest_unpublished_age_seconds",
     "Age of the oldest unpublished outbox row.",
     ["service"],
+    multiprocess_mode="mostrecent",
 )
 OUTBOX_PUBLISHED = Counter("outbox_published_total", "Outbox rows published.", ["service"])
 CONSUMER_RETRIES = Counter(
@@ -53,10 +73,12 @@ CONSUMER_LAG = Gauge(
     "Messages of a partition that a consumer group has still to read: the partition's end "
     "offset minus the group's committed offset.",
     ["group", "topic", "partition"],
+    multiprocess_mode="mostrecent",
 )
 CONSUMER_LAG_REFRESHED = Gauge(
     "kafka_consumer_lag_last_refresh_timestamp_seconds",
     "When the consumer lag was last read from the broker (Unix time).",
+    multiprocess_mode="mostrecent",
 )
 CONSUMER_LAG_FAILURES = Counter(
     "kafka_consumer_lag_refresh_failures_total",

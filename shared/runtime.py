@@ -4,6 +4,9 @@ for its subscribers, and its outbox relay, started and stopped with the HTTP app
 import asyncio
 import contextlib
 import logging
+import os
+import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -13,13 +16,74 @@ from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 
-from shared import db, logs
+from shared import db, logs, metrics
 from shared.lag import LagMonitor, watched_groups
 from shared.messaging import OutboxRelay, durable_producer, new_broker
 from shared.settings import CommonSettings
-from shared.web import Check
+from shared.web import Check, NotReady
+from shared.workers import (
+    STABLE_AFTER_S,
+    STARTUP_FAILURE,
+    WORKER_INDEX,
+    Supervisor,
+    die_with_parent,
+    reuse_port_socket,
+)
 
 log = logging.getLogger(__name__)
+
+
+class Background:
+    """The background tasks of a service process that must keep running (the reply listener,
+    periodic loops, monitors). One that raises is logged with its error, counted, shown down
+    (`background_task_up` 0, `/readyz` failing) and restarted after a growing delay; one
+    that returns has finished its job."""
+
+    RESTART_DELAYS_S: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.down: dict[str, str] = {}  # task name -> the error that took it down
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def start(self, name: str, run: Callable[[], Awaitable[object]]) -> None:
+        self._tasks[name] = asyncio.create_task(self._keep_running(name, run), name=name)
+
+    async def _keep_running(self, name: str, run: Callable[[], Awaitable[object]]) -> None:
+        up = metrics.BACKGROUND_UP.labels(self.service, name)
+        failures = 0
+        while True:
+            up.set(1)
+            self.down.pop(name, None)
+            started = time.monotonic()
+            try:
+                await run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if time.monotonic() - started > STABLE_AFTER_S:
+                    failures = 0
+                delay = self.RESTART_DELAYS_S[min(failures, len(self.RESTART_DELAYS_S) - 1)]
+                failures += 1
+                up.set(0)
+                self.down[name] = type(exc).__name__
+                metrics.BACKGROUND_RESTARTS.labels(self.service, name).inc()
+                log.exception("background task %s died; restarting it in %.1fs", name, delay)
+                await asyncio.sleep(delay)
+
+    def check(self) -> Check:
+        async def background_tasks() -> None:
+            if self.down:
+                raise NotReady(", ".join(sorted(self.down)))
+
+        return background_tasks
+
+    async def stop(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._tasks.clear()
 
 
 @dataclass
@@ -32,12 +96,16 @@ class Runtime:
     producer: AIOKafkaProducer = field(init=False)
     relay: OutboxRelay = field(init=False)
     lag: LagMonitor = field(init=False)
+    background: Background = field(init=False)
 
     def __post_init__(self) -> None:
         self.broker = new_broker(self.settings.kafka_bootstrap_servers, self.service)
+        self.background = Background(self.service)
 
     async def start(self) -> None:
-        self.pool = await db.create_pool(self.database_url, self.settings.db_pool_size)
+        self.pool = await db.create_pool(
+            self.database_url, self.settings.db_pool_size, self.settings.db_acquire_timeout_s
+        )
         self.producer = durable_producer(
             self.settings.kafka_bootstrap_servers, f"{self.service}-{self.settings.instance_id}"
         )
@@ -58,6 +126,8 @@ class Runtime:
 
     async def stop(self) -> None:
         with contextlib.suppress(Exception):
+            await self.background.stop()
+        with contextlib.suppress(Exception):
             await self.lag.stop()
         with contextlib.suppress(Exception):
             await self.broker.stop()
@@ -77,7 +147,7 @@ class Runtime:
             async with asyncio.timeout(2):
                 await self.producer.client.fetch_all_metadata()
 
-        return {"database": database, "kafka": broker}
+        return {"database": database, "kafka": broker, "background": self.background.check()}
 
 
 async def every(interval_s: float, name: str, step: Callable[[], Awaitable[object]]) -> None:
@@ -123,11 +193,22 @@ def lifespan_for(
     return lifespan
 
 
-def serve(service: str, settings: CommonSettings, port: int, app: FastAPI) -> None:
-    logs.configure(service, settings.log_level)
-    log.info("starting %s on %s:%d", service, settings.bind_host, port)
-    uvicorn.run(
-        app,
+def serve(
+    service: str,
+    settings: CommonSettings,
+    port: int,
+    create_app: Callable[[], FastAPI],
+    *,
+    processes: int = 1,
+) -> None:
+    """Serve the app `create_app` builds in this process or, with `processes` > 1, in that
+    many worker processes sharing the port (shared.workers: this process supervises them)."""
+    worker = os.environ.get(WORKER_INDEX)
+    logs.configure(service, settings.log_level, worker)
+    if processes > 1 and worker is None:
+        sys.exit(Supervisor(service, processes).run())
+    config = uvicorn.Config(
+        create_app(),
         host=settings.bind_host,
         port=port,
         log_config=None,
@@ -136,3 +217,18 @@ def serve(service: str, settings: CommonSettings, port: int, app: FastAPI) -> No
         http="httptools",
         timeout_graceful_shutdown=10,
     )
+    server = uvicorn.Server(config)
+    if worker is None:
+        log.info("starting %s on %s:%d", service, settings.bind_host, port)
+        server.run()
+    else:
+        die_with_parent()
+        try:
+            sock = reuse_port_socket(settings.bind_host, port)
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", settings.bind_host, port, exc)
+            sys.exit(STARTUP_FAILURE)
+        log.info("worker %s of %s on %s:%d", worker, service, settings.bind_host, port)
+        server.run(sockets=[sock])
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)

@@ -3,6 +3,7 @@ health and metrics endpoints, and HTTP metrics."""
 
 import hmac
 import logging
+import os
 import re
 import time
 import uuid
@@ -12,15 +13,23 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import metrics
+from shared.db import database_unavailable
 from shared.logs import request_id_var
 
 Check = Callable[[], Awaitable[None]]
+
+
+class NotReady(Exception):
+    """A readiness check's failure whose message `/readyz` shows (it names no secret)."""
+
+
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9-]{8,64}$")
 
 
@@ -76,6 +85,42 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, str]]:
     return details
 
 
+_JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]*\+)?json\s*(;.*)?$", re.IGNORECASE)
+_BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+def _refused_headers(scope: Scope) -> JSONResponse | None:
+    """Requests refused on their headers alone, before anything reads the body."""
+    counts: dict[bytes, int] = {}
+    values: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        counts[name] = counts.get(name, 0) + 1
+        values[name] = value
+    if counts.get(b"authorization", 0) > 1 or counts.get(b"x-api-key", 0) > 1:
+        return error_response(
+            401, "UNAUTHORIZED", "Send each credential header (Authorization, x-api-key) once."
+        )
+    encoding = values.get(b"content-encoding", b"identity").strip().lower()
+    if encoding not in (b"", b"identity"):
+        return error_response(
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "Compressed request bodies are not accepted: send the body without Content-Encoding.",
+        )
+    content_type = values.get(b"content-type")
+    if (
+        scope.get("method") in _BODY_METHODS
+        and content_type is not None
+        and not _JSON_TYPE.match(content_type.decode("latin-1").strip())
+    ):
+        return error_response(
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "Request bodies are JSON: send Content-Type: application/json.",
+        )
+    return None
+
+
 class CommonMiddleware:
     """Request ids, body size bound, and HTTP metrics, as one plain ASGI middleware."""
 
@@ -102,6 +147,13 @@ class CommonMiddleware:
             )
             await response(scope, receive, send)
             self._observe(scope, 413, started)
+            request_id_var.reset(token)
+            return
+
+        refused = _refused_headers(scope)
+        if refused is not None:
+            await refused(scope, receive, send)
+            self._observe(scope, refused.status_code, started)
             request_id_var.reset(token)
             return
 
@@ -133,19 +185,39 @@ class CommonMiddleware:
 
         try:
             await self.app(scope, bounded_receive, send_with_status)
-        except Exception:
-            # Answered here, where the request's id is still known: the 500's body, its
+        except Exception as exc:
+            # Answered here, where the request's id is still known: the body, its
             # x-request-id header and the log line all carry the same id.
-            logging.getLogger(self.service).exception("unexpected error answering a request")
+            unavailable = database_unavailable(exc)
+            if unavailable:
+                logging.getLogger(self.service).warning(
+                    "database unavailable (%s: %s): answering 503",
+                    type(exc).__name__,
+                    str(exc)[:200],
+                )
+            else:
+                logging.getLogger(self.service).exception("unexpected error answering a request")
             if response_started[0]:
                 raise
-            status_holder[0] = 500
-            await error_response(
-                500,
-                "INTERNAL_ERROR",
-                "Something went wrong on our side. Retry later; quote the requestId if it "
-                "persists.",
-            )(scope, receive, send_with_status)
+            if unavailable:
+                status_holder[0] = 503
+                response = error_response(
+                    503,
+                    "SERVICE_UNAVAILABLE",
+                    "The service cannot reach its database right now. Retry after the delay "
+                    "given (with enableClientOrderNumberDupCheck, a retried order is never "
+                    "placed twice).",
+                    headers={"Retry-After": "1"},
+                )
+            else:
+                status_holder[0] = 500
+                response = error_response(
+                    500,
+                    "INTERNAL_ERROR",
+                    "Something went wrong on our side. Retry later; quote the requestId if it "
+                    "persists.",
+                )
+            await response(scope, receive, send_with_status)
         finally:
             self._observe(scope, status_holder[0], started)
             request_id_var.reset(token)
@@ -182,13 +254,29 @@ def install_common(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, ApiError):  # e.g. a chunked body over the limit
+            cause = exc.__cause__
+            return error_response(
+                cause.status, cause.error, cause.message, cause.extra, cause.headers
+            )
+        if exc.status_code == 400:  # FastAPI could not read the body (nesting, encoding)
+            return error_response(
+                400,
+                "INVALID_REQUEST",
+                "The request is not valid: the body could not be read as JSON.",
+                {"details": [{"field": "body", "issue": "The body is not valid JSON."}]},
+            )
         codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
         code = codes.get(exc.status_code, "HTTP_ERROR")
         message = {
             404: "No such endpoint: check the path against the API reference.",
             405: "This method is not allowed on this endpoint.",
         }.get(exc.status_code, str(exc.detail))
-        return error_response(exc.status_code, code, message)
+        return error_response(exc.status_code, code, message, headers=exc.headers)
+
+    # A redirect to the path with(out) its trailing slash would build its Location from the
+    # Host header the client sent: such paths are 404 instead.
+    app.router.redirect_slashes = False
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -200,6 +288,8 @@ def install_common(
         for name, check in readiness.items():
             try:
                 await check()
+            except NotReady as exc:
+                failures[name] = str(exc)
             except Exception as exc:
                 failures[name] = type(exc).__name__
         if failures:
@@ -208,9 +298,15 @@ def install_common(
             )
         return JSONResponse({"status": "ready", "service": service})
 
+    registry = metrics.REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # One of several worker processes: any of them answers for all (see shared.runtime).
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response:
-        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(CommonMiddleware, service=service, max_body_bytes=max_body_bytes)
 

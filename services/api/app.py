@@ -1,6 +1,5 @@
 """The api service: the thin ingress of instant-orders."""
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -37,7 +36,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def started() -> AsyncIterator[None]:
         replies = ReplyListener(settings.kafka_bootstrap_servers, topics.ORDER_REPLIES.name)
-        await replies.start(runtime.producer)
+        await replies.start(runtime.producer, runtime.background)
         health = BrokerHealth(runtime.producer)
         app.state.services = http.ApiServices(
             pool=runtime.pool,
@@ -53,26 +52,26 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             vault=vault,
             limiter=http.RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
         )
-        loops = [
-            asyncio.create_task(
-                every(PROCESSING_GAUGE_INTERVAL_S, "counting PROCESSING orders", count_processing)
+        runtime.background.start(
+            "processing-gauges",
+            lambda: every(
+                PROCESSING_GAUGE_INTERVAL_S, "counting PROCESSING orders", count_processing
             ),
-            asyncio.create_task(
-                every(
-                    settings.nudge_interval_s,
-                    "asking inventory again about undecided orders",
-                    lambda: ask_again_about_undecided(
-                        runtime.pool, settings.nudge_after_s, NUDGE_AGAIN_AFTER_S
-                    ),
-                )
+        )
+        runtime.background.start(
+            "nudge",
+            lambda: every(
+                settings.nudge_interval_s,
+                "asking inventory again about undecided orders",
+                lambda: ask_again_about_undecided(
+                    runtime.pool, settings.nudge_after_s, NUDGE_AGAIN_AFTER_S
+                ),
             ),
-        ]
+        )
         try:
             yield
         finally:
-            for loop in loops:
-                loop.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+            await runtime.background.stop()
             await health.stop()
             await replies.stop()
 

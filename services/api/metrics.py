@@ -38,11 +38,13 @@ ORDERS_PROCESSING = Gauge(
     "Orders in PROCESSING in the api read model, by stage: awaiting_decision (inventory has "
     "not decided yet) or backordered (waiting for stock).",
     ["stage"],
+    multiprocess_mode="mostrecent",
 )
 ORDERS_PROCESSING_OLDEST_AGE = Gauge(
     "orders_processing_oldest_age_seconds",
     "Age of the oldest order in PROCESSING, by stage (0 when there is none).",
     ["stage"],
+    multiprocess_mode="mostrecent",
 )
 
 

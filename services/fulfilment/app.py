@@ -1,6 +1,5 @@
 """The fulfilment service: the life of a backorder after inventory could not serve it at once."""
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -42,35 +41,32 @@ def create_app(settings: FulfilmentSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def loops() -> AsyncIterator[None]:
-        tasks = [
-            asyncio.create_task(
-                every(
-                    settings.deadline_scan_interval_s,
-                    "deadline scan",
-                    lambda: backorders.cancel_overdue(runtime.pool),
-                )
+        start = runtime.background.start
+        start(
+            "deadline-scan",
+            lambda: every(
+                settings.deadline_scan_interval_s,
+                "deadline scan",
+                lambda: backorders.cancel_overdue(runtime.pool),
             ),
-            asyncio.create_task(every(5.0, "gauges", refresh_gauges)),
-            asyncio.create_task(
-                every(
-                    settings.retry_after_s / 3,
-                    "retrying stalled backorders",
-                    lambda: backorders.retry_stalled(runtime.pool, settings.retry_after_s),
-                )
+        )
+        start("gauges", lambda: every(5.0, "gauges", refresh_gauges))
+        start(
+            "stalled-retry",
+            lambda: every(
+                settings.retry_after_s / 3,
+                "retrying stalled backorders",
+                lambda: backorders.retry_stalled(runtime.pool, settings.retry_after_s),
             ),
-        ]
+        )
         if simulated is not None:
-            tasks.append(
-                asyncio.create_task(
-                    every(0.5, "supplier deliveries", lambda: simulated.deliver_due(runtime.pool))
-                )
+            start(
+                "supplier",
+                lambda: every(
+                    0.5, "supplier deliveries", lambda: simulated.deliver_due(runtime.pool)
+                ),
             )
-        try:
-            yield
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        yield
 
     app = FastAPI(title="instant-orders fulfilment", lifespan=lifespan_for(runtime, loops))
     app.state.runtime = runtime

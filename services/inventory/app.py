@@ -1,12 +1,10 @@
 """The inventory service: catalog and prices, the stock of codes, and every allocation of a code
 to an order (it is their only writer)."""
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
-import asyncpg
 from fastapi import FastAPI
 
 from services.inventory import metrics
@@ -14,7 +12,7 @@ from services.inventory.adapters.postgres import PostgresUnitOfWork
 from services.inventory.entrypoints import admin, commands
 from services.inventory.service_layer import catalog
 from services.inventory.service_layer.unit_of_work import UnitOfWork
-from shared.runtime import Runtime, lifespan_for
+from shared.runtime import Runtime, every, lifespan_for
 from shared.settings import InventorySettings
 from shared.web import install_common
 
@@ -46,13 +44,15 @@ def create_app(settings: InventorySettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def background() -> AsyncIterator[None]:
-        recount = asyncio.create_task(_recount_stock(new_uow), name="inventory-stock-recount")
-        try:
-            yield
-        finally:
-            recount.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await recount
+        runtime.background.start(
+            "stock-recount",
+            lambda: every(
+                STOCK_RECOUNT_INTERVAL_S,
+                "recounting the stock",
+                lambda: _recount_stock(new_uow),
+            ),
+        )
+        yield
 
     app = FastAPI(
         title="instant-orders inventory", lifespan=lifespan_for(runtime, on_start=background)
@@ -66,9 +66,4 @@ def create_app(settings: InventorySettings | None = None) -> FastAPI:
 
 
 async def _recount_stock(new_uow: Callable[[], UnitOfWork]) -> None:
-    while True:
-        try:
-            metrics.set_available(await catalog.available_per_product(new_uow()))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("could not recount the stock: %s", type(exc).__name__)
-        await asyncio.sleep(STOCK_RECOUNT_INTERVAL_S)
+    metrics.set_available(await catalog.available_per_product(new_uow()))

@@ -1,15 +1,18 @@
 """An unexpected error is answered 500 with the request's id, in the body and the
-`x-request-id` header, and logged with that same id; NUL characters are invalid input."""
+`x-request-id` header, and logged with that same id; a database that cannot be reached is 503
+with Retry-After; NUL characters are invalid input."""
 
 import json
 import logging
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
 from pydantic import ValidationError
 
 from services.api.entrypoints.http import CreateInstantOrderIn
+from shared.db import database_unavailable
 from shared.logs import JsonFormatter
 from shared.web import install_common
 
@@ -59,3 +62,43 @@ def test_a_nul_character_is_invalid_input(field: str) -> None:
     with pytest.raises(ValidationError) as refused:
         CreateInstantOrderIn.model_validate_json(json.dumps(fields))
     assert [e["loc"] for e in refused.value.errors()] == [(field,)]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+        asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator"),
+        ConnectionRefusedError(111, "Connect call failed"),
+        TimeoutError(),  # BoundedPool.acquire gave up
+    ],
+    ids=type,
+)
+async def test_a_database_that_cannot_be_reached_is_503_with_retry_after(
+    error: Exception,
+) -> None:
+    app = FastAPI()
+    install_common(app, "test-service", {})
+
+    @app.get("/read")
+    async def read() -> None:
+        try:
+            raise error
+        except Exception as exc:
+            raise RuntimeError("wrapped by the service layer") from exc
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.get("/read")
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    body = response.json()
+    assert body["error"] == "SERVICE_UNAVAILABLE"
+    assert body["requestId"] == response.headers["x-request-id"]
+
+
+def test_a_programming_error_is_not_mistaken_for_an_unreachable_database() -> None:
+    assert not database_unavailable(asyncpg.exceptions.UndefinedColumnError("no such column"))
+    assert not database_unavailable(asyncpg.InterfaceError("another operation is in progress"))
+    assert database_unavailable(asyncpg.InterfaceError("connection is closed"))

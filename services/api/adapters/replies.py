@@ -4,17 +4,19 @@ its in-memory test broker answers).
 Each ingress instance reads the whole reply topic with a group-less consumer (assigned all
 partitions, starting at the end), so no rebalance can ever route its replies elsewhere, and
 resolves the future waiting under the reply's transactionId. Replies for other instances, or
-for requests that already gave up, are ignored.
+for requests that already gave up, are ignored; so is a record it cannot read (its request
+waits on, for the real reply or its window). The loop runs as a supervised background task
+(shared.runtime.Background): if it ever dies, it is logged, shown down and restarted.
 """
 
 import asyncio
-import contextlib
 import logging
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from shared.contracts import Decision
+from shared.runtime import Background
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +27,8 @@ class ReplyListener:
         self._bootstrap = bootstrap
         self._waiting: dict[str, asyncio.Future[Decision]] = {}
         self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self, producer: AIOKafkaProducer) -> None:
+    async def start(self, producer: AIOKafkaProducer, background: Background) -> None:
         """`producer` only serves to look the topic's partitions up."""
         try:
             partitions = await producer.partitions_for(self.topic)
@@ -52,13 +53,10 @@ class ReplyListener:
         for tp in assigned:  # pin the positions now, before any request is published
             await consumer.position(tp)
         self._consumer = consumer
-        self._task = asyncio.create_task(self._run(), name="reply-listener")
+        background.start("reply-listener", self._run)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stops the consumer (the Background that runs the loop is stopped first)."""
         if self._consumer:
             await self._consumer.stop()
 
@@ -69,10 +67,6 @@ class ReplyListener:
 
     def forget(self, transaction_id: str) -> None:
         self._waiting.pop(transaction_id, None)
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
 
     async def _run(self) -> None:
         assert self._consumer is not None
@@ -87,10 +81,14 @@ class ReplyListener:
                 for record in records:
                     if record.key is None or record.value is None:
                         continue
-                    future = self._waiting.pop(record.key.decode(), None)
+                    key = record.key.decode("utf-8", "replace")  # a broken key matches nothing
+                    future = self._waiting.get(key)
                     if future is None or future.done():
                         continue
                     try:
-                        future.set_result(Decision.model_validate_json(record.value))
+                        decision = Decision.model_validate_json(record.value)
                     except ValueError:
                         log.warning("ignoring a malformed reply on %s", self.topic)
+                        continue
+                    del self._waiting[key]
+                    future.set_result(decision)

@@ -341,7 +341,7 @@ async def get_codes(
     account_id: CurrentAccount,
     svc: Services,
     sku: Annotated[str | None, Query(max_length=64)] = None,
-    stockIds: Annotated[str | None, Query(max_length=2000, pattern=r"^\d+(,\d+)*$")] = None,
+    stockIds: Annotated[str | None, Query(max_length=2000, pattern=r"^[0-9]+(,[0-9]+)*$")] = None,
     status: Literal["PROCESSING", "COMPLETED", "CANCELLED"] | None = None,
 ) -> dict[str, Any]:
     order = await owned_order(svc, account_id, transactionId)

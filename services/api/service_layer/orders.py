@@ -80,6 +80,10 @@ class BrokerHealth:
             self._probe = asyncio.create_task(self._probe_until_up())
 
     async def _probe_until_up(self) -> None:
+        """Probes every second until the broker answers. Any error is a failed probe (one the
+        probe did not expect is logged once, with its trace): the probe itself never dies,
+        or the api would refuse orders until restarted."""
+        logged: set[str] = set()
         while True:
             try:
                 async with asyncio.timeout(2):
@@ -88,7 +92,12 @@ class BrokerHealth:
                 log.info("Kafka answers again: accepting orders")
                 return
             except (KafkaError, TimeoutError, OSError):
-                await asyncio.sleep(1)
+                pass
+            except Exception as exc:
+                if type(exc).__name__ not in logged:
+                    logged.add(type(exc).__name__)
+                    log.exception("unexpected error probing Kafka; probing on")
+            await asyncio.sleep(1)
 
     async def stop(self) -> None:
         if self._probe:

@@ -1,0 +1,49 @@
+"""The api's reply listener against the real broker: a record it cannot read (a key that is
+not UTF-8, a value that is not a Decision) is skipped without killing it or giving up on the
+request, and the replies after it still reach their requests."""
+
+import asyncio
+
+import pytest
+
+from services.api.adapters.replies import ReplyListener
+from shared import topics
+from shared.contracts import Decision
+from shared.messaging import durable_producer
+from shared.runtime import Background
+from tests.conftest import Stack
+from tests.helpers import unique
+
+pytestmark = pytest.mark.integration
+
+
+async def test_an_unreadable_reply_is_skipped_and_the_next_one_arrives(stack: Stack) -> None:
+    producer = durable_producer(stack.kafka_bootstrap, unique("test-replies"))
+    await producer.start()
+    background = Background("test")
+    listener = ReplyListener(stack.kafka_bootstrap, topics.ORDER_REPLIES.name)
+    try:
+        await listener.start(producer, background)
+        transaction_id = unique("txn")
+        waiting = listener.expect(transaction_id)
+        # The broken key goes to every partition, so it comes before the reply on whichever
+        # partition the reply lands on.
+        for partition in await producer.partitions_for(topics.ORDER_REPLIES.name):
+            await producer.send_and_wait(
+                topics.ORDER_REPLIES.name, b"{}", key=b"\xff\xfe-not-utf-8", partition=partition
+            )
+        await producer.send_and_wait(
+            topics.ORDER_REPLIES.name, b"not json", key=transaction_id.encode()
+        )
+        decision = Decision(transaction_id=transaction_id, sku="SKU-1", outcome="BACKORDERED")
+        await producer.send_and_wait(
+            topics.ORDER_REPLIES.name,
+            decision.model_dump_json().encode(),
+            key=transaction_id.encode(),
+        )
+        assert await asyncio.wait_for(waiting, 15) == decision
+        assert background.down == {}
+    finally:
+        await background.stop()
+        await listener.stop()
+        await producer.stop()

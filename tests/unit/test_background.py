@@ -1,0 +1,78 @@
+"""Supervised background tasks: one that dies is logged, shown down (metric and readiness)
+and restarted after a delay; one that returns is done; stop cancels them all."""
+
+import asyncio
+
+import pytest
+
+from shared import metrics
+from shared.runtime import Background
+from shared.web import NotReady
+from tests.helpers import wait_until
+
+
+def up(task: str) -> float | None:
+    return metrics.REGISTRY.get_sample_value(
+        "background_task_up", {"service": "unit", "task": task}
+    )
+
+
+def restarts(task: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "background_task_restarts_total", {"service": "unit", "task": task}
+    )
+    return value or 0.0
+
+
+async def test_a_task_that_dies_is_shown_down_then_restarted() -> None:
+    background = Background("unit")
+    background.RESTART_DELAYS_S = (0.3,)
+    runs = 0
+    go_on = asyncio.Event()
+
+    async def flaky() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+        await go_on.wait()
+
+    check = background.check()
+    before = restarts("flaky")
+    background.start("flaky", flaky)
+    try:
+        await wait_until(lambda: "flaky" in background.down, timeout=5)
+        assert up("flaky") == 0
+        with pytest.raises(NotReady, match="flaky"):
+            await check()
+        assert restarts("flaky") == before + 1
+
+        await wait_until(lambda: runs == 2, timeout=5, message="restarted")
+        assert background.down == {}
+        assert up("flaky") == 1
+        await check()  # ready again
+    finally:
+        await background.stop()
+
+
+async def test_a_task_that_returns_is_not_restarted_and_stop_cancels_the_rest() -> None:
+    background = Background("unit")
+    finished = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def once() -> None:
+        finished.set()
+
+    async def forever() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.set()
+
+    background.start("once", once)
+    background.start("forever", forever)
+    await asyncio.wait_for(finished.wait(), 5)
+    await background.stop()
+    assert cancelled.is_set()
+    assert background.down == {}
+    assert restarts("once") == 0
