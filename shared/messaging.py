@@ -161,6 +161,15 @@ CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
 COALESCE_S = 0.02
 
 
+def _is_closed(conn: PoolConnectionProxy) -> bool:
+    """Whether a pooled connection is closed; the pool detaches a connection that died, and
+    its proxy then refuses every call."""
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:
+        return True
+
+
 class OutboxRelay:
     """Publishes committed outbox rows in id order, one relay per database at a time, and
     deletes each row once the broker acknowledged it.
@@ -193,9 +202,7 @@ class OutboxRelay:
     async def start(self) -> None:
         # Rows sent by an earlier version, which marked sent rows instead of deleting them.
         await self._pool.execute("DELETE FROM outbox WHERE published_at IS NOT NULL")
-        listener = await self._pool.acquire()
-        await listener.add_listener("outbox", self._on_notify)
-        self._listener = listener
+        await self._listen()
         self._task = asyncio.create_task(self._run(), name=f"{self._service}-outbox-relay")
 
     async def stop(self) -> None:
@@ -206,14 +213,38 @@ class OutboxRelay:
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.remove_listener("outbox", self._on_notify)
-            await self._pool.release(self._listener)
+                self._listener.remove_termination_listener(self._on_notify)
+            with contextlib.suppress(Exception):
+                await self._pool.release(self._listener)
 
     def _on_notify(self, *_: Any) -> None:
         self._wake.set()
 
+    async def _listen(self) -> None:
+        """(Re)starts listening for the insert trigger's NOTIFY on a connection of its own.
+        When that connection dies (a database restart), the relay is woken and listens again
+        on a new one, so it does not fall back to its poll for good."""
+        if self._listener is not None and not _is_closed(self._listener):
+            return
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._pool.release(self._listener)
+            self._listener = None
+            log.info("outbox relay of %s listens for new rows again", self._service)
+        listener = await self._pool.acquire()
+        try:
+            await listener.add_listener("outbox", self._on_notify)
+            listener.add_termination_listener(self._on_notify)
+        except BaseException:
+            await self._pool.release(listener)
+            raise
+        self._listener = listener
+        self._wake.set()  # rows may have been committed while nobody listened
+
     async def _run(self) -> None:
         while True:
             try:
+                await self._listen()
                 published = await self.relay_once()
                 if published >= self._batch:
                     continue

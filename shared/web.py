@@ -2,6 +2,7 @@
 health and metrics endpoints, and HTTP metrics."""
 
 import hmac
+import json
 import logging
 import os
 import re
@@ -85,12 +86,64 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, str]]:
     return details
 
 
+_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
+_NUL_ISSUE = "NUL characters are not allowed in any text: remove them."
+
+
+def _nul_refusal(*fields: str) -> ApiError:
+    """PostgreSQL refuses NUL in text, so no string of ours may hold one (a body's `\u0000`,
+    a path's or query's `%00`): invalid input, refused before anything reads it."""
+    return ApiError(
+        400,
+        "INVALID_REQUEST",
+        "The request is not valid: see details for each field to fix.",
+        extra={"details": [{"field": field, "issue": _NUL_ISSUE} for field in fields]},
+    )
+
+
+def _fields_with_nul(body: bytes) -> list[str]:
+    """The dotted names of a JSON body's values (or keys) that hold a NUL; ["body"] when the
+    body cannot be parsed (its parser will say more)."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return ["body"]
+    found: list[str] = []
+
+    def walk(value: object, path: str) -> None:
+        if isinstance(value, str):
+            if "\x00" in value:
+                found.append(path or "body")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                name = f"{path}.{key}" if path else str(key)
+                if "\x00" in str(key):
+                    found.append(name)
+                walk(item, name)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, f"{path}.{index}" if path else str(index))
+
+    walk(document, "")
+    return found or ["body"]
+
+
+def has_escaped_nul(body: bytes) -> bool:
+    """Whether a JSON text holds `\u0000` as an escape (not an escaped backslash before
+    `u0000`)."""
+    return b"\\u" in body.lower() and _ESCAPED_NUL.search(body) is not None
+
+
 _JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]*\+)?json\s*(;.*)?$", re.IGNORECASE)
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 
 
 def _refused_headers(scope: Scope) -> JSONResponse | None:
     """Requests refused on their headers alone, before anything reads the body."""
+    for where, raw in (("path", scope.get("raw_path") or b""), ("query", scope["query_string"])):
+        if b"%00" in raw or b"\x00" in raw:
+            refusal = _nul_refusal(where)
+            return error_response(refusal.status, refusal.error, refusal.message, refusal.extra)
     counts: dict[bytes, int] = {}
     values: dict[bytes, bytes] = {}
     for name, value in scope["headers"]:
@@ -158,18 +211,28 @@ class CommonMiddleware:
             return
 
         received = 0
+        chunks: list[bytes] = []
 
         async def bounded_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk = message.get("body", b"")
+                received += len(chunk)
                 if received > self.max_body:
                     raise ApiError(
                         413,
                         "PAYLOAD_TOO_LARGE",
                         f"The request body exceeds {self.max_body} bytes; send a smaller body.",
                     )
+                # Bodies are read whole before they are parsed, so the check of the complete
+                # body comes before anything uses it.
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                    chunks.clear()
+                    if has_escaped_nul(body):
+                        raise _nul_refusal(*_fields_with_nul(body))
             return message
 
         response_started = [False]

@@ -1,6 +1,7 @@
 """The HTTP perimeter against the running api: bodies over the limit are 413 however they are
 sent, non-JSON bodies are 415, a 405 says what is allowed, no redirect is built from the Host
-header, unreadable JSON is our INVALID_REQUEST, and doubled credentials are 401."""
+header, unreadable JSON is our INVALID_REQUEST, doubled credentials are 401, and a NUL
+anywhere (PostgreSQL refuses it in text) is invalid input."""
 
 from collections.abc import AsyncIterator
 
@@ -9,6 +10,7 @@ import pytest
 
 from tests.conftest import Stack
 from tests.e2e.conftest import NewClient, NewProduct
+from tests.helpers import unique
 
 LIMIT = 16 * 1024  # API_MAX_BODY_BYTES' default
 
@@ -107,3 +109,44 @@ async def test_a_doubled_credential_header_is_401(
         response = await raw.get("/v2/balances", headers=headers)
     assert response.status_code == 401
     assert response.json()["error"] == "UNAUTHORIZED"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "params", "field"),
+    [
+        ("GET", "/v2/orders/abc%00def", None, "path"),
+        ("GET", "/v2/orders/abc%00def/codes", None, "path"),
+        ("GET", "/v2/orders", {"transactionId": "abc\x00"}, "query"),
+        ("GET", "/v2/orders", {"clientOrderNumber": "n\x00"}, "query"),
+        ("GET", "/v2/products", {"sku": "GIFT\x0025"}, "query"),
+    ],
+)
+async def test_a_nul_anywhere_in_the_url_is_400_with_details(
+    new_client: NewClient, method: str, path: str, params: dict[str, str] | None, field: str
+) -> None:
+    client = await new_client()
+    response = await client.http.request(method, path, params=params)
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["error"] == "INVALID_REQUEST"
+    assert body["details"][0]["field"] == field
+
+
+async def test_a_nul_in_any_json_body_is_400_and_an_escaped_backslash_is_not(
+    api_admin: httpx.AsyncClient,
+) -> None:
+    nul = await api_admin.post(
+        "/admin/accounts",
+        content=b'{"name": "acct\\u0000x", "balances": []}',
+        headers={"content-type": "application/json"},
+    )
+    assert nul.status_code == 400, nul.text
+    assert nul.json()["details"] == [
+        {"field": "name", "issue": "NUL characters are not allowed in any text: remove them."}
+    ]
+    backslash = await api_admin.post(
+        "/admin/accounts",
+        content=b'{"name": "acct\\\\u0000x-' + unique("n").encode() + b'", "balances": []}',
+        headers={"content-type": "application/json"},
+    )
+    assert backslash.status_code == 200, backslash.text
