@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import asyncpg
 import pytest
+from pydantic import BaseModel, ConfigDict
 
 from tests.conftest import Stack
 from tests.e2e.conftest import NewClient, NewProduct, debits_of
@@ -187,6 +188,44 @@ async def test_get_products_and_balances(new_client: NewClient, new_product: New
     balances = (await client.http.get("/v2/balances")).json()["data"]
     assert balances == [{"balance": "30.00", "currency": "USD"}]
     assert (await client.http.get("/v2/balances", params={"currency": "EUR"})).json()["data"] == []
+
+
+class StrictProduct(BaseModel):
+    """The non-nullable fields of EZ v2's ProductResponse, as a strictly typed client reads
+    them: a null anywhere here fails the whole list."""
+
+    model_config = ConfigDict(strict=True)
+    sku: str
+    name: str
+    brand: str
+    types: list[str]
+    format: str
+    currency: str
+    faceValue: str
+    percentageOffFaceValue: str
+    isInstantDeliverySupported: bool
+    descriptions: list[str]
+    instructions: list[str]
+    termConditions: list[str]
+
+
+@pytest.mark.parametrize(
+    ("fields", "face", "off"),
+    [({}, "12.50", "0.00"), ({"faceValue": "20.00"}, "20.00", "37.50")],
+    ids=["no-face-value", "face-value"],
+)
+async def test_get_products_has_no_null_where_ez_has_a_string(
+    new_client: NewClient,
+    new_product: NewProduct,
+    fields: dict[str, str],
+    face: str,
+    off: str,
+) -> None:
+    sku = await new_product(price="12.50", **fields)
+    client = await new_client()
+    [item] = (await client.http.get("/v2/products", params={"sku": sku})).json()["data"]["items"]
+    product = StrictProduct.model_validate(item)
+    assert (product.faceValue, product.percentageOffFaceValue) == (face, off)
 
 
 async def test_another_accounts_order_is_not_found_everywhere(

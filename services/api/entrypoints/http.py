@@ -6,6 +6,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Annotated, Any, Literal
 
 import asyncpg
@@ -364,9 +365,21 @@ async def get_codes(
 
 
 def product_out(record: dict[str, Any]) -> dict[str, Any]:
+    """A product as Get Products shows it. `faceValue` and `percentageOffFaceValue` are
+    non-nullable strings in the EZ contract (a strictly typed client rejects the whole list
+    on one null): a product stocked without a face value shows its price as the face value,
+    0.00 % off."""
     hidden = ("price", "active", "backorderDeadlineSeconds")
     shown = {k: v for k, v in record.items() if k not in hidden}
     shown["prices"] = [{"price": record["price"], "fromQuantity": 1, "toQuantity": 1}]
+    price = Decimal(str(record["price"]))
+    face = Decimal(str(record.get("faceValue") or price))
+    shown["faceValue"] = f"{face:.2f}"
+    if record.get("percentageOffFaceValue") is None:
+        off = (face - price) / face * 100 if face > 0 else Decimal(0)
+        shown["percentageOffFaceValue"] = f"{off.quantize(Decimal('0.01'), ROUND_HALF_EVEN):.2f}"
+    else:
+        shown["percentageOffFaceValue"] = str(record["percentageOffFaceValue"])
     return shown
 
 
