@@ -56,18 +56,22 @@ class CodeVault:
         self._keys: dict[str, AESGCM] = {}
         self._active: str | None = None
         fingerprint_material = b""
-        for part in (p.strip() for p in keys_spec.split(",")):
+        for position, part in enumerate((p.strip() for p in keys_spec.split(",")), start=1):
             if not part:
                 continue
             kid, sep, b64 = part.partition(":")
+            # Errors name an entry by its position (and its id when it has one), never by its
+            # text: without the separator the whole entry is key material.
+            entry = f"entry {position}" + (f" (key id {kid!r})" if sep and kid else "")
             try:
                 raw = base64.b64decode(b64, validate=True)
             except ValueError as exc:
-                raise KeyConfigError(f"CODE_ENCRYPTION_KEYS: key {kid!r} is not base64") from exc
+                raise KeyConfigError(
+                    f"CODE_ENCRYPTION_KEYS: the key of {entry} is not base64"
+                ) from exc
             if not sep or not kid or len(raw) != 32:
                 raise KeyConfigError(
-                    "CODE_ENCRYPTION_KEYS must be 'kid:base64(32 bytes)[,kid:...]'; "
-                    f"entry {kid or part!r} is not"
+                    f"CODE_ENCRYPTION_KEYS must be 'kid:base64(32 bytes)[,kid:...]'; {entry} is not"
                 )
             self._keys[kid] = AESGCM(raw)
             if self._active is None:

@@ -35,10 +35,12 @@ class BoundedPool(asyncpg.Pool):
         return super().acquire(timeout=self.acquire_timeout_s if timeout is None else timeout)
 
 
-def database_unavailable(exc: BaseException) -> bool:
-    """Whether `exc` (or what caused it) says the database cannot be reached or used right
-    now (down, restarting, out of connections, pool exhausted) rather than that the request
-    was wrong: the `503 SERVICE_UNAVAILABLE` case, not a 500."""
+def database_unavailable(exc: BaseException) -> BaseException | None:
+    """The error in `exc`'s chain (itself, what it was raised from, or what it was raised
+    while handling, unless that was suppressed) that says the database cannot be reached or
+    used right now (down, restarting, out of connections, pool exhausted, shutting down)
+    rather than that the request was wrong: the `503 SERVICE_UNAVAILABLE` case, not a 500.
+    None when there is none."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(
@@ -46,14 +48,16 @@ def database_unavailable(exc: BaseException) -> bool:
             asyncpg.PostgresConnectionError
             | asyncpg.exceptions.OperatorInterventionError  # 57P01-03: shutdown, starting up
             | asyncpg.exceptions.TooManyConnectionsError
-            | OSError  # connection refused while reconnecting
+            | ConnectionError  # refused or reset while (re)connecting
             | TimeoutError,  # BoundedPool.acquire, a connect timeout
         ):
-            return True
-        if isinstance(seen, asyncpg.InterfaceError) and "closed" in str(seen):
-            return True  # "connection is closed": it died while in use
-        seen = seen.__cause__ or seen.__context__
-    return False
+            return seen
+        if isinstance(seen, asyncpg.InterfaceError) and any(
+            word in str(seen) for word in ("closed", "closing")
+        ):
+            return seen  # the connection died while in use, or the pool is shutting down
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    return None
 
 
 async def create_pool(dsn: str, size: int, acquire_timeout_s: float = 2.0) -> asyncpg.Pool:

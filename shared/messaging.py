@@ -245,6 +245,15 @@ class OutboxRelay:
         while True:
             try:
                 await self._listen()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # rows are still sent, on the poll, until it listens
+                log.warning(
+                    "outbox relay of %s cannot listen (%s); polling",
+                    self._service,
+                    type(exc).__name__,
+                )
+            try:
                 published = await self.relay_once()
                 if published >= self._batch:
                     continue

@@ -207,6 +207,8 @@ def serve(
     logs.configure(service, settings.log_level, worker)
     if processes > 1 and worker is None:
         sys.exit(Supervisor(service, processes).run())
+    if worker is not None:
+        die_with_parent()
     config = uvicorn.Config(
         create_app(),
         host=settings.bind_host,
@@ -222,7 +224,6 @@ def serve(
         log.info("starting %s on %s:%d", service, settings.bind_host, port)
         server.run()
     else:
-        die_with_parent()
         try:
             sock = reuse_port_socket(settings.bind_host, port)
         except OSError as exc:

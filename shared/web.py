@@ -106,7 +106,7 @@ def _fields_with_nul(body: bytes) -> list[str]:
     body cannot be parsed (its parser will say more)."""
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
         return ["body"]
     found: list[str] = []
 
@@ -153,6 +153,8 @@ def _refused_headers(scope: Scope) -> JSONResponse | None:
         return error_response(
             401, "UNAUTHORIZED", "Send each credential header (Authorization, x-api-key) once."
         )
+    if scope.get("method") not in _BODY_METHODS:
+        return None
     encoding = values.get(b"content-encoding", b"identity").strip().lower()
     if encoding not in (b"", b"identity"):
         return error_response(
@@ -160,12 +162,8 @@ def _refused_headers(scope: Scope) -> JSONResponse | None:
             "UNSUPPORTED_MEDIA_TYPE",
             "Compressed request bodies are not accepted: send the body without Content-Encoding.",
         )
-    content_type = values.get(b"content-type")
-    if (
-        scope.get("method") in _BODY_METHODS
-        and content_type is not None
-        and not _JSON_TYPE.match(content_type.decode("latin-1").strip())
-    ):
+    content_type = values.get(b"content-type", b"").decode("latin-1").strip()
+    if content_type and not _JSON_TYPE.match(content_type):
         return error_response(
             415,
             "UNSUPPORTED_MEDIA_TYPE",
@@ -252,17 +250,20 @@ class CommonMiddleware:
             # Answered here, where the request's id is still known: the body, its
             # x-request-id header and the log line all carry the same id.
             unavailable = database_unavailable(exc)
-            if unavailable:
+            if unavailable is not None:
+                # The type and SQLSTATE only: a server message's DETAIL can hold row values.
                 logging.getLogger(self.service).warning(
-                    "database unavailable (%s: %s): answering 503",
-                    type(exc).__name__,
-                    str(exc)[:200],
+                    "database unavailable (%s%s): answering 503",
+                    type(unavailable).__name__,
+                    f", SQLSTATE {getattr(unavailable, 'sqlstate', None)}"
+                    if getattr(unavailable, "sqlstate", None)
+                    else "",
                 )
             else:
                 logging.getLogger(self.service).exception("unexpected error answering a request")
             if response_started[0]:
                 raise
-            if unavailable:
+            if unavailable is not None:
                 status_holder[0] = 503
                 response = error_response(
                     503,

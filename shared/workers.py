@@ -7,9 +7,9 @@ with SO_REUSEPORT, and the kernel spreads connections over the workers by their 
 
 The supervisor (the process `serve` was called in) starts the workers as fresh interpreters
 (`python -m services.<service>` with WORKER_INDEX set), restarts one that dies with a growing
-delay, stops all of them on SIGTERM/SIGINT, and stops altogether when a worker fails to start
-(a broken configuration would fail the same way on every restart). A worker asks the kernel
-to end it if the supervisor dies, so none is left holding the port.
+delay, stops all of them on SIGTERM/SIGINT, and stops altogether when a worker exits before
+any worker has started (a broken configuration would fail the same way on every restart). A
+worker asks the kernel to end it if the supervisor dies, so none is left holding the port.
 """
 
 import contextlib
@@ -33,7 +33,12 @@ STARTUP_FAILURE = 3
 RESTART_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 # A worker that ran this long before dying restarts at the shortest delay again.
 STABLE_AFTER_S = 30.0
-STOP_TIMEOUT_S = 15.0
+# More than uvicorn's graceful shutdown (10 s) plus the broker's and pool's own.
+STOP_TIMEOUT_S = 30.0
+# A worker alive this long has started; until one has, any exit means the service cannot
+# start (a broken configuration, the port taken) and restarting it would fail the same way.
+STARTED_AFTER_S = 10.0
+SUPERVISOR_PID = "SUPERVISOR_PID"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -51,10 +56,15 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
 
 
 def die_with_parent() -> None:
-    """Linux: SIGTERM this process when its parent (the supervisor) dies."""
+    """Linux: SIGTERM this process when its parent (the supervisor) dies; exit at once if it
+    already has (it died between starting us and this call)."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    supervisor = os.environ.get(SUPERVISOR_PID, "")
+    if supervisor.isdigit() and os.getppid() != int(supervisor):
+        log.error("the supervisor (pid %s) is gone: exiting", supervisor)
+        sys.exit(1)
 
 
 def multiprocess_metrics_dir(service: str) -> tuple[str, bool]:
@@ -74,6 +84,14 @@ def multiprocess_metrics_dir(service: str) -> tuple[str, bool]:
     return path, own
 
 
+def _forget_gauges_of(pid: int, metrics_dir: str) -> None:
+    """A dead worker's `live*` gauges (background_task_up) must not count any more."""
+    from prometheus_client import multiprocess
+
+    with contextlib.suppress(OSError):
+        multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
+
+
 class Supervisor:
     def __init__(self, service: str, processes: int) -> None:
         self.service = service
@@ -82,10 +100,13 @@ class Supervisor:
         self._started_at: dict[int, float] = {}
         self._failures: dict[int, int] = {}
         self._stopping = False
+        self._started = False  # some worker has been up for STARTED_AFTER_S
+        self._metrics_dir = ""
 
     def run(self) -> int:
         """Runs the workers until SIGTERM/SIGINT; returns the exit status."""
         metrics_dir, own_dir = multiprocess_metrics_dir(self.service)
+        self._metrics_dir = metrics_dir
         log.info(
             "starting %d %s worker processes (metrics merged in %s)",
             self.processes,
@@ -104,7 +125,7 @@ class Supervisor:
                 shutil.rmtree(metrics_dir, ignore_errors=True)
 
     def _start(self, index: int) -> None:
-        env = {**os.environ, WORKER_INDEX: str(index)}
+        env = {**os.environ, WORKER_INDEX: str(index), SUPERVISOR_PID: str(os.getpid())}
         self._workers[index] = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", f"services.{self.service}"], env=env
         )
@@ -117,13 +138,20 @@ class Supervisor:
             now = time.monotonic()
             for index, proc in list(self._workers.items()):
                 code = proc.poll()
-                if code is None or index in restart_at:
+                if code is None:
+                    if now - self._started_at[index] > STARTED_AFTER_S:
+                        self._started = True
                     continue
-                if code == STARTUP_FAILURE:
+                if index in restart_at:
+                    continue
+                _forget_gauges_of(proc.pid, self._metrics_dir)
+                if not self._started:
                     log.error(
-                        "worker %d (pid %d) could not start; stopping the %s (see its log above)",
+                        "worker %d (pid %d) exited with status %s before any worker started; "
+                        "stopping the %s (see its log above)",
                         index,
                         proc.pid,
+                        code,
                         self.service,
                     )
                     return STARTUP_FAILURE

@@ -66,3 +66,15 @@ def test_fingerprints_survive_a_key_rotation_with_a_fingerprint_key():
 def test_a_bad_fingerprint_key_is_refused(bad: str):
     with pytest.raises(KeyConfigError, match="CODE_FINGERPRINT_KEY"):
         CodeVault(key_spec("k1"), bad)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["c2VjcmV0LWtleS1tYXRlcmlhbA", "k1:c2VjcmV0LWtleS1tYXRlcmlhbA", "k1:c2VjcmV0!!"],
+    ids=["no-key-id", "too-short", "not-base64"],
+)
+def test_a_bad_key_is_refused_without_quoting_its_material(spec: str) -> None:
+    with pytest.raises(KeyConfigError) as refused:
+        CodeVault(spec)
+    assert "entry 1" in str(refused.value)
+    assert "c2VjcmV0" not in str(refused.value)

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from services.api.entrypoints.http import CreateInstantOrderIn
 from shared.db import database_unavailable
 from shared.logs import JsonFormatter
-from shared.web import install_common
+from shared.web import _fields_with_nul, has_escaped_nul, install_common
 
 
 class Lines(logging.Handler):
@@ -102,3 +102,26 @@ def test_a_programming_error_is_not_mistaken_for_an_unreachable_database() -> No
     assert not database_unavailable(asyncpg.exceptions.UndefinedColumnError("no such column"))
     assert not database_unavailable(asyncpg.InterfaceError("another operation is in progress"))
     assert database_unavailable(asyncpg.InterfaceError("connection is closed"))
+
+
+def test_an_error_raised_while_handling_a_timeout_is_not_taken_for_the_database() -> None:
+    def bug_while_handling(error: Exception) -> KeyError:
+        try:
+            try:
+                raise error
+            except type(error):
+                raise KeyError("a bug in the handler") from None
+        except KeyError as exc:
+            return exc
+        raise AssertionError("unreachable")
+
+    assert database_unavailable(bug_while_handling(TimeoutError())) is None
+    assert database_unavailable(bug_while_handling(ConnectionRefusedError(111, "x"))) is None
+    assert database_unavailable(FileNotFoundError("not a database error")) is None
+
+
+def test_a_nul_deep_in_a_body_nested_too_deep_to_parse_is_refused_as_the_body() -> None:
+    deep = b"[" * 5000 + b'"\\u0000"' + b"]" * 5000
+    assert has_escaped_nul(deep)
+    assert _fields_with_nul(deep) == ["body"]
+    assert _fields_with_nul(b'{"a": [{"b": "x\\u0000"}], "ok": "y"}') == ["a.0.b"]
