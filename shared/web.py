@@ -136,20 +136,18 @@ def has_escaped_nul(body: bytes) -> bool:
 
 _JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]*\+)?json\s*(;.*)?$", re.IGNORECASE)
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
+_CREDENTIAL_HEADERS = (b"authorization", b"x-api-key")
 
 
-def _refused_headers(scope: Scope) -> JSONResponse | None:
-    """Requests refused on their headers alone, before anything reads the body."""
+def _refused_headers(scope: Scope, values: Mapping[bytes, bytes]) -> JSONResponse | None:
+    """Requests refused on their headers alone (`values`: the last of each name), before
+    anything reads the body."""
     for where, raw in (("path", scope.get("raw_path") or b""), ("query", scope["query_string"])):
         if b"%00" in raw or b"\x00" in raw:
             refusal = _nul_refusal(where)
             return error_response(refusal.status, refusal.error, refusal.message, refusal.extra)
-    counts: dict[bytes, int] = {}
-    values: dict[bytes, bytes] = {}
-    for name, value in scope["headers"]:
-        counts[name] = counts.get(name, 0) + 1
-        values[name] = value
-    if counts.get(b"authorization", 0) > 1 or counts.get(b"x-api-key", 0) > 1:
+    credentials = [name for name, _ in scope["headers"] if name in _CREDENTIAL_HEADERS]
+    if len(credentials) != len(set(credentials)):
         return error_response(
             401, "UNAUTHORIZED", "Send each credential header (Authorization, x-api-key) once."
         )
@@ -184,12 +182,13 @@ class CommonMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        raw_rid = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        headers = dict(scope["headers"])
+        raw_rid = headers.get(b"x-request-id", b"").decode("latin-1")
         token = request_id_var.set(raw_rid if _REQUEST_ID.match(raw_rid) else str(uuid.uuid4()))
         started = time.perf_counter()
         status_holder = [500]
 
-        declared = dict(scope["headers"]).get(b"content-length")
+        declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
             response = error_response(
                 413,
@@ -201,7 +200,7 @@ class CommonMiddleware:
             request_id_var.reset(token)
             return
 
-        refused = _refused_headers(scope)
+        refused = _refused_headers(scope, headers)
         if refused is not None:
             await refused(scope, receive, send)
             self._observe(scope, refused.status_code, started)

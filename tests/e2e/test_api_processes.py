@@ -10,13 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from shared.cli.common import run_dir
 from tests.conftest import Stack, StackCtl
 from tests.e2e.conftest import Client, NewClient, NewProduct
-from tests.helpers import REPO_ROOT, wait_until
-
-
-def run_dir() -> Path:
-    return Path(os.environ.get("IO_RUN_DIR") or REPO_ROOT / ".run")
+from tests.helpers import wait_until
 
 
 def api_workers() -> list[int]:
