@@ -1,5 +1,6 @@
 """Fixtures that drive the running stack over HTTP, as a client and as an operator would."""
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -83,6 +84,18 @@ async def inventory_admin(urls: Stack) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+async def order_retrying_503(
+    http: httpx.AsyncClient, body: dict[str, Any], patience_s: float = 30.0
+) -> httpx.Response:
+    deadline = asyncio.get_running_loop().time() + patience_s
+    while True:
+        response = await http.post("/v2/orders/instant", json=body)
+        delay = float(response.headers.get("retry-after", "1"))
+        if response.status_code != 503 or asyncio.get_running_loop().time() + delay > deadline:
+            return response
+        await asyncio.sleep(delay)  # the server's own back-off, not a synchronisation
+
+
 @dataclass
 class Client:
     """One account's view of the public API."""
@@ -91,7 +104,10 @@ class Client:
     http: httpx.AsyncClient
 
     async def order(self, sku: str, **fields: Any) -> httpx.Response:
-        return await self.http.post("/v2/orders/instant", json={"sku": sku, **fields})
+        """Places an instant order as a well-behaved client does: a 503 (the api shed load or
+        cannot reach its pipeline; nothing was charged) is retried after its Retry-After, for
+        up to 30 s. A test that wants the 503 itself posts with `http`."""
+        return await order_retrying_503(self.http, {"sku": sku, **fields})
 
     async def balance(self, currency: str = "USD") -> Decimal:
         response = await self.http.get("/v2/balances", params={"currency": currency})

@@ -23,7 +23,7 @@ async def test_a_postgresql_restart_answers_503_and_charges_nothing(
     answers: list[httpx.Response] = []
     try:
         for _ in range(3):
-            answers.append(await client.order(sku))
+            answers.append(await client.http.post("/v2/orders/instant", json={"sku": sku}))
             answers.append(await client.http.get("/v2/orders", params={"limit": 5}))
             answers.append(await client.http.get(f"/v2/orders/{transaction_id}/codes"))
             answers.append(await client.http.get("/v2/balances"))
