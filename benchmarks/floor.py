@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.messaging import durable_producer
+from shared.producers import durable_producer
 from shared.topics import ORDER_REPLIES
 
 

@@ -179,12 +179,6 @@ inventory_event = TypeAdapter[InventoryEvent](InventoryEvent)
 # --- catalog.products (key: sku, compacted) ------------------------------------------------
 
 
-class ProductPrice(Message):
-    price: Decimal
-    from_quantity: int = 1
-    to_quantity: int = 1
-
-
 class ProductSnapshot(Message):
     """The whole public record of a product, as Get Products shows it, plus its version."""
 

@@ -48,6 +48,43 @@ class Code:
     __str__ = __repr__
 
 
+MAX_REDEEM_CODE = 256
+MAX_PIN_CODE = 64
+
+
+def code_problem(redeem_code: str, pin_code: str | None) -> str | None:
+    """What is wrong with a code to stock, naming the field but never quoting the code; None
+    if nothing: a redeem code of 1 to MAX_REDEEM_CODE characters, a PIN of at most
+    MAX_PIN_CODE, neither with whitespace around it nor control characters in it."""
+    if not redeem_code:
+        return "redeemCode is empty"
+    if len(redeem_code) > MAX_REDEEM_CODE:
+        return f"redeemCode is longer than {MAX_REDEEM_CODE} characters"
+    if pin_code is not None and len(pin_code) > MAX_PIN_CODE:
+        return f"pinCode is longer than {MAX_PIN_CODE} characters"
+    for field, value in (("redeemCode", redeem_code), ("pinCode", pin_code or "")):
+        if value != value.strip():
+            return f"{field} starts or ends with whitespace"
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            return f"{field} holds control characters"
+    return None
+
+
+_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I to misread
+
+
+def random_code(prefix: str, *, group_length: int, pin_digits: int) -> Code:
+    """A random code for demos, load tests and the simulated supplier: `prefix` and four
+    groups of `group_length` characters, a PIN of `pin_digits` digits (may start with 0)."""
+    groups = (
+        "".join(secrets.choice(_CODE_ALPHABET) for _ in range(group_length)) for _ in range(4)
+    )
+    return Code(
+        redeem_code="-".join((prefix, *groups)),
+        pin_code=f"{secrets.randbelow(10**pin_digits):0{pin_digits}d}",
+    )
+
+
 class CodeVault:
     def __init__(self, keys_spec: str, fingerprint_key: str | None = None) -> None:
         """`fingerprint_key` (base64, 32 bytes) keys the duplicate detection. It must stay
@@ -114,7 +151,3 @@ def new_secret(prefix: str) -> str:
 def hash_secret(secret: str) -> bytes:
     """Credentials are 256-bit random values, so one SHA-256 is a sound at-rest hash."""
     return hashlib.sha256(secret.encode()).digest()
-
-
-def same_secret(candidate: str, stored_hash: bytes) -> bool:
-    return hmac.compare_digest(hash_secret(candidate), stored_hash)

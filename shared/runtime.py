@@ -18,7 +18,8 @@ from faststream.kafka import KafkaBroker
 
 from shared import db, logs, metrics
 from shared.lag import LagMonitor, watched_groups
-from shared.messaging import OutboxRelay, durable_producer, new_broker
+from shared.outbox import OutboxRelay
+from shared.producers import durable_producer, new_broker
 from shared.settings import CommonSettings
 from shared.web import Check, NotReady
 from shared.workers import (

@@ -13,7 +13,6 @@ class Topic:
     partitions: int
     key: str
     doc: str
-    public: bool = False
     config: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -54,7 +53,6 @@ ORDER_EVENTS = Topic(
     6,
     key="transactionId",
     doc="Public: every state change of an order, versioned envelopes, never code material.",
-    public=True,
 )
 
 CONSUMED = (INVENTORY_COMMANDS, INVENTORY_EVENTS, CATALOG_PRODUCTS)

@@ -4,6 +4,7 @@ health and metrics endpoints, and HTTP metrics."""
 import hmac
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -72,6 +73,17 @@ def error_response(
 
 def ok(data: Any) -> dict[str, Any]:
     return {"requestId": request_id(), "data": data}
+
+
+def paged(total: int, page: int, limit: int, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The pagination envelope of every listing: Get Orders, Get Products, the admin lists."""
+    return {
+        "total": total,
+        "page": page,
+        "pageSize": limit,
+        "totalPage": math.ceil(total / limit),
+        "items": items,
+    }
 
 
 def _validation_details(exc: RequestValidationError) -> list[dict[str, str]]:

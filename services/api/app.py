@@ -10,7 +10,7 @@ from services.api.adapters import repository as repo
 from services.api.adapters.replies import ReplyListener
 from services.api.entrypoints import admin, consumers, http
 from services.api.service_layer.accounts import Authenticator
-from services.api.service_layer.orders import BrokerHealth, Orders, ask_again_about_undecided
+from services.api.service_layer.orders import BrokerHealth, OrderDesk, ask_again_about_undecided
 from shared import topics
 from shared.runtime import Runtime, every, lifespan_for
 from shared.settings import ApiSettings
@@ -20,7 +20,7 @@ SERVICE = "api"
 # How often the orders_processing gauges are recounted from the read model.
 PROCESSING_GAUGE_INTERVAL_S = 2.0
 # An order still PROCESSING is asked about again at most this often.
-NUDGE_AGAIN_AFTER_S = 600.0
+ASK_AGAIN_AFTER_S = 600.0
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -40,7 +40,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         health = BrokerHealth(runtime.producer)
         app.state.services = http.ApiServices(
             pool=runtime.pool,
-            orders=Orders(
+            order_desk=OrderDesk(
                 pool=runtime.pool,
                 producer=runtime.producer,
                 replies=replies,
@@ -59,12 +59,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             ),
         )
         runtime.background.start(
-            "nudge",
+            "ask-again",
             lambda: every(
                 settings.nudge_interval_s,
                 "asking inventory again about undecided orders",
                 lambda: ask_again_about_undecided(
-                    runtime.pool, settings.nudge_after_s, NUDGE_AGAIN_AFTER_S
+                    runtime.pool, settings.nudge_after_s, ASK_AGAIN_AFTER_S
                 ),
             ),
         )

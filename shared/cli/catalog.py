@@ -20,11 +20,10 @@ from pydantic import ValidationError
 
 from shared.cli.common import AdminClient, CliError, emit, fail, progress
 from shared.contracts import ProductSnapshot
+from shared.crypto import code_problem
 
 CODES_PER_REQUEST = 5_000
 REQUEST_BYTES = 3 * 1024 * 1024  # inventory takes bodies up to 4 MiB
-MAX_REDEEM_CODE = 256
-MAX_PIN_CODE = 64
 API_VISIBILITY_DEADLINE_S = 15.0
 _POLL_INTERVAL_S = 0.1
 _ERRORS_SHOWN = 20
@@ -306,7 +305,7 @@ def read_codes_csv(path: Path) -> tuple[list[dict[str, str | None]], list[str]]:
                     continue
                 redeem = row[0].strip()
                 pin = row[1].strip() if len(row) > 1 else ""
-                problem = _code_problem(redeem, pin)
+                problem = code_problem(redeem, pin)
                 if problem:
                     errors.append(f"line {line}: {problem}")
                     continue
@@ -316,18 +315,6 @@ def read_codes_csv(path: Path) -> tuple[list[dict[str, str | None]], list[str]]:
     except (UnicodeDecodeError, csv.Error) as exc:
         return [], [f"{path} is not a UTF-8 CSV file ({type(exc).__name__})"]
     return codes, errors
-
-
-def _code_problem(redeem: str, pin: str) -> str | None:
-    if not redeem:
-        return "redeemCode is empty"
-    if len(redeem) > MAX_REDEEM_CODE:
-        return f"redeemCode is longer than {MAX_REDEEM_CODE} characters"
-    if len(pin) > MAX_PIN_CODE:
-        return f"pinCode is longer than {MAX_PIN_CODE} characters"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in redeem + pin):
-        return "the row holds control characters"
-    return None
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

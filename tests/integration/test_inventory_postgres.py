@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from services.inventory.adapters.postgres import PostgresUnitOfWork
 from services.inventory.entrypoints import admin, commands
 from services.inventory.service_layer import catalog
-from services.inventory.service_layer.decisions import decide
+from services.inventory.service_layer.decisions import handle_commands
 from services.inventory.service_layer.unit_of_work import UnitOfWork
 from shared import db
 from shared.contracts import (
@@ -193,7 +193,7 @@ async def test_twenty_concurrent_orders_for_five_codes(pool: asyncpg.Pool, new_u
     sku, _ = await product_with_codes(new_uow, 5)
     orders = [place(sku) for _ in range(20)]
 
-    replies = await asyncio.gather(*(decide([order], new_uow()) for order in orders))
+    replies = await asyncio.gather(*(handle_commands([order], new_uow()) for order in orders))
 
     decisions = [reply.decision for [reply] in replies]
     reserved = [d for d in decisions if d.outcome == "RESERVED"]
@@ -213,7 +213,7 @@ async def test_a_batch_serves_its_orders_in_order(pool: asyncpg.Pool, new_uow: N
     other, _ = await product_with_codes(new_uow, 1)
     orders = [place(sku if i % 3 else other) for i in range(12)]
 
-    replies = await decide(orders, new_uow())
+    replies = await handle_commands(orders, new_uow())
 
     outcomes = [(r.decision.sku, r.decision.outcome) for r in replies]
     assert outcomes == [
@@ -236,9 +236,9 @@ async def test_a_redelivered_order_returns_its_decision_and_claims_nothing(
 ) -> None:
     sku, _ = await product_with_codes(new_uow, 3)
     order = place(sku)
-    [first] = await decide([order], new_uow())
-    [again] = await decide([order], new_uow())
-    [in_batch, twice] = await decide([order, order], new_uow())
+    [first] = await handle_commands([order], new_uow())
+    [again] = await handle_commands([order], new_uow())
+    [in_batch, twice] = await handle_commands([order, order], new_uow())
 
     assert first.decision.outcome == "RESERVED"
     assert again.decision == first.decision == in_batch.decision == twice.decision
@@ -263,12 +263,14 @@ async def test_cancel_after_allocation_changes_nothing_and_announces_the_allocat
 ) -> None:
     sku, _ = await product_with_codes(new_uow, 0)
     order = place(sku)
-    [backordered] = await decide([order], new_uow())
+    [backordered] = await handle_commands([order], new_uow())
     assert backordered.decision.outcome == "BACKORDERED"
     await catalog.add_stock(sku, [Code(unique("CODE"), None)], new_uow(), VAULT)
 
-    await decide([AllocateBackorder(transaction_id=order.transaction_id, sku=sku)], new_uow())
-    await decide(
+    await handle_commands(
+        [AllocateBackorder(transaction_id=order.transaction_id, sku=sku)], new_uow()
+    )
+    await handle_commands(
         [CancelBackorder(transaction_id=order.transaction_id, sku=sku, reason="DEADLINE_PASSED")],
         new_uow(),
     )
@@ -323,7 +325,7 @@ async def test_codes_are_never_stored_in_plaintext(
     ) as http:
         response = await http.post(f"/admin/products/{sku}/stock", json={"generate": 30})
     assert response.json()["data"]["added"] == 30
-    await decide([place(sku) for _ in range(25)], new_uow())
+    await handle_commands([place(sku) for _ in range(25)], new_uow())
 
     rows = await pool.fetch(
         "SELECT c::text AS text, key_id, sealed FROM codes c WHERE sku = $1", sku

@@ -9,7 +9,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from shared.db import create_pool
-from shared.messaging import OutboxRelay
+from shared.outbox import OutboxRelay
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.integration

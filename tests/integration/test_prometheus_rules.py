@@ -102,7 +102,7 @@ def exported_series() -> set[str]:
     import services.api.metrics
     import services.fulfilment.metrics
     import services.inventory.metrics  # noqa: F401 - registers the series
-    from shared.messaging import new_broker
+    from shared.producers import new_broker
 
     new_broker("127.0.0.1:1", "series-check")  # registers FastStream's series
     suffixes = {

@@ -9,7 +9,7 @@ import pytest
 from services.api.adapters.replies import ReplyListener
 from shared import topics
 from shared.contracts import Decision
-from shared.messaging import durable_producer
+from shared.producers import durable_producer
 from shared.runtime import Background
 from tests.conftest import Stack
 from tests.helpers import unique

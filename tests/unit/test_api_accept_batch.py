@@ -13,7 +13,7 @@ from asyncpg.exceptions import LockNotAvailableError
 
 from services.api.adapters import repository as repo
 from services.api.domain.model import CreateInstantOrder, Order, Overloaded, Product
-from services.api.service_layer.orders import Orders
+from services.api.service_layer.orders import OrderDesk
 
 
 class Pool:
@@ -47,7 +47,7 @@ async def test_orders_recorded_in_one_statement_survive_a_failing_rest(
 
     monkeypatch.setattr(repo, "products_and_wallets", products_and_wallets)
     monkeypatch.setattr(repo, "pay_and_record", pay_and_record)
-    orders = Orders(
+    orders = OrderDesk(
         pool=cast(Any, Pool()),
         producer=cast(Any, None),
         replies=cast(Any, SimpleNamespace(topic="orders.replies")),

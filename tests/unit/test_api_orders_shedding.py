@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 
 from services.api.domain.model import CreateInstantOrder, Overloaded, PipelineUnavailable
 from services.api.entrypoints.http import as_api_error
-from services.api.service_layer.orders import Orders
+from services.api.service_layer.orders import OrderDesk
 from shared.batching import QueueWaitExceeded
 from tests.helpers import wait_until
 
@@ -51,8 +51,8 @@ def order_request() -> CreateInstantOrder:
 
 def orders_with(
     acceptance: Acceptance, monkeypatch: pytest.MonkeyPatch, *, max_in_flight: int
-) -> Orders:
-    orders = Orders(
+) -> OrderDesk:
+    orders = OrderDesk(
         pool=cast(Any, None),
         producer=cast(Any, None),
         replies=cast(Any, SimpleNamespace(topic="api.replies.test")),

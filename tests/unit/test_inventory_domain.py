@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from services.inventory.domain import model
-from services.inventory.domain.model import ClaimedCode, DecisionState, NewCode, NotWaiting
+from services.inventory.domain.model import ClaimedCode, DecisionState, NewCode
 from shared.contracts import PlaceOrder
 from shared.crypto import SealedCode
 
@@ -30,8 +30,8 @@ def order(sku: str = "SKU-1", transaction_id: str | None = None, **fields: objec
 
 def test_an_order_with_a_code_is_reserved_and_one_without_waits() -> None:
     placed = order()
-    reserved = model.decide(placed, CODE)
-    waiting = model.decide(placed, None)
+    reserved = model.reserve_or_backorder(placed, CODE)
+    waiting = model.reserve_or_backorder(placed, None)
     assert (reserved.state, reserved.stock_id, reserved.instant_outcome) == (
         DecisionState.RESERVED,
         7,
@@ -51,26 +51,23 @@ def test_orders_of_a_sku_with_waiting_backorders_queue_behind_them() -> None:
     assert model.claims_to_attempt(orders, {"A", "B", "C"}) == {}
 
 
-def test_a_waiting_order_gets_a_code_or_is_cancelled_once() -> None:
-    allocated = model.decide(order(), None)
+def test_a_waiting_order_gets_a_code_or_is_cancelled() -> None:
+    allocated = model.reserve_or_backorder(order(), None)
+    assert allocated.waiting
     allocated.allocate(CODE)
     assert (allocated.state, allocated.stock_id) == (DecisionState.ALLOCATED, 7)
+    assert not allocated.waiting
     # Placed as a backorder: that stays the answer the order got when it was placed.
     assert allocated.instant_outcome == "BACKORDERED"
-    with pytest.raises(NotWaiting):
-        allocated.cancel()
 
-    cancelled = model.decide(order(), None)
+    cancelled = model.reserve_or_backorder(order(), None)
     cancelled.cancel()
-    assert cancelled.state is DecisionState.CANCELLED
-    with pytest.raises(NotWaiting):
-        cancelled.allocate(CODE)
-    with pytest.raises(NotWaiting):
-        model.decide(order(), CODE).cancel()
+    assert (cancelled.state, cancelled.waiting) == (DecisionState.CANCELLED, False)
+    assert not model.reserve_or_backorder(order(), CODE).waiting
 
 
 def test_a_naive_placement_time_is_read_as_utc() -> None:
-    decided = model.decide(order(placedAt="2026-01-02T03:04:05"), None)
+    decided = model.reserve_or_backorder(order(placedAt="2026-01-02T03:04:05"), None)
     assert decided.placed_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 

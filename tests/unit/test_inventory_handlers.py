@@ -8,7 +8,7 @@ import pytest
 
 from services.inventory.domain.model import DecisionState
 from services.inventory.service_layer import catalog
-from services.inventory.service_layer.decisions import Reply, decide
+from services.inventory.service_layer.decisions import Reply, handle_commands
 from shared.contracts import (
     AllocateBackorder,
     BackorderAllocated,
@@ -71,7 +71,7 @@ async def stock(store: FakeStore, *redeem_codes: str, sku: str = SKU) -> catalog
 
 
 async def run(store: FakeStore, *commands: InventoryCommand) -> list[Reply]:
-    return await decide(list(commands), store.uow())
+    return await handle_commands(list(commands), store.uow())
 
 
 def events(store: FakeStore) -> list[Message]:

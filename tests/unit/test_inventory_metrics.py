@@ -7,7 +7,7 @@ from prometheus_client import REGISTRY
 
 from services.inventory import metrics
 from services.inventory.service_layer import catalog
-from services.inventory.service_layer.decisions import decide
+from services.inventory.service_layer.decisions import handle_commands
 from shared.contracts import Message
 from shared.crypto import Code
 from tests.helpers import unique
@@ -33,9 +33,9 @@ async def test_claims_backorders_and_stock_levels_are_counted_after_commit() -> 
 
     await catalog.add_stock(sku, [Code("A", None), Code("B", None)], uow(), VAULT)
     assert sample("inventory_codes_available", sku=sku) == 2
-    await decide([place("t1", sku), place("t2", sku), place("t3", sku)], uow())
+    await handle_commands([place("t1", sku), place("t2", sku), place("t3", sku)], uow())
     await catalog.add_stock(sku, [Code("C", None)], uow(), VAULT)
-    await decide([allocate("t3", sku)], uow())
+    await handle_commands([allocate("t3", sku)], uow())
 
     assert sample("inventory_code_claims_total", outcome="reserved") == reserved + 2
     assert sample("inventory_code_claims_total", outcome="allocated") == allocated + 1
@@ -53,5 +53,7 @@ async def test_a_decision_that_did_not_commit_counts_nothing() -> None:
     await create_product(store, sku)
     before = sample("inventory_backorders_created_total")
     with pytest.raises(ConnectionResetError):
-        await decide([place("t1", sku)], CommitFails(store, on_commit=metrics.observe_committed))
+        await handle_commands(
+            [place("t1", sku)], CommitFails(store, on_commit=metrics.observe_committed)
+        )
     assert sample("inventory_backorders_created_total") == before

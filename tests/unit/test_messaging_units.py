@@ -1,24 +1,28 @@
-"""Kafka plumbing without a broker: the x-type header and the long-polling batch subscriber."""
+"""Kafka plumbing without a broker: the x-type header, the long-polling batch subscriber and
+the batch path shared by every batch consumer."""
 
 import asyncio
+import functools
 import uuid
+from collections.abc import Sequence
 from decimal import Decimal
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from faststream.kafka import KafkaBroker
 
-from shared.contracts import Decision, PlaceOrder, utcnow
-from shared.messaging import (
+from shared.consumers import (
     BATCH_IDLE_WAIT_MS,
     BATCH_MAX_RECORDS,
     SUBSCRIBER_ACK_POLICY,
     LongPollingBatchSubscriber,
     batch_subscriber,
-    header_type,
-    type_header,
+    consume_batch,
 )
+from shared.contracts import Decision, PlaceOrder, utcnow
+from shared.outbox import header_type, type_header
+from shared.topics import INVENTORY_EVENTS
 
 
 def record(offset: int, partition: int = 0, headers: Any = ()) -> ConsumerRecord[bytes, bytes]:
@@ -118,3 +122,47 @@ async def test_a_poll_hands_over_the_records_of_every_partition_in_partition_ord
 
     assert records == (first, second, third)
     assert all(a is b for a, b in zip(records, (first, second, third), strict=True))
+
+
+class Sent:
+    """The dead-letter side of a producer: what `consume_resiliently` sends and waits for."""
+
+    def __init__(self) -> None:
+        self.dead: list[bytes] = []
+
+    async def send_and_wait(self, topic: str, value: bytes, **_: Any) -> None:
+        self.dead.append(value)
+
+
+async def test_a_batch_is_applied_at_once_and_a_poison_message_alone() -> None:
+    applied: list[list[str]] = []
+
+    async def apply(messages: Sequence[Decision]) -> None:
+        if any(m.transaction_id == "poison" for m in messages):
+            raise RuntimeError("a bug this message triggers")
+        applied.append([m.transaction_id for m in messages])
+
+    def raw(transaction_id: str) -> SimpleNamespace:
+        decision = Decision(transaction_id=transaction_id, sku="SKU-1", outcome="BACKORDERED")
+        return SimpleNamespace(key=b"SKU-1", value=decision.to_bytes())
+
+    producer = Sent()
+    consume = functools.partial(
+        consume_batch,
+        parse=Decision.model_validate_json,
+        apply=apply,
+        producer=cast(AIOKafkaProducer, producer),
+        topic=INVENTORY_EVENTS,
+        consumer="test",
+        max_retries=0,
+        infrastructure_pause_s=0,
+    )
+
+    unreadable = SimpleNamespace(key=None, value=b"{not json")
+    await consume([raw("a"), unreadable, raw("b")])
+    assert (applied, producer.dead) == ([["a", "b"]], [b"{not json"])
+
+    applied.clear()
+    await consume([raw("c"), raw("poison"), raw("d")])
+    assert applied == [["c"], ["d"]]
+    assert len(producer.dead) == 2

@@ -564,7 +564,7 @@ async def list_orders(
     return int(total), [_order(r) for r in rows]
 
 
-async def take_orders_to_nudge(
+async def take_undecided_orders(
     conn: Conn, older_than_s: float, again_after_s: float, limit: int
 ) -> list[asyncpg.Record]:
     """PROCESSING orders older than `older_than_s`, not nudged in the last `again_after_s`;

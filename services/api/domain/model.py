@@ -42,10 +42,6 @@ class DuplicateClientOrderNumber(DomainError):
         self.transaction_id = transaction_id
 
 
-class OrderNotFound(DomainError):
-    pass
-
-
 class AccountNotFound(DomainError):
     pass
 

@@ -9,6 +9,7 @@ from faststream.kafka import KafkaBroker
 from services.api.adapters import repository as repo
 from services.api.service_layer import orders
 from shared import topics
+from shared.consumers import subscribe, subscribe_batched
 from shared.contracts import (
     BackorderAllocated,
     BackorderCancelled,
@@ -19,7 +20,6 @@ from shared.contracts import (
     inventory_event,
 )
 from shared.db import Conn
-from shared.messaging import subscribe, subscribe_batched
 from shared.settings import ApiSettings
 
 # What the api follows of inventory.events; stock and waiting notices are not decoded.

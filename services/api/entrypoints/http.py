@@ -30,10 +30,10 @@ from services.api.domain.model import (
     UnsupportedCurrency,
 )
 from services.api.service_layer.accounts import Authenticator
-from services.api.service_layer.orders import Orders
+from services.api.service_layer.orders import OrderDesk
 from shared.contracts import MoneyOut
 from shared.crypto import CodeVault, SealedCode
-from shared.web import ApiError, ok
+from shared.web import ApiError, ok, paged
 
 router = APIRouter(prefix="/v2")
 
@@ -63,7 +63,7 @@ class RateLimiter:
 @dataclass
 class ApiServices:
     pool: asyncpg.Pool
-    orders: Orders
+    order_desk: OrderDesk
     auth: Authenticator
     vault: CodeVault
     limiter: RateLimiter
@@ -118,17 +118,6 @@ async def authenticate(
 
 
 CurrentAccount = Annotated[uuid.UUID, Depends(current_account)]
-
-
-def paged(total: int, page: int, limit: int, items: list[dict[str, Any]]) -> dict[str, Any]:
-    """The pagination envelope of Get Orders and Get Products."""
-    return {
-        "total": total,
-        "page": page,
-        "pageSize": limit,
-        "totalPage": math.ceil(total / limit),
-        "items": items,
-    }
 
 
 def iso_utc(moment: datetime) -> str:
@@ -272,7 +261,7 @@ async def create_instant_order(request: Request) -> Response:
         ) from None
     account_id = await authenticate(svc, x_api_key, authorization)
     try:
-        order = await svc.orders.place_instant(
+        order = await svc.order_desk.place_instant(
             CreateInstantOrder(
                 account_id=account_id,
                 sku=body.sku,

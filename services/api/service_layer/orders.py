@@ -49,7 +49,7 @@ from shared.contracts import (
 )
 from shared.db import Conn
 from shared.logs import transaction_id_var
-from shared.messaging import add_all_to_outbox, add_to_outbox
+from shared.outbox import add_all_to_outbox, add_to_outbox
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ Accepted = tuple[Order, PlaceOrder]
 
 
 @dataclass
-class Orders:
+class OrderDesk:
     """The instant order: accept (group commit), publish, wait for inventory's decision within
     the window, record the reservation (group commit) so that Get Codes has it at once."""
 
@@ -521,7 +521,7 @@ async def ask_again_about_undecided(
     idempotent, so asking about an order that merely waits for stock costs one no-op.
     """
     async with pool.acquire() as conn, conn.transaction():
-        rows = await repo.take_orders_to_nudge(conn, older_than_s, again_after_s, limit)
+        rows = await repo.take_undecided_orders(conn, older_than_s, again_after_s, limit)
         for row in rows:
             command = PlaceOrder(
                 transaction_id=row["transaction_id"],

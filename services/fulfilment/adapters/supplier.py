@@ -17,7 +17,7 @@ from shared import topics
 from shared.contracts import DeliverStock
 from shared.crypto import Code, CodeVault
 from shared.db import Conn
-from shared.messaging import add_to_outbox
+from shared.outbox import add_to_outbox
 
 _ALPHABET = string.ascii_uppercase + string.digits
 # A DeliverStock message stays far below Kafka's 1 MiB message size (~115 bytes a code).

@@ -8,8 +8,8 @@ from faststream.kafka import KafkaBroker
 
 from services.fulfilment.service_layer.backorders import Backorders
 from shared import topics
+from shared.consumers import subscribe, subscribe_batched
 from shared.contracts import ProductSnapshot, inventory_event
-from shared.messaging import subscribe, subscribe_batched
 from shared.settings import FulfilmentSettings
 
 # Every instant order in stock makes an OrderReserved, which fulfilment has no use for: it is

@@ -26,7 +26,7 @@ from shared.contracts import (
     StockArrived,
 )
 from shared.db import Conn
-from shared.messaging import add_to_outbox
+from shared.outbox import add_to_outbox
 
 log = logging.getLogger(__name__)
 

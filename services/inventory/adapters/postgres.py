@@ -18,7 +18,7 @@ from services.inventory.service_layer.unit_of_work import UnitOfWork
 from shared.contracts import Message, ProductSnapshot
 from shared.crypto import SealedCode
 from shared.db import Conn
-from shared.messaging import add_all_to_outbox
+from shared.outbox import add_all_to_outbox
 
 # Namespace of the per-SKU advisory locks (two-int form: never clashes with one-key locks).
 SKU_LOCK_SPACE = 0x1A7E

@@ -8,7 +8,6 @@ backorder ends ALLOCATED (it got a code) or CANCELLED; once a code is allocated,
 allocation wins over a late cancellation.
 """
 
-import secrets
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from enum import StrEnum
 from typing import Literal
 
 from shared.contracts import CancelReason, PlaceOrder
-from shared.crypto import Code, SealedCode
+from shared.crypto import Code, SealedCode, random_code
 
 MAX_CODES_PER_DELIVERY = 5_000
 
@@ -27,10 +26,6 @@ class DecisionState(StrEnum):
     BACKORDERED = "BACKORDERED"
     ALLOCATED = "ALLOCATED"
     CANCELLED = "CANCELLED"
-
-
-class NotWaiting(Exception):
-    """Only a waiting backorder can be allocated a code or cancelled."""
 
 
 @dataclass(frozen=True)
@@ -62,14 +57,10 @@ class OrderDecision:
         return "RESERVED" if self.state is DecisionState.RESERVED else "BACKORDERED"
 
     def allocate(self, code: ClaimedCode) -> None:
-        if not self.waiting:
-            raise NotWaiting(f"{self.transaction_id} is {self.state}, not waiting for a code")
         self.state = DecisionState.ALLOCATED
         self.stock_id = code.stock_id
 
     def cancel(self, reason: CancelReason = "DEADLINE_PASSED") -> None:
-        if not self.waiting:
-            raise NotWaiting(f"{self.transaction_id} is {self.state}, not waiting for a code")
         self.state = DecisionState.CANCELLED
         self.cancel_reason = reason
 
@@ -88,7 +79,8 @@ def claims_to_attempt(
     return wanted
 
 
-def decide(order: PlaceOrder, code: ClaimedCode | None) -> OrderDecision:
+def reserve_or_backorder(order: PlaceOrder, code: ClaimedCode | None) -> OrderDecision:
+    """The decision on a new order: RESERVED with the code claimed for it, else BACKORDERED."""
     return OrderDecision(
         transaction_id=order.transaction_id,
         account_id=order.account_id,
@@ -135,18 +127,8 @@ def distinct_codes(codes: Iterable[NewCode]) -> list[NewCode]:
     return list(seen.values())
 
 
-_DEMO_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
-
-
 def demo_codes(count: int) -> list[Code]:
     """Random codes for demos and load tests: 4 groups of 4, a 4-digit PIN (may start with 0)."""
     if not 0 < count <= MAX_CODES_PER_DELIVERY:
         raise ValueError(f"generate between 1 and {MAX_CODES_PER_DELIVERY} codes at a time")
-    return [
-        Code(
-            redeem_code="DEMO-"
-            + "-".join("".join(secrets.choice(_DEMO_ALPHABET) for _ in range(4)) for _ in range(4)),
-            pin_code=f"{secrets.randbelow(10_000):04d}",
-        )
-        for _ in range(count)
-    ]
+    return [random_code("DEMO", group_length=4, pin_digits=4) for _ in range(count)]

@@ -1,13 +1,12 @@
 """Inventory's admin HTTP API: products (the catalog) and stock (codes). Operators only."""
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any, Literal, Self
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from services.inventory.domain import model
@@ -15,8 +14,8 @@ from services.inventory.domain.model import StockLevel
 from services.inventory.service_layer import catalog
 from services.inventory.service_layer.unit_of_work import UnitOfWork
 from shared.contracts import ProductSnapshot
-from shared.crypto import Code, CodeVault
-from shared.web import ApiError, admin_only, ok
+from shared.crypto import MAX_PIN_CODE, MAX_REDEEM_CODE, Code, CodeVault, code_problem
+from shared.web import ApiError, admin_only, ok, paged
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # 5,000 codes of the longest allowed size fit
 
@@ -73,17 +72,14 @@ class ProductIn(_Body):
 
 
 class CodeIn(_Body):
-    redeem_code: str = Field(min_length=1, max_length=256)
-    pin_code: str | None = Field(None, min_length=1, max_length=64)
+    redeem_code: str = Field(min_length=1, max_length=MAX_REDEEM_CODE)
+    pin_code: str | None = Field(None, min_length=1, max_length=MAX_PIN_CODE)
 
-    @field_validator("redeem_code", "pin_code")
-    @classmethod
-    def _no_stray_characters(cls, value: str | None) -> str | None:
-        if value is not None and (
-            value != value.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in value)
-        ):
-            raise ValueError("must not start or end with whitespace nor contain control characters")
-        return value
+    @model_validator(mode="after")
+    def _valid_code(self) -> Self:
+        if problem := code_problem(self.redeem_code, self.pin_code):
+            raise ValueError(problem)
+        return self
 
 
 class StockIn(_Body):
@@ -153,15 +149,7 @@ async def list_products(
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
 ) -> dict[str, Any]:
     total, items = await catalog.products_with_stock(context.new_uow(), limit, (page - 1) * limit)
-    return ok(
-        {
-            "total": total,
-            "page": page,
-            "pageSize": limit,
-            "totalPage": math.ceil(total / limit),
-            "items": [_product_out(product, stock) for product, stock in items],
-        }
-    )
+    return ok(paged(total, page, limit, [_product_out(product, stock) for product, stock in items]))
 
 
 @router.post("/products/{sku}/stock")

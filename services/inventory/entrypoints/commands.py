@@ -7,8 +7,8 @@ the commit; the offsets are committed after that (at-least-once: a redelivered b
 its decisions stored and changes nothing).
 
 If the batch transaction fails for a reason other than infrastructure (a poison message), the
-batch is decided again one command at a time, each under the shared retry / dead-letter
-policy, so only the poison message ends on the dead-letter topic.
+batch is decided again one command at a time (`shared.consumers.consume_batch`, the retry
+path every batch consumer shares), so only the poison message ends on the dead-letter topic.
 """
 
 import asyncio
@@ -16,23 +16,18 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
-from pydantic import ValidationError
 
 from services.inventory import metrics
-from services.inventory.service_layer.decisions import Reply, decide
+from services.inventory.service_layer.decisions import Reply, handle_commands
 from services.inventory.service_layer.unit_of_work import UnitOfWork
+from shared.consumers import Record, batch_subscriber, consume_batch
 from shared.contracts import InventoryCommand, inventory_command
 from shared.crypto import CodeVault
 from shared.logs import transaction_id_var
-from shared.messaging import (
-    TRANSIENT,
-    batch_subscriber,
-    consume_resiliently,
-)
 from shared.topics import INVENTORY_COMMANDS
 
 log = logging.getLogger(__name__)
@@ -43,19 +38,6 @@ CONSUMER_NAME = "inventory-commands"
 # buffer) is dropped: the ingress stopped waiting long ago and learns the outcome from
 # inventory.events.
 REPLY_TIMEOUT_S = 1.0
-
-# Infrastructure failures: the batch is not acknowledged and comes again once things are back.
-INFRASTRUCTURE = TRANSIENT
-
-
-class Record(Protocol):
-    """What the subscriber reads of an aiokafka ConsumerRecord."""
-
-    @property
-    def key(self) -> bytes | None: ...
-
-    @property
-    def value(self) -> bytes | None: ...
 
 
 class CommandConsumer:
@@ -74,63 +56,31 @@ class CommandConsumer:
         self._pause_s = infrastructure_pause_s
 
     async def handle_batch(self, records: Sequence[Record]) -> None:
-        started = time.perf_counter()
-        commands: list[InventoryCommand] = []
-        unparseable: list[Record] = []
-        for record in records:
-            try:
-                commands.append(inventory_command.validate_json(record.value or b""))
-            except (ValidationError, ValueError):
-                unparseable.append(record)
-        if commands:
-            try:
-                replies = await self._decide(commands, started)
-            except INFRASTRUCTURE:
-                log.warning("deciding a batch of %d commands failed: infrastructure", len(records))
-                await asyncio.sleep(self._pause_s)
-                raise
-            except Exception as exc:
-                log.warning(
-                    "deciding a batch of %d commands failed (%s): deciding them one by one",
-                    len(records),
-                    type(exc).__name__,
-                )
-                for record in records:
-                    await self._handle_alone(record)
-                return
-            await self._send(replies)
-        for record in unparseable:
-            await self._handle_alone(record)  # dead-letters it: it does not parse
-
-    async def _handle_alone(self, record: Record) -> None:
-        await consume_resiliently(
-            raw=record.value or b"",
+        await consume_batch(
+            records,
             parse=inventory_command.validate_json,
-            handle=self._decide_one,
+            apply=self._decide_and_reply,
             producer=self._producer(),
-            topic=INVENTORY_COMMANDS.name,
-            dead_letter_topic=INVENTORY_COMMANDS.dead_letter,
-            key=record.key,
+            topic=INVENTORY_COMMANDS,
             consumer=CONSUMER_NAME,
             max_retries=self._max_retries,
+            infrastructure_pause_s=self._pause_s,
         )
 
-    async def _decide_one(self, command: InventoryCommand) -> None:
-        token = transaction_id_var.set(getattr(command, "transaction_id", None))
+    async def _decide_and_reply(self, commands: Sequence[InventoryCommand]) -> None:
+        started = time.perf_counter()
+        alone = getattr(commands[0], "transaction_id", None) if len(commands) == 1 else None
+        token = transaction_id_var.set(alone)
         try:
-            replies = await self._decide([command], time.perf_counter())
+            uow = self._new_uow()
+            replies = await handle_commands(commands, uow, self._vault)
         finally:
             transaction_id_var.reset(token)
-        await self._send(replies)
-
-    async def _decide(self, commands: Sequence[InventoryCommand], started: float) -> list[Reply]:
-        uow = self._new_uow()
-        replies = await decide(commands, uow, self._vault)
         metrics.count_already_decided(CONSUMER_NAME, uow.already_decided)
         elapsed = time.perf_counter() - started
         for _ in commands:
             metrics.DECISION_SECONDS.observe(elapsed)
-        return replies
+        await self._send(replies)
 
     async def _send(self, replies: Sequence[Reply]) -> None:
         """Hands the replies to the producer; their delivery is not waited for.

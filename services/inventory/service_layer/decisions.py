@@ -1,8 +1,8 @@
 """Deciding orders: reserve a code or backorder, allocate or cancel a waiting backorder.
 
 Every handler is idempotent: a redelivered command finds the decision already stored and
-changes nothing (a PlaceOrder gets its stored outcome as reply again). `decide` runs a whole
-batch of commands, in the order they were consumed, in one transaction.
+changes nothing (a PlaceOrder gets its stored outcome as reply again). `handle_commands` runs
+a whole batch of commands, in the order they were consumed, in one transaction.
 """
 
 import logging
@@ -41,7 +41,7 @@ class Reply:
     decision: Decision
 
 
-async def decide(
+async def handle_commands(
     commands: Sequence[InventoryCommand], uow: UnitOfWork, vault: CodeVault | None = None
 ) -> list[Reply]:
     """Decides the commands in order, in one transaction; returns the replies to send.
@@ -84,7 +84,9 @@ async def place_orders(orders: Sequence[PlaceOrder], uow: UnitOfWork) -> list[Re
     if new:
         waiting = await uow.decisions.skus_with_waiting_backorders({o.sku for o in new})
         claimed = await uow.codes.claim(model.claims_to_attempt(new, waiting))
-        decisions = [model.decide(order, claimed.get(order.transaction_id)) for order in new]
+        decisions = [
+            model.reserve_or_backorder(order, claimed.get(order.transaction_id)) for order in new
+        ]
         await uow.decisions.add_all(decisions)
         for decision in decisions:
             _publish_placed(decision, claimed.get(decision.transaction_id), uow)

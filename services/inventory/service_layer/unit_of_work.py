@@ -65,7 +65,6 @@ class UnitOfWork(abc.ABC):
     def __init__(self, on_commit: Callable[[Sequence[Message]], None] | None = None) -> None:
         self._pending: list[tuple[str, str, Message]] = []
         self._on_commit = on_commit
-        self.committed: list[Message] = []
         self._repeats: set[int] = set()
         # PlaceOrder commands found already decided (redelivered, or sent twice).
         self.already_decided = 0
@@ -81,7 +80,6 @@ class UnitOfWork(abc.ABC):
         await self._commit(self._pending)
         messages = [m for _, _, m in self._pending if id(m) not in self._repeats]
         self._repeats = set()
-        self.committed.extend(messages)
         self._pending = []
         if self._on_commit is not None:
             self._on_commit(messages)

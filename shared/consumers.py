@@ -1,0 +1,355 @@
+"""How every consumer runs its handler: offsets committed after it (at-least-once), bounded
+retries with backoff, dead letters for a poison message, and batch subscribers that apply a
+poll at once and fall back to one message at a time."""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from itertools import chain
+from typing import Any, Protocol, TypeVar
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import KafkaError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.subscriber.usecase import BatchSubscriber
+from pydantic import BaseModel, ValidationError
+
+from shared import metrics
+from shared.db import Conn
+from shared.outbox import header_type
+from shared.topics import Topic
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+
+# Every subscriber commits its offset only after its handler returned: at-least-once. The
+# handler itself retries, then dead-letters, so it only raises for infrastructure failures
+# (database or broker down), and then the message is redelivered rather than skipped.
+SUBSCRIBER_ACK_POLICY = AckPolicy.NACK_ON_ERROR
+
+
+TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    # the server is shutting down or starting up, or out of connections or memory
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    # a transaction that lost a race: trying again is the remedy
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+    KafkaError,
+)
+"""Failures of the infrastructure, not of the message: retried without limit, never
+dead-lettered, so a database restart cannot throw live messages away."""
+
+
+async def consume_resiliently(
+    *,
+    raw: bytes,
+    parse: Callable[[bytes], M],
+    handle: Callable[[M], Awaitable[None]],
+    producer: AIOKafkaProducer,
+    topic: str,
+    dead_letter_topic: str,
+    key: bytes | None,
+    consumer: str,
+    max_retries: int,
+    base_backoff_s: float = 0.05,
+) -> None:
+    """Run `handle` for one message with the retry policy shared by every consumer.
+
+    - A message that does not parse is dead-lettered at once: retrying cannot help.
+    - A handler error is retried with exponential backoff, `max_retries` times, then the
+      message is dead-lettered with the error in its headers, so the partition moves on.
+    - An infrastructure failure (database or broker unreachable) is re-raised after a pause:
+      the subscriber does not commit, and the message is redelivered when things are back.
+    """
+    try:
+        message = parse(raw)
+    except (ValidationError, ValueError) as exc:
+        await _dead_letter(producer, dead_letter_topic, raw, key, topic, consumer, exc, 0)
+        return
+    for attempt in range(max_retries + 1):
+        try:
+            await handle(message)
+            return
+        except TRANSIENT:
+            metrics.CONSUMER_RETRIES.labels(consumer, "transient").inc()
+            await asyncio.sleep(min(2.0, base_backoff_s * 2**attempt))
+            raise
+        except Exception as exc:
+            metrics.CONSUMER_RETRIES.labels(consumer, "error").inc()
+            if attempt == max_retries:
+                await _dead_letter(
+                    producer, dead_letter_topic, raw, key, topic, consumer, exc, attempt + 1
+                )
+                return
+            log.warning(
+                "%s: attempt %d failed (%s), retrying", consumer, attempt + 1, type(exc).__name__
+            )
+            await asyncio.sleep(base_backoff_s * 2**attempt)
+
+
+async def _dead_letter(
+    producer: AIOKafkaProducer,
+    dead_letter_topic: str,
+    raw: bytes,
+    key: bytes | None,
+    source_topic: str,
+    consumer: str,
+    exc: BaseException,
+    attempts: int,
+) -> None:
+    # Only the error's type is kept: its text may quote the message, which may hold codes.
+    log.error(
+        "%s: dead-lettering a message of %s after %d attempts: %s",
+        consumer,
+        source_topic,
+        attempts,
+        type(exc).__name__,
+    )
+    await producer.send_and_wait(
+        dead_letter_topic,
+        value=raw,
+        key=key,
+        headers=[
+            ("x-source-topic", source_topic.encode()),
+            ("x-consumer", consumer.encode()),
+            ("x-attempts", str(attempts).encode()),
+            ("x-error", type(exc).__name__.encode()),
+        ],
+    )
+    metrics.DEAD_LETTERS.labels(consumer, source_topic).inc()
+
+
+def subscribe(
+    broker: KafkaBroker,
+    topic: Topic,
+    *,
+    group_id: str,
+    name: str,
+    parse: Callable[[bytes], M],
+    handle: Callable[[M], Awaitable[None]],
+    producer_of: Callable[[], AIOKafkaProducer],
+    max_retries: int,
+) -> None:
+    """Subscribe `handle` to `topic` in a consumer group: offsets committed after the handler
+    (explicit ack policy), from the earliest offset for a new group, every message run under
+    `consume_resiliently` with the topic's dead-letter topic."""
+
+    @broker.subscriber(
+        topic.name,
+        group_id=group_id,
+        ack_policy=SUBSCRIBER_ACK_POLICY,
+        auto_offset_reset="earliest",
+        title=name,
+        description=topic.doc,
+    )
+    async def on_message(msg: KafkaMessage) -> None:
+        await consume_resiliently(
+            raw=msg.body,
+            parse=parse,
+            handle=handle,
+            producer=producer_of(),
+            topic=topic.name,
+            dead_letter_topic=topic.dead_letter,
+            key=getattr(msg.raw_message, "key", None),
+            consumer=name,
+            max_retries=max_retries,
+        )
+
+
+# A batch subscriber takes up to this many records a poll. An idle one long-polls: it waits
+# up to BATCH_IDLE_WAIT_MS for a first record and returns the moment one arrives.
+BATCH_MAX_RECORDS = 200
+BATCH_IDLE_WAIT_MS = 1000
+
+
+class LongPollingBatchSubscriber(BatchSubscriber):
+    """FastStream's batch subscriber without its sleep after an empty poll.
+
+    FastStream's own loop waits `batch_timeout_ms` for records and, if none came, sleeps as
+    long again. A short timeout then spins (about 100 wake-ups a second per idle subscriber),
+    and a long one delays the first message after a quiet spell by up to that long. Here the
+    wait is the whole idle behaviour: aiokafka's `getmany` returns as soon as a record has
+    been fetched, so a quiet subscriber wakes once a second and a message is taken at once.
+    """
+
+    __slots__ = ()
+
+    async def get_msg(self, consumer: AIOKafkaConsumer) -> tuple[ConsumerRecord, ...]:
+        batches = await consumer.getmany(
+            timeout_ms=BATCH_IDLE_WAIT_MS, max_records=self.max_records
+        )
+        return tuple(chain.from_iterable(batches.values()))
+
+
+async def raw_records(message: Any) -> Any:
+    """Hands a batch handler the raw records, so that each is parsed (or dead-lettered) alone."""
+    return message.raw_message
+
+
+# Consumers off the instant path let the broker gather their records for up to this long
+# (or 256 KiB): one fetch, one transaction and one offset commit for many events instead of one
+# per order, at the price of that much delay.
+GATHER_MAX_WAIT_MS = 100
+GATHER_MIN_BYTES = 256 * 1024
+
+
+def batch_subscriber(
+    broker: KafkaBroker,
+    topic: str,
+    *,
+    group_id: str,
+    name: str,
+    description: str,
+    gather: bool = False,
+) -> Callable[[Callable[[Any], Awaitable[None]]], object]:
+    """The decorator of every batch subscriber: a poll of up to BATCH_MAX_RECORDS raw records
+    in partition order, offsets committed only after the handler returned (explicit ack
+    policy), a new group starting from the earliest offset. `gather`: a consumer off the
+    instant path, whose fetches the broker holds up to GATHER_MAX_WAIT_MS to fill them."""
+    subscriber = broker.subscriber(
+        topic,
+        batch=True,
+        group_id=group_id,
+        ack_policy=SUBSCRIBER_ACK_POLICY,
+        auto_offset_reset="earliest",
+        max_records=BATCH_MAX_RECORDS,
+        batch_timeout_ms=BATCH_IDLE_WAIT_MS,
+        decoder=raw_records,
+        title=name,
+        description=description,
+        fetch_max_wait_ms=GATHER_MAX_WAIT_MS if gather else 500,
+        fetch_min_bytes=GATHER_MIN_BYTES if gather else 1,
+    )
+    # FastStream builds its subscriber classes itself; this one differs only in `get_msg`.
+    assert type(subscriber) is BatchSubscriber, type(subscriber)
+    subscriber.__class__ = LongPollingBatchSubscriber
+    return subscriber
+
+
+class Record(Protocol):
+    """What a batch consumer reads of an aiokafka ConsumerRecord."""
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes | None: ...
+
+
+async def consume_batch(
+    records: Sequence[Record],
+    *,
+    parse: Callable[[bytes], M],
+    apply: Callable[[Sequence[M]], Awaitable[None]],
+    producer: AIOKafkaProducer,
+    topic: Topic,
+    consumer: str,
+    max_retries: int,
+    infrastructure_pause_s: float = 0.5,
+) -> None:
+    """Apply one poll's messages with ONE call of `apply` (one transaction), in partition
+    order; the one retry path of every batch consumer.
+
+    - A record that does not parse is dead-lettered; the others are applied without it.
+    - A batch that fails for a reason of its own (a poison message) is applied again one
+      message at a time, each under `consume_resiliently`, so that only the poison message
+      is dead-lettered.
+    - An infrastructure failure is raised after `infrastructure_pause_s`: the offsets are not
+      committed, and the batch comes again once things are back.
+    """
+    messages: list[M] = []
+    unparseable: list[Record] = []
+    for record in records:
+        try:
+            messages.append(parse(record.value or b""))
+        except (ValidationError, ValueError):
+            unparseable.append(record)
+    alone: Sequence[Record] = unparseable
+    if messages:
+        try:
+            await apply(messages)
+        except TRANSIENT as exc:
+            metrics.CONSUMER_RETRIES.labels(consumer, "transient").inc()
+            log.warning(
+                "%s: a batch of %d failed (%s): it comes again",
+                consumer,
+                len(messages),
+                type(exc).__name__,
+            )
+            await asyncio.sleep(infrastructure_pause_s)
+            raise
+        except Exception as exc:
+            log.warning(
+                "%s: a batch of %d failed (%s): applying them one by one",
+                consumer,
+                len(messages),
+                type(exc).__name__,
+            )
+            alone = records
+
+    async def apply_alone(message: M) -> None:
+        await apply([message])
+
+    for record in alone:  # a record that does not parse is dead-lettered here
+        await consume_resiliently(
+            raw=record.value or b"",
+            parse=parse,
+            handle=apply_alone,
+            producer=producer,
+            topic=topic.name,
+            dead_letter_topic=topic.dead_letter,
+            key=record.key,
+            consumer=consumer,
+            max_retries=max_retries,
+        )
+
+
+def subscribe_batched(
+    broker: KafkaBroker,
+    topic: Topic,
+    *,
+    group_id: str,
+    name: str,
+    parse: Callable[[bytes], M],
+    apply: Callable[[Conn, Sequence[M]], Awaitable[None]],
+    pool_of: Callable[[], asyncpg.Pool],
+    producer_of: Callable[[], AIOKafkaProducer],
+    max_retries: int,
+    types: frozenset[str] | None = None,
+) -> None:
+    """Like `subscribe`, for high-volume topics off the instant path: each poll (up to
+    BATCH_MAX_RECORDS messages, gathered by the broker for up to GATHER_MAX_WAIT_MS) is
+    applied in ONE transaction under `consume_batch`, then its offsets are committed.
+
+    `types`: the message types this consumer has a use for. A record whose `x-type` header
+    names another type is passed over undecoded (its offset is committed with the batch); a
+    poll of nothing but such records costs no transaction."""
+
+    async def apply_in_a_transaction(messages: Sequence[M]) -> None:
+        async with pool_of().acquire() as conn, conn.transaction():
+            await apply(conn, messages)
+
+    @batch_subscriber(
+        broker, topic.name, group_id=group_id, name=name, description=topic.doc, gather=True
+    )
+    async def on_batch(all_records: Any) -> None:
+        records = [
+            r for r in all_records if types is None or header_type(r) in types or not header_type(r)
+        ]
+        if records:
+            await consume_batch(
+                records,
+                parse=parse,
+                apply=apply_in_a_transaction,
+                producer=producer_of(),
+                topic=topic,
+                consumer=name,
+                max_retries=max_retries,
+            )

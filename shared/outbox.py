@@ -1,0 +1,282 @@
+"""The transactional outbox: event rows written in the caller's transaction, the `x-type`
+header that marks each row's message type, and the relay that publishes committed rows."""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError
+from asyncpg.pool import PoolConnectionProxy
+
+from shared import metrics
+from shared.contracts import Message
+from shared.db import Conn
+
+log = logging.getLogger(__name__)
+
+
+async def add_to_outbox(
+    conn: Conn,
+    topic: str,
+    key: str,
+    message: Message,
+    *,
+    headers: dict[str, str] | None = None,
+    relay_after_s: float = 0.0,
+) -> int:
+    """Write an event row in the caller's transaction; the relay publishes it after commit.
+
+    `relay_after_s` > 0 is for rows the caller publishes itself right after commit: the relay
+    only takes them over if the caller did not mark them published in time (it crashed).
+    """
+    row_id: int = await conn.fetchval(
+        """
+        INSERT INTO outbox (topic, key, payload, headers, relay_after)
+        VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
+        RETURNING id
+        """,
+        topic,
+        key,
+        message.to_bytes(),
+        {**type_header(message), **(headers or {})},
+        relay_after_s,
+    )
+    return row_id
+
+
+async def add_all_to_outbox(conn: Conn, rows: Sequence[tuple[str, str, Message]]) -> None:
+    """`add_to_outbox` for many (topic, key, message) rows, in one statement, in order."""
+    if rows:
+        await conn.execute(
+            """
+            INSERT INTO outbox (topic, key, payload, headers)
+            SELECT topic, key, payload, CASE WHEN type = '' THEN '{}'::jsonb
+                                             ELSE jsonb_build_object('x-type', type) END
+            FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[]) WITH ORDINALITY
+                AS r (topic, key, payload, type, n)
+            ORDER BY n
+            """,
+            [topic for topic, _, _ in rows],
+            [key for _, key, _ in rows],
+            [message.to_bytes() for _, _, message in rows],
+            [getattr(message, "type", "") for _, _, message in rows],
+        )
+
+
+TYPE_HEADER = "x-type"
+
+
+def type_header(message: Message) -> dict[str, str]:
+    """Every message with a `type` also carries it as the `x-type` header, so that a consumer
+    can pass over the types it has no use for without decoding them."""
+    kind = getattr(message, "type", None)
+    return {TYPE_HEADER: kind} if isinstance(kind, str) else {}
+
+
+def header_type(record: Any) -> str | None:
+    for name, value in getattr(record, "headers", None) or ():
+        if name == TYPE_HEADER and value is not None:  # Kafka allows a header without a value
+            return bytes(value).decode("utf-8", "replace")
+    return None
+
+
+OUTBOX_DDL = """
+CREATE TABLE outbox (
+    id          bigserial PRIMARY KEY,
+    topic       text        NOT NULL,
+    key         text        NOT NULL,
+    payload     bytea       NOT NULL,
+    headers     jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    relay_after timestamptz NOT NULL DEFAULT now(),
+    published_at timestamptz
+);
+CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_at IS NULL;
+CREATE INDEX outbox_published_at ON outbox (published_at) WHERE published_at IS NOT NULL;
+CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_notify('outbox', ''); RETURN NULL; END $$;
+CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
+"""
+
+
+# After a wake-up the relay waits this long, so that one round (one transaction, one produce
+# request per partition) publishes the rows of many transactions rather than one round per
+# row. Nothing on the instant path waits for the relay: the order request and its reply go
+# directly; relayed rows are events for the read models, fulfilment and downstream consumers.
+COALESCE_S = 0.02
+
+
+def _is_closed(conn: PoolConnectionProxy) -> bool:
+    """Whether a pooled connection is closed; the pool detaches a connection that died, and
+    its proxy then refuses every call."""
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:
+        return True
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows in id order, one relay per database at a time, and
+    deletes each row once the broker acknowledged it.
+
+    Rows are selected by `published_at IS NULL` (never by "id greater than the last one seen":
+    ids are not commit order), under an advisory lock so two instances never interleave one
+    key's events. A NOTIFY from the insert trigger wakes the relay at once.
+    """
+
+    LOCK_KEY = 0x0B0C5
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        service: str,
+        poll_interval_s: float,
+        batch: int = 500,
+    ) -> None:
+        self._pool = pool
+        self._producer = producer
+        self._service = service
+        self._poll = poll_interval_s
+        self._batch = batch
+        self._wake = asyncio.Event()
+        self._next_gauges = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._listener: PoolConnectionProxy | None = None
+
+    async def start(self) -> None:
+        # Rows sent by an earlier version, which marked sent rows instead of deleting them.
+        await self._pool.execute("DELETE FROM outbox WHERE published_at IS NOT NULL")
+        await self._listen()
+        self._task = asyncio.create_task(self._run(), name=f"{self._service}-outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.remove_listener("outbox", self._on_notify)
+                self._listener.remove_termination_listener(self._on_notify)
+            with contextlib.suppress(Exception):
+                await self._pool.release(self._listener)
+
+    def _on_notify(self, *_: Any) -> None:
+        self._wake.set()
+
+    async def _listen(self) -> None:
+        """(Re)starts listening for the insert trigger's NOTIFY on a connection of its own.
+        When that connection dies (a database restart), the relay is woken and listens again
+        on a new one, so it does not fall back to its poll for good."""
+        if self._listener is not None and not _is_closed(self._listener):
+            return
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._pool.release(self._listener)
+            self._listener = None
+            log.info("outbox relay of %s listens for new rows again", self._service)
+        listener = await self._pool.acquire()
+        try:
+            await listener.add_listener("outbox", self._on_notify)
+            listener.add_termination_listener(self._on_notify)
+        except BaseException:
+            await self._pool.release(listener)
+            raise
+        self._listener = listener
+        self._wake.set()  # rows may have been committed while nobody listened
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._listen()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # rows are still sent, on the poll, until it listens
+                log.warning(
+                    "outbox relay of %s cannot listen (%s); polling",
+                    self._service,
+                    type(exc).__name__,
+                )
+            try:
+                published = await self.relay_once()
+                if published >= self._batch:
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Whatever failed, the relay must not stop: rows stay unpublished, and the
+                # next round sends them.
+                log.warning(
+                    "outbox relay of %s failed, will retry: %s", self._service, type(exc).__name__
+                )
+                await asyncio.sleep(min(self._poll * 5, 2.0))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll)
+            # Let the rows of concurrent transactions gather: one round then publishes many.
+            await asyncio.sleep(COALESCE_S)
+
+    async def relay_once(self) -> int:
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", self.LOCK_KEY):
+                return 0
+            rows = await conn.fetch(
+                """
+                SELECT id, topic, key, payload, headers FROM outbox
+                WHERE published_at IS NULL AND relay_after <= now()
+                ORDER BY id LIMIT $1
+                """,
+                self._batch,
+            )
+            if time.monotonic() >= self._next_gauges:
+                self._next_gauges = time.monotonic() + 1.0
+                # Parked rows (never sendable) are counted as dead letters, not as a backlog.
+                backlog = await conn.fetchrow(
+                    "SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS age "
+                    "FROM outbox WHERE published_at IS NULL AND relay_after <> 'infinity'"
+                )
+                assert backlog is not None
+                metrics.OUTBOX_BACKLOG.labels(self._service).set(backlog["n"])
+                metrics.OUTBOX_OLDEST_AGE.labels(self._service).set(float(backlog["age"] or 0))
+            if not rows:
+                return 0
+            futures, sent, parked = [], [], []
+            for r in rows:
+                try:
+                    futures.append(
+                        await self._producer.send(
+                            r["topic"],
+                            value=r["payload"],
+                            key=r["key"].encode(),
+                            headers=[(k, v.encode()) for k, v in r["headers"].items()],
+                        )
+                    )
+                    sent.append(r["id"])
+                except MessageSizeTooLargeError:
+                    # It can never be sent: park it (kept, never marked sent, counted in the
+                    # outbox backlog and logged) rather than block every row behind it.
+                    log.error(
+                        "outbox row %d for %s is larger than the broker takes: parked, not sent",
+                        r["id"],
+                        r["topic"],
+                    )
+                    metrics.DEAD_LETTERS.labels(f"{self._service}.outbox", r["topic"]).inc()
+                    parked.append(r["id"])
+            await asyncio.gather(*futures)
+            # Only rows the broker acknowledged leave the outbox. Deleted rather than marked:
+            # nothing reads a sent row again, and the table and its index stay small.
+            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", sent)
+            if parked:
+                await conn.execute(
+                    "UPDATE outbox SET relay_after = 'infinity' WHERE id = ANY($1::bigint[])",
+                    parked,
+                )
+            metrics.OUTBOX_PUBLISHED.labels(self._service).inc(len(sent))
+            return len(rows)
