@@ -53,7 +53,7 @@ lint:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/mypy deploy/local/stack.py
+	$(BIN)/mypy deploy/local/stack.py deploy/local/devstack
 
 bench:
 	$(STACK) up

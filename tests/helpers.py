@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
+import importlib
 import inspect
 import os
 import sys
@@ -112,11 +112,6 @@ async def stackctl(
 
 
 def load_stack_module() -> ModuleType:
-    """deploy/local/stack.py as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("io_local_stack", STACK_PY)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    """The code behind deploy/local/stack.py, the package deploy/local/devstack (a script's
+    package, not part of the project's): its Config, SERVICE_ENV_NAMES, prometheus_config_text."""
+    return importlib.import_module("deploy.local.devstack")
