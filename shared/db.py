@@ -1,11 +1,15 @@
 """PostgreSQL plumbing shared by the services: an asyncpg pool and the Alembic runner."""
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
+
+if TYPE_CHECKING:
+    from sqlalchemy import ClauseElement, MetaData
 
 Conn = asyncpg.Connection | PoolConnectionProxy
 """A connection, whether held directly or borrowed from a pool."""
@@ -134,8 +138,9 @@ def migrate(migrations_dir: Path, dsn: str) -> None:
     command.upgrade(cfg, "head")
 
 
-def run_alembic_env() -> None:
-    """Body of every service's migrations/env.py: run the migrations online, over asyncpg."""
+def run_alembic_env(metadata: "MetaData") -> None:
+    """Body of every service's migrations/env.py: run the migrations online, over asyncpg.
+    `metadata` (the service's tables) is what `alembic check` and autogenerate compare with."""
     import asyncio
 
     from alembic import context
@@ -144,7 +149,7 @@ def run_alembic_env() -> None:
     dsn: str = context.config.attributes["dsn"]
 
     def do_run(connection: Any) -> None:
-        context.configure(connection=connection, target_metadata=None)
+        context.configure(connection=connection, target_metadata=metadata, compare_type=True)
         with context.begin_transaction():
             context.run_migrations()
 
@@ -155,3 +160,66 @@ def run_alembic_env() -> None:
         await engine.dispose()
 
     asyncio.run(run())
+
+
+@dataclass(frozen=True)
+class Query:
+    """A statement built from a service's tables (SQLModel/SQLAlchemy), compiled once for
+    asyncpg: its SQL, with `$n` placeholders, and the names of its parameters in order. Run
+    it with the service's own asyncpg connection: `conn.fetch(q.sql, *q.args(name=value))`."""
+
+    sql: str
+    params: tuple[str, ...]
+
+    def args(self, **values: Any) -> list[Any]:
+        missing = set(self.params) - values.keys()
+        if missing:
+            raise TypeError(f"no value for parameter(s) {sorted(missing)} of {self.sql!r}")
+        return [values[name] for name in self.params]
+
+
+def compiled(statement: "ClauseElement") -> Query:
+    """Compiles `statement` (use `bindparam("name")` for each value) once, at import or per
+    distinct shape: the statements run as plain asyncpg prepared statements, with no
+    SQLAlchemy engine or session at run time."""
+    from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
+    from sqlalchemy.sql.compiler import SQLCompiler
+
+    result = statement.compile(dialect=PGDialect_asyncpg())  # type: ignore[no-untyped-call]
+    assert isinstance(result, SQLCompiler)
+    params = tuple(result.positiontup or ())
+    fixed = [name for name in params if result.binds[name].value is not None]
+    if fixed:  # a literal() or a Python value in the statement: it would need passing
+        raise ValueError(f"{fixed} of {result} hold values: name them with bindparam()")
+    return Query(str(result), params)
+
+
+async def schema_drift(dsn: str, metadata: "MetaData") -> list[str]:
+    """How the database at `dsn` differs from a service's declared tables, as `alembic check`
+    sees it (tables, columns, types, nullability, indexes, unique and foreign keys; not CHECK
+    constraints or triggers): empty when the migrations produce exactly the tables declared.
+    A table changed without its migration, or a migration without the table change, shows."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    def compare(connection: Any) -> list[Any]:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, metadata))
+
+    engine = create_async_engine(sqlalchemy_url(dsn))
+    try:
+        async with engine.connect() as connection:
+            diffs = await connection.run_sync(compare)
+    finally:
+        await engine.dispose()
+    return [_describe(diff) for diff in diffs]
+
+
+def _describe(diff: Any) -> str:
+    """One line per difference: alembic gives tuples (or lists of them, per column)."""
+    if isinstance(diff, list):
+        return "; ".join(_describe(d) for d in diff)
+    kind, *rest = diff
+    parts = [getattr(x, "name", None) or str(x) for x in rest if x is not None and x != {}]
+    return " ".join([kind, *parts])

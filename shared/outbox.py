@@ -85,26 +85,6 @@ def header_type(record: Any) -> str | None:
     return None
 
 
-OUTBOX_DDL = """
-CREATE TABLE outbox (
-    id          bigserial PRIMARY KEY,
-    topic       text        NOT NULL,
-    key         text        NOT NULL,
-    payload     bytea       NOT NULL,
-    headers     jsonb       NOT NULL DEFAULT '{}'::jsonb,
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    relay_after timestamptz NOT NULL DEFAULT now(),
-    published_at timestamptz
-);
-CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_at IS NULL;
-CREATE INDEX outbox_published_at ON outbox (published_at) WHERE published_at IS NOT NULL;
-CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN PERFORM pg_notify('outbox', ''); RETURN NULL; END $$;
-CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
-    FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
-"""
-
-
 # After a wake-up the relay waits this long, so that one round (one transaction, one produce
 # request per partition) publishes the rows of many transactions rather than one round per
 # row. Nothing on the instant path waits for the relay: the order request and its reply go

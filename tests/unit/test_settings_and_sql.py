@@ -2,7 +2,7 @@ import pytest
 from pydantic import ValidationError
 
 from shared.db import split_sql
-from shared.messaging import OUTBOX_DDL
+from shared.ddl_history import OUTBOX_0001
 from shared.settings import ApiSettings
 
 
@@ -39,7 +39,7 @@ def test_dev_starts_with_defaults(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_sql_scripts_split_outside_dollar_quoted_bodies():
-    statements = split_sql(OUTBOX_DDL)
+    statements = split_sql(OUTBOX_0001)
     assert len(statements) == 5
     function = next(s for s in statements if s.startswith("CREATE FUNCTION"))
     assert "pg_notify('outbox', ''); RETURN NULL; END $$" in function

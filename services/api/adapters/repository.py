@@ -1,6 +1,11 @@
 """SQL of the api database. Every function takes the caller's connection, so the service
-layer decides the transaction boundaries."""
+layer decides the transaction boundaries.
 
+The admin and read paths build their statements from the tables (services/api/adapters/
+tables.py), compiled once at import; the instant path's statements (acceptance, debit,
+recording) are written by hand, as measured (docs/decisions/instant-path-batching.md)."""
+
+import functools
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -8,26 +13,49 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+from sqlalchemy import (
+    ARRAY,
+    Select,
+    Table,
+    Text,
+    any_,
+    bindparam,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+)
+from sqlmodel import col
 
+from services.api.adapters.tables import Account
+from services.api.adapters.tables import Order as OrderRow
+from services.api.adapters.tables import Product as ProductRow
 from services.api.domain.model import Order, Product, split_evenly
-from shared.db import Conn
+from shared.db import Conn, Query, compiled
 
 # --- accounts and credentials ----------------------------------------------------------------
+
+
+_INSERT_ACCOUNT = compiled(
+    insert(Account).values(
+        id=bindparam("id"), name=bindparam("name"), rate_limit_per_s=bindparam("rate_limit")
+    )
+)
+_ACCOUNT_EXISTS = compiled(select(literal_column("1")).where(col(Account.id) == bindparam("id")))
 
 
 async def create_account(conn: Conn, name: str, rate_limit_per_s: Decimal | None) -> uuid.UUID:
     account_id = uuid.uuid4()
     await conn.execute(
-        "INSERT INTO accounts (id, name, rate_limit_per_s) VALUES ($1, $2, $3)",
-        account_id,
-        name,
-        rate_limit_per_s,
+        _INSERT_ACCOUNT.sql,
+        *_INSERT_ACCOUNT.args(id=account_id, name=name, rate_limit=rate_limit_per_s),
     )
     return account_id
 
 
 async def account_exists(conn: Conn, account_id: uuid.UUID) -> bool:
-    return bool(await conn.fetchval("SELECT 1 FROM accounts WHERE id = $1", account_id))
+    return bool(await conn.fetchval(_ACCOUNT_EXISTS.sql, *_ACCOUNT_EXISTS.args(id=account_id)))
 
 
 async def add_credential(
@@ -46,7 +74,7 @@ async def expire_tokens(conn: Conn, account_id: uuid.UUID, at: datetime) -> None
     await conn.execute(
         """
         UPDATE credentials SET expires_at = LEAST(COALESCE(expires_at, $2), $2)
-        WHERE account_id = $1 AND kind = 'TOKEN' AND revoked_at IS NULL
+        WHERE account_id = $1 AND kind = 'TOKEN'
         """,
         account_id,
         at,
@@ -60,7 +88,7 @@ async def find_live_credentials(
         """
         SELECT c.account_id, c.kind, c.secret_hash, a.rate_limit_per_s
         FROM credentials c JOIN accounts a ON a.id = c.account_id
-        WHERE c.secret_hash = ANY($1::bytea[]) AND c.revoked_at IS NULL
+        WHERE c.secret_hash = ANY($1::bytea[])
           AND (c.expires_at IS NULL OR c.expires_at > now())
         """,
         [api_key_hash, token_hash],
@@ -341,32 +369,56 @@ async def upsert_product(conn: Conn, record: dict[str, Any], version: int) -> bo
     return result is not None
 
 
+def _listed_products(statement: Select[Any]) -> Select[Any]:
+    """Active products only, by SKU; a `skus` value (not NULL) narrows the list."""
+    skus = bindparam("skus", type_=ARRAY(Text))
+    return statement.where(
+        col(ProductRow.active), or_(skus.is_(None), col(ProductRow.sku) == any_(skus))
+    )
+
+
+_COUNT_PRODUCTS = compiled(_listed_products(select(func.count()).select_from(ProductRow)))
+_PAGE_OF_PRODUCTS = compiled(
+    _listed_products(select(col(ProductRow.record)))
+    .order_by(col(ProductRow.sku))
+    .limit(bindparam("limit"))
+    .offset(bindparam("offset"))
+)
+
+
 async def list_products(
     conn: Conn, skus: list[str] | None, limit: int, offset: int
 ) -> tuple[int, list[dict[str, Any]]]:
     """Active products only, by SKU; `skus` narrows the list."""
-    total = await conn.fetchval(
-        "SELECT count(*) FROM products WHERE active AND ($1::text[] IS NULL OR sku = ANY($1))",
-        skus,
-    )
+    total = await conn.fetchval(_COUNT_PRODUCTS.sql, *_COUNT_PRODUCTS.args(skus=skus))
     rows = await conn.fetch(
-        """
-        SELECT record FROM products WHERE active AND ($1::text[] IS NULL OR sku = ANY($1))
-        ORDER BY sku LIMIT $2 OFFSET $3
-        """,
-        skus,
-        limit,
-        offset,
+        _PAGE_OF_PRODUCTS.sql, *_PAGE_OF_PRODUCTS.args(skus=skus, limit=limit, offset=offset)
     )
     return int(total), [r["record"] for r in rows]
 
 
 # --- orders --------------------------------------------------------------------------------
 
-ORDER_COLUMNS = (
-    "transaction_id, account_id, client_order_number, sku, quantity, unit_price, currency, "
-    "grand_total, status, created_at, stock_id, sealed_code"
-)
+# What an Order (the domain object) is read from.
+_ORDERS: Table = OrderRow.__table__  # type: ignore[attr-defined]
+_ORDER_FIELDS = [
+    _ORDERS.c[name]
+    for name in (
+        "transaction_id",
+        "account_id",
+        "client_order_number",
+        "sku",
+        "quantity",
+        "unit_price",
+        "currency",
+        "grand_total",
+        "status",
+        "created_at",
+        "stock_id",
+        "sealed_code",
+    )
+]
+ORDER_COLUMNS = ", ".join(field.name for field in _ORDER_FIELDS)
 
 
 def _order(row: asyncpg.Record) -> Order:
@@ -516,20 +568,47 @@ async def processing_summary(conn: Conn) -> list[tuple[str, int, float]]:
     return [(r["stage"], int(r["n"]), float(r["oldest"])) for r in rows]
 
 
+_ORDER_OF_ACCOUNT = compiled(
+    select(*_ORDER_FIELDS).where(
+        col(OrderRow.transaction_id) == bindparam("transaction_id"),
+        col(OrderRow.account_id) == bindparam("account_id"),
+    )
+)
+_ORDERS_BY_ID = compiled(
+    select(*_ORDER_FIELDS).where(
+        col(OrderRow.transaction_id) == any_(bindparam("ids", type_=ARRAY(Text)))
+    )
+)
+_ORDER_FILTERS = ("transaction_id", "client_order_number", "status")
+
+
+@functools.cache
+def _order_listing(filters: tuple[str, ...]) -> tuple[Query, Query]:
+    """Count and page of one account's orders, newest first, narrowed by equality on the
+    `filters` given (one compiled pair per combination)."""
+    where = [_ORDERS.c.account_id == bindparam("account_id")]
+    where += [_ORDERS.c[name] == bindparam(name) for name in filters]
+    count = select(func.count()).select_from(_ORDERS).where(*where)
+    page = (
+        select(*_ORDER_FIELDS)
+        .where(*where)
+        .order_by(col(OrderRow.transaction_id).desc())
+        .limit(bindparam("limit"))
+        .offset(bindparam("offset"))
+    )
+    return compiled(count), compiled(page)
+
+
 async def get_order(conn: Conn, account_id: uuid.UUID, transaction_id: str) -> Order | None:
     row = await conn.fetchrow(
-        f"SELECT {ORDER_COLUMNS} FROM orders WHERE transaction_id = $1 AND account_id = $2",  # noqa: S608
-        transaction_id,
-        account_id,
+        _ORDER_OF_ACCOUNT.sql,
+        *_ORDER_OF_ACCOUNT.args(transaction_id=transaction_id, account_id=account_id),
     )
     return _order(row) if row else None
 
 
 async def get_orders(conn: Conn, transaction_ids: Sequence[str]) -> list[Order]:
-    rows = await conn.fetch(
-        f"SELECT {ORDER_COLUMNS} FROM orders WHERE transaction_id = ANY($1::text[])",  # noqa: S608
-        list(transaction_ids),
-    )
+    rows = await conn.fetch(_ORDERS_BY_ID.sql, *_ORDERS_BY_ID.args(ids=list(transaction_ids)))
     return [_order(row) for row in rows]
 
 
@@ -543,23 +622,17 @@ async def list_orders(
     limit: int,
     offset: int,
 ) -> tuple[int, list[Order]]:
-    conditions, args = ["account_id = $1"], [account_id]
-    for column, value in (
-        ("transaction_id", transaction_id),
-        ("client_order_number", client_order_number),
-        ("status", status),
-    ):
-        if value is not None:
-            args.append(value)  # type: ignore[arg-type]
-            conditions.append(f"{column} = ${len(args)}")
-    where = " AND ".join(conditions)
-    total = await conn.fetchval(f"SELECT count(*) FROM orders WHERE {where}", *args)  # noqa: S608
+    given = {
+        name: value
+        for name, value in zip(
+            _ORDER_FILTERS, (transaction_id, client_order_number, status), strict=True
+        )
+        if value is not None
+    }
+    count, page = _order_listing(tuple(given))
+    total = await conn.fetchval(count.sql, *count.args(account_id=account_id, **given))
     rows = await conn.fetch(
-        f"SELECT {ORDER_COLUMNS} FROM orders WHERE {where} "  # noqa: S608
-        f"ORDER BY transaction_id DESC LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}",
-        *args,
-        limit,
-        offset,
+        page.sql, *page.args(account_id=account_id, limit=limit, offset=offset, **given)
     )
     return int(total), [_order(r) for r in rows]
 

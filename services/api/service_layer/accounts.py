@@ -74,7 +74,7 @@ class Authenticator:
     """Checks the x-api-key + Bearer token pair. Both must be live and of the same account.
 
     Successful checks are cached for a few seconds (bounded), keyed by the hashes of both
-    secrets, so the hot path does not query credentials on every order; a revoked or expired
+    secrets, so the hot path does not query credentials on every order; an expired
     credential stops working within that TTL.
     """
 

@@ -1,12 +1,18 @@
-"""The repositories and unit of work over PostgreSQL: hand-written SQL on one asyncpg
-connection per transaction."""
+"""The repositories and unit of work over PostgreSQL, on one asyncpg connection per
+transaction. The catalogue's statements are built from the tables (adapters/tables.py) and
+compiled once; the decision path's (claim, decisions, levels) are hand-written, as measured
+(docs/decisions/instant-path-batching.md)."""
 
 import contextlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
+from sqlalchemy import bindparam, func, literal_column, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlmodel import col
 
+from services.inventory.adapters.tables import Product as ProductRow
 from services.inventory.domain.model import (
     ClaimedCode,
     DecisionState,
@@ -17,7 +23,7 @@ from services.inventory.domain.model import (
 from services.inventory.service_layer.unit_of_work import UnitOfWork
 from shared.contracts import Message, ProductSnapshot
 from shared.crypto import SealedCode
-from shared.db import Conn
+from shared.db import Conn, compiled
 from shared.outbox import add_all_to_outbox
 
 # Namespace of the per-SKU advisory locks (two-int form: never clashes with one-key locks).
@@ -59,44 +65,73 @@ def _rows_affected(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
+# The catalogue's statements, built from the table (admin paths: no hand-written SQL).
+_PRODUCT_BY_SKU = select(col(ProductRow.record), col(ProductRow.version)).where(
+    col(ProductRow.sku) == bindparam("sku")
+)
+_GET_PRODUCT = compiled(_PRODUCT_BY_SKU)
+_GET_PRODUCT_FOR_UPDATE = compiled(_PRODUCT_BY_SKU.with_for_update())
+_new_version = pg_insert(ProductRow).values(
+    sku=bindparam("sku"),
+    name=bindparam("name"),
+    price=bindparam("price"),
+    currency=bindparam("currency"),
+    is_instant=bindparam("is_instant"),
+    active=bindparam("active"),
+    version=literal_column("1"),
+    record=bindparam("record"),
+)
+_SAVE_PRODUCT = compiled(
+    _new_version.on_conflict_do_update(
+        index_elements=[col(ProductRow.sku)],
+        set_={
+            **{
+                name: _new_version.excluded[name]
+                for name in ("name", "price", "currency", "is_instant", "active", "record")
+            },
+            "version": col(ProductRow.version) + literal_column("1"),
+            "updated_at": func.now(),
+        },
+    ).returning(col(ProductRow.version))
+)
+_COUNT_PRODUCTS = compiled(select(func.count()).select_from(ProductRow))
+_PAGE_OF_PRODUCTS = compiled(
+    select(col(ProductRow.record), col(ProductRow.version))
+    .order_by(col(ProductRow.sku))
+    .limit(bindparam("limit"))
+    .offset(bindparam("offset"))
+)
+
+
 class PostgresProducts:
     def __init__(self, conn: Conn) -> None:
         self._conn = conn
 
     async def get(self, sku: str, *, for_update: bool = False) -> ProductSnapshot | None:
-        lock = " FOR UPDATE" if for_update else ""
-        row = await self._conn.fetchrow(
-            "SELECT record, version FROM products WHERE sku = $1" + lock,  # noqa: S608
-            sku,
-        )
+        query = _GET_PRODUCT_FOR_UPDATE if for_update else _GET_PRODUCT
+        row = await self._conn.fetchrow(query.sql, *query.args(sku=sku))
         return None if row is None else _product(row)
 
     async def save(self, product: ProductSnapshot) -> ProductSnapshot:
         record = product.model_dump(mode="json", by_alias=True, exclude={"version"})
         version = await self._conn.fetchval(
-            """
-            INSERT INTO products (sku, name, price, currency, is_instant, active, version, record)
-            VALUES ($1, $2, $3, $4, $5, $6, 1, $7)
-            ON CONFLICT (sku) DO UPDATE SET
-                name = EXCLUDED.name, price = EXCLUDED.price, currency = EXCLUDED.currency,
-                is_instant = EXCLUDED.is_instant, active = EXCLUDED.active,
-                record = EXCLUDED.record, version = products.version + 1, updated_at = now()
-            RETURNING version
-            """,
-            product.sku,
-            product.name,
-            product.price,
-            product.currency,
-            product.is_instant_delivery_supported,
-            product.active,
-            record,
+            _SAVE_PRODUCT.sql,
+            *_SAVE_PRODUCT.args(
+                sku=product.sku,
+                name=product.name,
+                price=product.price,
+                currency=product.currency,
+                is_instant=product.is_instant_delivery_supported,
+                active=product.active,
+                record=record,
+            ),
         )
         return product.model_copy(update={"version": version})
 
     async def page(self, limit: int, offset: int) -> tuple[int, list[ProductSnapshot]]:
-        total = await self._conn.fetchval("SELECT count(*) FROM products")
+        total = await self._conn.fetchval(_COUNT_PRODUCTS.sql)
         rows = await self._conn.fetch(
-            "SELECT record, version FROM products ORDER BY sku LIMIT $1 OFFSET $2", limit, offset
+            _PAGE_OF_PRODUCTS.sql, *_PAGE_OF_PRODUCTS.args(limit=limit, offset=offset)
         )
         return total, [_product(row) for row in rows]
 

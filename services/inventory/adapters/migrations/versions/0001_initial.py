@@ -4,7 +4,7 @@ Revision ID: 0001
 """
 
 from shared.db import run_script
-from shared.messaging import OUTBOX_DDL
+from shared.ddl_history import OUTBOX_0001
 
 revision = "0001"
 down_revision = None
@@ -13,7 +13,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    run_script(OUTBOX_DDL)
+    run_script(OUTBOX_0001)
     run_script(
         """
         CREATE TABLE products (

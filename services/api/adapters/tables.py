@@ -1,0 +1,171 @@
+"""The api database's tables, declared once (shared/tables.py says how they are used)."""
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    Numeric,
+    SmallInteger,
+    Text,
+    Uuid,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import registry
+from sqlmodel import Field, SQLModel
+
+from shared.tables import (
+    CURRENCY,
+    MONEY,
+    TIMESTAMP,
+    OutboxColumns,
+    defaults_to_now,
+    outbox_indexes,
+)
+
+
+class ApiTable(SQLModel, registry=registry()):
+    """Base of the api database's tables: `ApiTable.metadata` holds them all."""
+
+
+class Account(ApiTable, table=True):
+    __tablename__ = "accounts"
+    __table_args__ = (
+        CheckConstraint("length(name) BETWEEN 1 AND 200"),
+        CheckConstraint("rate_limit_per_s > 0"),
+    )
+
+    id: uuid.UUID = Field(primary_key=True, sa_type=Uuid)
+    name: str = Field(sa_type=Text)
+    created_at: datetime = defaults_to_now()
+    # NULL: the service's default (API_RATE_LIMIT_PER_S).
+    rate_limit_per_s: Decimal | None = Field(default=None, sa_type=Numeric(10, 2))
+
+
+class Credential(ApiTable, table=True):
+    """An API key or an access token, stored as its keyed hash only."""
+
+    __tablename__ = "credentials"
+    __table_args__ = (
+        CheckConstraint("kind IN ('API_KEY', 'TOKEN')"),
+        Index("credentials_account", "account_id", "kind"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger)
+    account_id: uuid.UUID = Field(foreign_key="accounts.id", sa_type=Uuid)
+    kind: str = Field(sa_type=Text)
+    secret_hash: bytes = Field(unique=True, sa_type=LargeBinary)
+    created_at: datetime = defaults_to_now()
+    expires_at: datetime | None = Field(default=None, sa_type=TIMESTAMP)
+
+
+class WalletSlot(ApiTable, table=True):
+    """One account's balance in one currency is the sum of its slots. Orders debit one slot
+    each (SKIP LOCKED), so one busy account is not serialised on one row; no slot, and so no
+    balance, can go negative (services/api/domain/model.py has the rules)."""
+
+    __tablename__ = "wallet_slots"
+    __table_args__ = (CheckConstraint("balance >= 0"),)
+
+    account_id: uuid.UUID = Field(primary_key=True, foreign_key="accounts.id", sa_type=Uuid)
+    currency: str = Field(primary_key=True, sa_type=CURRENCY)
+    slot: int = Field(primary_key=True, sa_type=SmallInteger)
+    balance: Decimal = Field(
+        default=Decimal("0"), sa_type=MONEY, sa_column_kwargs={"server_default": "0"}
+    )
+
+
+class LedgerEntry(ApiTable, table=True):
+    """Every movement of money. The unique index makes "debited once per order, refunded once
+    per cancelled order" a database fact."""
+
+    __tablename__ = "ledger"
+    __table_args__ = (
+        CheckConstraint("kind IN ('CREDIT', 'DEBIT', 'REFUND')"),
+        Index(
+            "ledger_once_per_order",
+            "transaction_id",
+            "kind",
+            unique=True,
+            postgresql_where=text("transaction_id IS NOT NULL"),
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger)
+    account_id: uuid.UUID = Field(foreign_key="accounts.id", sa_type=Uuid)
+    currency: str = Field(sa_type=CURRENCY)
+    amount: Decimal = Field(sa_type=MONEY)
+    kind: str = Field(sa_type=Text)
+    transaction_id: str | None = Field(default=None, sa_type=Text)
+    created_at: datetime = defaults_to_now()
+
+
+class Product(ApiTable, table=True):
+    """The read model of catalog.products: the snapshot as published, and the columns the
+    instant path reads."""
+
+    __tablename__ = "products"
+
+    sku: str = Field(primary_key=True, sa_type=Text)
+    record: dict[str, Any] = Field(sa_type=JSONB)
+    currency: str = Field(sa_type=CURRENCY)
+    price: Decimal = Field(sa_type=MONEY)
+    is_instant: bool = Field(sa_type=Boolean)
+    active: bool = Field(sa_type=Boolean)
+    version: int = Field(sa_type=BigInteger)
+    updated_at: datetime = defaults_to_now()
+
+
+class Order(ApiTable, table=True):
+    __tablename__ = "orders"
+    __table_args__ = (
+        CheckConstraint("status IN ('PROCESSING', 'COMPLETED', 'CANCELLED')"),
+        CheckConstraint(
+            "(status = 'COMPLETED') = (stock_id IS NOT NULL AND sealed_code IS NOT NULL)"
+        ),
+        # transactionId is a ULID: ordering by it is ordering by creation time.
+        Index("orders_account_newest", "account_id", text("transaction_id DESC")),
+        Index(
+            "orders_account_client_number",
+            "account_id",
+            "client_order_number",
+            postgresql_where=text("client_order_number <> ''"),
+        ),
+        Index("orders_processing", "created_at", postgresql_where=text("status = 'PROCESSING'")),
+    )
+
+    transaction_id: str = Field(primary_key=True, sa_type=Text)
+    account_id: uuid.UUID = Field(foreign_key="accounts.id", sa_type=Uuid)
+    client_order_number: str = Field(
+        default="", sa_type=Text, sa_column_kwargs={"server_default": ""}
+    )
+    sku: str = Field(sa_type=Text)
+    quantity: int = Field(default=1, sa_type=Integer, sa_column_kwargs={"server_default": "1"})
+    unit_price: Decimal = Field(sa_type=MONEY)
+    currency: str = Field(sa_type=CURRENCY)
+    grand_total: Decimal = Field(sa_type=MONEY)
+    status: str = Field(
+        default="PROCESSING", sa_type=Text, sa_column_kwargs={"server_default": "PROCESSING"}
+    )
+    created_at: datetime = defaults_to_now()
+    updated_at: datetime = defaults_to_now()
+    backordered_at: datetime | None = Field(default=None, sa_type=TIMESTAMP)
+    # The code sold to this order: inventory's stockId and the code sealed for this service.
+    stock_id: int | None = Field(default=None, unique=True, sa_type=BigInteger)
+    sealed_code: str | None = Field(default=None, sa_type=Text)
+    cancel_reason: str | None = Field(default=None, sa_type=Text)
+    # When the api last asked inventory again about an order it heard nothing of.
+    nudged_at: datetime | None = Field(default=None, sa_type=TIMESTAMP)
+
+
+class Outbox(OutboxColumns, ApiTable, table=True):
+    __tablename__ = "outbox"
+    __table_args__ = outbox_indexes()

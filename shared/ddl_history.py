@@ -1,0 +1,27 @@
+"""DDL that the services' migrations ran, frozen with them.
+
+Never edit a constant here: a database already migrated would not see the edit, and a new one
+would differ from it. A schema change is a new migration in each service it concerns, and its
+SQLModel table (`adapters/tables.py`) changes with it; the tests compare the two
+(`shared.db.schema_drift`).
+"""
+
+# The outbox of every service, as revision 0001 of each created it.
+OUTBOX_0001 = """
+CREATE TABLE outbox (
+    id          bigserial PRIMARY KEY,
+    topic       text        NOT NULL,
+    key         text        NOT NULL,
+    payload     bytea       NOT NULL,
+    headers     jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    relay_after timestamptz NOT NULL DEFAULT now(),
+    published_at timestamptz
+);
+CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_at IS NULL;
+CREATE INDEX outbox_published_at ON outbox (published_at) WHERE published_at IS NOT NULL;
+CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_notify('outbox', ''); RETURN NULL; END $$;
+CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
+"""
