@@ -39,7 +39,7 @@ def defaults_to_now() -> Any:
 
 class OutboxColumns(SQLModel):
     """Events written in the transaction that caused them, relayed to Kafka after commit
-    (shared.messaging.OutboxRelay). A row is deleted once the broker acknowledged it."""
+    (shared.outbox.OutboxRelay). A row is deleted once the broker acknowledged it."""
 
     id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger)
     topic: str = Field(sa_type=Text)
