@@ -16,7 +16,8 @@ def test_parameters_are_numbered_in_order_and_passed_by_name() -> None:
             col(Order.account_id) == bindparam("account"), col(Order.status) == bindparam("status")
         )
     )
-    assert "$1" in query.sql and "$2" in query.sql
+    assert "$1" in query.sql
+    assert "$2" in query.sql
     assert query.params == ("account", "status")
     assert query.args(status="COMPLETED", account="a") == ["a", "COMPLETED"]
 
@@ -36,5 +37,6 @@ def test_each_combination_of_order_filters_has_its_own_statement() -> None:
     count, page = repository._order_listing(("status",))
     assert count.params == ("account_id", "status")
     assert page.params == ("account_id", "status", "limit", "offset")
-    assert "orders.status = $2" in page.sql and "ORDER BY orders.transaction_id DESC" in page.sql
+    assert "orders.status = $2" in page.sql
+    assert "ORDER BY orders.transaction_id DESC" in page.sql
     assert repository._order_listing(())[1].params == ("account_id", "limit", "offset")
