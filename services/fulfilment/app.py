@@ -6,10 +6,12 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from services.fulfilment import metrics
-from services.fulfilment.adapters import repository as repo
-from services.fulfilment.adapters.supplier import NoSupplier, SimulatedSupplier, Supplier
+from services.fulfilment.adapters.postgres import PostgresUnitOfWork
+from services.fulfilment.adapters.supplier import NoSupplier, SimulatedSupplier
 from services.fulfilment.entrypoints import admin, consumers
-from services.fulfilment.service_layer.backorders import Backorders
+from services.fulfilment.service_layer import backorders
+from services.fulfilment.service_layer.backorders import Policy, Supplier
+from shared.db import Conn
 from shared.runtime import Runtime, every, lifespan_for
 from shared.settings import FulfilmentSettings
 from shared.web import install_common
@@ -26,18 +28,30 @@ def create_app(settings: FulfilmentSettings | None = None) -> FastAPI:
         else None
     )
     supplier: Supplier = simulated or NoSupplier()
-    backorders = Backorders(settings.backorder_deadline_s, supplier, settings.supplier_batch)
+    policy = Policy(settings.backorder_deadline_s, supplier, settings.supplier_batch)
+
+    def new_uow() -> PostgresUnitOfWork:
+        return PostgresUnitOfWork(runtime.pool)
+
+    def uow_on(conn: Conn) -> PostgresUnitOfWork:
+        return PostgresUnitOfWork(conn=conn)
+
     consumers.register(
-        runtime.broker, lambda: runtime.pool, lambda: runtime.producer, backorders, settings
+        runtime.broker,
+        lambda: runtime.pool,
+        lambda: runtime.producer,
+        new_uow,
+        uow_on,
+        policy,
+        settings,
     )
 
     async def refresh_gauges() -> None:
-        async with runtime.pool.acquire() as conn:
-            rows = await repo.waiting_by_sku(conn)
+        skus = await backorders.open_backorders(new_uow())
         metrics.BACKORDERS_WAITING.clear()
-        for row in rows:
-            metrics.BACKORDERS_WAITING.labels(row["sku"]).set(row["waiting"])
-        metrics.OLDEST_WAITING_AGE.set(max((float(r["oldest"]) for r in rows), default=0.0))
+        for sku in skus:
+            metrics.BACKORDERS_WAITING.labels(sku.sku).set(sku.count)
+        metrics.OLDEST_WAITING_AGE.set(max((s.oldest_age_s for s in skus), default=0.0))
 
     @contextlib.asynccontextmanager
     async def loops() -> AsyncIterator[None]:
@@ -47,7 +61,7 @@ def create_app(settings: FulfilmentSettings | None = None) -> FastAPI:
             lambda: every(
                 settings.deadline_scan_interval_s,
                 "deadline scan",
-                lambda: backorders.cancel_overdue(runtime.pool),
+                lambda: backorders.cancel_overdue(new_uow()),
             ),
         )
         start("gauges", lambda: every(5.0, "gauges", refresh_gauges))
@@ -56,21 +70,20 @@ def create_app(settings: FulfilmentSettings | None = None) -> FastAPI:
             lambda: every(
                 settings.retry_after_s / 3,
                 "retrying stalled backorders",
-                lambda: backorders.retry_stalled(runtime.pool, settings.retry_after_s),
+                lambda: backorders.retry_stalled(new_uow, settings.retry_after_s),
             ),
         )
         if simulated is not None:
             start(
                 "supplier",
-                lambda: every(
-                    0.5, "supplier deliveries", lambda: simulated.deliver_due(runtime.pool)
-                ),
+                lambda: every(0.5, "supplier deliveries", lambda: simulated.deliver_due(new_uow())),
             )
         yield
 
     app = FastAPI(title="instant-orders fulfilment", lifespan=lifespan_for(runtime, loops))
     app.state.runtime = runtime
     app.state.settings = settings
+    app.state.new_uow = new_uow
     app.state.admin_token = settings.admin_token
     install_common(app, SERVICE, runtime.readiness())
     app.include_router(admin.router)

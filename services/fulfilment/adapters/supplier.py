@@ -1,4 +1,5 @@
-"""The supplier port, and the simulated supplier that is its default adapter.
+"""Adapters of the supplier port (service_layer.backorders.Supplier): none, and the simulated
+supplier that is the default.
 
 A request is recorded in the database (so it survives a restart, and at most one is open per
 SKU); the simulated supplier "delivers" it after a delay: generated codes, sealed with the
@@ -7,32 +8,22 @@ code key, sent to inventory as a DeliverStock command through the outbox.
 
 import secrets
 import string
-from typing import Protocol
-
-import asyncpg
 
 from services.fulfilment import metrics
-from services.fulfilment.adapters import repository as repo
+from services.fulfilment.service_layer.unit_of_work import UnitOfWork
 from shared import topics
 from shared.contracts import DeliverStock
 from shared.crypto import Code, CodeVault
-from shared.db import Conn
-from shared.outbox import add_to_outbox
 
 _ALPHABET = string.ascii_uppercase + string.digits
 # A DeliverStock message stays far below Kafka's 1 MiB message size (~115 bytes a code).
 CODES_PER_DELIVERY = 500
 
 
-class Supplier(Protocol):
-    async def request(self, conn: Conn, sku: str, quantity: int) -> None:
-        """Ask for `quantity` more codes of `sku`, in the caller's transaction."""
-
-
 class NoSupplier:
     """Supplier requests switched off: stock comes from operators only."""
 
-    async def request(self, conn: Conn, sku: str, quantity: int) -> None:
+    async def request(self, uow: UnitOfWork, sku: str, quantity: int) -> None:
         return None
 
 
@@ -41,27 +32,28 @@ class SimulatedSupplier:
         self._vault = vault
         self._delay_s = delay_s
 
-    async def request(self, conn: Conn, sku: str, quantity: int) -> None:
-        if await repo.open_supplier_request(conn, sku, quantity, self._delay_s):
+    async def request(self, uow: UnitOfWork, sku: str, quantity: int) -> None:
+        if await uow.supplier_requests.open(sku, quantity, self._delay_s):
             metrics.SUPPLIER_REQUESTS.inc()
 
-    async def deliver_due(self, pool: asyncpg.Pool, limit: int = 20) -> int:
+    async def deliver_due(self, uow: UnitOfWork, limit: int = 20) -> int:
         """Deliver every request whose delay has passed; returns how many were delivered."""
-        async with pool.acquire() as conn, conn.transaction():
-            due = await repo.due_supplier_requests(conn, limit)
+        async with uow:
+            due = await uow.supplier_requests.take_due(limit)
             for request in due:
-                sku, quantity = request["sku"], request["quantity"]
+                sku, quantity = request.sku, request.quantity
                 for part, start in enumerate(range(0, quantity, CODES_PER_DELIVERY)):
                     sealed = [
                         self._vault.seal(self._generate(), aad=sku).to_wire()
                         for _ in range(min(CODES_PER_DELIVERY, quantity - start))
                     ]
                     delivery = DeliverStock(
-                        delivery_id=f"sim-{request['id']}-{part}", sku=sku, sealed_codes=sealed
+                        delivery_id=f"sim-{request.id}-{part}", sku=sku, sealed_codes=sealed
                     )
-                    await add_to_outbox(conn, topics.INVENTORY_COMMANDS.name, sku, delivery)
-                await repo.mark_delivered(conn, request["id"])
-                metrics.SUPPLIER_DELIVERIES.inc(request["quantity"])
+                    uow.publish(topics.INVENTORY_COMMANDS.name, sku, delivery)
+                await uow.supplier_requests.mark_delivered(request.id)
+                metrics.SUPPLIER_DELIVERIES.inc(request.quantity)
+            await uow.commit()
         return len(due)
 
     @staticmethod

@@ -1,10 +1,12 @@
 """Operators' view of backorders."""
 
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from shared.runtime import Runtime
+from services.fulfilment.domain.model import BackorderState
+from services.fulfilment.service_layer.unit_of_work import UnitOfWork
 from shared.web import admin_only, ok
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(admin_only)])
@@ -14,30 +16,22 @@ router = APIRouter(prefix="/admin", dependencies=[Depends(admin_only)])
 async def list_backorders(
     request: Request,
     sku: Annotated[str | None, Query(max_length=64)] = None,
-    state: Literal["WAITING", "ALLOCATING", "CANCELLING", "COMPLETED", "CANCELLED"] | None = None,
+    state: BackorderState | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    runtime: Runtime = request.app.state.runtime
-    rows = await runtime.pool.fetch(
-        """
-        SELECT transaction_id, sku, state, placed_at, deadline_at, cancel_reason
-        FROM backorders WHERE ($1::text IS NULL OR sku = $1) AND ($2::text IS NULL OR state = $2)
-        ORDER BY placed_at, transaction_id LIMIT $3
-        """,
-        sku,
-        state,
-        limit,
-    )
+    new_uow: Callable[[], UnitOfWork] = request.app.state.new_uow
+    async with new_uow() as uow:
+        found = await uow.backorders.listing(sku, state, limit)
     return ok(
         [
             {
-                "transactionId": r["transaction_id"],
-                "sku": r["sku"],
-                "state": r["state"],
-                "placedAt": r["placed_at"].isoformat(),
-                "deadlineAt": r["deadline_at"].isoformat(),
-                "cancelReason": r["cancel_reason"],
+                "transactionId": b.transaction_id,
+                "sku": b.sku,
+                "state": b.state.value,
+                "placedAt": b.placed_at.isoformat(),
+                "deadlineAt": b.deadline_at.isoformat(),
+                "cancelReason": b.cancel_reason,
             }
-            for r in rows
+            for b in found
         ]
     )

@@ -1,19 +1,21 @@
 """Kafka subscribers of fulfilment: inventory's events and the product catalog."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
 
-from services.fulfilment.service_layer.backorders import Backorders
+from services.fulfilment.service_layer import backorders
+from services.fulfilment.service_layer.unit_of_work import UnitOfWork
 from shared import topics
 from shared.consumers import subscribe, subscribe_batched
-from shared.contracts import ProductSnapshot, inventory_event
+from shared.contracts import InventoryEvent, ProductSnapshot, inventory_event
+from shared.db import Conn
 from shared.settings import FulfilmentSettings
 
 # Every instant order in stock makes an OrderReserved, which fulfilment has no use for: it is
-# passed over undecoded (see Backorders.on_inventory_events).
+# passed over undecoded (see backorders.follow_inventory).
 FULFILMENT_EVENT_TYPES = frozenset(
     {
         "OrderBackordered",
@@ -29,12 +31,18 @@ def register(
     broker: KafkaBroker,
     pool_of: Callable[[], asyncpg.Pool],
     producer_of: Callable[[], AIOKafkaProducer],
-    backorders: Backorders,
+    new_uow: Callable[[], UnitOfWork],
+    uow_on: Callable[[Conn], UnitOfWork],
+    policy: backorders.Policy,
     settings: FulfilmentSettings,
 ) -> None:
+    """`uow_on`: a unit of work inside the transaction the batch subscriber holds open."""
+
+    async def follow_inventory(conn: Conn, events: Sequence[InventoryEvent]) -> None:
+        await backorders.follow_inventory(events, uow_on(conn), policy)
+
     async def apply_product(product: ProductSnapshot) -> None:
-        async with pool_of().acquire() as conn, conn.transaction():
-            await backorders.on_product(conn, product)
+        await backorders.apply_product(product, new_uow(), policy)
 
     subscribe_batched(
         broker,
@@ -42,7 +50,7 @@ def register(
         group_id="fulfilment",
         name="fulfilment.inventory-events",
         parse=inventory_event.validate_json,
-        apply=backorders.on_inventory_events,
+        apply=follow_inventory,
         types=FULFILMENT_EVENT_TYPES,
         pool_of=pool_of,
         producer_of=producer_of,

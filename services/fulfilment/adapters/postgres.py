@@ -1,0 +1,292 @@
+"""The repositories and unit of work over PostgreSQL: hand-written SQL on one asyncpg
+connection per transaction."""
+
+import contextlib
+from collections.abc import Sequence
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from services.fulfilment.domain.model import (
+    Backorder,
+    BackorderState,
+    OpenBackorders,
+    SkuKnowledge,
+    SupplierRequest,
+)
+from services.fulfilment.service_layer.unit_of_work import UnitOfWork
+from shared.contracts import Message
+from shared.db import Conn
+from shared.outbox import add_all_to_outbox
+
+_BACKORDER_COLUMNS = "transaction_id, account_id, sku, placed_at, deadline_at, state, cancel_reason"
+
+
+def _backorder(row: asyncpg.Record) -> Backorder:
+    return Backorder(
+        transaction_id=row["transaction_id"],
+        account_id=row["account_id"],
+        sku=row["sku"],
+        placed_at=row["placed_at"],
+        deadline_at=row["deadline_at"],
+        state=BackorderState(row["state"]),
+        cancel_reason=row["cancel_reason"],
+    )
+
+
+class PostgresSkus:
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+
+    async def lock(self, sku: str) -> SkuKnowledge:
+        await self._conn.execute("INSERT INTO skus (sku) VALUES ($1) ON CONFLICT DO NOTHING", sku)
+        row = await self._conn.fetchrow("SELECT * FROM skus WHERE sku = $1 FOR UPDATE", sku)
+        assert row is not None
+        return SkuKnowledge(
+            row["sku"], row["active"], row["deadline_seconds"], row["version"], row["stock_hint"]
+        )
+
+    async def apply_product(
+        self, sku: str, active: bool, deadline_seconds: int | None, version: int
+    ) -> bool:
+        applied = await self._conn.fetchval(
+            """
+            INSERT INTO skus (sku, active, deadline_seconds, version) VALUES ($1, $2, $3, $4)
+            ON CONFLICT (sku) DO UPDATE SET active = EXCLUDED.active,
+                deadline_seconds = EXCLUDED.deadline_seconds, version = EXCLUDED.version
+            WHERE skus.version < EXCLUDED.version
+            RETURNING 1
+            """,
+            sku,
+            active,
+            deadline_seconds,
+            version,
+        )
+        return applied is not None
+
+    async def set_stock_hint(self, sku: str, available: int) -> None:
+        await self._conn.execute(
+            "UPDATE skus SET stock_hint = GREATEST($2, 0) WHERE sku = $1", sku, available
+        )
+
+    async def take_from_stock_hint(self, sku: str) -> None:
+        await self._conn.execute(
+            "UPDATE skus SET stock_hint = GREATEST(stock_hint - 1, 0) WHERE sku = $1", sku
+        )
+
+
+class PostgresBackorders:
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+
+    async def add(self, backorder: Backorder) -> bool:
+        inserted = await self._conn.fetchval(
+            """
+            INSERT INTO backorders (transaction_id, account_id, sku, placed_at, deadline_at)
+            VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING 1
+            """,
+            backorder.transaction_id,
+            backorder.account_id,
+            backorder.sku,
+            backorder.placed_at,
+            backorder.deadline_at,
+        )
+        return inserted is not None
+
+    async def get_for_update(self, transaction_id: str) -> Backorder | None:
+        row = await self._conn.fetchrow(
+            f"SELECT {_BACKORDER_COLUMNS} FROM backorders "  # noqa: S608 - constant columns
+            "WHERE transaction_id = $1 FOR UPDATE",
+            transaction_id,
+        )
+        return None if row is None else _backorder(row)
+
+    async def save(self, backorders: Sequence[Backorder]) -> None:
+        if not backorders:
+            return
+        await self._conn.execute(
+            """
+            UPDATE backorders b SET state = s.state, cancel_reason = s.cancel_reason,
+                updated_at = now()
+            FROM unnest($1::text[], $2::text[], $3::text[]) AS s (transaction_id, state,
+                                                                 cancel_reason)
+            WHERE b.transaction_id = s.transaction_id
+            """,
+            [b.transaction_id for b in backorders],
+            [b.state.value for b in backorders],
+            [b.cancel_reason for b in backorders],
+        )
+
+    async def count(self, sku: str, state: BackorderState) -> int:
+        n: int = await self._conn.fetchval(
+            "SELECT count(*) FROM backorders WHERE sku = $1 AND state = $2", sku, state.value
+        )
+        return n
+
+    async def oldest_waiting(self, sku: str, limit: int | None = None) -> list[Backorder]:
+        rows = await self._conn.fetch(
+            f"""
+            SELECT {_BACKORDER_COLUMNS} FROM backorders WHERE sku = $1 AND state = 'WAITING'
+            ORDER BY placed_at, transaction_id LIMIT $2 FOR UPDATE
+            """,  # noqa: S608 - constant columns
+            sku,
+            limit,
+        )
+        return [_backorder(row) for row in rows]
+
+    async def overdue(self, limit: int) -> list[Backorder]:
+        rows = await self._conn.fetch(
+            f"""
+            SELECT {_BACKORDER_COLUMNS} FROM backorders
+            WHERE state = 'WAITING' AND deadline_at <= now()
+            ORDER BY deadline_at LIMIT $1 FOR UPDATE SKIP LOCKED
+            """,  # noqa: S608 - constant columns
+            limit,
+        )
+        return [_backorder(row) for row in rows]
+
+    async def take_stale_in_flight(self, older_than_s: float, limit: int) -> list[Backorder]:
+        rows = await self._conn.fetch(
+            f"""
+            UPDATE backorders SET updated_at = now()
+            WHERE transaction_id IN (
+                SELECT transaction_id FROM backorders
+                WHERE state IN ('ALLOCATING', 'CANCELLING')
+                  AND updated_at < now() - make_interval(secs => $1)
+                ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+            RETURNING {_BACKORDER_COLUMNS}
+            """,  # noqa: S608 - constant columns
+            older_than_s,
+            limit,
+        )
+        return [_backorder(row) for row in rows]
+
+    async def skus_waiting_unoffered(self, older_than_s: float, limit: int) -> list[str]:
+        rows = await self._conn.fetch(
+            """
+            SELECT sku FROM backorders b
+            WHERE state = 'WAITING' AND updated_at < now() - make_interval(secs => $1)
+              AND NOT EXISTS (SELECT 1 FROM backorders a
+                              WHERE a.sku = b.sku AND a.state = 'ALLOCATING')
+            GROUP BY sku LIMIT $2
+            """,
+            older_than_s,
+            limit,
+        )
+        return [r["sku"] for r in rows]
+
+    async def open_per_sku(self) -> list[OpenBackorders]:
+        rows = await self._conn.fetch(
+            """
+            SELECT sku, count(*) AS waiting, extract(epoch FROM now() - min(placed_at)) AS oldest
+            FROM backorders WHERE state IN ('WAITING', 'ALLOCATING', 'CANCELLING') GROUP BY sku
+            """
+        )
+        return [OpenBackorders(r["sku"], r["waiting"], float(r["oldest"])) for r in rows]
+
+    async def listing(
+        self, sku: str | None, state: BackorderState | None, limit: int
+    ) -> list[Backorder]:
+        rows = await self._conn.fetch(
+            f"""
+            SELECT {_BACKORDER_COLUMNS} FROM backorders
+            WHERE ($1::text IS NULL OR sku = $1) AND ($2::text IS NULL OR state = $2)
+            ORDER BY placed_at, transaction_id LIMIT $3
+            """,  # noqa: S608 - constant columns
+            sku,
+            None if state is None else state.value,
+            limit,
+        )
+        return [_backorder(row) for row in rows]
+
+
+class PostgresSupplierRequests:
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+
+    async def open(self, sku: str, quantity: int, delay_s: float) -> bool:
+        opened = await self._conn.fetchval(
+            """
+            INSERT INTO supplier_requests (sku, quantity, due_at)
+            VALUES ($1, $2, now() + make_interval(secs => $3))
+            ON CONFLICT (sku) WHERE delivered_at IS NULL DO NOTHING RETURNING 1
+            """,
+            sku,
+            quantity,
+            delay_s,
+        )
+        return opened is not None
+
+    async def take_due(self, limit: int) -> list[SupplierRequest]:
+        rows = await self._conn.fetch(
+            """
+            SELECT id, sku, quantity FROM supplier_requests
+            WHERE delivered_at IS NULL AND due_at <= now()
+            ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED
+            """,
+            limit,
+        )
+        return [SupplierRequest(r["id"], r["sku"], r["quantity"]) for r in rows]
+
+    async def mark_delivered(self, request_id: int) -> None:
+        await self._conn.execute(
+            "UPDATE supplier_requests SET delivered_at = now() WHERE id = $1", request_id
+        )
+
+
+class PostgresUnitOfWork(UnitOfWork):
+    """A transaction on a connection of `pool`. Given `conn` instead, the unit runs inside
+    the transaction its caller holds open on it (as a savepoint: leaving without commit
+    undoes only the unit's own work), and the caller commits."""
+
+    def __init__(self, pool: asyncpg.Pool | None = None, *, conn: Conn | None = None) -> None:
+        if (pool is None) == (conn is None):
+            raise ValueError("give a pool or a connection, not both")
+        super().__init__()
+        self._pool = pool
+        self._given = conn
+        self._conn: Conn | None = None
+        self._tx: asyncpg.transaction.Transaction | None = None
+
+    async def _begin(self) -> None:
+        conn = self._given or await self._acquire()
+        try:
+            self._tx = conn.transaction()
+            await self._tx.start()
+        except BaseException:
+            await self._release(conn)
+            raise
+        self._conn = conn
+        self.skus = PostgresSkus(conn)
+        self.backorders = PostgresBackorders(conn)
+        self.supplier_requests = PostgresSupplierRequests(conn)
+
+    async def _commit(self, messages: Sequence[tuple[str, str, Message]]) -> None:
+        assert self._conn is not None
+        assert self._tx is not None
+        await add_all_to_outbox(self._conn, messages)
+        await self._tx.commit()
+        self._tx = None
+
+    async def _end(self) -> None:
+        if self._conn is None:
+            return
+        try:
+            if self._tx is not None and not self._conn.is_closed():
+                with contextlib.suppress(asyncpg.InterfaceError, OSError):
+                    await self._tx.rollback()
+        finally:
+            self._tx = None
+            conn, self._conn = self._conn, None
+            await self._release(conn)
+
+    async def _acquire(self) -> PoolConnectionProxy:
+        assert self._pool is not None
+        conn: PoolConnectionProxy = await self._pool.acquire()
+        return conn
+
+    async def _release(self, conn: Conn) -> None:
+        if self._given is None:
+            assert self._pool is not None
+            assert isinstance(conn, PoolConnectionProxy)
+            await self._pool.release(conn)
