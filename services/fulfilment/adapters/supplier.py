@@ -6,16 +6,12 @@ SKU); the simulated supplier "delivers" it after a delay: generated codes, seale
 code key, sent to inventory as a DeliverStock command through the outbox.
 """
 
-import secrets
-import string
-
 from services.fulfilment import metrics
 from services.fulfilment.service_layer.unit_of_work import UnitOfWork
 from shared import topics
 from shared.contracts import DeliverStock
-from shared.crypto import Code, CodeVault
+from shared.crypto import CodeVault, random_code
 
-_ALPHABET = string.ascii_uppercase + string.digits
 # A DeliverStock message stays far below Kafka's 1 MiB message size (~115 bytes a code).
 CODES_PER_DELIVERY = 500
 
@@ -44,7 +40,9 @@ class SimulatedSupplier:
                 sku, quantity = request.sku, request.quantity
                 for part, start in enumerate(range(0, quantity, CODES_PER_DELIVERY)):
                     sealed = [
-                        self._vault.seal(self._generate(), aad=sku).to_wire()
+                        self._vault.seal(
+                            random_code("SIM", group_length=5, pin_digits=8), aad=sku
+                        ).to_wire()
                         for _ in range(min(CODES_PER_DELIVERY, quantity - start))
                     ]
                     delivery = DeliverStock(
@@ -55,10 +53,3 @@ class SimulatedSupplier:
                 metrics.SUPPLIER_DELIVERIES.inc(request.quantity)
             await uow.commit()
         return len(due)
-
-    @staticmethod
-    def _generate() -> Code:
-        groups = ("".join(secrets.choice(_ALPHABET) for _ in range(5)) for _ in range(4))
-        return Code(
-            redeem_code="SIM-" + "-".join(groups), pin_code=f"{secrets.randbelow(10**8):08d}"
-        )
