@@ -25,3 +25,27 @@ BEGIN PERFORM pg_notify('outbox', ''); RETURN NULL; END $$;
 CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
     FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
 """
+
+# Outbox rows the broker can never take (larger than it accepts), moved out of the outbox by
+# the relay so that nothing behind them waits; kept whole, with the reason, for an operator.
+OUTBOX_DEAD_LETTERS_1 = """
+CREATE TABLE outbox_dead_letters (
+    id         bigint      PRIMARY KEY,
+    topic      text        NOT NULL,
+    key        text        NOT NULL,
+    payload    bytea       NOT NULL,
+    headers    jsonb       NOT NULL,
+    created_at timestamptz NOT NULL,
+    dead_at    timestamptz NOT NULL DEFAULT now(),
+    reason     text        NOT NULL
+);
+INSERT INTO outbox_dead_letters (id, topic, key, payload, headers, created_at, reason)
+    SELECT id, topic, key, payload, headers, created_at, 'MessageSizeTooLargeError'
+    FROM outbox WHERE relay_after = 'infinity';
+DELETE FROM outbox WHERE relay_after = 'infinity';
+"""
+OUTBOX_DEAD_LETTERS_1_UNDO = """
+INSERT INTO outbox (id, topic, key, payload, headers, created_at, relay_after)
+    SELECT id, topic, key, payload, headers, created_at, 'infinity' FROM outbox_dead_letters;
+DROP TABLE outbox_dead_letters;
+"""

@@ -53,6 +53,12 @@ OUTBOX_OLDEST_AGE = Gauge(
     ["service"],
     multiprocess_mode="mostrecent",
 )
+OUTBOX_DEAD_LETTERS = Gauge(
+    "outbox_dead_letters",
+    "Outbox rows the broker can never take, moved to outbox_dead_letters (not sent).",
+    ["service"],
+    multiprocess_mode="mostrecent",
+)
 OUTBOX_PUBLISHED = Counter("outbox_published_total", "Outbox rows published.", ["service"])
 CONSUMER_RETRIES = Counter(
     "consumer_retries_total", "Handler attempts that failed and were retried.", ["consumer", "kind"]

@@ -217,17 +217,18 @@ class OutboxRelay:
             )
             if time.monotonic() >= self._next_gauges:
                 self._next_gauges = time.monotonic() + 1.0
-                # Parked rows (never sendable) are counted as dead letters, not as a backlog.
                 backlog = await conn.fetchrow(
-                    "SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS age "
-                    "FROM outbox WHERE published_at IS NULL AND relay_after <> 'infinity'"
+                    "SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS age, "
+                    "(SELECT count(*) FROM outbox_dead_letters) AS dead "
+                    "FROM outbox WHERE published_at IS NULL"
                 )
                 assert backlog is not None
                 metrics.OUTBOX_BACKLOG.labels(self._service).set(backlog["n"])
                 metrics.OUTBOX_OLDEST_AGE.labels(self._service).set(float(backlog["age"] or 0))
+                metrics.OUTBOX_DEAD_LETTERS.labels(self._service).set(backlog["dead"])
             if not rows:
                 return 0
-            futures, sent, parked = [], [], []
+            futures, sent, dead = [], [], []
             for r in rows:
                 try:
                     futures.append(
@@ -240,23 +241,33 @@ class OutboxRelay:
                     )
                     sent.append(r["id"])
                 except MessageSizeTooLargeError:
-                    # It can never be sent: park it (kept, never marked sent, counted in the
-                    # outbox backlog and logged) rather than block every row behind it.
+                    # It can never be sent: it leaves the outbox for outbox_dead_letters (kept
+                    # whole, never marked sent, logged, alerted on) rather than block every row
+                    # behind it.
                     log.error(
-                        "outbox row %d for %s is larger than the broker takes: parked, not sent",
+                        "outbox row %d for %s is larger than the broker takes: moved to "
+                        "outbox_dead_letters, not sent",
                         r["id"],
                         r["topic"],
                     )
                     metrics.DEAD_LETTERS.labels(f"{self._service}.outbox", r["topic"]).inc()
-                    parked.append(r["id"])
+                    dead.append(r["id"])
             await asyncio.gather(*futures)
             # Only rows the broker acknowledged leave the outbox. Deleted rather than marked:
             # nothing reads a sent row again, and the table and its index stay small.
             await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", sent)
-            if parked:
+            if dead:
                 await conn.execute(
-                    "UPDATE outbox SET relay_after = 'infinity' WHERE id = ANY($1::bigint[])",
-                    parked,
+                    """
+                    WITH dead AS (
+                        DELETE FROM outbox WHERE id = ANY($1::bigint[])
+                        RETURNING id, topic, key, payload, headers, created_at)
+                    INSERT INTO outbox_dead_letters
+                        (id, topic, key, payload, headers, created_at, reason)
+                    SELECT id, topic, key, payload, headers, created_at, $2 FROM dead
+                    """,
+                    dead,
+                    MessageSizeTooLargeError.__name__,
                 )
             metrics.OUTBOX_PUBLISHED.labels(self._service).inc(len(sent))
             return len(rows)

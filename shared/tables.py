@@ -53,6 +53,21 @@ class OutboxColumns(SQLModel):
     published_at: datetime | None = Field(default=None, sa_type=TIMESTAMP)
 
 
+class OutboxDeadLetterColumns(SQLModel):
+    """An outbox row the broker can never take (larger than it accepts), moved here by the
+    relay with the reason, so that the rows behind it are sent; kept whole for an operator
+    (docs/runbook.md#outboxdeadletters)."""
+
+    id: int = Field(primary_key=True, sa_type=BigInteger, sa_column_kwargs={"autoincrement": False})
+    topic: str = Field(sa_type=Text)
+    key: str = Field(sa_type=Text)
+    payload: bytes = Field(sa_type=LargeBinary)
+    headers: dict[str, str] = Field(sa_type=JSONB)
+    created_at: datetime = Field(sa_type=TIMESTAMP)
+    dead_at: datetime = defaults_to_now()
+    reason: str = Field(sa_type=Text)
+
+
 def service_metadata(service: str) -> MetaData:
     """The tables a service ("api", "inventory", "fulfilment") declares."""
     module = importlib.import_module(f"services.{service}.adapters.tables")

@@ -27,6 +27,7 @@ from shared.tables import (
     MONEY,
     TIMESTAMP,
     OutboxColumns,
+    OutboxDeadLetterColumns,
     defaults_to_now,
     outbox_indexes,
 )
@@ -169,3 +170,7 @@ class Order(ApiTable, table=True):
 class Outbox(OutboxColumns, ApiTable, table=True):
     __tablename__ = "outbox"
     __table_args__ = outbox_indexes()
+
+
+class OutboxDeadLetter(OutboxDeadLetterColumns, ApiTable, table=True):
+    __tablename__ = "outbox_dead_letters"

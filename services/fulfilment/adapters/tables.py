@@ -7,7 +7,13 @@ from sqlalchemy import BigInteger, Boolean, CheckConstraint, Index, Integer, Tex
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
-from shared.tables import TIMESTAMP, OutboxColumns, defaults_to_now, outbox_indexes
+from shared.tables import (
+    TIMESTAMP,
+    OutboxColumns,
+    OutboxDeadLetterColumns,
+    defaults_to_now,
+    outbox_indexes,
+)
 
 OPEN_STATES = "state IN ('WAITING', 'ALLOCATING', 'CANCELLING')"
 
@@ -92,3 +98,7 @@ class SupplierRequest(FulfilmentTable, table=True):
 class Outbox(OutboxColumns, FulfilmentTable, table=True):
     __tablename__ = "outbox"
     __table_args__ = outbox_indexes()
+
+
+class OutboxDeadLetter(OutboxDeadLetterColumns, FulfilmentTable, table=True):
+    __tablename__ = "outbox_dead_letters"

@@ -19,7 +19,14 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
-from shared.tables import MONEY, TIMESTAMP, OutboxColumns, defaults_to_now, outbox_indexes
+from shared.tables import (
+    MONEY,
+    TIMESTAMP,
+    OutboxColumns,
+    OutboxDeadLetterColumns,
+    defaults_to_now,
+    outbox_indexes,
+)
 
 
 class InventoryTable(SQLModel, registry=registry()):
@@ -111,3 +118,7 @@ class Decision(InventoryTable, table=True):
 class Outbox(OutboxColumns, InventoryTable, table=True):
     __tablename__ = "outbox"
     __table_args__ = outbox_indexes()
+
+
+class OutboxDeadLetter(OutboxDeadLetterColumns, InventoryTable, table=True):
+    __tablename__ = "outbox_dead_letters"

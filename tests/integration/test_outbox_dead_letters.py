@@ -1,0 +1,107 @@
+"""An outbox row the broker can never take (larger than it accepts) is never marked sent:
+the relay moves it whole to outbox_dead_letters with the reason, counts it in the
+`outbox_dead_letters` gauge the OutboxDeadLetters alert watches, and sends the rows behind it.
+Against the real PostgreSQL server and Kafka broker."""
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from shared import metrics
+from shared.db import create_pool
+from shared.outbox import OutboxRelay
+from shared.producers import durable_producer
+from tests.conftest import Stack
+from tests.helpers import unique, wait_until
+
+pytestmark = pytest.mark.integration
+
+TOO_LARGE = 2 * 1024 * 1024  # the producer refuses requests over 1 MiB (max_request_size)
+
+
+@pytest.fixture
+async def topic(stack: Stack) -> AsyncIterator[str]:
+    name = unique("test-outbox-dead-letters")
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])
+        yield name
+    finally:
+        await admin.delete_topics([name])
+        await admin.close()
+
+
+async def test_a_row_the_broker_never_takes_goes_to_the_dead_letter_table(
+    stack: Stack, topic: str
+) -> None:
+    pool = await create_pool(stack.fulfilment_db_url, 4)
+    producer = durable_producer(stack.kafka_bootstrap, "test-dead-letters")
+    await producer.start()
+    relay = OutboxRelay(pool, producer, "test-dead-letters", poll_interval_s=0.2)
+    big_id = small_id = None
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO outbox (topic, key, payload) VALUES ($1, 'big', $2)",
+                topic,
+                b"x" * TOO_LARGE,
+            )
+            big_id = await conn.fetchval("SELECT max(id) FROM outbox WHERE topic = $1", topic)
+            await conn.execute(
+                "INSERT INTO outbox (topic, key, payload) VALUES ($1, 'small', 'after it')",
+                topic,
+            )
+            small_id = await conn.fetchval("SELECT max(id) FROM outbox WHERE topic = $1", topic)
+        await relay.start()
+
+        async def settled() -> asyncpg.Record | None:
+            # Whichever relay of this database took the rows (the running fulfilment's too).
+            left = await pool.fetchval(
+                "SELECT count(*) FROM outbox WHERE id = ANY($1::bigint[])", [big_id, small_id]
+            )
+            dead = await pool.fetchrow(
+                "SELECT id, topic, key, length(payload) AS size, reason, dead_at "
+                "FROM outbox_dead_letters WHERE id = $1",
+                big_id,
+            )
+            return dead if left == 0 and dead is not None else None
+
+        dead = await wait_until(settled, timeout=15, message="big row dead-lettered, small sent")
+        assert dead["topic"] == topic
+        assert dead["key"] == "big"
+        assert dead["size"] == TOO_LARGE  # kept whole, for an operator to re-send
+        assert dead["reason"] == "MessageSizeTooLargeError"
+        assert (
+            await pool.fetchval("SELECT count(*) FROM outbox_dead_letters WHERE id = $1", small_id)
+            == 0
+        )
+
+        consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=None)
+        await consumer.start()
+        try:
+            consumer.assign([TopicPartition(topic, 0)])
+            await consumer.seek_to_beginning()
+            records = await consumer.getmany(timeout_ms=5000)
+            keys = [r.key for batch in records.values() for r in batch]
+        finally:
+            await consumer.stop()
+        assert keys == [b"small"]  # sent; the big one never was
+
+        async def gauge_counts_it() -> bool:
+            relay._next_gauges = 0.0
+            await relay.relay_once()  # refreshes the gauges when it gets the relay lock
+            value = metrics.OUTBOX_DEAD_LETTERS.labels("test-dead-letters")._value.get()
+            return value >= 1
+
+        await wait_until(gauge_counts_it, timeout=10, message="outbox_dead_letters gauge >= 1")
+    finally:
+        await relay.stop()
+        await producer.stop()
+        if big_id is not None:
+            await pool.execute("DELETE FROM outbox_dead_letters WHERE id = $1", big_id)
+        await pool.execute("DELETE FROM outbox WHERE topic = $1", topic)
+        await pool.close()
