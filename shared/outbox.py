@@ -101,6 +101,22 @@ def _is_closed(conn: PoolConnectionProxy) -> bool:
         return True
 
 
+_DEAD_LETTER = """
+WITH dead AS (
+    DELETE FROM outbox WHERE id = ANY($1::bigint[])
+    RETURNING id, topic, key, payload, headers, created_at)
+INSERT INTO outbox_dead_letters (id, topic, key, payload, headers, created_at, reason)
+SELECT id, topic, key, payload, headers, created_at, $2 FROM dead
+"""
+_DEAD_LETTER_PARKED = """
+WITH dead AS (
+    DELETE FROM outbox WHERE relay_after = 'infinity'
+    RETURNING id, topic, key, payload, headers, created_at)
+INSERT INTO outbox_dead_letters (id, topic, key, payload, headers, created_at, reason)
+SELECT id, topic, key, payload, headers, created_at, 'MessageSizeTooLargeError' FROM dead
+"""
+
+
 class OutboxRelay:
     """Publishes committed outbox rows in id order, one relay per database at a time, and
     deletes each row once the broker acknowledged it.
@@ -131,10 +147,28 @@ class OutboxRelay:
         self._listener: PoolConnectionProxy | None = None
 
     async def start(self) -> None:
-        # Rows sent by an earlier version, which marked sent rows instead of deleting them.
+        # Rows sent by an earlier version, which marked sent rows instead of deleting them,
+        # and rows it parked in the outbox rather than moving them to outbox_dead_letters.
         await self._pool.execute("DELETE FROM outbox WHERE published_at IS NOT NULL")
+        await self._pool.execute(_DEAD_LETTER_PARKED)
         await self._listen()
         self._task = asyncio.create_task(self._run(), name=f"{self._service}-outbox-relay")
+
+    async def _send(self, row: asyncpg.Record) -> "asyncio.Future[Any]":
+        future: asyncio.Future[Any] = await self._producer.send(
+            row["topic"],
+            value=row["payload"],
+            key=row["key"].encode(),
+            headers=[(k, v.encode()) for k, v in row["headers"].items()],
+        )
+        return future
+
+    async def _send_alone(self, row: asyncpg.Record) -> object:
+        """Sends one row and waits for its acknowledgement: the result, or the error."""
+        try:
+            return await (await self._send(row))
+        except Exception as exc:
+            return exc
 
     async def stop(self) -> None:
         if self._task:
@@ -231,19 +265,33 @@ class OutboxRelay:
             futures, sent, dead = [], [], []
             for r in rows:
                 try:
-                    futures.append(
-                        await self._producer.send(
-                            r["topic"],
-                            value=r["payload"],
-                            key=r["key"].encode(),
-                            headers=[(k, v.encode()) for k, v in r["headers"].items()],
-                        )
-                    )
-                    sent.append(r["id"])
+                    futures.append(await self._send(r))
+                    sent.append(r)
                 except MessageSizeTooLargeError:
-                    # It can never be sent: it leaves the outbox for outbox_dead_letters (kept
-                    # whole, never marked sent, logged, alerted on) rather than block every row
-                    # behind it.
+                    dead.append(r)  # over the producer's limit: refused before any send
+            acknowledged = []
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            for r, result in zip(sent, results, strict=True):
+                if isinstance(result, MessageSizeTooLargeError):
+                    # The broker refused the record batch it was in: alone, it says whether
+                    # this row is the one too large (the others of that batch then go).
+                    result = await self._send_alone(r)
+                if isinstance(result, MessageSizeTooLargeError):
+                    dead.append(r)
+                elif isinstance(result, BaseException):
+                    # Anything else: nothing of this round is deleted (the transaction rolls
+                    # back) and the next round sends it all again, in order.
+                    raise result
+                else:
+                    acknowledged.append(r["id"])
+            # Only rows the broker acknowledged leave the outbox. Deleted rather than marked:
+            # nothing reads a sent row again, and the table and its index stay small.
+            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", acknowledged)
+            if dead:
+                # They can never be sent: they leave the outbox for outbox_dead_letters (kept
+                # whole, never marked sent, logged, alerted on) rather than block every row
+                # behind them.
+                for r in dead:
                     log.error(
                         "outbox row %d for %s is larger than the broker takes: moved to "
                         "outbox_dead_letters, not sent",
@@ -251,23 +299,8 @@ class OutboxRelay:
                         r["topic"],
                     )
                     metrics.DEAD_LETTERS.labels(f"{self._service}.outbox", r["topic"]).inc()
-                    dead.append(r["id"])
-            await asyncio.gather(*futures)
-            # Only rows the broker acknowledged leave the outbox. Deleted rather than marked:
-            # nothing reads a sent row again, and the table and its index stay small.
-            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", sent)
-            if dead:
                 await conn.execute(
-                    """
-                    WITH dead AS (
-                        DELETE FROM outbox WHERE id = ANY($1::bigint[])
-                        RETURNING id, topic, key, payload, headers, created_at)
-                    INSERT INTO outbox_dead_letters
-                        (id, topic, key, payload, headers, created_at, reason)
-                    SELECT id, topic, key, payload, headers, created_at, $2 FROM dead
-                    """,
-                    dead,
-                    MessageSizeTooLargeError.__name__,
+                    _DEAD_LETTER, [r["id"] for r in dead], MessageSizeTooLargeError.__name__
                 )
-            metrics.OUTBOX_PUBLISHED.labels(self._service).inc(len(sent))
+            metrics.OUTBOX_PUBLISHED.labels(self._service).inc(len(acknowledged))
             return len(rows)

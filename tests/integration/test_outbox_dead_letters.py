@@ -19,25 +19,33 @@ from tests.helpers import unique, wait_until
 
 pytestmark = pytest.mark.integration
 
-TOO_LARGE = 2 * 1024 * 1024  # the producer refuses requests over 1 MiB (max_request_size)
+
+# Refused by the producer itself (over its max_request_size of 1 MiB), or by the broker (over
+# the topic's max.message.bytes), which fails the whole record batch the row was sent in.
+REFUSALS = {"by the producer": (2 * 1024 * 1024, None), "by the broker": (20_000, "4000")}
 
 
-@pytest.fixture
-async def topic(stack: Stack) -> AsyncIterator[str]:
+@pytest.fixture(params=sorted(REFUSALS))
+async def topic(stack: Stack, request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, int]]:
+    size, topic_limit = REFUSALS[request.param]
     name = unique("test-outbox-dead-letters")
     admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])
-        yield name
+        configs = {"max.message.bytes": topic_limit} if topic_limit else {}
+        await admin.create_topics(
+            [NewTopic(name, num_partitions=1, replication_factor=1, topic_configs=configs)]
+        )
+        yield name, size
     finally:
         await admin.delete_topics([name])
         await admin.close()
 
 
 async def test_a_row_the_broker_never_takes_goes_to_the_dead_letter_table(
-    stack: Stack, topic: str
+    stack: Stack, topic: tuple[str, int]
 ) -> None:
+    topic_name, too_large = topic
     pool = await create_pool(stack.fulfilment_db_url, 4)
     producer = durable_producer(stack.kafka_bootstrap, "test-dead-letters")
     await producer.start()
@@ -47,15 +55,17 @@ async def test_a_row_the_broker_never_takes_goes_to_the_dead_letter_table(
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO outbox (topic, key, payload) VALUES ($1, 'big', $2)",
-                topic,
-                b"x" * TOO_LARGE,
+                topic_name,
+                b"x" * too_large,
             )
-            big_id = await conn.fetchval("SELECT max(id) FROM outbox WHERE topic = $1", topic)
+            big_id = await conn.fetchval("SELECT max(id) FROM outbox WHERE topic = $1", topic_name)
             await conn.execute(
                 "INSERT INTO outbox (topic, key, payload) VALUES ($1, 'small', 'after it')",
-                topic,
+                topic_name,
             )
-            small_id = await conn.fetchval("SELECT max(id) FROM outbox WHERE topic = $1", topic)
+            small_id = await conn.fetchval(
+                "SELECT max(id) FROM outbox WHERE topic = $1", topic_name
+            )
         await relay.start()
 
         async def settled() -> asyncpg.Record | None:
@@ -71,9 +81,9 @@ async def test_a_row_the_broker_never_takes_goes_to_the_dead_letter_table(
             return dead if left == 0 and dead is not None else None
 
         dead = await wait_until(settled, timeout=15, message="big row dead-lettered, small sent")
-        assert dead["topic"] == topic
+        assert dead["topic"] == topic_name
         assert dead["key"] == "big"
-        assert dead["size"] == TOO_LARGE  # kept whole, for an operator to re-send
+        assert dead["size"] == too_large  # kept whole, for an operator to re-send
         assert dead["reason"] == "MessageSizeTooLargeError"
         assert (
             await pool.fetchval("SELECT count(*) FROM outbox_dead_letters WHERE id = $1", small_id)
@@ -83,7 +93,7 @@ async def test_a_row_the_broker_never_takes_goes_to_the_dead_letter_table(
         consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=None)
         await consumer.start()
         try:
-            consumer.assign([TopicPartition(topic, 0)])
+            consumer.assign([TopicPartition(topic_name, 0)])
             await consumer.seek_to_beginning()
             records = await consumer.getmany(timeout_ms=5000)
             keys = [r.key for batch in records.values() for r in batch]
@@ -103,5 +113,5 @@ async def test_a_row_the_broker_never_takes_goes_to_the_dead_letter_table(
         await producer.stop()
         if big_id is not None:
             await pool.execute("DELETE FROM outbox_dead_letters WHERE id = $1", big_id)
-        await pool.execute("DELETE FROM outbox WHERE topic = $1", topic)
+        await pool.execute("DELETE FROM outbox WHERE topic = $1", topic_name)
         await pool.close()

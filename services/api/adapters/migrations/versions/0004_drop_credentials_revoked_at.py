@@ -1,5 +1,6 @@
 """credentials.revoked_at was read (`IS NULL`) but nothing ever set it: dropped. Ending a
-credential is `expires_at`, which the token endpoint sets when it rotates tokens.
+credential is `expires_at`, which the token endpoint sets when it rotates tokens. A credential
+an operator revoked by hand (revoked_at set) stays ended: its revocation becomes its expiry.
 
 Revision ID: 0004
 """
@@ -13,7 +14,11 @@ depends_on = None
 
 
 def upgrade() -> None:
-    run_script("ALTER TABLE credentials DROP COLUMN revoked_at")
+    run_script(
+        "UPDATE credentials SET expires_at = LEAST(COALESCE(expires_at, revoked_at), revoked_at) "
+        "WHERE revoked_at IS NOT NULL;"
+        "ALTER TABLE credentials DROP COLUMN revoked_at"
+    )
 
 
 def downgrade() -> None:
