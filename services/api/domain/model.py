@@ -1,12 +1,24 @@
 """The ingress's domain: accounts pay for orders from currency wallets; orders are decided
-elsewhere and their status is mirrored here. No I/O in this module."""
+elsewhere and their status is mirrored here. No I/O in this module.
 
-from dataclasses import dataclass
+An order's life: accepted PROCESSING (paid for, recorded); then COMPLETED with a code, or
+backordered (still PROCESSING, waiting for stock) and later COMPLETED or CANCELLED with a
+reason (and refunded). COMPLETED and CANCELLED are final. The repositories apply each
+transition only to an order still PROCESSING (in SQL, `WHERE status = 'PROCESSING'`: the
+guard that makes concurrent deliveries of one outcome apply it once); the methods below state
+the same rule.
+
+A wallet (one account's balance in one currency) is held in slots, so that orders of one
+account paying at the same time take different rows: see `Wallet`.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import ROUND_DOWN, Decimal
 from uuid import UUID
 
-from shared.contracts import OrderStatus
+from shared.contracts import CancelReason, OrderStatus
 
 CENT = Decimal("0.01")
 
@@ -44,6 +56,14 @@ class DuplicateClientOrderNumber(DomainError):
 
 class AccountNotFound(DomainError):
     pass
+
+
+class IllegalTransition(DomainError):
+    """An order was asked to move where its life does not go (a final order changing)."""
+
+    def __init__(self, transaction_id: str, status: OrderStatus, to: str) -> None:
+        super().__init__(f"order {transaction_id} is {status}: it cannot become {to}")
+        self.transaction_id = transaction_id
 
 
 class PipelineUnavailable(DomainError):
@@ -86,6 +106,50 @@ class Order:
     created_at: datetime
     stock_id: int | None = None
     sealed_code: str | None = None
+    backordered_at: datetime | None = None
+    cancel_reason: str | None = None
+
+    @property
+    def backordered(self) -> bool:
+        return self.backordered_at is not None
+
+    def complete(self, stock_id: int, sealed_code: str) -> "Order":
+        """PROCESSING (backordered or not) → COMPLETED with its code."""
+        self._must_be_processing("COMPLETED")
+        return replace(self, status="COMPLETED", stock_id=stock_id, sealed_code=sealed_code)
+
+    def backorder(self, at: datetime) -> "Order":
+        """Inventory had no code: the order stays PROCESSING and waits; said once."""
+        self._must_be_processing("backordered")
+        if self.backordered:
+            raise IllegalTransition(self.transaction_id, self.status, "backordered again")
+        return replace(self, backordered_at=at)
+
+    def cancel(self, reason: CancelReason) -> "Order":
+        """PROCESSING → CANCELLED; the order's grand total is then refunded, once."""
+        self._must_be_processing("CANCELLED")
+        return replace(self, status="CANCELLED", cancel_reason=reason)
+
+    def _must_be_processing(self, to: str) -> None:
+        if self.status != "PROCESSING":
+            raise IllegalTransition(self.transaction_id, self.status, to)
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A live credential found by its hash, with its account's own rate limit."""
+
+    account_id: UUID
+    kind: str  # API_KEY | TOKEN
+    secret_hash: bytes
+    rate_limit_per_s: Decimal | None
+
+
+@dataclass(frozen=True)
+class AccountInfo:
+    account_id: UUID
+    name: str
+    created_at: datetime
 
 
 def check_orderable(product: Product | None) -> Product:
@@ -127,3 +191,61 @@ def split_evenly(amount: Decimal, parts: int) -> list[Decimal]:
     for i in range(remainder_cents):
         shares[i] += CENT
     return shares
+
+
+def rebalanced(balances: Sequence[Decimal], amount: Decimal) -> list[Decimal] | None:
+    """The slow path of a debit: the slots' sum pays `amount` and what is left is spread
+    evenly over them again. None when the whole balance is below `amount`."""
+    total = sum(balances, Decimal(0))
+    if total < amount:
+        return None
+    return split_evenly(total - amount, len(balances))
+
+
+@dataclass
+class Wallet:
+    """One account's balance in one currency, held in slots (slot i holds `slots[i]`).
+
+    - A credit (money in, a refund) is split evenly over `wallet_slots` slots.
+    - A debit is paid by ONE slot that holds the whole amount (any such slot not busy with
+      another order: PostgreSQL picks one at random, so concurrent orders of one account
+      rarely wait for each other); a batch of orders of one wallet is paid as one sum.
+    - When no single slot holds it, every slot is taken together (`rebalanced`).
+    - No slot ever goes below zero: a debit the whole balance cannot pay is refused.
+    """
+
+    currency: str
+    slots: list[Decimal] = field(default_factory=list)
+
+    @property
+    def balance(self) -> Decimal:
+        return sum(self.slots, Decimal(0))
+
+    def credit(self, amount: Decimal, wallet_slots: int) -> None:
+        self.slots += [Decimal(0)] * (wallet_slots - len(self.slots))
+        for i, share in enumerate(split_evenly(amount, wallet_slots)):
+            self.slots[i] += share
+
+    def slots_that_pay(self, amount: Decimal) -> list[int]:
+        return [i for i, balance in enumerate(self.slots) if balance >= amount]
+
+    def take_from_one_slot(self, amount: Decimal, choose: Callable[[list[int]], int] = min) -> bool:
+        """Pays `amount` from one slot that holds it (`choose` picks among them); False,
+        nothing taken, when none does."""
+        able = self.slots_that_pay(amount)
+        if not able:
+            return False
+        self.slots[choose(able)] -= amount
+        return True
+
+    def take_from_all_slots(self, amount: Decimal) -> bool:
+        after = rebalanced(self.slots, amount)
+        if after is None:
+            return False
+        self.slots = after
+        return True
+
+    def pay(self, amount: Decimal, choose: Callable[[list[int]], int] = min) -> None:
+        """One slot if one holds `amount`, else all of them; InsufficientBalance otherwise."""
+        if not (self.take_from_one_slot(amount, choose) or self.take_from_all_slots(amount)):
+            raise InsufficientBalance(self.currency)
