@@ -27,7 +27,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.api.adapters import repository
+from services.api.adapters import postgres as repository
 from services.api.adapters.tables import Order
 from shared.db import sqlalchemy_url
 

@@ -6,12 +6,14 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from services.api import metrics
-from services.api.adapters import repository as repo
-from services.api.adapters.replies import ReplyListener
+from services.api.adapters.kafka import BrokerHealth, KafkaPublisher, ReplyListener
+from services.api.adapters.postgres import PostgresUnitOfWork
 from services.api.entrypoints import admin, consumers, http
+from services.api.service_layer import read_model
 from services.api.service_layer.accounts import Authenticator
-from services.api.service_layer.orders import BrokerHealth, OrderDesk, ask_again_about_undecided
+from services.api.service_layer.orders import OrderDesk, ask_again_about_undecided
 from shared import topics
+from shared.db import Conn
 from shared.runtime import Runtime, every, lifespan_for
 from shared.settings import ApiSettings
 from shared.web import install_common
@@ -27,11 +29,19 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings()
     runtime = Runtime(SERVICE, settings, settings.database_url)
     vault = settings.code_vault()
-    consumers.register(runtime.broker, lambda: runtime.pool, lambda: runtime.producer, settings)
+
+    def new_uow() -> PostgresUnitOfWork:
+        return PostgresUnitOfWork(runtime.pool)
+
+    def uow_on(conn: Conn) -> PostgresUnitOfWork:
+        return PostgresUnitOfWork(conn=conn)
+
+    consumers.register(
+        runtime.broker, lambda: runtime.pool, lambda: runtime.producer, new_uow, uow_on, settings
+    )
 
     async def count_processing() -> None:
-        async with runtime.pool.acquire() as conn:
-            metrics.set_processing(await repo.processing_summary(conn))
+        metrics.set_processing(await read_model.processing_summary(new_uow()))
 
     @contextlib.asynccontextmanager
     async def started() -> AsyncIterator[None]:
@@ -39,16 +49,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         await replies.start(runtime.producer, runtime.background)
         health = BrokerHealth(runtime.producer)
         app.state.services = http.ApiServices(
-            pool=runtime.pool,
+            new_uow=new_uow,
             order_desk=OrderDesk(
-                pool=runtime.pool,
-                producer=runtime.producer,
+                new_uow=new_uow,
+                publisher=KafkaPublisher(runtime.producer),
                 replies=replies,
                 health=health,
                 decision_window_s=settings.decision_window_ms / 1000,
                 max_in_flight=settings.max_in_flight,
             ),
-            auth=Authenticator(runtime.pool, settings.auth_cache_ttl_s),
+            auth=Authenticator(new_uow, settings.auth_cache_ttl_s),
             vault=vault,
             limiter=http.RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
         )
@@ -64,7 +74,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 settings.nudge_interval_s,
                 "asking inventory again about undecided orders",
                 lambda: ask_again_about_undecided(
-                    runtime.pool, settings.nudge_after_s, ASK_AGAIN_AFTER_S
+                    new_uow(), settings.nudge_after_s, ASK_AGAIN_AFTER_S
                 ),
             ),
         )

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from services.api.adapters.replies import ReplyListener
+from services.api.adapters.kafka import ReplyListener
 from shared import topics
 from shared.contracts import Decision
 from shared.producers import durable_producer

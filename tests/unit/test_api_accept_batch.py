@@ -1,25 +1,18 @@
 """A batch whose general path fails keeps the orders its one-statement path already paid for
 and recorded: they are committed, so their callers must not be told to retry."""
 
-import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
-from asyncpg.exceptions import LockNotAvailableError
 
-from services.api.adapters import repository as repo
 from services.api.domain.model import CreateInstantOrder, Order, Overloaded, Product
 from services.api.service_layer.orders import OrderDesk
-
-
-class Pool:
-    @contextlib.asynccontextmanager
-    async def acquire(self) -> AsyncIterator[object]:
-        yield object()
+from services.api.service_layer.unit_of_work import LockTimeout
+from tests.api_fakes import FakeStore
 
 
 def request(account: uuid.UUID) -> CreateInstantOrder:
@@ -28,7 +21,7 @@ def request(account: uuid.UUID) -> CreateInstantOrder:
 
 @pytest.mark.parametrize(
     ("failure", "rest_gets"),
-    [(RuntimeError("boom"), RuntimeError), (LockNotAvailableError(), Overloaded)],
+    [(RuntimeError("boom"), RuntimeError), (LockTimeout(), Overloaded)],
 )
 async def test_orders_recorded_in_one_statement_survive_a_failing_rest(
     monkeypatch: pytest.MonkeyPatch, failure: Exception, rest_gets: type[Exception]
@@ -39,17 +32,25 @@ async def test_orders_recorded_in_one_statement_survive_a_failing_rest(
     async def products_and_wallets(*_: Any) -> Any:
         return {"SKU-1": product}, {paid_wallet: {"USD"}, busy_wallet: {"USD"}}
 
-    async def pay_and_record(_: Any, orders: Sequence[Order], *__: Any) -> set[str]:
+    async def pay_and_record(orders: Sequence[Order], *_: Any) -> set[str]:
         return {o.transaction_id for o in orders if o.account_id == paid_wallet}
 
     async def general_path(*_: Any) -> None:
         raise failure
 
-    monkeypatch.setattr(repo, "products_and_wallets", products_and_wallets)
-    monkeypatch.setattr(repo, "pay_and_record", pay_and_record)
+    uow = FakeStore().uow()
+
+    def new_uow() -> Any:
+        monkeypatch.setattr(uow, "_open", _stubbed)
+        return uow
+
+    async def _stubbed() -> None:
+        uow.products = cast(Any, SimpleNamespace(for_orders=products_and_wallets))
+        uow.orders = cast(Any, SimpleNamespace(pay_and_record=pay_and_record))
+
     orders = OrderDesk(
-        pool=cast(Any, Pool()),
-        producer=cast(Any, None),
+        new_uow=new_uow,
+        publisher=cast(Any, None),
         replies=cast(Any, SimpleNamespace(topic="orders.replies")),
         health=cast(Any, SimpleNamespace(accepting=True)),
         decision_window_s=0.5,

@@ -53,8 +53,8 @@ def orders_with(
     acceptance: Acceptance, monkeypatch: pytest.MonkeyPatch, *, max_in_flight: int
 ) -> OrderDesk:
     orders = OrderDesk(
-        pool=cast(Any, None),
-        producer=cast(Any, None),
+        new_uow=cast(Any, None),
+        publisher=cast(Any, None),
         replies=cast(Any, SimpleNamespace(topic="api.replies.test")),
         health=cast(Any, SimpleNamespace(accepting=True)),
         decision_window_s=1.0,

@@ -6,7 +6,7 @@ from typing import Any, cast
 
 from aiokafka import AIOKafkaProducer
 
-from services.api.service_layer.orders import BrokerHealth
+from services.api.adapters.kafka import BrokerHealth
 from tests.helpers import wait_until
 
 

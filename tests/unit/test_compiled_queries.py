@@ -5,7 +5,7 @@ import pytest
 from sqlalchemy import bindparam, literal, select
 from sqlmodel import col
 
-from services.api.adapters import repository
+from services.api.adapters import postgres as repository
 from services.api.adapters.tables import Order
 from shared.db import compiled
 

@@ -9,10 +9,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from services.api.adapters import repository as repo
 from services.api.domain.model import AccountNotFound
 from services.api.entrypoints.http import Services, iso_utc
-from services.api.service_layer import accounts
+from services.api.service_layer import accounts, read_model
 from shared.settings import ApiSettings
 from shared.web import ApiError, admin_only, ok
 
@@ -51,15 +50,13 @@ def _balances(rows: list[tuple[str, Decimal]]) -> list[dict[str, str]]:
 
 @router.post("/accounts")
 async def create_account(body: NewAccount, request: Request, svc: Services) -> dict[str, Any]:
-    issued = await accounts.create_account(
-        svc.pool,
+    issued, balances = await accounts.create_account(
+        svc.new_uow(),
         body.name,
         [(b.currency, b.amount) for b in body.balances],
         _slots(request),
         body.rateLimitPerSecond,
     )
-    async with svc.pool.acquire() as conn:
-        balances = await repo.balances(conn, issued.account_id)
     return ok(
         {
             "accountId": str(issued.account_id),
@@ -73,17 +70,16 @@ async def create_account(body: NewAccount, request: Request, svc: Services) -> d
 
 @router.get("/accounts/{account_id}")
 async def get_account(account_id: uuid.UUID, svc: Services) -> dict[str, Any]:
-    async with svc.pool.acquire() as conn:
-        row = await conn.fetchrow("SELECT name, created_at FROM accounts WHERE id = $1", account_id)
-        if row is None:
-            raise ACCOUNT_NOT_FOUND
-        balances = await repo.balances(conn, account_id)
+    try:
+        found = await accounts.account(svc.new_uow(), account_id)
+    except AccountNotFound:
+        raise ACCOUNT_NOT_FOUND from None
     return ok(
         {
             "accountId": str(account_id),
-            "name": row["name"],
-            "createdAt": iso_utc(row["created_at"]),
-            "balances": _balances(balances),
+            "name": found.account.name,
+            "createdAt": iso_utc(found.account.created_at),
+            "balances": _balances(found.balances),
         }
     )
 
@@ -94,7 +90,7 @@ async def credit(
 ) -> dict[str, Any]:
     try:
         rows = await accounts.credit_account(
-            svc.pool, account_id, body.currency, body.amount, _slots(request)
+            svc.new_uow(), account_id, body.currency, body.amount, _slots(request)
         )
     except AccountNotFound:
         raise ACCOUNT_NOT_FOUND from None
@@ -107,7 +103,7 @@ async def rotate_token(
 ) -> dict[str, Any]:
     grace = timedelta(seconds=(body or Rotation()).graceSeconds)
     try:
-        token, old_expire = await accounts.rotate_token(svc.pool, account_id, grace)
+        token, old_expire = await accounts.rotate_token(svc.new_uow(), account_id, grace)
     except AccountNotFound:
         raise ACCOUNT_NOT_FOUND from None
     return ok(
@@ -121,12 +117,11 @@ async def rotate_token(
 
 @router.get("/products/{sku}")
 async def product_state(sku: str, svc: Services) -> dict[str, Any]:
-    async with svc.pool.acquire() as conn:
-        row = await repo.get_product_record(conn, sku)
-    if row is None:
+    record = await read_model.product_record(svc.new_uow(), sku)
+    if record is None:
         raise ApiError(
             404,
             "PRODUCT_NOT_FOUND",
             "The api has not seen this SKU yet: upsert it on inventory first.",
         )
-    return ok({**row["record"], "version": row["version"]})
+    return ok(record)

@@ -6,19 +6,11 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
 
-from services.api.adapters import repository as repo
-from services.api.service_layer import orders
+from services.api.service_layer import orders, read_model
+from services.api.service_layer.unit_of_work import UnitOfWork
 from shared import topics
 from shared.consumers import subscribe, subscribe_batched
-from shared.contracts import (
-    BackorderAllocated,
-    BackorderCancelled,
-    InventoryEvent,
-    OrderBackordered,
-    OrderReserved,
-    ProductSnapshot,
-    inventory_event,
-)
+from shared.contracts import InventoryEvent, ProductSnapshot, inventory_event
 from shared.db import Conn
 from shared.settings import ApiSettings
 
@@ -32,37 +24,18 @@ def register(
     broker: KafkaBroker,
     pool_of: Callable[[], asyncpg.Pool],
     producer_of: Callable[[], AIOKafkaProducer],
+    new_uow: Callable[[], UnitOfWork],
+    uow_on: Callable[[Conn], UnitOfWork],
     settings: ApiSettings,
 ) -> None:
-    """`pool_of()` / `producer_of()` give the runtime's pool and producer once started."""
+    """`pool_of()` / `producer_of()` give the runtime's pool and producer once started;
+    `uow_on`: a unit of work inside the transaction the batch subscriber holds open."""
 
-    async def apply_inventory_events(conn: Conn, events: Sequence[InventoryEvent]) -> None:
-        # Allocations in a row are recorded in one statement; the events' order is kept.
-        allocations: list[tuple[str, int, str]] = []
-        for event in events:
-            if isinstance(event, OrderReserved | BackorderAllocated):
-                allocations.append((event.transaction_id, event.stock_id, event.sealed_code))
-                continue
-            await orders.record_allocations(conn, allocations)
-            allocations = []
-            await apply_inventory_event(conn, event)
-        await orders.record_allocations(conn, allocations)
+    async def follow_inventory(conn: Conn, events: Sequence[InventoryEvent]) -> None:
+        await orders.follow_inventory(uow_on(conn), events, settings.wallet_slots)
 
-    async def apply_inventory_event(conn: Conn, event: InventoryEvent) -> None:
-        match event:
-            case OrderBackordered():
-                await orders.record_backorder(conn, event.transaction_id)
-            case BackorderCancelled():
-                await orders.record_cancellation(
-                    conn, event.transaction_id, event.reason, settings.wallet_slots
-                )
-            case _:
-                pass  # stock and waiting notices are fulfilment's business (not delivered)
-
-    async def apply_snapshot(snapshot: ProductSnapshot) -> None:
-        record = snapshot.model_dump(mode="json", by_alias=True, exclude={"version"})
-        async with pool_of().acquire() as conn:
-            await repo.upsert_product(conn, record, snapshot.version)
+    async def apply_product(snapshot: ProductSnapshot) -> None:
+        await read_model.apply_product(new_uow(), snapshot)
 
     subscribe_batched(
         broker,
@@ -70,7 +43,7 @@ def register(
         group_id="api",
         name="api.inventory-events",
         parse=inventory_event.validate_json,
-        apply=apply_inventory_events,
+        apply=follow_inventory,
         types=API_EVENT_TYPES,
         pool_of=pool_of,
         producer_of=producer_of,
@@ -82,7 +55,7 @@ def register(
         group_id="api-catalog",
         name="api.catalog",
         parse=ProductSnapshot.model_validate_json,
-        handle=apply_snapshot,
+        handle=apply_product,
         producer_of=producer_of,
         max_retries=settings.consumer_max_retries,
     )

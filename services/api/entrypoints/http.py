@@ -4,19 +4,18 @@ shape the answer."""
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Annotated, Any, Literal
 
-import asyncpg
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from services.api import metrics
-from services.api.adapters import repository as repo
 from services.api.domain.model import (
     CreateInstantOrder,
     DomainError,
@@ -29,8 +28,10 @@ from services.api.domain.model import (
     ProductNotInstant,
     UnsupportedCurrency,
 )
+from services.api.service_layer import read_model
 from services.api.service_layer.accounts import Authenticator
 from services.api.service_layer.orders import OrderDesk
+from services.api.service_layer.unit_of_work import UnitOfWork
 from shared.contracts import MoneyOut
 from shared.crypto import CodeVault, SealedCode
 from shared.web import ApiError, ok, paged
@@ -62,7 +63,7 @@ class RateLimiter:
 
 @dataclass
 class ApiServices:
-    pool: asyncpg.Pool
+    new_uow: Callable[[], UnitOfWork]
     order_desk: OrderDesk
     auth: Authenticator
     vault: CodeVault
@@ -287,16 +288,15 @@ async def get_orders(
     clientOrderNumber: Annotated[str | None, Query(max_length=100)] = None,
     status: Literal["PROCESSING", "COMPLETED", "CANCELLED"] | None = None,
 ) -> dict[str, Any]:
-    async with svc.pool.acquire() as conn:
-        total, orders = await repo.list_orders(
-            conn,
-            account_id,
-            transaction_id=transactionId,
-            client_order_number=clientOrderNumber,
-            status=status,
-            limit=limit,
-            offset=(page - 1) * limit,
-        )
+    total, orders = await read_model.orders(
+        svc.new_uow(),
+        account_id,
+        transaction_id=transactionId,
+        client_order_number=clientOrderNumber,
+        status=status,
+        limit=limit,
+        offset=(page - 1) * limit,
+    )
     return ok(paged(total, page, limit, [order_out(o) for o in orders]))
 
 
@@ -308,8 +308,7 @@ ORDER_NOT_FOUND = ApiError(
 async def owned_order(svc: ApiServices, account_id: uuid.UUID, transaction_id: str) -> Order:
     if len(transaction_id) > 64:
         raise ORDER_NOT_FOUND
-    async with svc.pool.acquire() as conn:
-        order = await repo.get_order(conn, account_id, transaction_id)
+    order = await read_model.order(svc.new_uow(), account_id, transaction_id)
     if order is None:
         raise ORDER_NOT_FOUND
     return order
@@ -385,8 +384,7 @@ async def get_products(
             "Filter by at most 100 SKUs at once.",
             extra={"details": [{"field": "sku", "issue": "more than 100 SKUs"}]},
         )
-    async with svc.pool.acquire() as conn:
-        total, records = await repo.list_products(conn, skus, limit, (page - 1) * limit)
+    total, records = await read_model.products(svc.new_uow(), skus, limit, (page - 1) * limit)
     return ok(paged(total, page, limit, [product_out(r) for r in records]))
 
 
@@ -396,8 +394,7 @@ async def get_balances(
     svc: Services,
     currency: Annotated[str | None, Query(pattern=r"^[A-Z]{3}$")] = None,
 ) -> dict[str, Any]:
-    async with svc.pool.acquire() as conn:
-        rows = await repo.balances(conn, account_id)
+    rows = await read_model.balances(svc.new_uow(), account_id)
     return ok(
         [
             {"balance": f"{amount:.2f}", "currency": cur}

@@ -4,14 +4,13 @@ import hmac
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-import asyncpg
-
-from services.api.adapters import repository as repo
-from services.api.domain.model import AccountNotFound
+from services.api.domain.model import AccountInfo, AccountNotFound
+from services.api.service_layer.unit_of_work import UnitOfWork
 from shared.contracts import utcnow
 from shared.crypto import hash_secret, new_secret
 
@@ -29,44 +28,64 @@ class IssuedCredentials:
     access_token: str
 
 
+@dataclass(frozen=True)
+class AccountView:
+    account: AccountInfo
+    balances: list[tuple[str, Decimal]]
+
+
 async def create_account(
-    pool: asyncpg.Pool,
+    uow: UnitOfWork,
     name: str,
     opening: list[tuple[str, Decimal]],
     slots: int,
     rate_limit_per_s: Decimal | None = None,
-) -> IssuedCredentials:
+) -> tuple[IssuedCredentials, list[tuple[str, Decimal]]]:
+    """The new account, its credentials (shown once) and its opening balances."""
     api_key, token = new_secret("ak"), new_secret("tk")
-    async with pool.acquire() as conn, conn.transaction():
-        account_id = await repo.create_account(conn, name, rate_limit_per_s)
-        await repo.add_credential(conn, account_id, "API_KEY", hash_secret(api_key), None)
-        await repo.add_credential(conn, account_id, "TOKEN", hash_secret(token), None)
+    async with uow, uow.transaction():
+        account_id = await uow.accounts.add(name, rate_limit_per_s)
+        await uow.credentials.add(account_id, "API_KEY", hash_secret(api_key), None)
+        await uow.credentials.add(account_id, "TOKEN", hash_secret(token), None)
         for currency, amount in opening:
-            await repo.credit(conn, account_id, currency, amount, slots)
-    return IssuedCredentials(account_id, api_key, token)
+            await uow.wallets.credit(account_id, currency, amount, slots)
+        balances = await uow.wallets.balances(account_id)
+        await uow.commit()
+    return IssuedCredentials(account_id, api_key, token), balances
+
+
+async def account(uow: UnitOfWork, account_id: uuid.UUID) -> AccountView:
+    async with uow:
+        found = await uow.accounts.get(account_id)
+        if found is None:
+            raise AccountNotFound()
+        return AccountView(found, await uow.wallets.balances(account_id))
 
 
 async def credit_account(
-    pool: asyncpg.Pool, account_id: uuid.UUID, currency: str, amount: Decimal, slots: int
+    uow: UnitOfWork, account_id: uuid.UUID, currency: str, amount: Decimal, slots: int
 ) -> list[tuple[str, Decimal]]:
-    async with pool.acquire() as conn, conn.transaction():
-        if not await repo.account_exists(conn, account_id):
+    async with uow, uow.transaction():
+        if not await uow.accounts.exists(account_id):
             raise AccountNotFound()
-        await repo.credit(conn, account_id, currency, amount, slots)
-        return await repo.balances(conn, account_id)
+        await uow.wallets.credit(account_id, currency, amount, slots)
+        balances = await uow.wallets.balances(account_id)
+        await uow.commit()
+    return balances
 
 
 async def rotate_token(
-    pool: asyncpg.Pool, account_id: uuid.UUID, grace: timedelta
+    uow: UnitOfWork, account_id: uuid.UUID, grace: timedelta
 ) -> tuple[str, datetime]:
     """A new token at once; the old ones keep working for `grace`, so clients can switch."""
     token = new_secret("tk")
     old_expire_at = utcnow() + grace
-    async with pool.acquire() as conn, conn.transaction():
-        if not await repo.account_exists(conn, account_id):
+    async with uow, uow.transaction():
+        if not await uow.accounts.exists(account_id):
             raise AccountNotFound()
-        await repo.expire_tokens(conn, account_id, old_expire_at)
-        await repo.add_credential(conn, account_id, "TOKEN", hash_secret(token), None)
+        await uow.credentials.expire_tokens(account_id, old_expire_at)
+        await uow.credentials.add(account_id, "TOKEN", hash_secret(token), None)
+        await uow.commit()
     return token, old_expire_at
 
 
@@ -78,8 +97,10 @@ class Authenticator:
     credential stops working within that TTL.
     """
 
-    def __init__(self, pool: asyncpg.Pool, ttl_s: float, max_entries: int = 10_000) -> None:
-        self._pool = pool
+    def __init__(
+        self, new_uow: Callable[[], UnitOfWork], ttl_s: float, max_entries: int = 10_000
+    ) -> None:
+        self._new_uow = new_uow
         self._ttl = ttl_s
         self._max = max_entries
         self._cache: OrderedDict[bytes, tuple[Caller, float]] = OrderedDict()
@@ -91,14 +112,14 @@ class Authenticator:
         now = time.monotonic()
         if hit is not None and hit[1] > now:
             return hit[0]
-        async with self._pool.acquire() as conn:
-            rows = await repo.find_live_credentials(conn, key_hash, token_hash)
+        async with self._new_uow() as uow:
+            live = await uow.credentials.live(key_hash, token_hash)
         key_owner = token_owner = limit = None
-        for row in rows:
-            if row["kind"] == "API_KEY" and hmac.compare_digest(row["secret_hash"], key_hash):
-                key_owner, limit = row["account_id"], row["rate_limit_per_s"]
-            elif row["kind"] == "TOKEN" and hmac.compare_digest(row["secret_hash"], token_hash):
-                token_owner = row["account_id"]
+        for found in live:
+            if found.kind == "API_KEY" and hmac.compare_digest(found.secret_hash, key_hash):
+                key_owner, limit = found.account_id, found.rate_limit_per_s
+            elif found.kind == "TOKEN" and hmac.compare_digest(found.secret_hash, token_hash):
+                token_owner = found.account_id
         if key_owner is None or key_owner != token_owner:
             return None
         caller = Caller(key_owner, float(limit) if limit is not None else None)

@@ -1,28 +1,16 @@
 """Use cases of orders: place an instant order, and apply what inventory decided."""
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from uuid import UUID
 
-import asyncpg
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
-from asyncpg.exceptions import (
-    DeadlockDetectedError,
-    LockNotAvailableError,
-    SerializationError,
-)
-
 from services.api import metrics
-from services.api.adapters import repository as repo
-from services.api.adapters.replies import ReplyListener
 from services.api.domain.model import (
     CreateInstantOrder,
     DomainError,
@@ -35,21 +23,30 @@ from services.api.domain.model import (
     check_orderable,
     settlement_currency,
 )
+from services.api.service_layer.unit_of_work import (
+    Allocation,
+    LockTimeout,
+    TransactionConflict,
+    UnitOfWork,
+)
 from shared import topics
 from shared.batching import GroupCommit, QueueWaitExceeded
 from shared.contracts import (
+    BackorderAllocated,
+    BackorderCancelled,
     CancelReason,
     Decision,
+    InventoryEvent,
     MoneyOut,
+    OrderBackordered,
     OrderEvent,
     OrderEventType,
+    OrderReserved,
     PlaceOrder,
     new_transaction_id,
     utcnow,
 )
-from shared.db import Conn
 from shared.logs import transaction_id_var
-from shared.outbox import add_all_to_outbox, add_to_outbox
 
 log = logging.getLogger(__name__)
 
@@ -60,50 +57,38 @@ ACCEPT_MAX_QUEUE_S = 0.2
 PUBLISH_TIMEOUT_S = 10.0
 
 
-class BrokerHealth:
-    """Whether the order request can be published now. After a failed publish the ingress
-    refuses new orders (503, nothing charged) until a metadata probe succeeds again."""
+# --- the ports to Kafka (adapters/kafka.py) ----------------------------------------------------
 
-    def __init__(self, producer: AIOKafkaProducer) -> None:
-        self._producer = producer
-        self._down_since: float | None = None
-        self._probe: asyncio.Task[None] | None = None
+
+class BrokerUnavailable(Exception):
+    """The broker did not take a message: unreachable, or it refused it."""
+
+
+class Publisher(Protocol):
+    async def send(self, topic: str, key: bytes, value: bytes) -> None:
+        """Publishes durably (acks=all, idempotent); BrokerUnavailable if not taken."""
+        ...
+
+
+class Replies(Protocol):
+    """Inventory's decisions, answered to this instance's reply address (`topic`)."""
 
     @property
-    def accepting(self) -> bool:
-        return self._down_since is None
+    def topic(self) -> str: ...
 
-    def failed(self) -> None:
-        if self._down_since is None:
-            self._down_since = time.monotonic()
-            log.warning("publishing to Kafka failed: refusing new orders until it answers")
-            self._probe = asyncio.create_task(self._probe_until_up())
+    def expect(self, transaction_id: str) -> "asyncio.Future[Decision]": ...
 
-    async def _probe_until_up(self) -> None:
-        """Probes every second until the broker answers. Any error is a failed probe (one the
-        probe did not expect is logged once, with its trace): the probe itself never dies,
-        or the api would refuse orders until restarted."""
-        logged: set[str] = set()
-        while True:
-            try:
-                async with asyncio.timeout(2):
-                    await self._producer.client.fetch_all_metadata()
-                self._down_since = None
-                log.info("Kafka answers again: accepting orders")
-                return
-            except (KafkaError, TimeoutError, OSError):
-                pass
-            except Exception as exc:
-                if type(exc).__name__ not in logged:
-                    logged.add(type(exc).__name__)
-                    log.exception("unexpected error probing Kafka; probing on")
-            await asyncio.sleep(1)
+    def forget(self, transaction_id: str) -> None: ...
 
-    async def stop(self) -> None:
-        if self._probe:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
+
+class BrokerHealth(Protocol):
+    """Whether an order request can be published now (after a failed publish, not until the
+    broker answers again)."""
+
+    @property
+    def accepting(self) -> bool: ...
+
+    def failed(self) -> None: ...
 
 
 def accepted_event(order: Order) -> OrderEvent:
@@ -138,9 +123,9 @@ class OrderDesk:
     """The instant order: accept (group commit), publish, wait for inventory's decision within
     the window, record the reservation (group commit) so that Get Codes has it at once."""
 
-    pool: asyncpg.Pool
-    producer: AIOKafkaProducer
-    replies: ReplyListener
+    new_uow: Callable[[], UnitOfWork]
+    publisher: Publisher
+    replies: Replies
     health: BrokerHealth
     decision_window_s: float
     max_in_flight: int = 256
@@ -213,9 +198,9 @@ class OrderDesk:
         path, one transaction with the dup check and the slow debits."""
         results: list[Accepted | DomainError | object] = [AGAIN] * len(cmds)
         placed_at = utcnow()
-        async with self.pool.acquire() as conn:
-            products, wallets = await repo.products_and_wallets(
-                conn, sorted({c.sku for c in cmds}), list({c.account_id for c in cmds})
+        async with self.new_uow() as uow:
+            products, wallets = await uow.products.for_orders(
+                sorted({c.sku for c in cmds}), list({c.account_id for c in cmds})
             )
             orders: list[tuple[int, Order]] = []
             for i, cmd in enumerate(cmds):
@@ -230,11 +215,8 @@ class OrderDesk:
                 orders.append((i, new_order(cmd, product, currency, placed_at)))
             rest = orders
             if orders and not any(dup_checked(cmds[i]) for i, _ in orders):
-                recorded = await repo.pay_and_record(
-                    conn,
-                    [o for _, o in orders],
-                    [accepted_event(o).to_bytes() for _, o in orders],
-                    topics.ORDER_EVENTS.name,
+                recorded = await uow.orders.pay_and_record(
+                    [o for _, o in orders], [accepted_event(o).to_bytes() for _, o in orders]
                 )
                 rest = [(i, o) for i, o in orders if o.transaction_id not in recorded]
                 for i, o in orders:
@@ -243,8 +225,8 @@ class OrderDesk:
             if rest:
                 # Orders recorded above are committed: a failure here is only the rest's.
                 try:
-                    await self._accept_in_a_transaction(conn, cmds, rest, results)
-                except LockNotAvailableError:
+                    await self._accept_in_a_transaction(uow, cmds, rest, results)
+                except LockTimeout:
                     for i, _ in rest:
                         results[i] = Overloaded()  # wallet or dup-check lock busy too long
                 except Exception as exc:
@@ -253,19 +235,11 @@ class OrderDesk:
         return results
 
     def _accepted(self, order: Order) -> Accepted:
-        return order, PlaceOrder(
-            transaction_id=order.transaction_id,
-            account_id=order.account_id,
-            sku=order.sku,
-            unit_price=order.unit_price,
-            currency=order.currency,
-            placed_at=order.created_at,
-            reply_to=self.replies.topic,
-        )
+        return order, place_order(order, self.replies.topic)
 
     async def _accept_in_a_transaction(
         self,
-        conn: Conn,
+        uow: UnitOfWork,
         cmds: Sequence[CreateInstantOrder],
         orders: Sequence[tuple[int, Order]],
         results: list[Accepted | DomainError | object],
@@ -273,21 +247,16 @@ class OrderDesk:
         for attempt in range(3):
             outcome: dict[int, Accepted | DomainError | object] = {}
             try:
-                async with conn.transaction():
-                    # A lock held elsewhere may not hold this batch past the decision window.
-                    await conn.execute(
-                        f"SET LOCAL lock_timeout = {int(self.decision_window_s * 1000)}"
-                    )
-                    kept = await self._not_duplicates(conn, cmds, orders, outcome)
-                    paid = await self._debit(conn, kept, outcome)
+                # A lock held elsewhere may not hold this batch past the decision window.
+                async with uow.transaction(lock_timeout_s=self.decision_window_s):
+                    kept = await self._not_duplicates(uow, cmds, orders, outcome)
+                    paid = await self._debit(uow, kept, outcome)
                     if paid:
-                        await repo.record_orders(
-                            conn,
-                            [o for _, o in paid],
-                            [accepted_event(o).to_bytes() for _, o in paid],
-                            topics.ORDER_EVENTS.name,
+                        await uow.orders.record(
+                            [o for _, o in paid], [accepted_event(o).to_bytes() for _, o in paid]
                         )
-            except (DeadlockDetectedError, SerializationError):
+                    await uow.commit()
+            except TransactionConflict:
                 # Two batches locked the same wallet slots in opposite orders: nothing of this
                 # one was committed, so it is simply tried again.
                 if attempt == 2:
@@ -301,7 +270,7 @@ class OrderDesk:
 
     async def _not_duplicates(
         self,
-        conn: Conn,
+        uow: UnitOfWork,
         cmds: Sequence[CreateInstantOrder],
         orders: Sequence[tuple[int, Order]],
         outcome: dict[int, Accepted | DomainError | object],
@@ -312,10 +281,9 @@ class OrderDesk:
         checked = {(o.account_id, o.client_order_number) for i, o in orders if dup_checked(cmds[i])}
         if not checked:
             return list(orders)
-        await repo.lock_client_order_numbers(
-            conn, [repo.client_number_key(a, n) for a, n in checked]
-        )
-        existing = await repo.find_by_client_order_numbers(conn, sorted(checked, key=str))
+        wanted = sorted(checked, key=str)
+        await uow.orders.lock_client_order_numbers(wanted)
+        existing = await uow.orders.find_by_client_order_numbers(wanted)
         in_batch: set[tuple[UUID, str]] = set()
         kept = []
         for i, order in orders:
@@ -333,28 +301,29 @@ class OrderDesk:
 
     async def _debit(
         self,
-        conn: Conn,
+        uow: UnitOfWork,
         orders: Sequence[tuple[int, Order]],
         outcome: dict[int, Accepted | DomainError | object],
     ) -> list[tuple[int, Order]]:
-        """Pays for orders in this transaction: each wallet (account, currency) once for the
-        sum of its orders when one slot holds it, else order by order, waiting for busy slots
-        and drawing on all slots when no single one can pay. Wallets are taken in a fixed
-        order, so that concurrent batches rarely deadlock on them."""
+        """Pays for orders in this transaction (the slot rule: domain.model.Wallet): each
+        wallet (account, currency) once for the sum of its orders when one slot holds it,
+        else order by order, waiting for busy slots and drawing on all slots when no single
+        one can pay. Wallets are taken in a fixed order, so that concurrent batches rarely
+        deadlock on them."""
         by_wallet: dict[tuple[UUID, str], list[tuple[int, Order]]] = {}
         for entry in orders:
             by_wallet.setdefault((entry[1].account_id, entry[1].currency), []).append(entry)
         paid: list[tuple[int, Order]] = []
         for (account_id, currency), entries in sorted(by_wallet.items(), key=lambda w: str(w[0])):
             total = sum((o.grand_total for _, o in entries), Decimal(0))
-            if await repo.take_from_one_slot(conn, account_id, currency, total):
+            if await uow.wallets.take_from_one_slot(account_id, currency, total):
                 paid += entries
                 continue
             for i, order in entries:
                 amount = order.grand_total
-                if await repo.take_from_one_slot(
-                    conn, account_id, currency, amount
-                ) or await repo.take_from_all_slots(conn, account_id, currency, amount):
+                if await uow.wallets.take_from_one_slot(
+                    account_id, currency, amount
+                ) or await uow.wallets.take_from_all_slots(account_id, currency, amount):
                     paid.append((i, order))
                 else:
                     outcome[i] = InsufficientBalance(currency)
@@ -364,13 +333,9 @@ class OrderDesk:
     async def _record_batch(self, items: Sequence[tuple[Order, int, str]]) -> list[Order]:
         """Records reservations: one statement completes the orders and writes their
         OrderCompleted events; an order the event consumer completed first is read back."""
-        completed = [
-            replace(order, status="COMPLETED", stock_id=stock_id, sealed_code=sealed)
-            for order, stock_id, sealed in items
-        ]
-        async with self.pool.acquire() as conn:
-            done = await repo.complete_and_announce(
-                conn,
+        completed = [order.complete(stock_id, sealed) for order, stock_id, sealed in items]
+        async with self.new_uow() as uow:
+            done = await uow.orders.complete_and_announce(
                 [
                     (
                         o.transaction_id,
@@ -379,11 +344,10 @@ class OrderDesk:
                         order_event("OrderCompleted", o).to_bytes(),
                     )
                     for o, (_, stock_id, sealed) in zip(completed, items, strict=True)
-                ],
-                topics.ORDER_EVENTS.name,
+                ]
             )
             late = [o.transaction_id for o in completed if o.transaction_id not in done]
-            found = {o.transaction_id: o for o in await repo.get_orders(conn, late)} if late else {}
+            found = {o.transaction_id: o for o in await uow.orders.get_many(late)} if late else {}
         metrics.ORDER_TRANSITIONS.labels("COMPLETED").inc(len(done))
         return [
             o if o.transaction_id in done else found.get(o.transaction_id, order)
@@ -418,18 +382,29 @@ class OrderDesk:
     async def _publish(self, command: PlaceOrder) -> bool:
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                await self.producer.send_and_wait(
-                    topics.INVENTORY_COMMANDS.name,
-                    value=command.to_bytes(),
-                    key=command.sku.encode(),
+                await self.publisher.send(
+                    topics.INVENTORY_COMMANDS.name, command.sku.encode(), command.to_bytes()
                 )
         except Exception as exc:
             # The order is committed: the api asks inventory about it again after a while.
-            log.warning("order request not published (%s)", type(exc).__name__)
-            if isinstance(exc, KafkaError | TimeoutError):
+            log.warning("order request not published (%s)", type(exc.__cause__ or exc).__name__)
+            if isinstance(exc, BrokerUnavailable | TimeoutError):
                 self.health.failed()
             return False
         return True
+
+
+def place_order(order: Order, reply_to: str | None) -> PlaceOrder:
+    """The command asking inventory to decide the order (answered to `reply_to`, if any)."""
+    return PlaceOrder(
+        transaction_id=order.transaction_id,
+        account_id=order.account_id,
+        sku=order.sku,
+        unit_price=order.unit_price,
+        currency=order.currency,
+        placed_at=order.created_at,
+        reply_to=reply_to,
+    )
 
 
 def dup_checked(cmd: CreateInstantOrder) -> bool:
@@ -456,42 +431,60 @@ def new_order(
 # --- applying inventory's outcomes (from the reply or from inventory.events) ----------------
 
 
-async def record_allocations(
-    conn: Conn, allocations: Sequence[tuple[str, int, str]]
-) -> list[Order]:
-    """(transaction id, stock id, sealed code) → COMPLETED orders with their OrderCompleted
-    events, in one statement each; orders completed already are left as they are."""
+async def follow_inventory(
+    uow: UnitOfWork, events: Sequence[InventoryEvent], wallet_slots: int
+) -> None:
+    """Applies a batch of inventory's outcomes in one transaction, in their order; allocations
+    in a row are recorded in one statement. An outcome applied already changes nothing."""
+    async with uow, uow.transaction():
+        allocations: list[Allocation] = []
+        for event in events:
+            if isinstance(event, OrderReserved | BackorderAllocated):
+                allocations.append((event.transaction_id, event.stock_id, event.sealed_code))
+                continue
+            await record_allocations(uow, allocations)
+            allocations = []
+            match event:
+                case OrderBackordered():
+                    await record_backorder(uow, event.transaction_id)
+                case BackorderCancelled():
+                    await record_cancellation(uow, event.transaction_id, event.reason, wallet_slots)
+                case _:
+                    pass  # stock and waiting notices are fulfilment's business
+        await record_allocations(uow, allocations)
+        await uow.commit()
+
+
+async def record_allocations(uow: UnitOfWork, allocations: Sequence[Allocation]) -> list[Order]:
+    """(transaction id, stock id, sealed code) → Order.complete, with its OrderCompleted
+    event; orders completed already are left as they are."""
     if not allocations:
         return []
-    completed = await repo.complete_orders(conn, allocations)
-    await add_all_to_outbox(
-        conn,
-        [
-            (topics.ORDER_EVENTS.name, o.transaction_id, order_event("OrderCompleted", o))
-            for o in completed
-        ],
-    )
+    completed = await uow.orders.complete(allocations)
+    for order in completed:
+        uow.publish(
+            topics.ORDER_EVENTS.name, order.transaction_id, order_event("OrderCompleted", order)
+        )
     metrics.ORDER_TRANSITIONS.labels("COMPLETED").inc(len(completed))
     return completed
 
 
-async def record_backorder(conn: Conn, transaction_id: str) -> None:
-    order = await repo.mark_backordered(conn, transaction_id)
+async def record_backorder(uow: UnitOfWork, transaction_id: str) -> None:
+    order = await uow.orders.backorder(transaction_id)
     if order is not None:
-        await add_to_outbox(
-            conn, topics.ORDER_EVENTS.name, transaction_id, order_event("OrderBackordered", order)
+        uow.publish(
+            topics.ORDER_EVENTS.name, transaction_id, order_event("OrderBackordered", order)
         )
 
 
 async def record_cancellation(
-    conn: Conn, transaction_id: str, reason: CancelReason, wallet_slots: int
+    uow: UnitOfWork, transaction_id: str, reason: CancelReason, wallet_slots: int
 ) -> None:
-    """PROCESSING → CANCELLED and the refund, in one transaction, exactly once."""
-    order = await repo.cancel_order(conn, transaction_id, reason)
+    """Order.cancel and the refund of its grand total, in one transaction, exactly once."""
+    order = await uow.orders.cancel(transaction_id, reason)
     if order is None:
         return
-    refunded = await repo.credit(
-        conn,
+    refunded = await uow.wallets.credit(
         order.account_id,
         order.currency,
         order.grand_total,
@@ -501,17 +494,14 @@ async def record_cancellation(
     )
     if refunded:
         metrics.REFUNDS.labels(order.currency).inc()
-    await add_to_outbox(
-        conn,
-        topics.ORDER_EVENTS.name,
-        transaction_id,
-        order_event("OrderCancelled", order, reason),
+    uow.publish(
+        topics.ORDER_EVENTS.name, transaction_id, order_event("OrderCancelled", order, reason)
     )
     metrics.ORDER_TRANSITIONS.labels("CANCELLED").inc()
 
 
 async def ask_again_about_undecided(
-    pool: asyncpg.Pool, older_than_s: float, again_after_s: float, limit: int = 200
+    uow: UnitOfWork, older_than_s: float, again_after_s: float, limit: int = 200
 ) -> int:
     """Ask inventory again about orders still PROCESSING after `older_than_s`.
 
@@ -520,18 +510,11 @@ async def ask_again_about_undecided(
     PROCESSING forever; a command that never arrived is decided now. Every consumer is
     idempotent, so asking about an order that merely waits for stock costs one no-op.
     """
-    async with pool.acquire() as conn, conn.transaction():
-        rows = await repo.take_undecided_orders(conn, older_than_s, again_after_s, limit)
-        for row in rows:
-            command = PlaceOrder(
-                transaction_id=row["transaction_id"],
-                account_id=row["account_id"],
-                sku=row["sku"],
-                unit_price=row["unit_price"],
-                currency=row["currency"].strip(),
-                placed_at=row["created_at"],
-            )
-            await add_to_outbox(conn, topics.INVENTORY_COMMANDS.name, row["sku"], command)
-    if rows:
-        log.info("asked inventory again about %d orders still PROCESSING", len(rows))
-    return len(rows)
+    async with uow, uow.transaction():
+        undecided = await uow.orders.take_undecided(older_than_s, again_after_s, limit)
+        for order in undecided:
+            uow.publish(topics.INVENTORY_COMMANDS.name, order.sku, place_order(order, None))
+        await uow.commit()
+    if undecided:
+        log.info("asked inventory again about %d orders still PROCESSING", len(undecided))
+    return len(undecided)

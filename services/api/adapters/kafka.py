@@ -1,4 +1,7 @@
-"""Request/reply over Kafka for the instant path, without FastStream's `request()` (which only
+"""The api's Kafka adapters: the order request's publisher, the broker's health, and the
+reply listener (the ports are declared in service_layer/orders.py).
+
+Request/reply over Kafka for the instant path, without FastStream's `request()` (which only
 its in-memory test broker answers).
 
 Each ingress instance reads the whole reply topic with a group-less consumer (assigned all
@@ -10,15 +13,75 @@ waits on, for the real reply or its window). The loop runs as a supervised backg
 """
 
 import asyncio
+import contextlib
 import logging
+import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from services.api.service_layer.orders import BrokerUnavailable
 from shared.contracts import Decision
 from shared.runtime import Background
 
 log = logging.getLogger(__name__)
+
+
+class KafkaPublisher:
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+
+    async def send(self, topic: str, key: bytes, value: bytes) -> None:
+        try:
+            await self._producer.send_and_wait(topic, value=value, key=key)
+        except KafkaError as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+
+
+class BrokerHealth:
+    """Whether the order request can be published now. After a failed publish the ingress
+    refuses new orders (503, nothing charged) until a metadata probe succeeds again."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+        self._down_since: float | None = None
+        self._probe: asyncio.Task[None] | None = None
+
+    @property
+    def accepting(self) -> bool:
+        return self._down_since is None
+
+    def failed(self) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning("publishing to Kafka failed: refusing new orders until it answers")
+            self._probe = asyncio.create_task(self._probe_until_up())
+
+    async def _probe_until_up(self) -> None:
+        """Probes every second until the broker answers. Any error is a failed probe (one the
+        probe did not expect is logged once, with its trace): the probe itself never dies,
+        or the api would refuse orders until restarted."""
+        logged: set[str] = set()
+        while True:
+            try:
+                async with asyncio.timeout(2):
+                    await self._producer.client.fetch_all_metadata()
+                self._down_since = None
+                log.info("Kafka answers again: accepting orders")
+                return
+            except (KafkaError, TimeoutError, OSError):
+                pass
+            except Exception as exc:
+                if type(exc).__name__ not in logged:
+                    logged.add(type(exc).__name__)
+                    log.exception("unexpected error probing Kafka; probing on")
+            await asyncio.sleep(1)
+
+    async def stop(self) -> None:
+        if self._probe:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
 
 
 class ReplyListener:

@@ -1,0 +1,793 @@
+"""The api's repositories and unit of work over PostgreSQL (asyncpg).
+
+The admin and read paths build their statements from the tables (services/api/adapters/
+tables.py), compiled once at import; the instant path's statements (acceptance, debit,
+recording) are written by hand, as measured (docs/decisions/instant-path-batching.md)."""
+
+import contextlib
+import functools
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+from asyncpg.exceptions import DeadlockDetectedError, LockNotAvailableError, SerializationError
+from asyncpg.pool import PoolConnectionProxy
+from sqlalchemy import (
+    ARRAY,
+    Select,
+    Table,
+    Text,
+    any_,
+    bindparam,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+)
+from sqlmodel import col
+
+from services.api.adapters.tables import Account
+from services.api.adapters.tables import Order as OrderRow
+from services.api.adapters.tables import Product as ProductRow
+from services.api.domain.model import (
+    AccountInfo,
+    Credential,
+    Order,
+    Product,
+    rebalanced,
+    split_evenly,
+)
+from services.api.service_layer.unit_of_work import (
+    Allocation,
+    LockTimeout,
+    TransactionConflict,
+    UnitOfWork,
+)
+from shared import topics
+from shared.contracts import CancelReason, Message
+from shared.db import Conn, Query, compiled
+from shared.outbox import add_all_to_outbox
+
+# --- accounts and credentials ----------------------------------------------------------------
+
+
+_INSERT_ACCOUNT = compiled(
+    insert(Account).values(
+        id=bindparam("id"), name=bindparam("name"), rate_limit_per_s=bindparam("rate_limit")
+    )
+)
+
+
+_ACCOUNT_EXISTS = compiled(select(literal_column("1")).where(col(Account.id) == bindparam("id")))
+
+
+# --- wallets ---------------------------------------------------------------------------------
+
+
+DEBIT_ONE_SLOT = """
+
+
+UPDATE wallet_slots SET balance = balance - $3
+
+
+WHERE (account_id, currency, slot) = (
+    SELECT account_id, currency, slot FROM wallet_slots
+    WHERE account_id = $1 AND currency = $2 AND balance >= $3
+    ORDER BY random() LIMIT 1 FOR UPDATE {wait})
+
+
+RETURNING slot
+"""
+
+
+# Records accepted orders in one statement: each order's DEBIT ledger row (the ledger's unique
+
+
+# index refuses a second debit of an order), its row, and its OrderAccepted event in the
+
+
+# outbox, in order. `{paid_only}` narrows the orders to those whose wallet a CTE before paid.
+
+
+RECORD_ORDERS = """
+
+
+new_orders AS (
+    SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::integer[],
+                         $6::numeric[], $7::text[], $8::numeric[], $9::timestamptz[],
+                         $10::bytea[]) WITH ORDINALITY
+        AS o (transaction_id, account_id, client_order_number, sku, quantity, unit_price,
+              currency, grand_total, created_at, event, n)
+    {paid_only}
+), ledger_rows AS (
+    INSERT INTO ledger (transaction_id, account_id, currency, amount, kind)
+    SELECT transaction_id, account_id, currency, -grand_total, 'DEBIT' FROM new_orders
+), order_rows AS (
+    INSERT INTO orders (transaction_id, account_id, client_order_number, sku, quantity,
+                        unit_price, currency, grand_total, status, created_at)
+    SELECT transaction_id, account_id, client_order_number, sku, quantity, unit_price,
+           currency, grand_total, 'PROCESSING', created_at
+    FROM new_orders
+)
+
+
+INSERT INTO outbox (topic, key, payload, headers)
+
+
+SELECT $11, transaction_id, event, jsonb_build_object('x-type', 'OrderAccepted')
+
+
+FROM new_orders ORDER BY n
+
+
+RETURNING key
+"""
+
+
+# Pays each wallet ($12 account, $13 currency, $14 amount) from one slot that holds the amount
+
+
+# and is not locked by another transaction; a wallet with no such slot is not paid.
+
+
+PAY_FROM_FREE_SLOTS = """
+
+
+WITH wanted AS (
+    SELECT * FROM unnest($12::uuid[], $13::text[], $14::numeric[])
+        AS w (account_id, currency, amount)
+), picked AS (
+    SELECT w.account_id, w.currency, w.amount, free.slot
+    FROM wanted w CROSS JOIN LATERAL (
+        SELECT slot FROM wallet_slots
+        WHERE account_id = w.account_id AND currency = w.currency AND balance >= w.amount
+        ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED
+    ) AS free
+), paid AS (
+    UPDATE wallet_slots s SET balance = s.balance - p.amount
+    FROM picked p
+    WHERE s.account_id = p.account_id AND s.currency = p.currency AND s.slot = p.slot
+    RETURNING s.account_id, s.currency
+),
+"""
+
+
+def _order_arrays(orders: Sequence[Order], events: Sequence[bytes]) -> list[Any]:
+    return [
+        [o.transaction_id for o in orders],
+        [o.account_id for o in orders],
+        [o.client_order_number for o in orders],
+        [o.sku for o in orders],
+        [o.quantity for o in orders],
+        [o.unit_price for o in orders],
+        [o.currency for o in orders],
+        [o.grand_total for o in orders],
+        [o.created_at for o in orders],
+        list(events),
+    ]
+
+
+# --- products (read model of catalog.products) -------------------------------------------------
+
+
+def _product(row: asyncpg.Record | None) -> Product | None:
+    if row is None:
+        return None
+    return Product(
+        row["sku"], row["currency"].strip(), row["price"], row["is_instant"], row["active"]
+    )
+
+
+def _listed_products(statement: Select[Any]) -> Select[Any]:
+    """Active products only, by SKU; a `skus` value (not NULL) narrows the list."""
+    skus = bindparam("skus", type_=ARRAY(Text))
+    return statement.where(
+        col(ProductRow.active), or_(skus.is_(None), col(ProductRow.sku) == any_(skus))
+    )
+
+
+_COUNT_PRODUCTS = compiled(_listed_products(select(func.count()).select_from(ProductRow)))
+
+
+_PAGE_OF_PRODUCTS = compiled(
+    _listed_products(select(col(ProductRow.record)))
+    .order_by(col(ProductRow.sku))
+    .limit(bindparam("limit"))
+    .offset(bindparam("offset"))
+)
+
+
+# --- orders --------------------------------------------------------------------------------
+
+
+# What an Order (the domain object) is read from.
+
+
+_ORDERS: Table = OrderRow.__table__  # type: ignore[attr-defined]
+
+
+_ORDER_FIELDS = [
+    _ORDERS.c[name]
+    for name in (
+        "transaction_id",
+        "account_id",
+        "client_order_number",
+        "sku",
+        "quantity",
+        "unit_price",
+        "currency",
+        "grand_total",
+        "status",
+        "created_at",
+        "stock_id",
+        "sealed_code",
+        "backordered_at",
+        "cancel_reason",
+    )
+]
+
+
+ORDER_COLUMNS = ", ".join(field.name for field in _ORDER_FIELDS)
+
+
+def _order(row: asyncpg.Record) -> Order:
+    return Order(
+        transaction_id=row["transaction_id"],
+        account_id=row["account_id"],
+        client_order_number=row["client_order_number"],
+        sku=row["sku"],
+        quantity=row["quantity"],
+        unit_price=row["unit_price"],
+        currency=row["currency"].strip(),
+        grand_total=row["grand_total"],
+        status=row["status"],
+        created_at=row["created_at"],
+        stock_id=row["stock_id"],
+        sealed_code=row["sealed_code"],
+        backordered_at=row["backordered_at"],
+        cancel_reason=row["cancel_reason"],
+    )
+
+
+def client_number_key(account_id: uuid.UUID, number: str) -> str:
+    return f"{account_id}|{number}"
+
+
+_ORDER_OF_ACCOUNT = compiled(
+    select(*_ORDER_FIELDS).where(
+        col(OrderRow.transaction_id) == bindparam("transaction_id"),
+        col(OrderRow.account_id) == bindparam("account_id"),
+    )
+)
+
+
+_ORDERS_BY_ID = compiled(
+    select(*_ORDER_FIELDS).where(
+        col(OrderRow.transaction_id) == any_(bindparam("ids", type_=ARRAY(Text)))
+    )
+)
+
+
+_ORDER_FILTERS = ("transaction_id", "client_order_number", "status")
+
+
+@functools.cache
+def _order_listing(filters: tuple[str, ...]) -> tuple[Query, Query]:
+    """Count and page of one account's orders, newest first, narrowed by equality on the
+    `filters` given (one compiled pair per combination)."""
+    where = [_ORDERS.c.account_id == bindparam("account_id")]
+    where += [_ORDERS.c[name] == bindparam(name) for name in filters]
+    count = select(func.count()).select_from(_ORDERS).where(*where)
+    page = (
+        select(*_ORDER_FIELDS)
+        .where(*where)
+        .order_by(col(OrderRow.transaction_id).desc())
+        .limit(bindparam("limit"))
+        .offset(bindparam("offset"))
+    )
+    return compiled(count), compiled(page)
+
+
+class PostgresAccounts:
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+
+    async def add(self, name: str, rate_limit_per_s: Decimal | None) -> uuid.UUID:
+        account_id = uuid.uuid4()
+        await self._conn.execute(
+            _INSERT_ACCOUNT.sql,
+            *_INSERT_ACCOUNT.args(id=account_id, name=name, rate_limit=rate_limit_per_s),
+        )
+        return account_id
+
+    async def exists(self, account_id: uuid.UUID) -> bool:
+        return bool(
+            await self._conn.fetchval(_ACCOUNT_EXISTS.sql, *_ACCOUNT_EXISTS.args(id=account_id))
+        )
+
+    async def get(self, account_id: uuid.UUID) -> AccountInfo | None:
+        row = await self._conn.fetchrow(
+            "SELECT name, created_at FROM accounts WHERE id = $1", account_id
+        )
+        return None if row is None else AccountInfo(account_id, row["name"], row["created_at"])
+
+
+class PostgresCredentials:
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+
+    async def add(
+        self, account_id: uuid.UUID, kind: str, secret_hash: bytes, expires_at: datetime | None
+    ) -> None:
+        await self._conn.execute(
+            "INSERT INTO credentials (account_id, kind, secret_hash, expires_at) "
+            "VALUES ($1,$2,$3,$4)",
+            account_id,
+            kind,
+            secret_hash,
+            expires_at,
+        )
+
+    async def expire_tokens(self, account_id: uuid.UUID, at: datetime) -> None:
+        await self._conn.execute(
+            """
+            UPDATE credentials SET expires_at = LEAST(COALESCE(expires_at, $2), $2)
+            WHERE account_id = $1 AND kind = 'TOKEN'
+            """,
+            account_id,
+            at,
+        )
+
+    async def live(self, api_key_hash: bytes, token_hash: bytes) -> list[Credential]:
+        rows = await self._conn.fetch(
+            """
+            SELECT c.account_id, c.kind, c.secret_hash, a.rate_limit_per_s
+            FROM credentials c JOIN accounts a ON a.id = c.account_id
+            WHERE c.secret_hash = ANY($1::bytea[])
+              AND (c.expires_at IS NULL OR c.expires_at > now())
+            """,
+            [api_key_hash, token_hash],
+        )
+        return [
+            Credential(r["account_id"], r["kind"], r["secret_hash"], r["rate_limit_per_s"])
+            for r in rows
+        ]
+
+
+class PostgresWallets:
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+
+    async def balances(self, account_id: uuid.UUID) -> list[tuple[str, Decimal]]:
+        rows = await self._conn.fetch(
+            """
+            SELECT currency, sum(balance) AS balance FROM wallet_slots
+            WHERE account_id = $1 GROUP BY currency ORDER BY currency
+            """,
+            account_id,
+        )
+        return [(r["currency"], r["balance"]) for r in rows]
+
+    async def credit(
+        self,
+        account_id: uuid.UUID,
+        currency: str,
+        amount: Decimal,
+        slots: int,
+        kind: str = "CREDIT",
+        transaction_id: str | None = None,
+    ) -> bool:
+        if transaction_id is not None:
+            inserted = await self._conn.fetchval(
+                """
+                INSERT INTO ledger (account_id, currency, amount, kind, transaction_id)
+                VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING id
+                """,
+                account_id,
+                currency,
+                amount,
+                kind,
+                transaction_id,
+            )
+            if inserted is None:
+                return False
+        else:
+            await self._conn.execute(
+                "INSERT INTO ledger (account_id, currency, amount, kind) VALUES ($1, $2, $3, $4)",
+                account_id,
+                currency,
+                amount,
+                kind,
+            )
+        await self._conn.executemany(
+            """
+            INSERT INTO wallet_slots (account_id, currency, slot, balance) VALUES ($1, $2, $3, $4)
+            ON CONFLICT (account_id, currency, slot)
+            DO UPDATE SET balance = wallet_slots.balance + EXCLUDED.balance
+            """,
+            [
+                (account_id, currency, i, share)
+                for i, share in enumerate(split_evenly(amount, slots))
+            ],
+        )
+        return True
+
+    async def take_from_one_slot(
+        self, account_id: uuid.UUID, currency: str, amount: Decimal
+    ) -> bool:
+        # One statement takes a random unlocked slot that can pay; if every such slot is busy,
+        # the second waits for one of them (the row is re-checked once the lock is ours).
+        for wait in ("SKIP LOCKED", ""):
+            slot = await self._conn.fetchval(
+                DEBIT_ONE_SLOT.format(wait=wait), account_id, currency, amount
+            )
+            if slot is not None:  # slot 0 is a slot
+                return True
+        return False
+
+    async def take_from_all_slots(
+        self, account_id: uuid.UUID, currency: str, amount: Decimal
+    ) -> bool:
+        rows = await self._conn.fetch(
+            """
+            SELECT slot, balance FROM wallet_slots WHERE account_id = $1 AND currency = $2
+            ORDER BY slot FOR UPDATE
+            """,
+            account_id,
+            currency,
+        )
+        shares = rebalanced([r["balance"] for r in rows], amount)
+        if shares is None:
+            return False
+        await self._conn.executemany(
+            "UPDATE wallet_slots SET balance = $4 WHERE account_id = $1 AND currency = $2 "
+            "AND slot = $3",
+            [
+                (account_id, currency, r["slot"], share)
+                for r, share in zip(rows, shares, strict=True)
+            ],
+        )
+        return True
+
+
+class PostgresProducts:
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+
+    async def for_orders(
+        self, skus: Sequence[str], account_ids: Sequence[uuid.UUID]
+    ) -> tuple[dict[str, Product], dict[uuid.UUID, set[str]]]:
+        """The products of `skus` that exist and each account's wallet currencies: one round
+        trip for a whole batch of instant orders."""
+        rows = await self._conn.fetch(
+            """
+            SELECT sku, currency, price, is_instant, active, NULL::uuid AS account_id
+            FROM products WHERE sku = ANY($1::text[])
+            UNION ALL
+            SELECT DISTINCT NULL::text, currency, NULL::numeric, NULL::boolean, NULL::boolean,
+                   account_id
+            FROM wallet_slots WHERE account_id = ANY($2::uuid[])
+            """,
+            list(skus),
+            list(account_ids),
+        )
+        products: dict[str, Product] = {}
+        wallets: dict[uuid.UUID, set[str]] = {}
+        for row in rows:
+            if row["account_id"] is None:
+                product = _product(row)
+                assert product is not None
+                products[product.sku] = product
+            else:
+                wallets.setdefault(row["account_id"], set()).add(row["currency"].strip())
+        return products, wallets
+
+    async def get_record(self, sku: str) -> tuple[dict[str, Any], int] | None:
+        row = await self._conn.fetchrow("SELECT record, version FROM products WHERE sku = $1", sku)
+        return None if row is None else (row["record"], row["version"])
+
+    async def apply(self, record: dict[str, Any], version: int) -> bool:
+        result = await self._conn.fetchval(
+            """
+            INSERT INTO products (sku, record, currency, price, is_instant, active, version)
+            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            ON CONFLICT (sku) DO UPDATE SET record = EXCLUDED.record, currency = EXCLUDED.currency,
+                price = EXCLUDED.price, is_instant = EXCLUDED.is_instant, active = EXCLUDED.active,
+                version = EXCLUDED.version, updated_at = now()
+            WHERE products.version < EXCLUDED.version
+            RETURNING 1
+            """,
+            record["sku"],
+            record,
+            record["currency"],
+            Decimal(record["price"]),
+            record["isInstantDeliverySupported"],
+            record["active"],
+            version,
+        )
+        return result is not None
+
+    async def listing(
+        self, skus: list[str] | None, limit: int, offset: int
+    ) -> tuple[int, list[dict[str, Any]]]:
+        total = await self._conn.fetchval(_COUNT_PRODUCTS.sql, *_COUNT_PRODUCTS.args(skus=skus))
+        rows = await self._conn.fetch(
+            _PAGE_OF_PRODUCTS.sql, *_PAGE_OF_PRODUCTS.args(skus=skus, limit=limit, offset=offset)
+        )
+        return int(total), [r["record"] for r in rows]
+
+
+class PostgresOrders:
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+
+    async def record(self, orders: Sequence[Order], accepted_events: Sequence[bytes]) -> None:
+        await self._conn.execute(
+            "WITH " + RECORD_ORDERS.format(paid_only=""),
+            *_order_arrays(orders, accepted_events),
+            topics.ORDER_EVENTS.name,
+        )
+
+    async def pay_and_record(
+        self, orders: Sequence[Order], accepted_events: Sequence[bytes]
+    ) -> set[str]:
+        # ONE statement, and so one commit when the connection is not in a transaction.
+        totals: dict[tuple[uuid.UUID, str], Decimal] = {}
+        for o in orders:
+            totals[o.account_id, o.currency] = (
+                totals.get((o.account_id, o.currency), 0) + o.grand_total
+            )
+        rows = await self._conn.fetch(
+            PAY_FROM_FREE_SLOTS
+            + RECORD_ORDERS.format(
+                paid_only="WHERE (o.account_id, o.currency) IN "
+                "(SELECT account_id, currency FROM paid)"
+            ),
+            *_order_arrays(orders, accepted_events),
+            topics.ORDER_EVENTS.name,
+            [a for a, _ in totals],
+            [c for _, c in totals],
+            list(totals.values()),
+        )
+        return {row["key"] for row in rows}
+
+    async def lock_client_order_numbers(self, wanted: Sequence[tuple[uuid.UUID, str]]) -> None:
+        # Taken in hash order in one statement: two batches never wait for each other in a cycle.
+        await self._conn.execute(
+            """
+            SELECT pg_advisory_xact_lock(h)
+            FROM (SELECT DISTINCT hashtextextended(k, 7) AS h FROM unnest($1::text[]) AS k
+                  ORDER BY 1) AS l
+            ORDER BY h
+            """,
+            sorted({client_number_key(a, n) for a, n in wanted}),
+        )
+
+    async def find_by_client_order_numbers(
+        self, wanted: Sequence[tuple[uuid.UUID, str]]
+    ) -> dict[tuple[uuid.UUID, str], str]:
+        rows = await self._conn.fetch(
+            """
+            SELECT DISTINCT ON (o.account_id, o.client_order_number)
+                   o.account_id, o.client_order_number, o.transaction_id
+            FROM unnest($1::uuid[], $2::text[]) AS w (account_id, number)
+            JOIN orders o ON o.account_id = w.account_id AND o.client_order_number = w.number
+                         AND o.client_order_number <> ''  -- the partial index's predicate
+            ORDER BY o.account_id, o.client_order_number, o.transaction_id
+            """,
+            [a for a, _ in wanted],
+            [n for _, n in wanted],
+        )
+        return {(r["account_id"], r["client_order_number"]): r["transaction_id"] for r in rows}
+
+    async def complete(self, allocations: Sequence[Allocation]) -> list[Order]:
+        # One statement; an order completed already (a redelivery, or the reply and the event
+        # both applied) is not returned.
+        rows = await self._conn.fetch(
+            f"""
+            UPDATE orders SET status = 'COMPLETED', stock_id = a.stock_id, sealed_code = a.sealed,
+                              updated_at = now()
+            FROM unnest($1::text[], $2::bigint[], $3::text[])
+                AS a (transaction_id, stock_id, sealed)
+            WHERE orders.transaction_id = a.transaction_id AND orders.status = 'PROCESSING'
+              AND orders.transaction_id = ANY($1::text[])  -- by primary key, whatever the plan
+            RETURNING {", ".join("orders." + c for c in ORDER_COLUMNS.split(", "))}
+            """,  # noqa: S608
+            [a[0] for a in allocations],
+            [a[1] for a in allocations],
+            [a[2] for a in allocations],
+        )
+        return [_order(row) for row in rows]
+
+    async def complete_and_announce(
+        self, allocations: Sequence[tuple[str, int, str, bytes]]
+    ) -> set[str]:
+        rows = await self._conn.fetch(
+            """
+            WITH a AS (
+                SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[])
+                    WITH ORDINALITY AS a (transaction_id, stock_id, sealed, event, n)
+            ), done AS (
+                UPDATE orders SET status = 'COMPLETED', stock_id = a.stock_id,
+                                  sealed_code = a.sealed, updated_at = now()
+                FROM a
+                WHERE orders.transaction_id = a.transaction_id AND orders.status = 'PROCESSING'
+                  AND orders.transaction_id = ANY($1::text[])  -- by primary key, whatever the plan
+                RETURNING orders.transaction_id
+            )
+            INSERT INTO outbox (topic, key, payload, headers)
+            SELECT $5, a.transaction_id, a.event, jsonb_build_object('x-type', 'OrderCompleted')
+            FROM a JOIN done USING (transaction_id) ORDER BY a.n
+            RETURNING key
+            """,
+            [a[0] for a in allocations],
+            [a[1] for a in allocations],
+            [a[2] for a in allocations],
+            [a[3] for a in allocations],
+            topics.ORDER_EVENTS.name,
+        )
+        return {row["key"] for row in rows}
+
+    async def backorder(self, transaction_id: str) -> Order | None:
+        row = await self._conn.fetchrow(
+            f"""
+            UPDATE orders SET backordered_at = now(), updated_at = now()
+            WHERE transaction_id = $1 AND status = 'PROCESSING' AND backordered_at IS NULL
+            RETURNING {ORDER_COLUMNS}
+            """,  # noqa: S608
+            transaction_id,
+        )
+        return _order(row) if row else None
+
+    async def cancel(self, transaction_id: str, reason: CancelReason) -> Order | None:
+        row = await self._conn.fetchrow(
+            f"""
+            UPDATE orders SET status = 'CANCELLED', cancel_reason = $2, updated_at = now()
+            WHERE transaction_id = $1 AND status = 'PROCESSING'
+            RETURNING {ORDER_COLUMNS}
+            """,  # noqa: S608
+            transaction_id,
+            reason,
+        )
+        return _order(row) if row else None
+
+    async def processing_summary(self) -> list[tuple[str, int, float]]:
+        rows = await self._conn.fetch(
+            """
+            SELECT CASE WHEN backordered_at IS NULL THEN 'awaiting_decision' ELSE 'backordered' END
+                       AS stage,
+                   count(*) AS n,
+                   extract(epoch FROM now() - min(created_at)) AS oldest
+            FROM orders WHERE status = 'PROCESSING' GROUP BY 1
+            """
+        )
+        return [(r["stage"], int(r["n"]), float(r["oldest"])) for r in rows]
+
+    async def get(self, account_id: uuid.UUID, transaction_id: str) -> Order | None:
+        row = await self._conn.fetchrow(
+            _ORDER_OF_ACCOUNT.sql,
+            *_ORDER_OF_ACCOUNT.args(transaction_id=transaction_id, account_id=account_id),
+        )
+        return _order(row) if row else None
+
+    async def get_many(self, transaction_ids: Sequence[str]) -> list[Order]:
+        rows = await self._conn.fetch(
+            _ORDERS_BY_ID.sql, *_ORDERS_BY_ID.args(ids=list(transaction_ids))
+        )
+        return [_order(row) for row in rows]
+
+    async def listing(
+        self,
+        account_id: uuid.UUID,
+        *,
+        transaction_id: str | None,
+        client_order_number: str | None,
+        status: str | None,
+        limit: int,
+        offset: int,
+    ) -> tuple[int, list[Order]]:
+        given = {
+            name: value
+            for name, value in zip(
+                _ORDER_FILTERS, (transaction_id, client_order_number, status), strict=True
+            )
+            if value is not None
+        }
+        count, page = _order_listing(tuple(given))
+        total = await self._conn.fetchval(count.sql, *count.args(account_id=account_id, **given))
+        rows = await self._conn.fetch(
+            page.sql, *page.args(account_id=account_id, limit=limit, offset=offset, **given)
+        )
+        return int(total), [_order(r) for r in rows]
+
+    async def take_undecided(
+        self, older_than_s: float, again_after_s: float, limit: int
+    ) -> list[Order]:
+        rows = await self._conn.fetch(
+            f"""
+            UPDATE orders SET nudged_at = now()
+            WHERE transaction_id IN (
+                SELECT transaction_id FROM orders
+                WHERE status = 'PROCESSING' AND created_at < now() - make_interval(secs => $1)
+                  AND (nudged_at IS NULL OR nudged_at < now() - make_interval(secs => $2))
+                -- never asked first: a lost command is not starved by backorders asked before
+                ORDER BY nudged_at NULLS FIRST, created_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+            RETURNING {ORDER_COLUMNS}
+            """,  # noqa: S608
+            older_than_s,
+            again_after_s,
+            limit,
+        )
+        return [_order(row) for row in rows]
+
+
+class PostgresUnitOfWork(UnitOfWork):
+    """Work on a connection of `pool`. Given `conn` instead, the unit works inside the
+    transaction its caller holds open on it (a batch consumer's): `transaction()` then adds
+    no round trip (no savepoint), `commit()` only writes the outbox, the caller commits or
+    rolls back, and database errors reach the caller as they are (shared.consumers tells
+    the transient ones)."""
+
+    def __init__(self, pool: asyncpg.Pool | None = None, *, conn: Conn | None = None) -> None:
+        if (pool is None) == (conn is None):
+            raise ValueError("give a pool or a connection, not both")
+        super().__init__()
+        self._pool = pool
+        self._given = conn
+        self._conn: Conn | None = None
+        self._tx: asyncpg.transaction.Transaction | None = None
+
+    async def _open(self) -> None:
+        if self._given is not None:
+            conn: Conn = self._given
+        else:
+            assert self._pool is not None
+            conn = await self._pool.acquire()
+        self._conn = conn
+        self.accounts = PostgresAccounts(conn)
+        self.credentials = PostgresCredentials(conn)
+        self.wallets = PostgresWallets(conn)
+        self.products = PostgresProducts(conn)
+        self.orders = PostgresOrders(conn)
+
+    async def _begin(self, lock_timeout_s: float | None) -> None:
+        if self._given is not None:
+            return
+        assert self._conn is not None, "use the unit of work inside `async with`"
+        self._tx = self._conn.transaction()
+        await self._tx.start()
+        if lock_timeout_s is not None:
+            await self._conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_s * 1000)}")
+
+    async def _commit(self, events: Sequence[tuple[str, str, Message]]) -> None:
+        assert self._conn is not None
+        await add_all_to_outbox(self._conn, events)
+        if self._tx is not None:
+            await self._tx.commit()
+            self._tx = None
+
+    async def _rollback(self) -> None:
+        tx, self._tx = self._tx, None
+        if tx is not None and self._conn is not None and not self._conn.is_closed():
+            with contextlib.suppress(asyncpg.InterfaceError, OSError):
+                await tx.rollback()
+
+    async def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and self._given is None:
+            assert self._pool is not None
+            assert isinstance(conn, PoolConnectionProxy)
+            await self._pool.release(conn)
+
+    def _translate(self, exc: Exception) -> Exception | None:
+        if self._given is not None:
+            return None
+        if isinstance(exc, LockNotAvailableError):
+            return LockTimeout(str(exc))
+        if isinstance(exc, DeadlockDetectedError | SerializationError):
+            return TransactionConflict(str(exc))
+        return None
