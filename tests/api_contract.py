@@ -1,0 +1,271 @@
+"""The contract of the api's repositories, run against the fakes (unit) and PostgreSQL
+(integration): a subclass provides the `new_uow` fixture. Every test makes its own accounts,
+SKUs and orders, so it shares the database with the running stack."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from services.api.domain.model import Order, Product
+from services.api.service_layer.unit_of_work import UnitOfWork
+from tests.helpers import unique
+
+NewUow = Callable[[], UnitOfWork]
+SLOTS = 4
+
+
+def product_record(sku: str, price: str = "9.75", **fields: Any) -> dict[str, Any]:
+    return {
+        "sku": sku,
+        "name": f"Card {sku}",
+        "currency": "USD",
+        "price": price,
+        "isInstantDeliverySupported": True,
+        "active": True,
+        **fields,
+    }
+
+
+def new_order(account_id: uuid.UUID, sku: str, total: str = "1.00", number: str = "") -> Order:
+    return Order(
+        transaction_id=unique("tx"),
+        account_id=account_id,
+        client_order_number=number,
+        sku=sku,
+        quantity=1,
+        unit_price=Decimal(total),
+        currency="USD",
+        grand_total=Decimal(total),
+        status="PROCESSING",
+        created_at=datetime.now(UTC),
+    )
+
+
+def stock_id() -> int:
+    return uuid.uuid4().int % 2**62
+
+
+class RepositoryContract:
+    @pytest.fixture
+    def new_uow(self) -> NewUow:
+        raise NotImplementedError
+
+    async def account(self, new_uow: NewUow, usd: str | None = None) -> uuid.UUID:
+        async with new_uow() as uow, uow.transaction():
+            account_id = await uow.accounts.add(unique("name"), None)
+            if usd is not None:
+                await uow.wallets.credit(account_id, "USD", Decimal(usd), SLOTS)
+            await uow.commit()
+        return account_id
+
+    async def accepted(self, new_uow: NewUow, account_id: uuid.UUID) -> Order:
+        order = new_order(account_id, unique("SKU"))
+        async with new_uow() as uow:
+            assert await uow.orders.pay_and_record([order], [b"{}"]) == {order.transaction_id}
+        return order
+
+    async def test_accounts_and_their_live_credentials(self, new_uow: NewUow) -> None:
+        key, token = uuid.uuid4().bytes * 2, uuid.uuid4().bytes * 2
+        async with new_uow() as uow, uow.transaction():
+            account_id = await uow.accounts.add("Acme", Decimal("5.00"))
+            await uow.credentials.add(account_id, "API_KEY", key, None)
+            await uow.credentials.add(account_id, "TOKEN", token, None)
+            await uow.commit()
+        async with new_uow() as uow:
+            assert await uow.accounts.exists(account_id)
+            assert not await uow.accounts.exists(uuid.uuid4())
+            info = await uow.accounts.get(account_id)
+            assert info is not None
+            assert info.name == "Acme"
+            assert await uow.accounts.get(uuid.uuid4()) is None
+            live = await uow.credentials.live(key, token)
+        assert {(c.kind, c.secret_hash, c.account_id) for c in live} == {
+            ("API_KEY", key, account_id),
+            ("TOKEN", token, account_id),
+        }
+        assert {c.rate_limit_per_s for c in live} == {Decimal("5.00")}
+        async with new_uow() as uow, uow.transaction():
+            await uow.credentials.expire_tokens(account_id, datetime(2000, 1, 1, tzinfo=UTC))
+            await uow.commit()
+        async with new_uow() as uow:
+            assert [c.kind for c in await uow.credentials.live(key, token)] == ["API_KEY"]
+
+    async def test_a_credit_is_split_over_the_slots_and_a_refund_happens_once(
+        self, new_uow: NewUow
+    ) -> None:
+        account_id = await self.account(new_uow, usd="10.01")
+        tx = unique("tx")
+        async with new_uow() as uow, uow.transaction():
+            first = await uow.wallets.credit(account_id, "USD", Decimal("1"), SLOTS, "REFUND", tx)
+            again = await uow.wallets.credit(account_id, "USD", Decimal("1"), SLOTS, "REFUND", tx)
+            await uow.commit()
+        assert (first, again) == (True, False)
+        async with new_uow() as uow:
+            assert await uow.wallets.balances(account_id) == [("USD", Decimal("11.01"))]
+            # 10.01 over 4 slots: 2.51, 2.50, 2.50, 2.50; then 0.25 each: 2.76 pays, 2.77 not.
+            assert not await uow.wallets.take_from_one_slot(account_id, "USD", Decimal("2.77"))
+            assert await uow.wallets.take_from_one_slot(account_id, "USD", Decimal("2.76"))
+
+    async def test_the_slow_path_pays_from_all_slots_and_never_below_zero(
+        self, new_uow: NewUow
+    ) -> None:
+        account_id = await self.account(new_uow, usd="4.00")
+        async with new_uow() as uow, uow.transaction():
+            assert not await uow.wallets.take_from_one_slot(account_id, "USD", Decimal("3.00"))
+            assert not await uow.wallets.take_from_all_slots(account_id, "USD", Decimal("4.01"))
+            assert await uow.wallets.take_from_all_slots(account_id, "USD", Decimal("3.00"))
+            assert await uow.wallets.take_from_one_slot(account_id, "USD", Decimal("0.25"))
+            assert not await uow.wallets.take_from_one_slot(account_id, "USD", Decimal("0.26"))
+            assert not await uow.wallets.take_from_all_slots(account_id, "USD", Decimal("0.76"))
+            assert await uow.wallets.take_from_all_slots(account_id, "USD", Decimal("0.75"))
+            await uow.commit()
+        async with new_uow() as uow:
+            assert await uow.wallets.balances(account_id) == [("USD", Decimal("0.00"))]
+
+    async def test_pay_and_record_pays_each_wallet_from_one_slot_or_not_at_all(
+        self, new_uow: NewUow
+    ) -> None:
+        rich, poor = await self.account(new_uow, "8.00"), await self.account(new_uow, "8.00")
+        sku = unique("SKU")
+        paid = [new_order(rich, sku, "1.00"), new_order(rich, sku, "0.50")]
+        refused = [new_order(poor, sku, "1.50"), new_order(poor, sku, "1.00")]
+        async with new_uow() as uow:
+            recorded = await uow.orders.pay_and_record([*paid, *refused], [b"{}"] * 4)
+        assert recorded == {o.transaction_id for o in paid}
+        async with new_uow() as uow:
+            assert await uow.wallets.balances(rich) == [("USD", Decimal("6.50"))]
+            assert await uow.wallets.balances(poor) == [("USD", Decimal("8.00"))]
+            got = await uow.orders.get_many([o.transaction_id for o in paid + refused])
+        assert sorted(got, key=lambda o: o.transaction_id) == sorted(
+            paid, key=lambda o: o.transaction_id
+        )
+
+    async def test_an_order_is_debited_once(self, new_uow: NewUow) -> None:
+        account_id = await self.account(new_uow, "5.00")
+        order = new_order(account_id, unique("SKU"))
+        async with new_uow() as uow:
+            await uow.orders.pay_and_record([order], [b"{}"])
+        async with new_uow() as uow, uow.transaction():
+            assert await uow.wallets.take_from_one_slot(account_id, "USD", Decimal(1))
+            with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+                await uow.orders.record([order], [b"{}"])
+        async with new_uow() as uow:
+            assert await uow.wallets.balances(account_id) == [("USD", Decimal("4.00"))]
+
+    async def test_each_transition_applies_to_a_processing_order_once(
+        self, new_uow: NewUow
+    ) -> None:
+        account_id = await self.account(new_uow, "5.00")
+        done, waiting, cancelled = [await self.accepted(new_uow, account_id) for _ in range(3)]
+        code, other = stock_id(), stock_id()
+        async with new_uow() as uow, uow.transaction():
+            completed = await uow.orders.complete([(done.transaction_id, code, "sealed")])
+            assert await uow.orders.complete([(done.transaction_id, other, "other")]) == []
+            assert await uow.orders.complete_and_announce(
+                [
+                    (done.transaction_id, other, "x", b"{}"),
+                    (waiting.transaction_id, other, "x", b"{}"),
+                ]
+            ) == {waiting.transaction_id}
+            await uow.commit()
+        assert completed == [done.complete(code, "sealed")]
+        async with new_uow() as uow, uow.transaction():
+            backordered = await uow.orders.backorder(cancelled.transaction_id)
+            assert backordered is not None
+            assert backordered.backordered
+            assert await uow.orders.backorder(cancelled.transaction_id) is None
+            assert await uow.orders.backorder(done.transaction_id) is None
+            gone = await uow.orders.cancel(cancelled.transaction_id, "DEADLINE_PASSED")
+            assert await uow.orders.cancel(cancelled.transaction_id, "DEADLINE_PASSED") is None
+            assert await uow.orders.cancel(done.transaction_id, "PRODUCT_WITHDRAWN") is None
+            await uow.commit()
+        assert gone is not None
+        assert (gone.status, gone.cancel_reason) == ("CANCELLED", "DEADLINE_PASSED")
+        async with new_uow() as uow:
+            stored = await uow.orders.get(account_id, done.transaction_id)
+            assert stored == done.complete(code, "sealed")
+            assert await uow.orders.get(uuid.uuid4(), done.transaction_id) is None
+
+    async def test_a_code_completes_one_order_only(self, new_uow: NewUow) -> None:
+        account_id = await self.account(new_uow, "5.00")
+        first, second = [await self.accepted(new_uow, account_id) for _ in range(2)]
+        code = stock_id()
+        async with new_uow() as uow:
+            await uow.orders.complete([(first.transaction_id, code, "sealed")])
+            with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+                await uow.orders.complete([(second.transaction_id, code, "sealed")])
+            assert await uow.orders.get_many([second.transaction_id]) == [second]
+
+    async def test_the_first_order_of_a_client_order_number_is_found(self, new_uow: NewUow) -> None:
+        account_id = await self.account(new_uow, "5.00")
+        sku, number = unique("SKU"), unique("n")
+        first, second = new_order(account_id, sku, number=number), new_order(account_id, sku)
+        async with new_uow() as uow, uow.transaction():
+            await uow.orders.lock_client_order_numbers([(account_id, number)])
+            await uow.orders.record([first, second], [b"{}", b"{}"])
+            found = await uow.orders.find_by_client_order_numbers(
+                [(account_id, number), (account_id, "none")]
+            )
+            await uow.commit()
+        assert found == {(account_id, number): first.transaction_id}
+
+    async def test_listing_is_newest_first_and_filtered(self, new_uow: NewUow) -> None:
+        account_id = await self.account(new_uow, "5.00")
+        a, b = await self.accepted(new_uow, account_id), await self.accepted(new_uow, account_id)
+        async with new_uow() as uow:
+            total, page = await uow.orders.listing(
+                account_id,
+                transaction_id=None,
+                client_order_number=None,
+                status="PROCESSING",
+                limit=1,
+                offset=0,
+            )
+            assert (total, page) == (2, [max(a, b, key=lambda o: o.transaction_id)])
+            assert (
+                await uow.orders.listing(
+                    account_id,
+                    transaction_id=a.transaction_id,
+                    client_order_number=None,
+                    status="COMPLETED",
+                    limit=10,
+                    offset=0,
+                )
+            ) == (0, [])
+
+    async def test_undecided_orders_are_taken_once_and_rolled_back_with_the_unit(
+        self, new_uow: NewUow
+    ) -> None:
+        order = await self.accepted(new_uow, await self.account(new_uow, "5.00"))
+        async with new_uow() as uow, uow.transaction():
+            taken = await uow.orders.take_undecided(0, 600, 100_000)
+            assert order in taken
+            assert order not in await uow.orders.take_undecided(0, 600, 100_000)
+            # no commit: the orders are not marked taken
+        async with new_uow() as uow:
+            summary = dict((s, n) for s, n, _ in await uow.orders.processing_summary())
+        assert summary["awaiting_decision"] >= 1
+
+    async def test_product_snapshots_apply_in_version_order(self, new_uow: NewUow) -> None:
+        sku, withdrawn = unique("SKU"), unique("SKU")
+        async with new_uow() as uow:
+            assert await uow.products.apply(product_record(sku), 2)
+            assert not await uow.products.apply(product_record(sku, price="1.00"), 1)
+            assert await uow.products.apply(product_record(withdrawn, active=False), 1)
+            assert await uow.products.get_record(sku) == (product_record(sku), 2)
+            assert await uow.products.get_record(unique("SKU")) is None
+            assert await uow.products.listing([sku, withdrawn], 10, 0) == (
+                1,
+                [product_record(sku)],
+            )
+            account_id = await uow.accounts.add(unique("name"), None)
+            await uow.wallets.credit(account_id, "EUR", Decimal(1), SLOTS)
+            products, wallets = await uow.products.for_orders([sku, unique("SKU")], [account_id])
+        assert products == {sku: Product(sku, "USD", Decimal("9.75"), True, True)}
+        assert wallets == {account_id: {"EUR"}}

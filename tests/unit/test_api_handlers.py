@@ -1,0 +1,318 @@
+"""The api's use cases over the fakes: an account's money and an order's life, told as
+stories (accepted and paid once, completed or cancelled and refunded once, asked about again)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from services.api.domain.model import (
+    CreateInstantOrder,
+    DuplicateClientOrderNumber,
+    InsufficientBalance,
+    Order,
+)
+from services.api.service_layer import accounts, orders
+from services.api.service_layer.orders import BrokerUnavailable, OrderDesk
+from shared import topics
+from shared.contracts import (
+    BackorderAllocated,
+    BackorderCancelled,
+    Decision,
+    OrderBackordered,
+    OrderReserved,
+    PlaceOrder,
+)
+from tests.api_contract import product_record
+from tests.api_fakes import FakeStore, FakeWallets
+
+SLOTS = 4
+
+
+class Publisher:
+    def __init__(self, fail: bool = False) -> None:
+        self.sent: list[tuple[str, bytes, bytes]] = []
+        self.fail = fail
+
+    async def send(self, topic: str, key: bytes, value: bytes) -> None:
+        if self.fail:
+            raise BrokerUnavailable("down")
+        self.sent.append((topic, key, value))
+
+
+class Replies:
+    """Inventory answering at once: RESERVED with stock id 7, or nothing (`silent`)."""
+
+    topic = "api.replies.test"
+
+    def __init__(self, silent: bool = False) -> None:
+        self.silent = silent
+
+    def expect(self, transaction_id: str) -> asyncio.Future[Decision]:
+        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        if not self.silent:
+            future.set_result(
+                Decision(
+                    transaction_id=transaction_id,
+                    sku="SKU",
+                    outcome="RESERVED",
+                    stock_id=7,
+                    sealed_code="sealed",
+                )
+            )
+        return future
+
+    def forget(self, transaction_id: str) -> None:
+        pass
+
+
+class Health:
+    accepting = True
+
+    def __init__(self) -> None:
+        self.failures = 0
+
+    def failed(self) -> None:
+        self.failures += 1
+
+
+async def funded(store: FakeStore, usd: str, sku: str = "SKU") -> uuid.UUID:
+    issued, _ = await accounts.create_account(store.uow(), "Acme", [("USD", Decimal(usd))], SLOTS)
+    async with store.uow() as uow:
+        await uow.products.apply(product_record(sku, price="2.00"), 1)
+    return issued.account_id
+
+
+def desk(store: FakeStore, **kw: Any) -> OrderDesk:
+    return OrderDesk(
+        new_uow=store.uow,
+        publisher=kw.get("publisher", Publisher()),
+        replies=kw.get("replies", Replies()),
+        health=kw.get("health", Health()),
+        decision_window_s=kw.get("window", 0.5),
+    )
+
+
+def instant(account_id: uuid.UUID, number: str | None = None) -> CreateInstantOrder:
+    return CreateInstantOrder(account_id, "SKU", number, number is not None, None)
+
+
+async def balance(store: FakeStore, account_id: uuid.UUID) -> Decimal:
+    async with store.uow() as uow:
+        return dict(await uow.wallets.balances(account_id))["USD"]
+
+
+async def test_an_instant_order_is_paid_once_published_and_completed_with_its_code() -> None:
+    store, publisher = FakeStore(), Publisher()
+    account_id = await funded(store, "10.00")
+
+    order = await desk(store, publisher=publisher).place_instant(instant(account_id))
+
+    assert (order.status, order.stock_id, order.sealed_code) == ("COMPLETED", 7, "sealed")
+    assert await balance(store, account_id) == Decimal("8.00")
+    [(topic, key, value)] = publisher.sent
+    assert (topic, key) == (topics.INVENTORY_COMMANDS.name, b"SKU")
+    sent = PlaceOrder.model_validate_json(value)
+    assert (sent.transaction_id, sent.reply_to) == (order.transaction_id, Replies.topic)
+    assert [r.type for r in store.events(topics.ORDER_EVENTS.name)] == [
+        "OrderAccepted",
+        "OrderCompleted",
+    ]
+
+
+async def test_without_a_decision_in_the_window_the_order_is_processing_and_kept() -> None:
+    store = FakeStore()
+    account_id = await funded(store, "10.00")
+
+    order = await desk(store, replies=Replies(silent=True), window=0.05).place_instant(
+        instant(account_id)
+    )
+
+    assert order.status == "PROCESSING"
+    async with store.uow() as uow:
+        assert await uow.orders.get(account_id, order.transaction_id) == order
+
+
+async def test_a_failed_publish_marks_the_broker_down_and_keeps_the_paid_order() -> None:
+    store, health = FakeStore(), Health()
+    account_id = await funded(store, "10.00")
+
+    order = await desk(store, publisher=Publisher(fail=True), health=health).place_instant(
+        instant(account_id)
+    )
+
+    assert (order.status, health.failures) == ("PROCESSING", 1)
+    assert await balance(store, account_id) == Decimal("8.00")
+
+
+async def test_orders_of_one_wallet_in_one_batch_pay_together_or_one_by_one() -> None:
+    store = FakeStore()
+    account_id = await funded(store, "5.00")  # slots 1.25 each: no slot holds 2.00
+    results = await desk(store)._accept_batch([instant(account_id) for _ in range(3)])
+
+    paid = [r for r in results if isinstance(r, tuple)]
+    refused = [r for r in results if isinstance(r, InsufficientBalance)]
+    assert (len(paid), len(refused)) == (2, 1)
+    assert await balance(store, account_id) == Decimal("1.00")
+
+
+async def test_the_dup_check_refuses_a_second_order_with_the_same_number() -> None:
+    store = FakeStore()
+    account_id = await funded(store, "10.00")
+    first = await desk(store).place_instant(instant(account_id, "n-1"))
+
+    with pytest.raises(DuplicateClientOrderNumber) as refused:
+        await desk(store).place_instant(instant(account_id, "n-1"))
+
+    assert refused.value.transaction_id == first.transaction_id
+    assert await balance(store, account_id) == Decimal("8.00")
+
+
+async def accepted_order(store: FakeStore, account_id: uuid.UUID) -> Order:
+    return await desk(store, replies=Replies(silent=True), window=0.01).place_instant(
+        instant(account_id)
+    )
+
+
+async def test_a_reservation_redelivered_completes_the_order_once() -> None:
+    store = FakeStore()
+    account_id = await funded(store, "10.00")
+    order = await accepted_order(store, account_id)
+    reserved = OrderReserved(
+        transaction_id=order.transaction_id,
+        account_id=account_id,
+        sku="SKU",
+        stock_id=3,
+        sealed_code="c",
+    )
+
+    for _ in range(2):
+        await orders.follow_inventory(store.uow(), [reserved, reserved], SLOTS)
+
+    async with store.uow() as uow:
+        stored = await uow.orders.get(account_id, order.transaction_id)
+    assert stored == order.complete(3, "c")
+    assert [r.type for r in store.events()].count("OrderCompleted") == 1
+
+
+async def test_a_backorder_cancelled_is_refunded_once_and_a_late_allocation_changes_nothing() -> (
+    None
+):
+    store = FakeStore()
+    account_id = await funded(store, "10.00")
+    order = await accepted_order(store, account_id)
+    tx = order.transaction_id
+    events = [
+        OrderBackordered(
+            transaction_id=tx, account_id=account_id, sku="SKU", placed_at=order.created_at
+        ),
+        BackorderCancelled(
+            transaction_id=tx, account_id=account_id, sku="SKU", reason="DEADLINE_PASSED"
+        ),
+        BackorderAllocated(
+            transaction_id=tx, account_id=account_id, sku="SKU", stock_id=1, sealed_code="c"
+        ),
+    ]
+
+    for _ in range(2):  # redelivered
+        await orders.follow_inventory(store.uow(), events, SLOTS)
+
+    async with store.uow() as uow:
+        stored = await uow.orders.get(account_id, tx)
+    assert stored is not None
+    assert (stored.status, stored.cancel_reason, stored.stock_id) == (
+        "CANCELLED",
+        "DEADLINE_PASSED",
+        None,
+    )
+    assert await balance(store, account_id) == Decimal("10.00")
+    assert [r.type for r in store.events()] == [
+        "OrderAccepted",
+        "OrderBackordered",
+        "OrderCancelled",
+    ]
+
+
+async def test_a_failing_batch_of_outcomes_leaves_nothing_applied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = FakeStore()
+    account_id = await funded(store, "10.00")
+    reserved_one, cancelled_one = [await accepted_order(store, account_id) for _ in range(2)]
+
+    async def refund_fails(*_: Any, **__: Any) -> bool:
+        raise RuntimeError("the refund failed")
+
+    monkeypatch.setattr(FakeWallets, "credit", refund_fails)
+    events = [
+        OrderReserved(
+            transaction_id=reserved_one.transaction_id,
+            account_id=account_id,
+            sku="SKU",
+            stock_id=3,
+            sealed_code="c",
+        ),
+        BackorderCancelled(
+            transaction_id=cancelled_one.transaction_id,
+            account_id=account_id,
+            sku="SKU",
+            reason="PRODUCT_WITHDRAWN",
+        ),
+    ]
+
+    with pytest.raises(RuntimeError, match="refund"):
+        await orders.follow_inventory(store.uow(), events, SLOTS)
+
+    async with store.uow() as uow:
+        assert await uow.orders.get_many(
+            [reserved_one.transaction_id, cancelled_one.transaction_id]
+        ) == [reserved_one, cancelled_one]
+    assert [r.type for r in store.events()] == ["OrderAccepted", "OrderAccepted"]
+
+
+async def test_orders_still_processing_are_asked_about_again_once_per_interval() -> None:
+    store = FakeStore()
+    account_id = await funded(store, "10.00")
+    order = await accepted_order(store, account_id)
+
+    assert await orders.ask_again_about_undecided(store.uow(), 0, 600) == 1
+    assert await orders.ask_again_about_undecided(store.uow(), 0, 600) == 0
+
+    [row] = store.events(topics.INVENTORY_COMMANDS.name)
+    command = PlaceOrder.model_validate_json(row.payload)
+    assert (row.key, command.transaction_id, command.reply_to) == (
+        "SKU",
+        order.transaction_id,
+        None,
+    )
+
+
+async def test_an_account_authenticates_with_both_secrets_until_its_token_rotates() -> None:
+    store = FakeStore()
+    issued, balances = await accounts.create_account(
+        store.uow(), "Acme", [("USD", Decimal("3.00"))], SLOTS
+    )
+    assert balances == [("USD", Decimal("3.00"))]
+    auth = accounts.Authenticator(store.uow, ttl_s=0)
+    caller = await auth.caller(issued.api_key, issued.access_token)
+    assert caller is not None
+    assert caller.account_id == issued.account_id
+    assert await auth.caller(issued.api_key, "tk_wrong") is None
+
+    token, _ = await accounts.rotate_token(store.uow(), issued.account_id, timedelta(0))
+
+    assert await auth.caller(issued.api_key, token) is not None
+    store.state.credentials = [  # the grace (0 s) has passed
+        (a, k, h, e - timedelta(seconds=1) if e else e) for a, k, h, e in store.state.credentials
+    ]
+    assert await auth.caller(issued.api_key, issued.access_token) is None
+    assert await accounts.credit_account(
+        store.uow(), issued.account_id, "USD", Decimal("1.00"), SLOTS
+    ) == [("USD", Decimal("4.00"))]
+    view = await accounts.account(store.uow(), issued.account_id)
+    assert view.account.created_at <= datetime.now(UTC)
