@@ -13,11 +13,22 @@ from typing import Any
 import pytest
 
 from services.api.domain.model import Order, Product
+from services.api.service_layer.orders import accepted_event, order_event
 from services.api.service_layer.unit_of_work import UnitOfWork
 from tests.helpers import unique
 
 NewUow = Callable[[], UnitOfWork]
 SLOTS = 4
+
+
+def events(*orders: Order) -> list[bytes]:
+    """Their OrderAccepted events: real ones, since the running relay publishes what these
+    tests commit to the public orders.events topic."""
+    return [accepted_event(order).to_bytes() for order in orders]
+
+
+def completed_event(order: Order, stock: int) -> bytes:
+    return order_event("OrderCompleted", order.complete(stock, "x")).to_bytes()
 
 
 def product_record(sku: str, price: str = "9.75", **fields: Any) -> dict[str, Any]:
@@ -67,7 +78,7 @@ class RepositoryContract:
     async def accepted(self, new_uow: NewUow, account_id: uuid.UUID) -> Order:
         order = new_order(account_id, unique("SKU"))
         async with new_uow() as uow:
-            assert await uow.orders.pay_and_record([order], [b"{}"]) == {order.transaction_id}
+            assert await uow.orders.pay_and_record([order], events(order)) == {order.transaction_id}
         return order
 
     async def test_accounts_and_their_live_credentials(self, new_uow: NewUow) -> None:
@@ -136,7 +147,7 @@ class RepositoryContract:
         paid = [new_order(rich, sku, "1.00"), new_order(rich, sku, "0.50")]
         refused = [new_order(poor, sku, "1.50"), new_order(poor, sku, "1.00")]
         async with new_uow() as uow:
-            recorded = await uow.orders.pay_and_record([*paid, *refused], [b"{}"] * 4)
+            recorded = await uow.orders.pay_and_record([*paid, *refused], events(*paid, *refused))
         assert recorded == {o.transaction_id for o in paid}
         async with new_uow() as uow:
             assert await uow.wallets.balances(rich) == [("USD", Decimal("6.50"))]
@@ -150,11 +161,11 @@ class RepositoryContract:
         account_id = await self.account(new_uow, "5.00")
         order = new_order(account_id, unique("SKU"))
         async with new_uow() as uow:
-            await uow.orders.pay_and_record([order], [b"{}"])
+            await uow.orders.pay_and_record([order], events(order))
         async with new_uow() as uow, uow.transaction():
             assert await uow.wallets.take_from_one_slot(account_id, "USD", Decimal(1))
             with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
-                await uow.orders.record([order], [b"{}"])
+                await uow.orders.record([order], events(order))
         async with new_uow() as uow:
             assert await uow.wallets.balances(account_id) == [("USD", Decimal("4.00"))]
 
@@ -169,8 +180,8 @@ class RepositoryContract:
             assert await uow.orders.complete([(done.transaction_id, other, "other")]) == []
             assert await uow.orders.complete_and_announce(
                 [
-                    (done.transaction_id, other, "x", b"{}"),
-                    (waiting.transaction_id, other, "x", b"{}"),
+                    (done.transaction_id, other, "x", completed_event(done, other)),
+                    (waiting.transaction_id, other, "x", completed_event(waiting, other)),
                 ]
             ) == {waiting.transaction_id}
             await uow.commit()
@@ -208,7 +219,7 @@ class RepositoryContract:
         first, second = new_order(account_id, sku, number=number), new_order(account_id, sku)
         async with new_uow() as uow, uow.transaction():
             await uow.orders.lock_client_order_numbers([(account_id, number)])
-            await uow.orders.record([first, second], [b"{}", b"{}"])
+            await uow.orders.record([first, second], events(first, second))
             found = await uow.orders.find_by_client_order_numbers(
                 [(account_id, number), (account_id, "none")]
             )
