@@ -145,7 +145,10 @@ class Supervisor:
                 if index in restart_at:
                     continue
                 _forget_gauges_of(proc.pid, self._metrics_dir)
-                if not self._started:
+                # A worker killed by a signal (kill -9, the OOM killer) did not fail on its
+                # own: it is replaced however early. One that exited by itself before any
+                # worker got going is a broken configuration: restarting would loop.
+                if not self._started and code >= 0:
                     log.error(
                         "worker %d (pid %d) exited with status %s before any worker started; "
                         "stopping the %s (see its log above)",
