@@ -9,7 +9,7 @@ BIN := .venv/bin
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help install up down status test lint bench clean
+.PHONY: help install up down status test lint bench drill clean
 
 help:
 	@echo "make up       start PostgreSQL, Kafka and the three services (installs what is missing)"
@@ -17,6 +17,7 @@ help:
 	@echo "make status   one line per process;  make down: stop them all"
 	@echo "make lint     ruff check, ruff format --check, mypy"
 	@echo "make bench    the benchmark, against the running stack"
+	@echo "make drill    the fault drill: kill -9 every process in turn under load, check the books"
 	@echo "make clean    make down, then remove .run/ (data, logs, jars, secrets)"
 	@echo "More: $(STACK) --help"
 
@@ -60,6 +61,15 @@ bench:
 	@settings="$$($(STACK) env)" || exit 1; \
 	set -a; eval "$$settings"; set +a; \
 	$(BIN)/python benchmarks/instant_orders.py $(BENCH_ARGS)
+
+# The fault drill (tests/drill.py): orders with client-style retries while every process is
+# killed -9 in turn, then the books. Not in `make test`: it takes about four minutes.
+drill: export SUPPLIER_ENABLED ?= false
+drill:
+	$(STACK) up
+	@settings="$$($(STACK) env)" || exit 1; \
+	set -a; eval "$$settings"; set +a; \
+	$(BIN)/python -m tests.drill $(DRILL_ARGS)
 
 clean:
 	$(STACK) clean

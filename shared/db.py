@@ -56,6 +56,10 @@ def database_unavailable(exc: BaseException) -> BaseException | None:
             | TimeoutError,  # BoundedPool.acquire, a connect timeout
         ):
             return seen
+        if isinstance(seen, asyncpg.InternalClientError):
+            # A pooled connection left mid-operation by a server that was killed ("cannot
+            # switch to state ...; another operation is in progress"), seen by the fault drill.
+            return seen
         if isinstance(seen, asyncpg.InterfaceError) and any(
             word in str(seen) for word in ("closed", "closing")
         ):

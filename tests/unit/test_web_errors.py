@@ -81,6 +81,9 @@ async def test_a_nul_character_is_invalid_input_before_the_route_reads_it(field:
         asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
         asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator"),
         ConnectionRefusedError(111, "Connect call failed"),
+        asyncpg.InternalClientError(
+            "cannot switch to state 12; another operation (2) is in progress"
+        ),
         TimeoutError(),  # BoundedPool.acquire gave up
     ],
     ids=type,

@@ -1,0 +1,288 @@
+"""The fault drill: sustained orders from one account, each with a client order number and the
+duplicate check, retried the way a real client retries, while api, inventory, fulfilment,
+Kafka and PostgreSQL are each killed with SIGKILL and started again in turn. Then the books:
+
+    placed / found / doubled / not final / codes sold twice / money difference /
+    5xx other than 503 / longest PROCESSING with stock there
+
+Every column but the last must be 0 (the last is printed, in seconds). Run on the local stack
+(`make drill`; `make drill DRILL_ARGS="--rate 60 --seconds 240"`); it needs nothing else and
+leaves the stack running. Exit status 1 when the books are wrong.
+"""
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+STACK_PY = REPO / "deploy" / "local" / "stack.py"
+VICTIMS = ("api", "inventory", "fulfilment", "kafka", "postgres")
+PRICE = Decimal("1.00")
+
+
+@dataclass
+class Tally:
+    placed: int = 0
+    answered: int = 0
+    errors_5xx: int = 0  # other than 503
+    unavailable: int = 0  # 503, retried
+    transport: int = 0  # connection refused/reset, timeouts: retried
+    gave_up: list[str] = field(default_factory=list)
+    kills: list[str] = field(default_factory=list)
+
+
+def say(message: str) -> None:
+    print(f"[drill {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+async def stack(command: str, service: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(STACK_PY),
+        command,
+        service,
+        cwd=REPO,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"stack.py {command} {service} failed:\n{out.decode(errors='replace')}")
+
+
+async def provision(
+    admin_api: httpx.AsyncClient, admin_inv: httpx.AsyncClient, codes: int, balance: Decimal
+) -> tuple[str, dict[str, str], uuid.UUID]:
+    sku = f"DRILL-{os.urandom(4).hex().upper()}"
+    put = await admin_inv.put(
+        f"/admin/products/{sku}",
+        json={
+            "name": f"Drill {sku}",
+            "currency": "USD",
+            "price": str(PRICE),
+            "isInstantDeliverySupported": True,
+        },
+    )
+    put.raise_for_status()
+    for start in range(0, codes, 5000):
+        added = await admin_inv.post(
+            f"/admin/products/{sku}/stock", json={"generate": min(5000, codes - start)}
+        )
+        added.raise_for_status()
+    account = await admin_api.post(
+        "/admin/accounts",
+        json={"name": f"drill {sku}", "balances": [{"currency": "USD", "amount": str(balance)}]},
+    )
+    account.raise_for_status()
+    data = account.json()["data"]
+    deadline = time.monotonic() + 30
+    while (await admin_api.get(f"/admin/products/{sku}")).status_code != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the api never saw product {sku}")
+        await asyncio.sleep(0.2)
+    headers = {"x-api-key": data["apiKey"], "Authorization": f"Bearer {data['accessToken']}"}
+    return sku, headers, uuid.UUID(data["accountId"])
+
+
+async def place(
+    http: httpx.AsyncClient, sku: str, number: str, tally: Tally, patience_s: float
+) -> None:
+    """One order, as a careful client places it: the same client order number on every retry,
+    a duplicate answer (409) taken as "it was placed", 503 and transport errors retried."""
+    body = {"sku": sku, "clientOrderNumber": number, "enableClientOrderNumberDupCheck": True}
+    deadline = time.monotonic() + patience_s
+    while time.monotonic() < deadline:
+        try:
+            response = await http.post("/v2/orders/instant", json=body)
+        except httpx.HTTPError:
+            tally.transport += 1
+            await asyncio.sleep(0.5)
+            continue
+        if response.status_code in (200, 409):
+            tally.answered += 1
+            return
+        if response.status_code == 503:
+            tally.unavailable += 1
+            await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+            continue
+        if response.status_code >= 500:
+            tally.errors_5xx += 1
+            await asyncio.sleep(0.5)
+            continue
+        raise RuntimeError(f"order {number}: unexpected {response.status_code} {response.text}")
+    tally.gave_up.append(number)
+
+
+async def chaos(seconds: float, tally: Tally) -> None:
+    """Each victim killed -9 and started again, at even times over the load's duration (each
+    while orders are still being sent)."""
+    began = time.monotonic()
+    gap = seconds / (len(VICTIMS) + 1)
+    for n, victim in enumerate(VICTIMS, start=1):
+        await asyncio.sleep(max(0.0, began + n * gap - time.monotonic()))
+        say(f"kill -9 {victim}")
+        await stack("kill", victim)
+        await asyncio.sleep(1.0)
+        await stack("start", victim)
+        tally.kills.append(victim)
+        say(f"{victim} started again")
+
+
+async def books(
+    api_dsn: str,
+    inv_dsn: str,
+    account_id: uuid.UUID,
+    sku: str,
+    numbers: list[str],
+    balance: Decimal,
+    settle_s: float,
+) -> dict[str, Any]:
+    api = await asyncpg.connect(api_dsn)
+    inv = await asyncpg.connect(inv_dsn)
+    try:
+        deadline = time.monotonic() + settle_s
+        while True:
+            processing = await api.fetchval(
+                "SELECT count(*) FROM orders WHERE account_id = $1 AND status = 'PROCESSING'",
+                account_id,
+            )
+            if processing == 0 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(1.0)
+        rows = await api.fetch(
+            "SELECT client_order_number, status, grand_total, stock_id, transaction_id, "
+            "extract(epoch FROM updated_at - created_at) AS took "
+            "FROM orders WHERE account_id = $1",
+            account_id,
+        )
+        per_number: dict[str, int] = {}
+        for r in rows:
+            per_number[r["client_order_number"]] = per_number.get(r["client_order_number"], 0) + 1
+        sold = await inv.fetch(
+            "SELECT id, transaction_id FROM codes WHERE sku = $1 AND status = 'SOLD'", sku
+        )
+        sold_to = {r["transaction_id"]: r["id"] for r in sold}
+        completed = [r for r in rows if r["status"] == "COMPLETED"]
+        mismatched = sum(1 for r in completed if sold_to.get(r["transaction_id"]) != r["stock_id"])
+        sold_twice = (len(sold) - len(sold_to)) + mismatched + (len(sold) - len(completed))
+        charged = sum((r["grand_total"] for r in rows if r["status"] != "CANCELLED"), Decimal(0))
+        now = await api.fetchval(
+            "SELECT coalesce(sum(balance), 0) FROM wallet_slots WHERE account_id = $1", account_id
+        )
+        debits_twice = await api.fetchval(
+            "SELECT count(*) FROM (SELECT transaction_id FROM ledger WHERE account_id = $1 "
+            "AND kind = 'DEBIT' GROUP BY transaction_id HAVING count(*) > 1) d",
+            account_id,
+        )
+        return {
+            "placed": len(numbers),
+            "found": sum(1 for n in numbers if per_number.get(n, 0) >= 1),
+            "doubled": sum(1 for n in numbers if per_number.get(n, 0) > 1),
+            "not_final": sum(1 for r in rows if r["status"] == "PROCESSING"),
+            "cancelled": sum(1 for r in rows if r["status"] == "CANCELLED"),
+            "sold_twice": sold_twice,
+            "money_difference": (balance - charged) - now,
+            "debited_twice": debits_twice,
+            "longest_processing_s": max((float(r["took"]) for r in completed), default=0.0),
+        }
+    finally:
+        await api.close()
+        await inv.close()
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=40.0, help="orders per second")
+    parser.add_argument("--seconds", type=float, default=150.0, help="how long the load runs")
+    parser.add_argument("--settle", type=float, default=120.0, help="wait for final states")
+    args = parser.parse_args()
+    env = os.environ
+    token = env.get("ADMIN_TOKEN")
+    if not token:
+        say("ADMIN_TOKEN is not set: run `make drill`")
+        return 2
+    admin = {"Authorization": f"Bearer {token}"}
+    api_url = f"http://127.0.0.1:{env.get('API_PORT', '8000')}"
+    inv_url = f"http://127.0.0.1:{env.get('INVENTORY_PORT', '8001')}"
+    count = int(args.rate * args.seconds)
+    balance = PRICE * count
+    tally = Tally()
+    async with (
+        httpx.AsyncClient(base_url=api_url, headers=admin, timeout=30) as admin_api,
+        httpx.AsyncClient(base_url=inv_url, headers=admin, timeout=60) as admin_inv,
+    ):
+        sku, headers, account_id = await provision(admin_api, admin_inv, count, balance)
+    say(
+        f"{count} orders at {args.rate:g}/s for {args.seconds:g}s, sku {sku}, "
+        f"killing {', '.join(VICTIMS)} in turn"
+    )
+    numbers = [f"drill-{i}" for i in range(count)]
+    limits = httpx.Limits(max_connections=64)
+    async with httpx.AsyncClient(
+        base_url=api_url, headers=headers, timeout=10, limits=limits
+    ) as http:
+        started = time.monotonic()
+        tasks = []
+        chaos_task = asyncio.create_task(chaos(args.seconds, tally))
+        for i, number in enumerate(numbers):
+            delay = started + i / args.rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tally.placed += 1
+            tasks.append(asyncio.create_task(place(http, sku, number, tally, args.settle)))
+            if i and i % int(args.rate * 10) == 0:
+                say(
+                    f"{i}/{count} sent, {tally.answered} answered, {tally.unavailable} x 503, "
+                    f"{tally.transport} transport errors, {tally.errors_5xx} other 5xx"
+                )
+        await chaos_task
+        await asyncio.gather(*tasks)
+    say(f"all sent; {len(tally.gave_up)} unanswered after retries; checking the books")
+    result = await books(
+        env["API_DATABASE_URL"],
+        env["INVENTORY_DATABASE_URL"],
+        account_id,
+        sku,
+        numbers,
+        balance,
+        args.settle,
+    )
+    line = (
+        f"placed {result['placed']} / found {result['found']} / doubled {result['doubled']} / "
+        f"not final {result['not_final']} / codes sold twice {result['sold_twice']} / "
+        f"money difference {result['money_difference']} / 5xx other than 503 "
+        f"{tally.errors_5xx} / longest PROCESSING with stock there "
+        f"{result['longest_processing_s']:.1f}s"
+    )
+    print(line, flush=True)
+    say(
+        f"also: {result['cancelled']} cancelled, {result['debited_twice']} debited twice, "
+        f"{tally.unavailable} x 503 and {tally.transport} transport errors retried, "
+        f"kills: {', '.join(tally.kills)}"
+    )
+    wrong = (
+        result["found"] != result["placed"]
+        or result["doubled"]
+        or result["not_final"]
+        or result["sold_twice"]
+        or result["money_difference"]
+        or result["debited_twice"]
+        or tally.errors_5xx
+        or result["cancelled"]
+    )
+    return 1 if wrong else 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
