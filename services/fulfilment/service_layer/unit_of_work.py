@@ -2,10 +2,8 @@
 commands and events it publishes (written to the outbox in that same transaction, on commit
 only)."""
 
-import abc
 from collections.abc import Sequence
-from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol
 
 from services.fulfilment.domain.model import (
     Backorder,
@@ -14,7 +12,7 @@ from services.fulfilment.domain.model import (
     SkuKnowledge,
     SupplierRequest,
 )
-from shared.contracts import Message
+from shared import unit_of_work
 
 
 class Skus(Protocol):
@@ -93,45 +91,9 @@ class SupplierRequests(Protocol):
     async def mark_delivered(self, request_id: int) -> None: ...
 
 
-class UnitOfWork(abc.ABC):
+class UnitOfWork(unit_of_work.UnitOfWork):
     """`async with uow:` ... `await uow.commit()`; leaving the block without commit rolls back."""
 
     skus: Skus
     backorders: Backorders
     supplier_requests: SupplierRequests
-
-    def __init__(self) -> None:
-        self._pending: list[tuple[str, str, Message]] = []
-
-    def publish(self, topic: str, key: str, message: Message) -> None:
-        """Publish after commit (outbox)."""
-        self._pending.append((topic, key, message))
-
-    async def commit(self) -> None:
-        await self._commit(self._pending)
-        self._pending = []
-
-    async def __aenter__(self) -> Self:
-        self._pending = []
-        await self._begin()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._pending = []
-        await self._end()
-
-    @abc.abstractmethod
-    async def _begin(self) -> None: ...
-
-    @abc.abstractmethod
-    async def _commit(self, messages: Sequence[tuple[str, str, Message]]) -> None:
-        """Writes the messages to the outbox and commits, atomically."""
-
-    @abc.abstractmethod
-    async def _end(self) -> None:
-        """Rolls back whatever was not committed and gives the connection back."""

@@ -3,10 +3,10 @@ events it publishes (written to the outbox in that same transaction, on commit o
 
 import abc
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol
 
 from services.inventory.domain.model import ClaimedCode, NewCode, OrderDecision, StockLevel
+from shared import unit_of_work
 from shared.contracts import Message, ProductSnapshot
 
 
@@ -55,7 +55,7 @@ class Decisions(Protocol):
     async def update(self, decision: OrderDecision) -> None: ...
 
 
-class UnitOfWork(abc.ABC):
+class UnitOfWork(unit_of_work.UnitOfWork):
     """`async with uow:` ... `await uow.commit()`; leaving the block without commit rolls back."""
 
     products: Products
@@ -63,52 +63,10 @@ class UnitOfWork(abc.ABC):
     decisions: Decisions
 
     def __init__(self, on_commit: Callable[[Sequence[Message]], None] | None = None) -> None:
-        self._pending: list[tuple[str, str, Message]] = []
-        self._on_commit = on_commit
-        self._repeats: set[int] = set()
+        super().__init__(on_commit)
         # PlaceOrder commands found already decided (redelivered, or sent twice).
         self.already_decided = 0
-
-    def publish(self, topic: str, key: str, message: Message, *, repeat: bool = False) -> None:
-        """Publish after commit (outbox). `repeat`: an announcement made again, whose state
-        change was counted when it happened; it is not reported to `on_commit`."""
-        self._pending.append((topic, key, message))
-        if repeat:
-            self._repeats.add(id(message))
-
-    async def commit(self) -> None:
-        await self._commit(self._pending)
-        messages = [m for _, _, m in self._pending if id(m) not in self._repeats]
-        self._repeats = set()
-        self._pending = []
-        if self._on_commit is not None:
-            self._on_commit(messages)
-
-    async def __aenter__(self) -> Self:
-        self._pending = []
-        await self._begin()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._pending = []
-        await self._end()
 
     @abc.abstractmethod
     async def serialize_skus(self, skus: Iterable[str]) -> None:
         """Holds every decision about these SKUs in other transactions until this one ends."""
-
-    @abc.abstractmethod
-    async def _begin(self) -> None: ...
-
-    @abc.abstractmethod
-    async def _commit(self, events: Sequence[tuple[str, str, Message]]) -> None:
-        """Writes the events to the outbox and commits, atomically."""
-
-    @abc.abstractmethod
-    async def _end(self) -> None:
-        """Rolls back whatever was not committed and gives the connection back."""
