@@ -1,11 +1,9 @@
 """The repositories and unit of work over PostgreSQL: hand-written SQL on one asyncpg
 connection per transaction."""
 
-import contextlib
 from collections.abc import Sequence
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
 from services.fulfilment.domain.model import (
     Backorder,
@@ -15,9 +13,8 @@ from services.fulfilment.domain.model import (
     SupplierRequest,
 )
 from services.fulfilment.service_layer.unit_of_work import UnitOfWork
-from shared.contracts import Message
+from shared import postgres_unit_of_work
 from shared.db import Conn
-from shared.outbox import add_all_to_outbox
 
 _BACKORDER_COLUMNS = "transaction_id, account_id, sku, placed_at, deadline_at, state, cancel_reason"
 
@@ -234,59 +231,8 @@ class PostgresSupplierRequests:
         )
 
 
-class PostgresUnitOfWork(UnitOfWork):
-    """A transaction on a connection of `pool`. Given `conn` instead, the unit runs inside
-    the transaction its caller holds open on it (as a savepoint: leaving without commit
-    undoes only the unit's own work), and the caller commits."""
-
-    def __init__(self, pool: asyncpg.Pool | None = None, *, conn: Conn | None = None) -> None:
-        if (pool is None) == (conn is None):
-            raise ValueError("give a pool or a connection, not both")
-        super().__init__()
-        self._pool = pool
-        self._given = conn
-        self._conn: Conn | None = None
-        self._tx: asyncpg.transaction.Transaction | None = None
-
-    async def _begin(self) -> None:
-        conn = self._given or await self._acquire()
-        try:
-            self._tx = conn.transaction()
-            await self._tx.start()
-        except BaseException:
-            await self._release(conn)
-            raise
-        self._conn = conn
+class PostgresUnitOfWork(postgres_unit_of_work.PostgresUnitOfWork, UnitOfWork):
+    def _bind(self, conn: Conn) -> None:
         self.skus = PostgresSkus(conn)
         self.backorders = PostgresBackorders(conn)
         self.supplier_requests = PostgresSupplierRequests(conn)
-
-    async def _commit(self, messages: Sequence[tuple[str, str, Message]]) -> None:
-        assert self._conn is not None
-        assert self._tx is not None
-        await add_all_to_outbox(self._conn, messages)
-        await self._tx.commit()
-        self._tx = None
-
-    async def _end(self) -> None:
-        if self._conn is None:
-            return
-        try:
-            if self._tx is not None and not self._conn.is_closed():
-                with contextlib.suppress(asyncpg.InterfaceError, OSError):
-                    await self._tx.rollback()
-        finally:
-            self._tx = None
-            conn, self._conn = self._conn, None
-            await self._release(conn)
-
-    async def _acquire(self) -> PoolConnectionProxy:
-        assert self._pool is not None
-        conn: PoolConnectionProxy = await self._pool.acquire()
-        return conn
-
-    async def _release(self, conn: Conn) -> None:
-        if self._given is None:
-            assert self._pool is not None
-            assert isinstance(conn, PoolConnectionProxy)
-            await self._pool.release(conn)

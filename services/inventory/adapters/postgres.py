@@ -3,11 +3,9 @@ transaction. The catalogue's statements are built from the tables (adapters/tabl
 compiled once; the decision path's (claim, decisions, levels) are hand-written, as measured
 (docs/decisions/instant-path-batching.md)."""
 
-import contextlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 from sqlalchemy import bindparam, func, literal_column, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlmodel import col
@@ -21,10 +19,10 @@ from services.inventory.domain.model import (
     StockLevel,
 )
 from services.inventory.service_layer.unit_of_work import UnitOfWork
-from shared.contracts import Message, ProductSnapshot
+from shared import postgres_unit_of_work
+from shared.contracts import ProductSnapshot
 from shared.crypto import SealedCode
 from shared.db import Conn, compiled
-from shared.outbox import add_all_to_outbox
 
 # Namespace of the per-SKU advisory locks (two-int form: never clashes with one-key locks).
 SKU_LOCK_SPACE = 0x1A7E
@@ -282,34 +280,11 @@ class PostgresDecisions:
         )
 
 
-class PostgresUnitOfWork(UnitOfWork):
-    def __init__(
-        self,
-        pool: asyncpg.Pool,
-        on_commit: Callable[[Sequence[Message]], None] | None = None,
-    ) -> None:
-        super().__init__(on_commit)
-        self._pool = pool
-        self._conn: PoolConnectionProxy | None = None
-        self._tx: asyncpg.transaction.Transaction | None = None
-
-    async def _begin(self) -> None:
-        conn = await self._pool.acquire()
-        try:
-            self._tx = conn.transaction()
-            await self._tx.start()
-        except BaseException:
-            await self._pool.release(conn)
-            raise
-        self._conn = conn
+class PostgresUnitOfWork(postgres_unit_of_work.PostgresUnitOfWork, UnitOfWork):
+    def _bind(self, conn: Conn) -> None:
         self.products = PostgresProducts(conn)
         self.codes = PostgresCodes(conn)
         self.decisions = PostgresDecisions(conn)
-
-    @property
-    def connection(self) -> PoolConnectionProxy:
-        assert self._conn is not None, "use the unit of work inside `async with`"
-        return self._conn
 
     async def serialize_skus(self, skus: Iterable[str]) -> None:
         # Taken in one statement, in hash order: two batches never wait for each other in a
@@ -323,21 +298,3 @@ class PostgresUnitOfWork(UnitOfWork):
             SKU_LOCK_SPACE,
             sorted(set(skus)),
         )
-
-    async def _commit(self, events: Sequence[tuple[str, str, Message]]) -> None:
-        assert self._tx is not None
-        await add_all_to_outbox(self.connection, events)
-        await self._tx.commit()
-        self._tx = None
-
-    async def _end(self) -> None:
-        if self._conn is None:
-            return
-        try:
-            if self._tx is not None and not self._conn.is_closed():
-                with contextlib.suppress(asyncpg.InterfaceError, OSError):
-                    await self._tx.rollback()
-        finally:
-            self._tx = None
-            conn, self._conn = self._conn, None
-            await self._pool.release(conn)
