@@ -4,7 +4,6 @@ The admin and read paths build their statements from the tables (services/api/ad
 tables.py), compiled once at import; the instant path's statements (acceptance, debit,
 recording) are written by hand, as measured (docs/decisions/instant-path-batching.md)."""
 
-import contextlib
 import functools
 import uuid
 from collections.abc import Sequence
@@ -14,7 +13,7 @@ from typing import Any
 
 import asyncpg
 from asyncpg.exceptions import DeadlockDetectedError, LockNotAvailableError, SerializationError
-from asyncpg.pool import PoolConnectionProxy
+from asyncpg.transaction import Transaction
 from sqlalchemy import (
     ARRAY,
     Select,
@@ -51,6 +50,7 @@ from shared import topics
 from shared.contracts import CancelReason, Message
 from shared.db import Conn, Query, compiled
 from shared.outbox import add_all_to_outbox
+from shared.postgres_unit_of_work import ConnectionSource, roll_back
 
 # --- accounts and credentials ----------------------------------------------------------------
 
@@ -733,20 +733,13 @@ class PostgresUnitOfWork(UnitOfWork):
     the transient ones)."""
 
     def __init__(self, pool: asyncpg.Pool | None = None, *, conn: Conn | None = None) -> None:
-        if (pool is None) == (conn is None):
-            raise ValueError("give a pool or a connection, not both")
         super().__init__()
-        self._pool = pool
-        self._given = conn
+        self._source = ConnectionSource(pool, conn)
         self._conn: Conn | None = None
-        self._tx: asyncpg.transaction.Transaction | None = None
+        self._tx: Transaction | None = None
 
     async def _open(self) -> None:
-        if self._given is not None:
-            conn: Conn = self._given
-        else:
-            assert self._pool is not None
-            conn = await self._pool.acquire()
+        conn = await self._source.take()
         self._conn = conn
         self.accounts = PostgresAccounts(conn)
         self.credentials = PostgresCredentials(conn)
@@ -755,7 +748,7 @@ class PostgresUnitOfWork(UnitOfWork):
         self.orders = PostgresOrders(conn)
 
     async def _begin(self, lock_timeout_s: float | None) -> None:
-        if self._given is not None:
+        if self._source.given is not None:
             return
         assert self._conn is not None, "use the unit of work inside `async with`"
         self._tx = self._conn.transaction()
@@ -772,19 +765,16 @@ class PostgresUnitOfWork(UnitOfWork):
 
     async def _rollback(self) -> None:
         tx, self._tx = self._tx, None
-        if tx is not None and self._conn is not None and not self._conn.is_closed():
-            with contextlib.suppress(asyncpg.InterfaceError, OSError):
-                await tx.rollback()
+        if tx is not None and self._conn is not None:
+            await roll_back(self._conn, tx)
 
     async def _close(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None and self._given is None:
-            assert self._pool is not None
-            assert isinstance(conn, PoolConnectionProxy)
-            await self._pool.release(conn)
+        if conn is not None:
+            await self._source.give_back(conn)
 
     def _translate(self, exc: Exception) -> Exception | None:
-        if self._given is not None:
+        if self._source.given is not None:
             return None
         if isinstance(exc, LockNotAvailableError):
             return LockTimeout(str(exc))
