@@ -22,7 +22,7 @@ from services.fulfilment.domain.model import (
     SupplierRequest,
 )
 from services.fulfilment.service_layer.unit_of_work import UnitOfWork
-from shared.contracts import Message
+from tests import fakes
 
 
 @dataclass
@@ -209,28 +209,16 @@ class CheckViolation(Exception):
     pass
 
 
-@dataclass(frozen=True)
-class OutboxRow:
-    topic: str
-    key: str
-    message: Message
-
-
-class FakeStore:
-    """The 'database' the fake units of work share: committed state, the outbox, the clock."""
+class FakeStore(fakes.FakeStore[State]):
+    """The fake database of tests.fakes, with the clock its transactions read `now()` from."""
 
     def __init__(self) -> None:
-        self.state = State()
-        self.outbox: list[OutboxRow] = []
-        self.commits = 0
+        super().__init__(State())
         self._offset = timedelta()
         self._last = datetime.min.replace(tzinfo=UTC)
 
     def uow(self) -> FakeUnitOfWork:
         return FakeUnitOfWork(self)
-
-    def messages(self, topic: str | None = None) -> list[Message]:
-        return [row.message for row in self.outbox if topic is None or row.topic == topic]
 
     def later(self, seconds: float) -> None:
         self._offset += timedelta(seconds=seconds)
@@ -242,28 +230,13 @@ class FakeStore:
         return now
 
 
-class FakeUnitOfWork(UnitOfWork):
+class FakeUnitOfWork(fakes.FakeUnitOfWork[State], UnitOfWork):
     def __init__(self, store: FakeStore) -> None:
-        super().__init__()
-        self._store = store
-        self._working: State | None = None
+        super().__init__(store)
+        self._now = store.now
 
-    async def _begin(self) -> None:
-        self._working = copy.deepcopy(self._store.state)
-        self._bind(self._working, self._store.now())
-
-    def _bind(self, state: State, now: datetime) -> None:
+    def _bind(self, state: State) -> None:
+        now = self._now()
         self.skus = FakeSkus(state)
         self.backorders = FakeBackorders(state, now)
         self.supplier_requests = FakeSupplierRequests(state, now)
-
-    async def _commit(self, messages: Sequence[tuple[str, str, Message]]) -> None:
-        assert self._working is not None
-        self._store.state = self._working
-        self._store.outbox.extend(OutboxRow(t, k, m) for t, k, m in messages)
-        self._store.commits += 1
-        self._working = copy.deepcopy(self._working)
-        self._bind(self._working, self._store.now())
-
-    async def _end(self) -> None:
-        self._working = None

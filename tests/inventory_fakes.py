@@ -21,6 +21,7 @@ from services.inventory.domain.model import (
 from services.inventory.service_layer.unit_of_work import UnitOfWork
 from shared.contracts import Message, ProductSnapshot
 from shared.crypto import SealedCode
+from tests import fakes
 
 
 @dataclass
@@ -160,55 +161,28 @@ class ForeignKeyViolation(Exception):
     pass
 
 
-@dataclass(frozen=True)
-class OutboxRow:
-    topic: str
-    key: str
-    message: Message
-
-
-class FakeStore:
-    """The 'database' the fake units of work share: committed state and the outbox."""
-
+class FakeStore(fakes.FakeStore[State]):
     def __init__(self) -> None:
-        self.state = State()
-        self.outbox: list[OutboxRow] = []
-        self.commits = 0
+        super().__init__(State())
 
     def uow(self) -> FakeUnitOfWork:
         return FakeUnitOfWork(self)
 
     def events(self, topic: str | None = None) -> list[Message]:
-        return [row.message for row in self.outbox if topic is None or row.topic == topic]
+        return self.messages(topic)
 
 
-class FakeUnitOfWork(UnitOfWork):
+class FakeUnitOfWork(fakes.FakeUnitOfWork[State], UnitOfWork):
     def __init__(
         self, store: FakeStore, on_commit: Callable[[Sequence[Message]], None] | None = None
     ) -> None:
-        super().__init__(on_commit)
-        self._store = store
-        self._working: State | None = None
+        super().__init__(store, on_commit)
         self.serialized: set[str] = set()
 
-    async def _begin(self) -> None:
-        self._working = copy.deepcopy(self._store.state)
-        self.products = FakeProducts(self._working)
-        self.codes = FakeCodes(self._working)
-        self.decisions = FakeDecisions(self._working)
+    def _bind(self, state: State) -> None:
+        self.products = FakeProducts(state)
+        self.codes = FakeCodes(state)
+        self.decisions = FakeDecisions(state)
 
     async def serialize_skus(self, skus: Iterable[str]) -> None:
         self.serialized |= set(skus)
-
-    async def _commit(self, events: Sequence[tuple[str, str, Message]]) -> None:
-        assert self._working is not None
-        self._store.state = self._working
-        self._store.outbox.extend(OutboxRow(t, k, m) for t, k, m in events)
-        self._store.commits += 1
-        self._working = copy.deepcopy(self._working)
-        self.products = FakeProducts(self._working)
-        self.codes = FakeCodes(self._working)
-        self.decisions = FakeDecisions(self._working)
-
-    async def _end(self) -> None:
-        self._working = None
