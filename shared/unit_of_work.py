@@ -48,6 +48,7 @@ class UnitOfWork(abc.ABC):
 
     async def __aenter__(self) -> Self:
         self._pending = []
+        self._repeats = set()
         await self._begin()
         return self
 
@@ -58,6 +59,7 @@ class UnitOfWork(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         self._pending = []
+        self._repeats = set()
         await self._end()
 
     @abc.abstractmethod
