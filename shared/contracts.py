@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic.alias_generators import to_camel
 
 OrderStatus = Literal["PROCESSING", "COMPLETED", "CANCELLED"]
-CancelReason = Literal["DEADLINE_PASSED", "PRODUCT_WITHDRAWN"]
+CancelReason = Literal["DEADLINE_PASSED", "PRODUCT_WITHDRAWN", "CANCELLED_BY_OPERATOR"]
 OrderEventType = Literal["OrderAccepted", "OrderCompleted", "OrderBackordered", "OrderCancelled"]
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -76,12 +76,18 @@ class AllocateBackorder(Message):
 
 
 class CancelBackorder(Message):
-    """Cancel the waiting backorder unless a code was already allocated to it."""
+    """Cancel the waiting backorder unless a code was already allocated to it.
+
+    Sent by the api for an order inventory never decided (at its deadline, or by an
+    operator), it carries `account_id` and `placed_at`: inventory then records the order as
+    decided, cancelled, so a PlaceOrder of it arriving later sells nothing."""
 
     type: Literal["CancelBackorder"] = "CancelBackorder"
     transaction_id: str
     sku: str
     reason: CancelReason
+    account_id: uuid.UUID | None = None
+    placed_at: datetime | None = None
 
 
 class DeliverStock(Message):

@@ -44,6 +44,9 @@ class CommonSettings(BaseSettings):
     consumer_max_retries: int = Field(5, alias="CONSUMER_MAX_RETRIES", ge=0, le=100)
     # Every outbox insert wakes the relay (NOTIFY); the poll only covers a lost notification.
     outbox_poll_interval_s: float = Field(2.0, alias="OUTBOX_POLL_INTERVAL_S", gt=0)
+    # Every order ends by this long after acceptance: fulfilment cancels a backorder still
+    # waiting, the api asks to cancel an order no decision was heard of.
+    backorder_deadline_s: float = Field(24 * 3600, alias="ORDERS_BACKORDER_DEADLINE_S", gt=0)
 
     @model_validator(mode="after")
     def _refuse_default_secrets_outside_dev(self) -> Self:
@@ -106,7 +109,6 @@ class FulfilmentSettings(CommonSettings):
         alias="FULFILMENT_DATABASE_URL",
     )
     port: int = Field(8002, alias="FULFILMENT_PORT")
-    backorder_deadline_s: float = Field(24 * 3600, alias="ORDERS_BACKORDER_DEADLINE_S", gt=0)
     deadline_scan_interval_s: float = Field(1.0, alias="FULFILMENT_SCAN_INTERVAL_S", gt=0)
     retry_after_s: float = Field(30.0, alias="FULFILMENT_RETRY_AFTER_S", gt=0)
     supplier_enabled: bool = Field(False, alias="SUPPLIER_ENABLED")

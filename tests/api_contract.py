@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -280,3 +281,46 @@ class RepositoryContract:
             products, wallets = await uow.products.for_orders([sku, unique("SKU")], [account_id])
         assert products == {sku: Product(sku, "USD", Decimal("9.75"), True, True)}
         assert wallets == {account_id: {"EUR"}}
+
+    async def test_an_orders_history_has_its_money_and_an_unknown_order_has_none(
+        self, new_uow: NewUow
+    ) -> None:
+        account_id = await self.account(new_uow, "5.00")
+        order = await self.accepted(new_uow, account_id)
+        async with new_uow() as uow, uow.transaction():
+            await uow.orders.cancel(order.transaction_id, "CANCELLED_BY_OPERATOR")
+            await uow.wallets.credit(
+                account_id, "USD", order.grand_total, SLOTS, "REFUND", order.transaction_id
+            )
+            await uow.commit()
+        async with new_uow() as uow:
+            history = await uow.orders.history(order.transaction_id)
+            assert await uow.orders.history(unique("tx")) is None
+        assert history is not None
+        assert (history.order.status, history.order.cancel_reason) == (
+            "CANCELLED",
+            "CANCELLED_BY_OPERATOR",
+        )
+        assert [(m.kind, m.amount, m.currency) for m in history.money] == [
+            ("DEBIT", -order.grand_total, "USD"),
+            ("REFUND", order.grand_total, "USD"),
+        ]
+        assert history.updated_at >= history.order.created_at
+
+    async def test_the_oldest_order_with_no_decision_is_found_until_it_is_backordered(
+        self, new_uow: NewUow
+    ) -> None:
+        account_id = await self.account(new_uow, "5.00")
+        # older than any order of the shared database; rolled back, so nothing stays behind
+        ancient = replace(
+            new_order(account_id, unique("SKU")), created_at=datetime(2001, 1, 1, tzinfo=UTC)
+        )
+        async with new_uow() as uow, uow.transaction():
+            await uow.orders.pay_and_record([ancient], events(ancient))
+            found = await uow.orders.oldest_stuck(60)
+            assert found is not None
+            assert found[0] == ancient.transaction_id
+            assert found[1] > 20 * 365 * 24 * 3600
+            await uow.orders.backorder(ancient.transaction_id)
+            after = await uow.orders.oldest_stuck(60)
+            assert after is None or after[0] != ancient.transaction_id

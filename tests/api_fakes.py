@@ -16,7 +16,15 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from services.api.domain.model import AccountInfo, Credential, Order, Product, Wallet
+from services.api.domain.model import (
+    AccountInfo,
+    Credential,
+    MoneyMove,
+    Order,
+    OrderHistory,
+    Product,
+    Wallet,
+)
 from services.api.service_layer.unit_of_work import Allocation, UnitOfWork
 from shared import topics
 from shared.contracts import CancelReason, Message
@@ -329,6 +337,36 @@ class FakeOrders:
         for order in due:
             state.nudged_at[order.transaction_id] = now
         return due
+
+    async def oldest_stuck(self, older_than_s: float) -> tuple[str, float] | None:
+        now = _now()
+        stuck = [
+            o
+            for o in self._state().orders.values()
+            if o.status == "PROCESSING"
+            and not o.backordered
+            and o.created_at < now - timedelta(seconds=older_than_s)
+        ]
+        if not stuck:
+            return None
+        oldest = min(stuck, key=lambda o: o.created_at)
+        return oldest.transaction_id, (now - oldest.created_at).total_seconds()
+
+    async def history(self, transaction_id: str) -> OrderHistory | None:
+        state = self._state()
+        order = state.orders.get(transaction_id)
+        if order is None:
+            return None
+        return OrderHistory(
+            order=order,
+            updated_at=_now(),
+            asked_again_at=state.nudged_at.get(transaction_id),
+            money=[
+                MoneyMove(kind, amount, order.currency, _now())
+                for (tx, kind), amount in state.ledger.items()
+                if tx == transaction_id
+            ],
+        )
 
     async def processing_summary(self) -> list[tuple[str, int, float]]:
         stages: dict[str, list[Order]] = {}

@@ -123,6 +123,8 @@ class RepositoryContract:
         async with new_uow() as uow:
             assert await uow.backorders.get_for_update(first.transaction_id) == first
             assert await uow.backorders.get_for_update(unique("tx")) is None
+            assert await uow.backorders.get(first.transaction_id) == first
+            assert await uow.backorders.get(unique("tx")) is None
 
     async def test_transitions_are_saved(self, new_uow: NewUow, new_sku: NewSku) -> None:
         sku = new_sku()

@@ -90,9 +90,12 @@ class FakeBackorders:
         self._state.backorders[backorder.transaction_id] = BackorderRow(placed, self._now)
         return True
 
-    async def get_for_update(self, transaction_id: str) -> Backorder | None:
+    async def get(self, transaction_id: str) -> Backorder | None:
         row = self._state.backorders.get(transaction_id)
         return copy.copy(row.backorder) if row else None
+
+    async def get_for_update(self, transaction_id: str) -> Backorder | None:
+        return await self.get(transaction_id)
 
     async def save(self, backorders: Sequence[Backorder]) -> None:
         for backorder in backorders:

@@ -139,6 +139,17 @@ class RepositoryContract:
             assert await uow.decisions.skus_with_waiting_backorders([sku]) == {sku}
             assert await uow.decisions.get_for_update("unknown") is None
 
+    async def test_a_decision_added_cancelled_keeps_its_reason(self, new_uow: NewUow) -> None:
+        ended = waiting(unique("SKU"))
+        ended.cancel("CANCELLED_BY_OPERATOR")
+        async with new_uow() as uow:
+            await uow.decisions.add_all([ended])
+            await uow.commit()
+        async with new_uow() as uow:
+            assert (await uow.decisions.get_many([ended.transaction_id])) == {
+                ended.transaction_id: ended
+            }
+
     async def test_leaving_without_commit_rolls_back(self, new_uow: NewUow) -> None:
         sku = await self.stocked(new_uow, 1)
         async with new_uow() as uow:

@@ -42,6 +42,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     async def count_processing() -> None:
         metrics.set_processing(await read_model.processing_summary(new_uow()))
+        metrics.name_stuck(await read_model.oldest_stuck(new_uow(), metrics.STUCK_AFTER_S))
 
     @contextlib.asynccontextmanager
     async def started() -> AsyncIterator[None]:
@@ -74,7 +75,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 settings.nudge_interval_s,
                 "asking inventory again about undecided orders",
                 lambda: ask_again_about_undecided(
-                    new_uow(), settings.nudge_after_s, ASK_AGAIN_AFTER_S
+                    new_uow(),
+                    settings.nudge_after_s,
+                    ASK_AGAIN_AFTER_S,
+                    settings.backorder_deadline_s,
                 ),
             ),
         )

@@ -55,3 +55,27 @@ def set_processing(rows: Iterable[tuple[str, int, float]]) -> None:
         count, oldest = found.get(stage, (0, 0.0))
         ORDERS_PROCESSING.labels(stage).set(count)
         ORDERS_PROCESSING_OLDEST_AGE.labels(stage).set(oldest)
+
+
+# An order awaiting inventory's decision for longer than this is named by the gauge below,
+# so the alert can say which one (normal orders never live long enough to become a series).
+STUCK_AFTER_S = 60.0
+ORDER_STUCK_AGE = Gauge(
+    "orders_stuck_oldest_age_seconds",
+    f"Age of the oldest order awaiting inventory's decision for over {STUCK_AFTER_S:g} s, by "
+    "its transactionId; 0 once it is no longer the one stuck.",
+    ["transaction_id"],
+    multiprocess_mode="mostrecent",
+)
+_named_stuck: set[str] = set()
+
+
+def name_stuck(oldest: tuple[str, float] | None) -> None:
+    """Sets the stuck order's series to its age, and any order named before to 0."""
+    current = oldest[0] if oldest else None
+    for transaction_id in _named_stuck - {current}:
+        ORDER_STUCK_AGE.labels(transaction_id).set(0)
+    _named_stuck.intersection_update({current})
+    if oldest is not None:
+        ORDER_STUCK_AGE.labels(oldest[0]).set(oldest[1])
+        _named_stuck.add(oldest[0])

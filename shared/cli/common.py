@@ -73,7 +73,11 @@ class AdminClient:
             base_url=self.base, timeout=timeout_s, headers={"Authorization": f"Bearer {token}"}
         )
 
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def find(self, path: str) -> Any:
+        """GET `path`; None when the service has no such thing (404)."""
+        return self.call("GET", path, missing_ok=True)
+
+    def call(self, method: str, path: str, *, missing_ok: bool = False, **kwargs: Any) -> Any:
         try:
             response = self._client.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
@@ -86,6 +90,8 @@ class AdminClient:
             body = response.json()
         except ValueError:
             body = None
+        if response.status_code == 404 and missing_ok:
+            return None
         if response.status_code >= 400:
             if isinstance(body, dict) and "message" in body:
                 extra = f" Details: {json.dumps(body['details'])}" if body.get("details") else ""

@@ -3,17 +3,17 @@
 import argparse
 import sys
 
-from shared.cli import accounts, catalog, demo, infra
+from shared.cli import accounts, catalog, demo, infra, orders
 from shared.cli.common import CliError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="instant-orders",
-        description="Operate an instant-orders stack: accounts, products, stock, set-up.",
+        description="Operate an instant-orders stack: accounts, products, stock, orders, set-up.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (accounts, catalog, demo, infra):
+    for module in (accounts, catalog, demo, infra, orders):
         module.register(sub)
     return parser
 

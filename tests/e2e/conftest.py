@@ -2,9 +2,10 @@
 
 import asyncio
 import os
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared import topics
+from shared.contracts import new_transaction_id
 from tests.conftest import Stack
 from tests.helpers import unique, wait_until
 
@@ -268,3 +270,36 @@ async def pipeline_idle(stack: Stack) -> bool:
     finally:
         await consumer.stop()
         await admin.close()
+
+
+async def record_undecided_order(
+    stack: Stack, account_id: str, sku: str, age: timedelta, total: str = "2.00"
+) -> str:
+    """An order as the api records one (paid: its DEBIT is in the ledger), `age` old, whose
+    PlaceOrder inventory never applied: lost on the way, or dead-lettered on every delivery."""
+    transaction_id = new_transaction_id()
+    api = await asyncpg.connect(stack.api_db_url)
+    try:
+        async with api.transaction():
+            await api.execute(
+                """
+                INSERT INTO orders (transaction_id, account_id, sku, unit_price, currency,
+                                    grand_total, status, created_at)
+                VALUES ($1, $2, $3, $4, 'USD', $4, 'PROCESSING', $5)
+                """,
+                transaction_id,
+                uuid.UUID(account_id),
+                sku,
+                Decimal(total),
+                datetime.now(UTC) - age,
+            )
+            await api.execute(
+                "INSERT INTO ledger (account_id, currency, amount, kind, transaction_id) "
+                "VALUES ($1, 'USD', $2, 'DEBIT', $3)",
+                uuid.UUID(account_id),
+                -Decimal(total),
+                transaction_id,
+            )
+    finally:
+        await api.close()
+    return transaction_id

@@ -1,16 +1,14 @@
 """Lost messages are repaired: no order stays PROCESSING because one message went missing."""
 
-import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 
 import asyncpg
 import httpx
 import pytest
 
-from shared.contracts import new_transaction_id
 from tests.conftest import Stack
-from tests.e2e.conftest import NewClient, NewProduct
+from tests.e2e.conftest import NewClient, NewProduct, record_undecided_order
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -21,23 +19,10 @@ async def test_an_order_whose_command_never_reached_kafka_is_decided(
 ) -> None:
     sku = await new_product(price="2.00", stock=1)
     client = await new_client()
-    transaction_id = new_transaction_id()
-    api = await asyncpg.connect(stack.api_db_url)
-    try:
-        # An order as the api commits it, but whose command (and outbox row) is gone.
-        await api.execute(
-            """
-            INSERT INTO orders (transaction_id, account_id, sku, unit_price, currency,
-                                grand_total, status, created_at)
-            VALUES ($1, $2, $3, 2.00, 'USD', 2.00, 'PROCESSING', $4)
-            """,
-            transaction_id,
-            uuid.UUID(client.account_id),
-            sku,
-            datetime.now(UTC) - timedelta(minutes=1),
-        )
-    finally:
-        await api.close()
+    # An order as the api commits it, but whose command (and outbox row) is gone.
+    transaction_id = await record_undecided_order(
+        stack, client.account_id, sku, timedelta(minutes=1)
+    )
 
     async def completed() -> bool:
         return (await client.get_order(transaction_id))["status"] == "COMPLETED"

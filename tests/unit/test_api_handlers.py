@@ -14,8 +14,10 @@ import pytest
 from services.api.domain.model import (
     CreateInstantOrder,
     DuplicateClientOrderNumber,
+    IllegalTransition,
     InsufficientBalance,
     Order,
+    OrderNotFound,
 )
 from services.api.service_layer import accounts, orders
 from services.api.service_layer.orders import BrokerUnavailable, OrderDesk
@@ -23,6 +25,7 @@ from shared import topics
 from shared.contracts import (
     BackorderAllocated,
     BackorderCancelled,
+    CancelBackorder,
     Decision,
     OrderBackordered,
     OrderReserved,
@@ -32,6 +35,7 @@ from tests.api_contract import product_record
 from tests.api_fakes import FakeStore, FakeWallets
 
 SLOTS = 4
+DAY = 24 * 3600.0
 
 
 class Publisher:
@@ -280,8 +284,8 @@ async def test_orders_still_processing_are_asked_about_again_once_per_interval()
     account_id = await funded(store, "10.00")
     order = await accepted_order(store, account_id)
 
-    assert await orders.ask_again_about_undecided(store.uow(), 0, 600) == 1
-    assert await orders.ask_again_about_undecided(store.uow(), 0, 600) == 0
+    assert await orders.ask_again_about_undecided(store.uow(), 0, 600, DAY) == 1
+    assert await orders.ask_again_about_undecided(store.uow(), 0, 600, DAY) == 0
 
     [row] = store.events(topics.INVENTORY_COMMANDS.name)
     command = PlaceOrder.model_validate_json(row.payload)
@@ -290,6 +294,80 @@ async def test_orders_still_processing_are_asked_about_again_once_per_interval()
         order.transaction_id,
         None,
     )
+
+
+async def test_an_order_undecided_at_its_deadline_is_asked_to_be_cancelled_then_refunded() -> None:
+    store = FakeStore()
+    account_id = await funded(store, "10.00")
+    undecided = await accepted_order(store, account_id)
+    waiting = await accepted_order(store, account_id)
+    async with store.uow() as uow, uow.transaction():
+        await orders.record_backorder(uow, waiting.transaction_id)
+        await uow.commit()
+
+    # deadline 0: both are past it; only the one no decision was heard of is cancelled
+    assert await orders.ask_again_about_undecided(store.uow(), 0, 600, 0) == 2
+
+    sent = {
+        r.type: r.payload for r in store.events(topics.INVENTORY_COMMANDS.name) if r.key == "SKU"
+    }
+    cancel = CancelBackorder.model_validate_json(sent["CancelBackorder"])
+    assert (cancel.transaction_id, cancel.reason, cancel.account_id, cancel.placed_at) == (
+        undecided.transaction_id,
+        "DEADLINE_PASSED",
+        account_id,
+        undecided.created_at,
+    )
+    assert PlaceOrder.model_validate_json(sent["PlaceOrder"]).transaction_id == (
+        waiting.transaction_id
+    )
+    # inventory's answer ends it as any cancellation: refunded once
+    cancelled = BackorderCancelled(
+        transaction_id=undecided.transaction_id,
+        account_id=account_id,
+        sku="SKU",
+        reason="DEADLINE_PASSED",
+    )
+    await orders.follow_inventory(store.uow(), [cancelled, cancelled], SLOTS)
+    async with store.uow() as uow:
+        [order] = await uow.orders.get_many([undecided.transaction_id])
+        assert await uow.wallets.balances(account_id) == [("USD", Decimal("8.00"))]
+    assert (order.status, order.cancel_reason) == ("CANCELLED", "DEADLINE_PASSED")
+
+
+async def test_an_operator_cancels_an_order_through_inventory_never_a_final_one() -> None:
+    store = FakeStore()
+    account_id = await funded(store, "10.00")
+    order = await accepted_order(store, account_id)
+
+    await orders.cancel_by_operator(store.uow(), order.transaction_id)
+
+    [row] = [r for r in store.events(topics.INVENTORY_COMMANDS.name) if r.type == "CancelBackorder"]
+    command = CancelBackorder.model_validate_json(row.payload)
+    assert (command.transaction_id, command.reason) == (
+        order.transaction_id,
+        "CANCELLED_BY_OPERATOR",
+    )
+    async with store.uow() as uow:  # nothing changes here until inventory answers
+        assert [o.status for o in await uow.orders.get_many([order.transaction_id])] == [
+            "PROCESSING"
+        ]
+    with pytest.raises(OrderNotFound):
+        await orders.cancel_by_operator(store.uow(), "01NOSUCHORDER0000000000000")
+    await orders.follow_inventory(
+        store.uow(),
+        [
+            BackorderCancelled(
+                transaction_id=order.transaction_id,
+                account_id=account_id,
+                sku="SKU",
+                reason="CANCELLED_BY_OPERATOR",
+            )
+        ],
+        SLOTS,
+    )
+    with pytest.raises(IllegalTransition):
+        await orders.cancel_by_operator(store.uow(), order.transaction_id)
 
 
 async def test_an_account_authenticates_with_both_secrets_until_its_token_rotates() -> None:

@@ -15,6 +15,7 @@ from shared.contracts import (
     BackorderCancelled,
     BackorderStillWaiting,
     CancelBackorder,
+    CancelReason,
     InventoryCommand,
     Message,
     OrderBackordered,
@@ -251,6 +252,51 @@ async def test_commands_for_unknown_orders_change_nothing(store: FakeStore) -> N
     await run(store, allocate("nobody"), cancel("nobody"))
     assert len(store.outbox) == published
     assert await catalog.available_per_product(store.uow()) == {SKU: 1}
+
+
+def cancel_undecided(tx: str, reason: CancelReason = "DEADLINE_PASSED") -> CancelBackorder:
+    """The api's cancellation of an order inventory never decided: it says whose it is."""
+    return CancelBackorder(
+        transaction_id=tx, sku=SKU, reason=reason, account_id=ACCOUNT, placed_at=T0
+    )
+
+
+async def test_an_order_never_decided_is_cancelled_and_a_late_placeorder_sells_nothing(
+    store: FakeStore,
+) -> None:
+    await create_product(store)
+    await stock(store, "A")
+
+    # Its PlaceOrder never got decided (dead-lettered on every delivery); the api cancels it.
+    await run(store, cancel_undecided("lost", "CANCELLED_BY_OPERATOR"))
+    # The PlaceOrder arrives after all (re-driven, or asked again): it is told the order ended.
+    replies = await run(store, place("lost"), cancel_undecided("lost"))
+
+    cancelled = [e for e in events(store) if isinstance(e, BackorderCancelled)]
+    assert [(e.transaction_id, e.account_id, e.reason) for e in cancelled] == [
+        ("lost", ACCOUNT, "CANCELLED_BY_OPERATOR")
+    ] * 3
+    assert not [e for e in events(store) if isinstance(e, OrderReserved | OrderBackordered)]
+    assert [r.decision.outcome for r in replies] == ["BACKORDERED"]  # not a code
+    decision = store.state.decisions["lost"]
+    assert (decision.state, decision.cancel_reason) == (
+        DecisionState.CANCELLED,
+        "CANCELLED_BY_OPERATOR",
+    )
+    assert await catalog.available_per_product(store.uow()) == {SKU: 1}  # the code is unsold
+
+
+async def test_a_decided_order_is_not_cancelled_by_the_api_it_is_announced(
+    store: FakeStore,
+) -> None:
+    await create_product(store)
+    await stock(store, "A")
+    await run(store, place("sold"))
+    await run(store, cancel_undecided("sold"))
+    assert store.state.decisions["sold"].state is DecisionState.RESERVED
+    reserved = [e for e in events(store) if isinstance(e, OrderReserved)]
+    assert [e.transaction_id for e in reserved] == ["sold", "sold"]  # told again, not cancelled
+    assert not [e for e in events(store) if isinstance(e, BackorderCancelled)]
 
 
 async def test_a_failing_batch_leaves_nothing_behind(store: FakeStore) -> None:

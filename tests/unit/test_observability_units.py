@@ -105,6 +105,16 @@ def test_processing_orders_gauges_cover_both_stages() -> None:
     assert sample("orders_processing", stage="backordered") == 2
 
 
+def test_the_stuck_order_is_named_until_it_is_no_longer_stuck() -> None:
+    api_metrics.name_stuck(("01STUCKA", 130.0))
+    assert sample("orders_stuck_oldest_age_seconds", transaction_id="01STUCKA") == 130
+    api_metrics.name_stuck(("01STUCKB", 95.0))  # A got its decision; B is the oldest now
+    assert sample("orders_stuck_oldest_age_seconds", transaction_id="01STUCKA") == 0
+    assert sample("orders_stuck_oldest_age_seconds", transaction_id="01STUCKB") == 95
+    api_metrics.name_stuck(None)
+    assert sample("orders_stuck_oldest_age_seconds", transaction_id="01STUCKB") == 0
+
+
 def _place(transaction_id: str, sku: str) -> PlaceOrder:
     return PlaceOrder(
         transaction_id=transaction_id,

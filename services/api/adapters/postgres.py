@@ -7,7 +7,7 @@ recording) are written by hand, as measured (docs/decisions/instant-path-batchin
 import functools
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -29,13 +29,15 @@ from sqlalchemy import (
 )
 from sqlmodel import col
 
-from services.api.adapters.tables import Account
+from services.api.adapters.tables import Account, LedgerEntry
 from services.api.adapters.tables import Order as OrderRow
 from services.api.adapters.tables import Product as ProductRow
 from services.api.domain.model import (
     AccountInfo,
     Credential,
+    MoneyMove,
     Order,
+    OrderHistory,
     Product,
     rebalanced,
     split_evenly,
@@ -269,6 +271,40 @@ _ORDERS_BY_ID = compiled(
     select(*_ORDER_FIELDS).where(
         col(OrderRow.transaction_id) == any_(bindparam("ids", type_=ARRAY(Text)))
     )
+)
+
+
+_ORDER_HISTORY = compiled(
+    select(*_ORDER_FIELDS, col(OrderRow.updated_at), col(OrderRow.nudged_at)).where(
+        col(OrderRow.transaction_id) == bindparam("transaction_id")
+    )
+)
+
+_MONEY_OF_ORDER = compiled(
+    select(
+        col(LedgerEntry.kind),
+        col(LedgerEntry.amount),
+        col(LedgerEntry.currency),
+        col(LedgerEntry.created_at),
+    )
+    .where(col(LedgerEntry.transaction_id) == bindparam("transaction_id"))
+    .order_by(col(LedgerEntry.id))
+)
+
+# Orders PROCESSING with no decision heard of, oldest first (the partial index on created_at).
+_OLDEST_STUCK = compiled(
+    select(
+        col(OrderRow.transaction_id),
+        func.extract("epoch", func.now() - col(OrderRow.created_at)).label("age"),
+    )
+    .where(
+        # a literal, so that the plan can use the partial index orders_processing
+        col(OrderRow.status) == literal_column("'PROCESSING'"),
+        col(OrderRow.backordered_at).is_(None),
+        col(OrderRow.created_at) < bindparam("before"),
+    )
+    .order_by(col(OrderRow.created_at))
+    .limit(bindparam("one"))
 )
 
 
@@ -723,6 +759,33 @@ class PostgresOrders:
             limit,
         )
         return [_order(row) for row in rows]
+
+    async def oldest_stuck(self, older_than_s: float) -> tuple[str, float] | None:
+        before = datetime.now(UTC) - timedelta(seconds=older_than_s)
+        row = await self._conn.fetchrow(
+            _OLDEST_STUCK.sql,
+            *_OLDEST_STUCK.args(before=before, one=1),
+        )
+        return (row["transaction_id"], float(row["age"])) if row else None
+
+    async def history(self, transaction_id: str) -> OrderHistory | None:
+        row = await self._conn.fetchrow(
+            _ORDER_HISTORY.sql, *_ORDER_HISTORY.args(transaction_id=transaction_id)
+        )
+        if row is None:
+            return None
+        moves = await self._conn.fetch(
+            _MONEY_OF_ORDER.sql, *_MONEY_OF_ORDER.args(transaction_id=transaction_id)
+        )
+        return OrderHistory(
+            order=_order(row),
+            updated_at=row["updated_at"],
+            asked_again_at=row["nudged_at"],
+            money=[
+                MoneyMove(m["kind"], m["amount"], m["currency"].strip(), m["created_at"])
+                for m in moves
+            ],
+        )
 
 
 class PostgresUnitOfWork(UnitOfWork):

@@ -14,7 +14,7 @@ account paying at the same time take different rows: see `Wallet`.
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from uuid import UUID
 
@@ -58,12 +58,17 @@ class AccountNotFound(DomainError):
     pass
 
 
+class OrderNotFound(DomainError):
+    pass
+
+
 class IllegalTransition(DomainError):
     """An order was asked to move where its life does not go (a final order changing)."""
 
     def __init__(self, transaction_id: str, status: OrderStatus, to: str) -> None:
         super().__init__(f"order {transaction_id} is {status}: it cannot become {to}")
         self.transaction_id = transaction_id
+        self.status = status
 
 
 class PipelineUnavailable(DomainError):
@@ -113,6 +118,17 @@ class Order:
     def backordered(self) -> bool:
         return self.backordered_at is not None
 
+    def undecided_past(self, deadline: timedelta, now: datetime) -> bool:
+        """Still PROCESSING with no decision heard of (not backordered), and older than the
+        deadline every order has: it is to end cancelled and refunded. Inventory, the one
+        that decides orders, is asked to cancel it; it cancels only an order it never
+        decided, or one still waiting for stock."""
+        return (
+            self.status == "PROCESSING"
+            and not self.backordered
+            and now - self.created_at >= deadline
+        )
+
     def complete(self, stock_id: int, sealed_code: str) -> "Order":
         """PROCESSING (backordered or not) → COMPLETED with its code."""
         self._must_be_processing("COMPLETED")
@@ -133,6 +149,26 @@ class Order:
     def _must_be_processing(self, to: str) -> None:
         if self.status != "PROCESSING":
             raise IllegalTransition(self.transaction_id, self.status, to)
+
+
+@dataclass(frozen=True)
+class MoneyMove:
+    """One ledger entry of an order: its DEBIT (negative) or REFUND."""
+
+    kind: str
+    amount: Decimal
+    currency: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class OrderHistory:
+    """What the api knows of one order's life, for operators."""
+
+    order: Order
+    updated_at: datetime
+    asked_again_at: datetime | None
+    money: list[MoneyMove]
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,23 @@
 """Operators' API of the api service: accounts, credentials, balances; the product read
-model's state (so the CLI can wait until a product is orderable)."""
+model's state (so the CLI can wait until a product is orderable); one order's history, and
+cancelling an order that cannot end by itself."""
 
 import uuid
 from datetime import timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, Field
 
-from services.api.domain.model import AccountNotFound
+from services.api.domain.model import (
+    AccountNotFound,
+    IllegalTransition,
+    OrderHistory,
+    OrderNotFound,
+)
 from services.api.entrypoints.http import Services, iso_utc
-from services.api.service_layer import accounts, read_model
+from services.api.service_layer import accounts, orders, read_model
 from shared.settings import ApiSettings
 from shared.web import ApiError, admin_only, ok
 
@@ -125,3 +131,66 @@ async def product_state(sku: str, svc: Services) -> dict[str, Any]:
             "The api has not seen this SKU yet: upsert it on inventory first.",
         )
     return ok(record)
+
+
+ADMIN_ORDER_NOT_FOUND = ApiError(
+    404, "ORDER_NOT_FOUND", "No order has this transactionId: check the id."
+)
+
+
+def _history_out(history: OrderHistory) -> dict[str, Any]:
+    """Never the code, not even sealed: an operator sees where the order is, not what it bought."""
+    order = history.order
+    return {
+        "transactionId": order.transaction_id,
+        "accountId": str(order.account_id),
+        "clientOrderNumber": order.client_order_number,
+        "sku": order.sku,
+        "status": order.status,
+        "grandTotal": f"{order.grand_total:.2f}",
+        "currency": order.currency,
+        "stockId": order.stock_id,
+        "cancelReason": order.cancel_reason,
+        "createdAt": iso_utc(order.created_at),
+        "backorderedAt": iso_utc(order.backordered_at) if order.backordered_at else None,
+        "askedAgainAt": iso_utc(history.asked_again_at) if history.asked_again_at else None,
+        "updatedAt": iso_utc(history.updated_at),
+        "money": [
+            {
+                "kind": move.kind,
+                "amount": f"{move.amount:.2f}",
+                "currency": move.currency,
+                "at": iso_utc(move.at),
+            }
+            for move in history.money
+        ],
+    }
+
+
+@router.get("/orders/{transaction_id}")
+async def order_history(
+    transaction_id: Annotated[str, Path(max_length=64)], svc: Services
+) -> dict[str, Any]:
+    try:
+        return ok(_history_out(await orders.order_history(svc.new_uow(), transaction_id)))
+    except OrderNotFound:
+        raise ADMIN_ORDER_NOT_FOUND from None
+
+
+@router.post("/orders/{transaction_id}/cancel", status_code=202)
+async def cancel_order(
+    transaction_id: Annotated[str, Path(max_length=64)], svc: Services
+) -> dict[str, Any]:
+    """Asks inventory to cancel the order; the refund follows its answer (poll the order)."""
+    try:
+        order = await orders.cancel_by_operator(svc.new_uow(), transaction_id)
+    except OrderNotFound:
+        raise ADMIN_ORDER_NOT_FOUND from None
+    except IllegalTransition as exc:
+        raise ApiError(
+            409,
+            "ORDER_FINAL",
+            f"Order {exc.transaction_id} is {exc.status} already: only an order still "
+            "PROCESSING can be cancelled.",
+        ) from None
+    return ok({"transactionId": order.transaction_id, "cancelRequested": True})

@@ -5,7 +5,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol, cast
 from uuid import UUID
@@ -15,8 +15,11 @@ from services.api.domain.model import (
     CreateInstantOrder,
     DomainError,
     DuplicateClientOrderNumber,
+    IllegalTransition,
     InsufficientBalance,
     Order,
+    OrderHistory,
+    OrderNotFound,
     Overloaded,
     PipelineUnavailable,
     Product,
@@ -34,6 +37,7 @@ from shared.batching import GroupCommit, QueueWaitExceeded
 from shared.contracts import (
     BackorderAllocated,
     BackorderCancelled,
+    CancelBackorder,
     CancelReason,
     Decision,
     InventoryEvent,
@@ -501,7 +505,11 @@ async def record_cancellation(
 
 
 async def ask_again_about_undecided(
-    uow: UnitOfWork, older_than_s: float, again_after_s: float, limit: int = 200
+    uow: UnitOfWork,
+    older_than_s: float,
+    again_after_s: float,
+    deadline_s: float,
+    limit: int = 200,
 ) -> int:
     """Ask inventory again about orders still PROCESSING after `older_than_s`.
 
@@ -509,12 +517,78 @@ async def ask_again_about_undecided(
     state again, so an event lost on the way (dead-lettered, say) cannot leave an order
     PROCESSING forever; a command that never arrived is decided now. Every consumer is
     idempotent, so asking about an order that merely waits for stock costs one no-op.
+
+    An order still undecided at its deadline (`deadline_s` after acceptance: its PlaceOrder
+    dead-lettered on every delivery, say) is asked to be cancelled instead: inventory
+    records it cancelled (so a PlaceOrder of it arriving later sells nothing) and announces
+    it, and the cancellation and refund are applied like any other (`record_cancellation`).
     """
+    now = utcnow()
+    deadline = timedelta(seconds=deadline_s)
     async with uow, uow.transaction():
         undecided = await uow.orders.take_undecided(older_than_s, again_after_s, limit)
+        ended = 0
         for order in undecided:
-            uow.publish(topics.INVENTORY_COMMANDS.name, order.sku, place_order(order, None))
+            if order.undecided_past(deadline, now):
+                uow.publish(
+                    topics.INVENTORY_COMMANDS.name,
+                    order.sku,
+                    cancel_undecided(order, "DEADLINE_PASSED"),
+                )
+                ended += 1
+            else:
+                uow.publish(topics.INVENTORY_COMMANDS.name, order.sku, place_order(order, None))
         await uow.commit()
     if undecided:
         log.info("asked inventory again about %d orders still PROCESSING", len(undecided))
+    if ended:
+        log.warning(
+            "asked inventory to cancel %d orders undecided at their deadline (%.0f s)",
+            ended,
+            deadline_s,
+        )
     return len(undecided)
+
+
+def cancel_undecided(order: Order, reason: CancelReason) -> CancelBackorder:
+    """The command that ends an order: cancelled by inventory unless it was served (the sale
+    wins). It says whose order it is, so inventory can record one it never decided."""
+    return CancelBackorder(
+        transaction_id=order.transaction_id,
+        sku=order.sku,
+        reason=reason,
+        account_id=order.account_id,
+        placed_at=order.created_at,
+    )
+
+
+# --- operators: one order's history, and cancelling it ---------------------------------------
+
+
+async def order_history(uow: UnitOfWork, transaction_id: str) -> OrderHistory:
+    async with uow:
+        history = await uow.orders.history(transaction_id)
+    if history is None:
+        raise OrderNotFound()
+    return history
+
+
+async def cancel_by_operator(uow: UnitOfWork, transaction_id: str) -> Order:
+    """Asks inventory to cancel an order still PROCESSING (refused for a final one). The
+    cancellation and its refund follow through inventory's answer, as at a deadline; an
+    order inventory has served meanwhile stays COMPLETED."""
+    async with uow, uow.transaction():
+        found = await uow.orders.get_many([transaction_id])
+        if not found:
+            raise OrderNotFound()
+        [order] = found
+        if order.status != "PROCESSING":
+            raise IllegalTransition(transaction_id, order.status, "CANCELLED")
+        uow.publish(
+            topics.INVENTORY_COMMANDS.name,
+            order.sku,
+            cancel_undecided(order, "CANCELLED_BY_OPERATOR"),
+        )
+        await uow.commit()
+    log.warning("an operator asked inventory to cancel order %s", transaction_id)
+    return order

@@ -67,3 +67,8 @@ async def balances(uow: UnitOfWork, account_id: uuid.UUID) -> list[tuple[str, De
 async def processing_summary(uow: UnitOfWork) -> list[tuple[str, int, float]]:
     async with uow:
         return await uow.orders.processing_summary()
+
+
+async def oldest_stuck(uow: UnitOfWork, older_than_s: float) -> tuple[str, float] | None:
+    async with uow:
+        return await uow.orders.oldest_stuck(older_than_s)

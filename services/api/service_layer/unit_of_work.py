@@ -21,7 +21,7 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from services.api.domain.model import AccountInfo, Credential, Order, Product
+from services.api.domain.model import AccountInfo, Credential, Order, OrderHistory, Product
 from shared.contracts import CancelReason, Message
 
 # (transaction id, stock id, sealed code): a code inventory sold to an order.
@@ -190,6 +190,16 @@ class Orders(Protocol):
     ) -> list[Order]:
         """PROCESSING orders older than `older_than_s` not taken in the last
         `again_after_s` (never taken first); marks them taken now."""
+        ...
+
+    async def oldest_stuck(self, older_than_s: float) -> tuple[str, float] | None:
+        """The oldest order PROCESSING with no decision heard of (not backordered) and older
+        than `older_than_s`: its transaction id and age in seconds."""
+        ...
+
+    async def history(self, transaction_id: str) -> OrderHistory | None:
+        """The order (of any account), when it last changed and was last asked about, and
+        its ledger entries in the order they were written."""
         ...
 
     async def processing_summary(self) -> list[tuple[str, int, float]]:

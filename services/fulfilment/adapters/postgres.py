@@ -90,10 +90,16 @@ class PostgresBackorders:
         )
         return inserted is not None
 
+    async def get(self, transaction_id: str) -> Backorder | None:
+        return await self._get(transaction_id, "")
+
     async def get_for_update(self, transaction_id: str) -> Backorder | None:
+        return await self._get(transaction_id, " FOR UPDATE")
+
+    async def _get(self, transaction_id: str, lock: str) -> Backorder | None:
         row = await self._conn.fetchrow(
             f"SELECT {_BACKORDER_COLUMNS} FROM backorders "  # noqa: S608 - constant columns
-            "WHERE transaction_id = $1 FOR UPDATE",
+            f"WHERE transaction_id = $1{lock}",
             transaction_id,
         )
         return None if row is None else _backorder(row)

@@ -203,7 +203,9 @@ class PostgresCodes:
         return {row["sku"]: row["available"] for row in rows}
 
 
-_DECISION_COLUMNS = "transaction_id, account_id, sku, state, stock_id, reply_to, placed_at"
+_DECISION_COLUMNS = (
+    "transaction_id, account_id, sku, state, stock_id, reply_to, placed_at, cancel_reason"
+)
 
 
 def _decision(row: asyncpg.Record) -> OrderDecision:
@@ -225,7 +227,7 @@ class PostgresDecisions:
 
     async def get_many(self, transaction_ids: Sequence[str]) -> dict[str, OrderDecision]:
         rows = await self._conn.fetch(
-            f"SELECT {_DECISION_COLUMNS}, cancel_reason FROM decisions "  # noqa: S608 - constant
+            f"SELECT {_DECISION_COLUMNS} FROM decisions "  # noqa: S608 - constant
             "WHERE transaction_id = ANY($1::text[])",
             list(transaction_ids),
         )
@@ -233,7 +235,7 @@ class PostgresDecisions:
 
     async def get_for_update(self, transaction_id: str) -> OrderDecision | None:
         row = await self._conn.fetchrow(
-            f"SELECT {_DECISION_COLUMNS}, cancel_reason FROM decisions "  # noqa: S608 - constant
+            f"SELECT {_DECISION_COLUMNS} FROM decisions "  # noqa: S608 - constant
             "WHERE transaction_id = $1 FOR UPDATE",
             transaction_id,
         )
@@ -257,7 +259,7 @@ class PostgresDecisions:
             INSERT INTO decisions ({_DECISION_COLUMNS})
             SELECT * FROM unnest(
                 $1::text[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::text[],
-                $7::timestamptz[]
+                $7::timestamptz[], $8::text[]
             )
             """,  # noqa: S608 - constant column list
             [d.transaction_id for d in decisions],
@@ -267,6 +269,7 @@ class PostgresDecisions:
             [d.stock_id for d in decisions],
             [d.reply_to for d in decisions],
             [d.placed_at for d in decisions],
+            [d.cancel_reason for d in decisions],
         )
 
     async def update(self, decision: OrderDecision) -> None:

@@ -97,7 +97,9 @@ class Decision(InventoryTable, table=True):
             "(state IN ('RESERVED', 'ALLOCATED')) = (stock_id IS NOT NULL)",
             name="decisions_code_iff_served",
         ),
-        CheckConstraint("cancel_reason IN ('DEADLINE_PASSED', 'PRODUCT_WITHDRAWN')"),
+        CheckConstraint(
+            "cancel_reason IN ('DEADLINE_PASSED', 'PRODUCT_WITHDRAWN', 'CANCELLED_BY_OPERATOR')"
+        ),
         Index(
             "decisions_waiting", "sku", "placed_at", postgresql_where=text("state = 'BACKORDERED'")
         ),

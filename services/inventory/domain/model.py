@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal
 
-from shared.contracts import CancelReason, PlaceOrder
+from shared.contracts import CancelBackorder, CancelReason, PlaceOrder
 from shared.crypto import Code, SealedCode, random_code
 
 MAX_CODES_PER_DELIVERY = 5_000
@@ -91,6 +91,25 @@ def reserve_or_backorder(order: PlaceOrder, code: ClaimedCode | None) -> OrderDe
         reply_to=order.reply_to,
         state=DecisionState.RESERVED if code else DecisionState.BACKORDERED,
         stock_id=code.stock_id if code else None,
+    )
+
+
+def cancelled_undecided(command: CancelBackorder) -> OrderDecision | None:
+    """The decision on an order whose PlaceOrder never got decided (dead-lettered, or never
+    arrived) and that its sender now cancels: CANCELLED, recorded like any decision, so a
+    PlaceOrder of it arriving later finds it decided and sells nothing. None when the command
+    does not say whose order it is (a backorder's cancellation: that order was decided)."""
+    if command.account_id is None or command.placed_at is None:
+        return None
+    placed_at = command.placed_at
+    return OrderDecision(
+        transaction_id=command.transaction_id,
+        account_id=command.account_id,
+        sku=command.sku,
+        placed_at=placed_at if placed_at.tzinfo else placed_at.replace(tzinfo=UTC),
+        reply_to=None,
+        state=DecisionState.CANCELLED,
+        cancel_reason=command.reason,
     )
 
 

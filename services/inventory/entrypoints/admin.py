@@ -1,4 +1,5 @@
-"""Inventory's admin HTTP API: products (the catalog) and stock (codes). Operators only."""
+"""Inventory's admin HTTP API: products (the catalog), stock (codes), and what was decided
+about an order. Operators only."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from pydantic.alias_generators import to_camel
 
 from services.inventory.domain import model
 from services.inventory.domain.model import StockLevel
-from services.inventory.service_layer import catalog
+from services.inventory.service_layer import catalog, decisions
 from services.inventory.service_layer.unit_of_work import UnitOfWork
 from shared.contracts import ProductSnapshot
 from shared.crypto import MAX_PIN_CODE, MAX_REDEEM_CODE, Code, CodeVault, code_problem
@@ -168,5 +169,31 @@ async def add_stock(sku: Sku, body: StockIn, context: Context) -> dict[str, Any]
             "added": result.added,
             "skipped": result.skipped,
             "available": result.available,
+        }
+    )
+
+
+@router.get("/decisions/{transaction_id}")
+async def get_decision(
+    transaction_id: Annotated[str, Path(min_length=1, max_length=64)], context: Context
+) -> dict[str, Any]:
+    """Never the code: its stock id says which one was sold."""
+    decision = await decisions.decision_of(transaction_id, context.new_uow())
+    if decision is None:
+        raise ApiError(
+            404,
+            "DECISION_NOT_FOUND",
+            "Inventory has decided nothing about this order: its PlaceOrder never arrived or "
+            "was dead-lettered.",
+        )
+    return ok(
+        {
+            "transactionId": decision.transaction_id,
+            "accountId": str(decision.account_id),
+            "sku": decision.sku,
+            "state": decision.state.value,
+            "placedAt": decision.placed_at.isoformat(),
+            "stockId": decision.stock_id,
+            "cancelReason": decision.cancel_reason,
         }
     )

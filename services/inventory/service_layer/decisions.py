@@ -133,14 +133,19 @@ async def allocate_backorder(command: AllocateBackorder, uow: UnitOfWork) -> Non
 async def cancel_backorder(command: CancelBackorder, uow: UnitOfWork) -> None:
     decision = await uow.decisions.get_for_update(command.transaction_id)
     if decision is None:
-        log.warning("CancelBackorder for unknown order %s ignored", command.transaction_id)
-        return
-    if not decision.waiting:
-        # already allocated (the allocation wins) or already cancelled
+        decision = model.cancelled_undecided(command)
+        if decision is None:
+            log.warning("CancelBackorder for unknown order %s ignored", command.transaction_id)
+            return
+        log.info("order %s was never decided: cancelled", command.transaction_id)
+        await uow.decisions.add_all([decision])
+    elif not decision.waiting:
+        # already served (the sale wins) or already cancelled
         await announce_current_state(decision, uow)
         return
-    decision.cancel(command.reason)
-    await uow.decisions.update(decision)
+    else:
+        decision.cancel(command.reason)
+        await uow.decisions.update(decision)
     uow.publish(
         INVENTORY_EVENTS.name,
         decision.sku,
@@ -172,6 +177,12 @@ async def receive_delivery(command: DeliverStock, uow: UnitOfWork, vault: CodeVa
             StockArrived(sku=command.sku, added=added, available=available),
         )
     log.info("delivery %s: %d of %d codes added", command.delivery_id, added, len(codes))
+
+
+async def decision_of(transaction_id: str, uow: UnitOfWork) -> OrderDecision | None:
+    """What inventory decided about an order (for operators); None if it never did."""
+    async with uow:
+        return (await uow.decisions.get_many([transaction_id])).get(transaction_id)
 
 
 async def announce_current_state(decision: OrderDecision, uow: UnitOfWork) -> None:
