@@ -1,6 +1,7 @@
 """The HTTP conventions every service shares: error envelopes, request ids, bounded bodies,
 health and metrics endpoints, and HTTP metrics."""
 
+import contextlib
 import hmac
 import json
 import logging
@@ -9,7 +10,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Request
@@ -17,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -313,7 +315,11 @@ def install_common(
     readiness: Mapping[str, Check],
     *,
     max_body_bytes: int = 1024 * 1024,
+    live_collectors: Sequence[Collector] = (),
 ) -> None:
+    """Error bodies, the common middleware, /healthz, /readyz and /metrics. `live_collectors`
+    are read at each scrape from the answering process (not merged from metric files)."""
+
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.error, exc.message, exc.extra, exc.headers)
@@ -378,6 +384,9 @@ def install_common(
         # One of several worker processes: any of them answers for all (see shared.runtime).
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    for collector in live_collectors:
+        with contextlib.suppress(ValueError):  # already in the default registry (a 2nd app)
+            registry.register(collector)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response:

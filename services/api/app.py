@@ -98,7 +98,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.admin_token = settings.admin_token
     app.state.runtime = runtime
-    install_common(app, SERVICE, runtime.readiness(), max_body_bytes=settings.max_body_bytes)
+    install_common(
+        app,
+        SERVICE,
+        runtime.readiness(),
+        max_body_bytes=settings.max_body_bytes,
+        live_collectors=[metrics.STUCK_ORDER],
+    )
     app.include_router(http.router)
     app.include_router(admin.router)
     return app
