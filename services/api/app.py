@@ -2,8 +2,10 @@
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from services.api import metrics
 from services.api.adapters.kafka import BrokerHealth, KafkaPublisher, ReplyListener
@@ -16,7 +18,7 @@ from shared import topics
 from shared.db import Conn
 from shared.runtime import Runtime, every, lifespan_for
 from shared.settings import ApiSettings
-from shared.web import install_common
+from shared.web import install_common, without_fastapi_422
 
 SERVICE = "api"
 # How often the orders_processing gauges are recounted from the read model.
@@ -107,4 +109,18 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     app.include_router(http.router)
     app.include_router(admin.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = without_fastapi_422(
+                get_openapi(
+                    title=app.title,
+                    version=app.version,
+                    description=app.description,
+                    routes=app.routes,
+                )
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
