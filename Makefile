@@ -65,7 +65,8 @@ bench:
 	$(BIN)/python benchmarks/instant_orders.py $(BENCH_ARGS)
 
 # The fault drill (tests/drill.py): orders with client-style retries while every process is
-# killed -9 in turn, then the books. Not in `make test`: it takes about four minutes.
+# killed -9 in turn, then again on two workers per service, then the books. Not in `make test`:
+# it takes about eight minutes.
 drill: export SUPPLIER_ENABLED ?= false
 drill:
 	$(STACK) up
