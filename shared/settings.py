@@ -88,7 +88,9 @@ class ApiSettings(CommonSettings):
     decision_window_ms: int = Field(500, alias="ORDERS_DECISION_WINDOW_MS", ge=10, le=5000)
     wallet_slots: int = Field(16, alias="API_WALLET_SLOTS", ge=1, le=256)
     max_body_bytes: int = Field(16 * 1024, alias="API_MAX_BODY_BYTES", ge=1024)
-    auth_cache_ttl_s: float = Field(5.0, alias="API_AUTH_CACHE_TTL_S", ge=0)
+    # How long a successful check is reused: the bound on how late a revoked or disabled
+    # credential can still be accepted.
+    auth_cache_ttl_s: float = Field(5.0, alias="API_AUTH_CACHE_TTL_S", ge=0, le=5)
     rate_limit_per_s: float = Field(2000.0, alias="API_RATE_LIMIT_PER_S", gt=0)
     rate_limit_burst: int = Field(4000, alias="API_RATE_LIMIT_BURST", ge=1)
     max_in_flight: int = Field(256, alias="API_MAX_IN_FLIGHT", ge=1, le=100_000)

@@ -108,6 +108,41 @@ class RepositoryContract:
         async with new_uow() as uow:
             assert [c.kind for c in await uow.credentials.live(key, token)] == ["API_KEY"]
 
+    async def test_revoked_tokens_and_a_disabled_account_are_not_live(
+        self, new_uow: NewUow
+    ) -> None:
+        key, token, later = (uuid.uuid4().bytes * 2 for _ in range(3))
+        async with new_uow() as uow, uow.transaction():
+            account_id = await uow.accounts.add("Acme", None)
+            await uow.credentials.add(account_id, "API_KEY", key, None)
+            await uow.credentials.add(account_id, "TOKEN", token, None)
+            await uow.commit()
+        async with new_uow() as uow, uow.transaction():
+            assert await uow.credentials.revoke_tokens(account_id) == 1
+            assert await uow.credentials.revoke_tokens(account_id) == 0  # none live any more
+            await uow.credentials.add(account_id, "TOKEN", later, None)
+            await uow.commit()
+        async with new_uow() as uow:
+            assert [c.kind for c in await uow.credentials.live(key, token)] == ["API_KEY"]
+            assert {c.kind for c in await uow.credentials.live(key, later)} == {"API_KEY", "TOKEN"}
+
+            disabled_at = await uow.accounts.disable(account_id)
+            assert disabled_at is not None
+            assert await uow.accounts.disable(account_id) == disabled_at  # the first one stays
+            assert await uow.credentials.live(key, later) == []
+            info = await uow.accounts.get(account_id)
+            assert info is not None
+            assert info.disabled_at == disabled_at
+
+            assert await uow.accounts.enable(account_id)
+            assert {c.kind for c in await uow.credentials.live(key, later)} == {"API_KEY", "TOKEN"}
+            info = await uow.accounts.get(account_id)
+            assert info is not None
+            assert info.disabled_at is None
+
+            assert await uow.accounts.disable(uuid.uuid4()) is None
+            assert not await uow.accounts.enable(uuid.uuid4())
+
     async def test_a_credit_is_split_over_the_slots_and_a_refund_happens_once(
         self, new_uow: NewUow
     ) -> None:

@@ -347,9 +347,25 @@ class PostgresAccounts:
 
     async def get(self, account_id: uuid.UUID) -> AccountInfo | None:
         row = await self._conn.fetchrow(
-            "SELECT name, created_at FROM accounts WHERE id = $1", account_id
+            "SELECT name, created_at, disabled_at FROM accounts WHERE id = $1", account_id
         )
-        return None if row is None else AccountInfo(account_id, row["name"], row["created_at"])
+        if row is None:
+            return None
+        return AccountInfo(account_id, row["name"], row["created_at"], row["disabled_at"])
+
+    async def disable(self, account_id: uuid.UUID) -> datetime | None:
+        disabled_at: datetime | None = await self._conn.fetchval(
+            "UPDATE accounts SET disabled_at = COALESCE(disabled_at, now()) WHERE id = $1 "
+            "RETURNING disabled_at",
+            account_id,
+        )
+        return disabled_at
+
+    async def enable(self, account_id: uuid.UUID) -> bool:
+        found = await self._conn.fetchval(
+            "UPDATE accounts SET disabled_at = NULL WHERE id = $1 RETURNING 1", account_id
+        )
+        return found is not None
 
 
 class PostgresCredentials:
@@ -378,6 +394,21 @@ class PostgresCredentials:
             at,
         )
 
+    async def revoke_tokens(self, account_id: uuid.UUID) -> int:
+        ended: int = await self._conn.fetchval(
+            """
+            WITH ended AS (
+                UPDATE credentials SET expires_at = now()
+                WHERE account_id = $1 AND kind = 'TOKEN'
+                  AND (expires_at IS NULL OR expires_at > now())
+                RETURNING 1
+            )
+            SELECT count(*) FROM ended
+            """,
+            account_id,
+        )
+        return ended
+
     async def live(self, api_key_hash: bytes, token_hash: bytes) -> list[Credential]:
         rows = await self._conn.fetch(
             """
@@ -385,6 +416,7 @@ class PostgresCredentials:
             FROM credentials c JOIN accounts a ON a.id = c.account_id
             WHERE c.secret_hash = ANY($1::bytea[])
               AND (c.expires_at IS NULL OR c.expires_at > now())
+              AND a.disabled_at IS NULL
             """,
             [api_key_hash, token_hash],
         )

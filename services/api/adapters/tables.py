@@ -49,6 +49,8 @@ class Account(ApiTable, table=True):
     created_at: datetime = defaults_to_now()
     # NULL: the service's default (API_RATE_LIMIT_PER_S).
     rate_limit_per_s: Decimal | None = Field(default=None, sa_type=Numeric(10, 2))
+    # Set by an operator: no credential of the account authenticates (NULL: enabled).
+    disabled_at: datetime | None = Field(default=None, sa_type=TIMESTAMP)
 
 
 class Credential(ApiTable, table=True):

@@ -186,6 +186,8 @@ class AccountInfo:
     account_id: UUID
     name: str
     created_at: datetime
+    # While set, no credential of the account authenticates.
+    disabled_at: datetime | None = None
 
 
 def check_orderable(product: Product | None) -> Product:

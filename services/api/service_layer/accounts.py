@@ -89,6 +89,34 @@ async def rotate_token(
     return token, old_expire_at
 
 
+async def revoke_tokens(uow: UnitOfWork, account_id: uuid.UUID) -> int:
+    """Ends every access token of the account now (returns how many were live); its API keys
+    keep working, so the client can be issued a new token (rotate_token)."""
+    async with uow, uow.transaction():
+        if not await uow.accounts.exists(account_id):
+            raise AccountNotFound()
+        revoked = await uow.credentials.revoke_tokens(account_id)
+        await uow.commit()
+    return revoked
+
+
+async def disable_account(uow: UnitOfWork, account_id: uuid.UUID) -> datetime:
+    """No credential of the account authenticates any more, until enable_account. Returns
+    when it was disabled (the first time, if it already was)."""
+    async with uow:
+        disabled_at = await uow.accounts.disable(account_id)
+    if disabled_at is None:
+        raise AccountNotFound()
+    return disabled_at
+
+
+async def enable_account(uow: UnitOfWork, account_id: uuid.UUID) -> None:
+    """Undoes disable_account: the account's live credentials work again."""
+    async with uow:
+        if not await uow.accounts.enable(account_id):
+            raise AccountNotFound()
+
+
 class Authenticator:
     """Checks the x-api-key + Bearer token pair. Both must be live and of the same account.
 

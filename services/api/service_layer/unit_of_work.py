@@ -44,6 +44,15 @@ class Accounts(Protocol):
 
     async def get(self, account_id: uuid.UUID) -> AccountInfo | None: ...
 
+    async def disable(self, account_id: uuid.UUID) -> datetime | None:
+        """None of the account's credentials is live from now on. Returns when it was
+        disabled (at its first disabling, if it was already); None: no such account."""
+        ...
+
+    async def enable(self, account_id: uuid.UUID) -> bool:
+        """The account's live credentials work again; False: no such account."""
+        ...
+
 
 class Credentials(Protocol):
     async def add(
@@ -54,8 +63,13 @@ class Credentials(Protocol):
         """The account's tokens stop working at `at` (or earlier, if they expire before)."""
         ...
 
+    async def revoke_tokens(self, account_id: uuid.UUID) -> int:
+        """The account's tokens stop working now (the database's clock); returns how many
+        were still live. Its API keys are left as they are."""
+        ...
+
     async def live(self, api_key_hash: bytes, token_hash: bytes) -> list[Credential]:
-        """The unexpired credentials having either hash."""
+        """The unexpired credentials having either hash, of accounts not disabled."""
         ...
 
 
