@@ -1,9 +1,10 @@
-"""`accounts create | credit | rotate-token | show`: wrap the api service's admin endpoints."""
+"""`accounts create | credit | rotate-token | revoke-token | disable | enable | show`: wrap the
+api service's admin endpoints."""
 
 import argparse
 from decimal import Decimal, InvalidOperation
 
-from shared.cli.common import AdminClient, emit, fail
+from shared.cli.common import AdminClient, emit, fail, progress
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -41,6 +42,24 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     rotate.add_argument("account_id")
     rotate.add_argument("--grace-seconds", type=int, default=900)
     rotate.set_defaults(func=cmd_rotate)
+
+    revoke = actions.add_parser(
+        "revoke-token",
+        help="end every access token of the account now; its API key keeps working (issue a "
+        "new token with rotate-token)",
+    )
+    revoke.add_argument("account_id")
+    revoke.set_defaults(func=cmd_account_action, path="revoke-token")
+
+    disable = actions.add_parser(
+        "disable", help="no credential of the account authenticates any more (undo: enable)"
+    )
+    disable.add_argument("account_id")
+    disable.set_defaults(func=cmd_account_action, path="disable")
+
+    enable = actions.add_parser("enable", help="undo disable: the account's credentials work again")
+    enable.add_argument("account_id")
+    enable.set_defaults(func=cmd_account_action, path="enable")
 
     show = actions.add_parser("show", help="an account and its balances")
     show.add_argument("account_id")
@@ -92,6 +111,15 @@ def cmd_rotate(args: argparse.Namespace) -> None:
             f"/admin/accounts/{args.account_id}/rotate-token",
             json={"graceSeconds": args.grace_seconds},
         )
+    )
+
+
+def cmd_account_action(args: argparse.Namespace) -> None:
+    done = AdminClient("api").call("POST", f"/admin/accounts/{args.account_id}/{args.path}")
+    emit(done)
+    progress(
+        f"Takes effect on every api process within {done['effectiveWithinSeconds']:g} s "
+        "(API_AUTH_CACHE_TTL_S)."
     )
 
 

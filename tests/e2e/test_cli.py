@@ -94,6 +94,22 @@ async def test_provisioned_with_the_cli_an_order_completes_at_once(
         assert (await client.get("/v2/balances", headers=fresh)).status_code == 200
 
 
+async def test_operators_revoke_tokens_and_disable_accounts_with_the_cli(stack: Stack) -> None:
+    account, _ = await cli("accounts", "create", "--name", "CLI revoked")
+    account_id = account["accountId"]
+
+    revoked, said = await cli("accounts", "revoke-token", account_id)
+    assert revoked["tokensRevoked"] == 1
+    assert "within" in said
+    disabled, _ = await cli("accounts", "disable", account_id)
+    shown, _ = await cli("accounts", "show", account_id)
+    assert shown["disabledAt"] == disabled["disabledAt"] is not None
+    enabled, _ = await cli("accounts", "enable", account_id)
+    assert enabled["disabledAt"] is None
+    shown, _ = await cli("accounts", "show", account_id)
+    assert shown["disabledAt"] is None
+
+
 async def test_cli_errors_say_what_to_do(stack: Stack) -> None:
     _, err = await cli(
         "accounts",

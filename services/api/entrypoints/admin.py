@@ -2,8 +2,9 @@
 model's state (so the CLI can wait until a product is orderable); one order's history, and
 cancelling an order that cannot end by itself."""
 
+import logging
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -21,6 +22,7 @@ from services.api.service_layer import accounts, orders, read_model
 from shared.settings import ApiSettings
 from shared.web import ApiError, admin_only, ok
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/admin", dependencies=[Depends(admin_only)])
 
 Amount = Annotated[Decimal, Field(gt=0, max_digits=16, decimal_places=2)]
@@ -85,6 +87,7 @@ async def get_account(account_id: uuid.UUID, svc: Services) -> dict[str, Any]:
             "accountId": str(account_id),
             "name": found.account.name,
             "createdAt": iso_utc(found.account.created_at),
+            "disabledAt": _iso_or_none(found.account.disabled_at),
             "balances": _balances(found.balances),
         }
     )
@@ -121,6 +124,67 @@ async def rotate_token(
     )
 
 
+def _effective_within_s(request: Request) -> float:
+    """How long an api process may still accept a credential it checked before a change: its
+    cache of successful checks (API_AUTH_CACHE_TTL_S)."""
+    settings: ApiSettings = request.app.state.settings
+    return settings.auth_cache_ttl_s
+
+
+def _iso_or_none(moment: datetime | None) -> str | None:
+    return iso_utc(moment) if moment is not None else None
+
+
+@router.post("/accounts/{account_id}/revoke-token")
+async def revoke_token(account_id: uuid.UUID, request: Request, svc: Services) -> dict[str, Any]:
+    """Ends every access token of the account; its API key keeps working, so the client can
+    be given a new token (rotate-token)."""
+    try:
+        revoked = await accounts.revoke_tokens(svc.new_uow(), account_id)
+    except AccountNotFound:
+        raise ACCOUNT_NOT_FOUND from None
+    log.info("access tokens of account %s revoked by an operator (%d live)", account_id, revoked)
+    return ok(
+        {
+            "accountId": str(account_id),
+            "tokensRevoked": revoked,
+            "effectiveWithinSeconds": _effective_within_s(request),
+        }
+    )
+
+
+@router.post("/accounts/{account_id}/disable")
+async def disable_account(account_id: uuid.UUID, request: Request, svc: Services) -> dict[str, Any]:
+    try:
+        disabled_at = await accounts.disable_account(svc.new_uow(), account_id)
+    except AccountNotFound:
+        raise ACCOUNT_NOT_FOUND from None
+    log.info("account %s disabled by an operator", account_id)
+    return ok(
+        {
+            "accountId": str(account_id),
+            "disabledAt": iso_utc(disabled_at),
+            "effectiveWithinSeconds": _effective_within_s(request),
+        }
+    )
+
+
+@router.post("/accounts/{account_id}/enable")
+async def enable_account(account_id: uuid.UUID, request: Request, svc: Services) -> dict[str, Any]:
+    try:
+        await accounts.enable_account(svc.new_uow(), account_id)
+    except AccountNotFound:
+        raise ACCOUNT_NOT_FOUND from None
+    log.info("account %s enabled by an operator", account_id)
+    return ok(
+        {
+            "accountId": str(account_id),
+            "disabledAt": None,
+            "effectiveWithinSeconds": _effective_within_s(request),
+        }
+    )
+
+
 @router.get("/products/{sku}")
 async def product_state(sku: str, svc: Services) -> dict[str, Any]:
     record = await read_model.product_record(svc.new_uow(), sku)
@@ -152,8 +216,8 @@ def _history_out(history: OrderHistory) -> dict[str, Any]:
         "stockId": order.stock_id,
         "cancelReason": order.cancel_reason,
         "createdAt": iso_utc(order.created_at),
-        "backorderedAt": iso_utc(order.backordered_at) if order.backordered_at else None,
-        "askedAgainAt": iso_utc(history.asked_again_at) if history.asked_again_at else None,
+        "backorderedAt": _iso_or_none(order.backordered_at),
+        "askedAgainAt": _iso_or_none(history.asked_again_at),
         "updatedAt": iso_utc(history.updated_at),
         "money": [
             {
