@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from starlette.types import Scope
 
 from services.api import metrics
 from services.api.domain.model import (
@@ -99,7 +100,7 @@ async def current_account(
     x_api_key: Annotated[str | None, Header(max_length=API_KEY_MAX)] = None,
     authorization: Annotated[str | None, Header(max_length=AUTHORIZATION_MAX)] = None,
 ) -> uuid.UUID:
-    return await authenticate(svc, x_api_key, authorization, request.scope.get("client"))
+    return await authenticate(svc, x_api_key, authorization, request.scope)
 
 
 def logins_throttled(exc: LoginsThrottled) -> ApiError:
@@ -121,25 +122,25 @@ AUTHENTICATION_BUSY = ApiError(
 
 
 async def authenticate(
-    svc: ApiServices,
-    x_api_key: str | None,
-    authorization: str | None,
-    client: tuple[str, int] | None = None,
+    svc: ApiServices, x_api_key: str | None, authorization: str | None, scope: Scope
 ) -> uuid.UUID:
-    """The caller's account, from its credentials; 401, 429 or 503 otherwise. `client`: the
-    ASGI scope's (host, port), whose host is read only if the credentials are not cached."""
+    """The caller's account, from its credentials; 401, 429 or 503 otherwise. The client's
+    address (in the ASGI `scope`) is read only when the credentials are not cached."""
     scheme, _, token = (authorization or "").partition(" ")
     if not x_api_key or scheme.lower() != "bearer" or not token.strip():
         metrics.AUTH_MISSING.inc()
         raise UNAUTHORIZED
-    try:
-        caller = await svc.auth.caller(x_api_key.strip(), token.strip(), client)
-    except LoginsThrottled as exc:
-        raise logins_throttled(exc) from None
-    except AuthenticationBusy:
-        raise AUTHENTICATION_BUSY from None
+    api_key, token = x_api_key.strip(), token.strip()
+    caller = svc.auth.cached(api_key, token)
     if caller is None:
-        raise UNAUTHORIZED
+        try:
+            caller = await svc.auth.caller(api_key, token, scope.get("client"))
+        except LoginsThrottled as exc:
+            raise logins_throttled(exc) from None
+        except AuthenticationBusy:
+            raise AUTHENTICATION_BUSY from None
+        if caller is None:
+            raise UNAUTHORIZED
     wait = svc.limiter.retry_after(caller.account_id, caller.rate_limit_per_s)
     if wait > 0:
         raise ApiError(
@@ -293,7 +294,7 @@ async def create_instant_order(request: Request) -> Response:
         raise RequestValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
         ) from None
-    account_id = await authenticate(svc, x_api_key, authorization, request.scope.get("client"))
+    account_id = await authenticate(svc, x_api_key, authorization, request.scope)
     try:
         order = await svc.order_desk.place_instant(
             CreateInstantOrder(

@@ -153,9 +153,10 @@ class Authenticator:
     """Checks the x-api-key + Bearer token pair. Both must be live and of the same account.
 
     Successful checks are cached for `ttl_s` (bounded), keyed by the hashes of both secrets,
-    so the hot path does not query credentials on every order; a credential that expires,
-    is revoked or whose account is disabled stops working within that TTL. The rest is the
-    path of a miss, built for a client that is wrong or hostile:
+    so the hot path does not query credentials on every order (`cached`: a dictionary read,
+    nothing awaited); a credential that expires, is revoked or whose account is disabled
+    stops working within that TTL. The rest is the path of a miss (`caller`), built for a
+    client that is wrong or hostile:
 
     - refusals are cached too, for the same TTL (so a key created or enabled since works
       within it): an unknown key, whatever the token, or a live key with a token that is
@@ -193,29 +194,25 @@ class Authenticator:
         self._by_key = FailureThrottle(failures_burst, failures_per_s, clock=clock)
         self._by_network = FailureThrottle(failures_burst, failures_per_s, clock=clock)
 
+    def cached(self, api_key: str, token: str) -> Caller | None:
+        """The caller, if these credentials were checked successfully within the TTL: the
+        hot path, with no I/O and nothing to await. None: ask `caller`."""
+        hit = self._cache.get(hash_secret(api_key) + hash_secret(token))
+        if hit is not None and hit[1] > self._clock():
+            return hit[0]
+        return None
+
     async def caller(
         self, api_key: str, token: str, client: Sequence[Any] | None = None
     ) -> Caller | None:
         """The caller, or None for credentials that are not a live pair. `client`: the
-        client's (host, port), whose failures are counted (with those of the key's prefix);
-        read only on a miss."""
+        client's (host, port), whose failures are counted (with those of the key's prefix)."""
         key_hash, token_hash = hash_secret(api_key), hash_secret(token)
         cache_key = key_hash + token_hash
         hit = self._cache.get(cache_key)
         now = self._clock()
         if hit is not None and hit[1] > now:
             return hit[0]
-        return await self._miss(api_key, client, key_hash, token_hash, now)
-
-    async def _miss(
-        self,
-        api_key: str,
-        client: Sequence[Any] | None,
-        key_hash: bytes,
-        token_hash: bytes,
-        now: float,
-    ) -> Caller | None:
-        cache_key = key_hash + token_hash
         prefix = key_prefix(api_key)
         network = client_network(str(client[0]) if client else None)
         wait, by = max(
