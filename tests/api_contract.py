@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from services.api.domain.model import Order, Product
+from services.api.domain.model import OperatorCredit, Order, Product
 from services.api.service_layer.orders import accepted_event, order_event
 from services.api.service_layer.unit_of_work import UnitOfWork
 from tests.helpers import unique
@@ -142,6 +142,23 @@ class RepositoryContract:
 
             assert await uow.accounts.disable(uuid.uuid4()) is None
             assert not await uow.accounts.enable(uuid.uuid4())
+
+    async def test_an_idempotency_key_is_claimed_once_and_then_names_its_credit(
+        self, new_uow: NewUow
+    ) -> None:
+        account_id = await self.account(new_uow)
+        credit = OperatorCredit(unique("key"), account_id, "USD", Decimal("12.50"))
+        async with new_uow() as uow, uow.transaction():
+            assert await uow.credits.claim(credit) is None
+            # Left without commit: the claim goes with the transaction.
+        async with new_uow() as uow, uow.transaction():
+            assert await uow.credits.claim(credit) is None
+            await uow.commit()
+        async with new_uow() as uow, uow.transaction():
+            earlier = await uow.credits.claim(replace(credit, amount=Decimal("99.00")))
+        assert earlier is not None
+        assert replace(earlier, at=None) == credit
+        assert earlier.at is not None
 
     async def test_a_credit_is_split_over_the_slots_and_a_refund_happens_once(
         self, new_uow: NewUow

@@ -20,6 +20,7 @@ from services.api.domain.model import (
     AccountInfo,
     Credential,
     MoneyMove,
+    OperatorCredit,
     Order,
     OrderHistory,
     Product,
@@ -54,6 +55,7 @@ class State:
     orders: dict[str, Order] = field(default_factory=dict)
     nudged_at: dict[str, datetime] = field(default_factory=dict)
     outbox: list[OutboxRow] = field(default_factory=list)
+    credits: dict[str, OperatorCredit] = field(default_factory=dict)
 
 
 Current = Callable[[], State]
@@ -130,6 +132,18 @@ class FakeCredentials:
             and (e is None or e > _now())
             and state.accounts[a].disabled_at is None
         ]
+
+
+class FakeOperatorCredits:
+    def __init__(self, state: Current) -> None:
+        self._state = state
+
+    async def claim(self, credit: OperatorCredit) -> OperatorCredit | None:
+        credits = self._state().credits
+        if credit.idempotency_key in credits:
+            return credits[credit.idempotency_key]
+        credits[credit.idempotency_key] = replace(credit, at=_now())
+        return None
 
 
 class FakeWallets:
@@ -433,6 +447,7 @@ class FakeUnitOfWork(UnitOfWork):
         self.accounts = FakeAccounts(self._current)
         self.credentials = FakeCredentials(self._current)
         self.wallets = FakeWallets(self._current)
+        self.credits = FakeOperatorCredits(self._current)
         self.products = FakeProducts(self._current)
         self.orders = FakeOrders(self._current)
 

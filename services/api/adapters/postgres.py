@@ -36,6 +36,7 @@ from services.api.domain.model import (
     AccountInfo,
     Credential,
     MoneyMove,
+    OperatorCredit,
     Order,
     OrderHistory,
     Product,
@@ -424,6 +425,39 @@ class PostgresCredentials:
             Credential(r["account_id"], r["kind"], r["secret_hash"], r["rate_limit_per_s"])
             for r in rows
         ]
+
+
+class PostgresOperatorCredits:
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+
+    async def claim(self, credit: OperatorCredit) -> OperatorCredit | None:
+        claimed = await self._conn.fetchval(
+            """
+            INSERT INTO operator_credits (idempotency_key, account_id, currency, amount)
+            VALUES ($1, $2, $3, $4) ON CONFLICT (idempotency_key) DO NOTHING RETURNING 1
+            """,
+            credit.idempotency_key,
+            credit.account_id,
+            credit.currency,
+            credit.amount,
+        )
+        if claimed is not None:
+            return None
+        # Taken: by a committed credit (a concurrent claim waited for its transaction to end).
+        row = await self._conn.fetchrow(
+            "SELECT account_id, currency, amount, created_at FROM operator_credits "
+            "WHERE idempotency_key = $1",
+            credit.idempotency_key,
+        )
+        assert row is not None, "a key that conflicted is there"
+        return OperatorCredit(
+            credit.idempotency_key,
+            row["account_id"],
+            row["currency"].strip(),
+            row["amount"],
+            row["created_at"],
+        )
 
 
 class PostgresWallets:
@@ -839,6 +873,7 @@ class PostgresUnitOfWork(UnitOfWork):
         self.accounts = PostgresAccounts(conn)
         self.credentials = PostgresCredentials(conn)
         self.wallets = PostgresWallets(conn)
+        self.credits = PostgresOperatorCredits(conn)
         self.products = PostgresProducts(conn)
         self.orders = PostgresOrders(conn)
 

@@ -111,6 +111,24 @@ class LedgerEntry(ApiTable, table=True):
     created_at: datetime = defaults_to_now()
 
 
+class OperatorCredit(ApiTable, table=True):
+    """A credit an operator made, by the idempotency key it came with. Written in the
+    credit's transaction, beside its ledger row: the primary key makes "a retried credit is
+    applied once" a database fact, and the row says what a retry must match."""
+
+    __tablename__ = "operator_credits"
+    __table_args__ = (
+        CheckConstraint("length(idempotency_key) BETWEEN 1 AND 200"),
+        CheckConstraint("amount > 0"),
+    )
+
+    idempotency_key: str = Field(primary_key=True, sa_type=Text)
+    account_id: uuid.UUID = Field(foreign_key="accounts.id", sa_type=Uuid)
+    currency: str = Field(sa_type=CURRENCY)
+    amount: Decimal = Field(sa_type=MONEY)
+    created_at: datetime = defaults_to_now()
+
+
 class Product(ApiTable, table=True):
     """The read model of catalog.products: the snapshot as published, and the columns the
     instant path reads."""

@@ -14,7 +14,12 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from services.api import metrics
-from services.api.domain.model import AccountInfo, AccountNotFound
+from services.api.domain.model import (
+    AccountInfo,
+    AccountNotFound,
+    IdempotencyKeyReused,
+    OperatorCredit,
+)
 from services.api.service_layer.throttling import FailureThrottle, client_network, key_prefix
 from services.api.service_layer.unit_of_work import UnitOfWork
 from shared.contracts import utcnow
@@ -71,16 +76,29 @@ async def account(uow: UnitOfWork, account_id: uuid.UUID) -> AccountView:
         return AccountView(found, await uow.wallets.balances(account_id))
 
 
-async def credit_account(
-    uow: UnitOfWork, account_id: uuid.UUID, currency: str, amount: Decimal, slots: int
-) -> list[tuple[str, Decimal]]:
+@dataclass(frozen=True)
+class Credited:
+    balances: list[tuple[str, Decimal]]
+    # True: this credit was applied before, under its key; nothing was added now.
+    replayed: bool
+
+
+async def credit_account(uow: UnitOfWork, credit: OperatorCredit, slots: int) -> Credited:
+    """Adds the operator's credit once per idempotency key: a retry of it (same account,
+    currency and amount) adds nothing and says so; another credit under the key is refused
+    (IdempotencyKeyReused)."""
     async with uow, uow.transaction():
-        if not await uow.accounts.exists(account_id):
+        if not await uow.accounts.exists(credit.account_id):
             raise AccountNotFound()
-        await uow.wallets.credit(account_id, currency, amount, slots)
-        balances = await uow.wallets.balances(account_id)
+        earlier = await uow.credits.claim(credit)
+        if earlier is not None:
+            if not earlier.retried_by(credit):
+                raise IdempotencyKeyReused(earlier)
+            return Credited(await uow.wallets.balances(credit.account_id), replayed=True)
+        await uow.wallets.credit(credit.account_id, credit.currency, credit.amount, slots)
+        balances = await uow.wallets.balances(credit.account_id)
         await uow.commit()
-    return balances
+    return Credited(balances, replayed=False)
 
 
 async def rotate_token(

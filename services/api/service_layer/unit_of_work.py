@@ -21,7 +21,14 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from services.api.domain.model import AccountInfo, Credential, Order, OrderHistory, Product
+from services.api.domain.model import (
+    AccountInfo,
+    Credential,
+    OperatorCredit,
+    Order,
+    OrderHistory,
+    Product,
+)
 from shared.contracts import CancelReason, Message
 
 # (transaction id, stock id, sealed code): a code inventory sold to an order.
@@ -105,6 +112,14 @@ class Wallets(Protocol):
     ) -> bool:
         """Takes `amount` from all slots together and spreads the rest evenly
         (domain.model.rebalanced); False, nothing taken, when the balance is below it."""
+        ...
+
+
+class OperatorCredits(Protocol):
+    async def claim(self, credit: OperatorCredit) -> OperatorCredit | None:
+        """Records `credit` under its idempotency key, unless the key is taken: None when it
+        was recorded now (apply the credit in this same transaction), else the credit that
+        holds the key. A concurrent claim of the key waits for this transaction to end."""
         ...
 
 
@@ -226,6 +241,7 @@ class UnitOfWork(abc.ABC):
     accounts: Accounts
     credentials: Credentials
     wallets: Wallets
+    credits: OperatorCredits
     products: Products
     orders: Orders
 
