@@ -2,6 +2,7 @@
 api service's admin endpoints."""
 
 import argparse
+import uuid
 from decimal import Decimal, InvalidOperation
 
 from shared.cli.common import AdminClient, emit, fail, progress
@@ -30,10 +31,19 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     )
     create.set_defaults(func=cmd_create)
 
-    credit = actions.add_parser("credit", help="add money to one currency balance")
+    credit = actions.add_parser(
+        "credit",
+        help="add money to one currency balance, once: prints its idempotency key on stderr; "
+        "to retry the same credit (after a timeout, say), pass that key back",
+    )
     credit.add_argument("account_id")
     credit.add_argument("--amount", required=True)
     credit.add_argument("--currency", required=True)
+    credit.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="the key printed by the credit to retry (default: a new one, for a new credit)",
+    )
     credit.set_defaults(func=cmd_credit)
 
     rotate = actions.add_parser(
@@ -101,7 +111,22 @@ def cmd_create(args: argparse.Namespace) -> None:
 
 def cmd_credit(args: argparse.Namespace) -> None:
     body = {"amount": _amount(args.amount), "currency": _currency(args.currency)}
-    emit(AdminClient("api").call("POST", f"/admin/accounts/{args.account_id}/credit", json=body))
+    key = args.idempotency_key or f"cli-{uuid.uuid4()}"
+    if not 1 <= len(key) <= 200 or not all("!" <= c <= "~" for c in key):
+        fail(f"--idempotency-key {key!r}: use 1 to 200 printable characters without spaces")
+    progress(
+        f"idempotency key: {key} (if this credit's outcome is unknown, run it again with "
+        f"--idempotency-key {key}: it is applied once)"
+    )
+    done = AdminClient("api").call(
+        "POST",
+        f"/admin/accounts/{args.account_id}/credit",
+        json=body,
+        headers={"Idempotency-Key": key},
+    )
+    emit(done)
+    if done["replayed"]:
+        progress("This credit was applied before, with this key: nothing was added now.")
 
 
 def cmd_rotate(args: argparse.Namespace) -> None:

@@ -8,12 +8,14 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Header, Path, Request
 from pydantic import BaseModel, Field
 
 from services.api.domain.model import (
     AccountNotFound,
+    IdempotencyKeyReused,
     IllegalTransition,
+    OperatorCredit,
     OrderHistory,
     OrderNotFound,
 )
@@ -93,17 +95,72 @@ async def get_account(account_id: uuid.UUID, svc: Services) -> dict[str, Any]:
     )
 
 
+IDEMPOTENCY_KEY = r"^[!-~]{1,200}$"  # printable ASCII, no spaces
+IDEMPOTENCY_KEY_MISSING = ApiError(
+    400,
+    "IDEMPOTENCY_KEY_MISSING",
+    "Send an Idempotency-Key header with every credit (1 to 200 printable characters, no "
+    "spaces): a new value for a new credit, the same one to retry it, so that it is applied "
+    "once. `instant-orders accounts credit` makes one and prints it.",
+)
+
+
+def key_reused(earlier: OperatorCredit) -> ApiError:
+    return ApiError(
+        409,
+        "IDEMPOTENCY_KEY_REUSED",
+        f"Idempotency key {earlier.idempotency_key!r} was used for a credit of "
+        f"{earlier.amount:.2f} {earlier.currency} to account {earlier.account_id}: a retry "
+        "must send that same account, amount and currency. For another credit, send a new key "
+        "(the CLI makes one unless given --idempotency-key).",
+        extra={
+            "earlier": {
+                "accountId": str(earlier.account_id),
+                "amount": f"{earlier.amount:.2f}",
+                "currency": earlier.currency,
+                "at": _iso_or_none(earlier.at),
+            }
+        },
+    )
+
+
 @router.post("/accounts/{account_id}/credit")
 async def credit(
-    account_id: uuid.UUID, body: MoneyIn, request: Request, svc: Services
+    account_id: uuid.UUID,
+    body: MoneyIn,
+    request: Request,
+    svc: Services,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", pattern=IDEMPOTENCY_KEY)
+    ] = None,
 ) -> dict[str, Any]:
+    """Applied once per Idempotency-Key: a retry answers as the first time did, with the
+    balances as they are now and `replayed: true`."""
+    if idempotency_key is None:
+        raise IDEMPOTENCY_KEY_MISSING
+    wanted = OperatorCredit(idempotency_key, account_id, body.currency, body.amount)
     try:
-        rows = await accounts.credit_account(
-            svc.new_uow(), account_id, body.currency, body.amount, _slots(request)
-        )
+        done = await accounts.credit_account(svc.new_uow(), wanted, _slots(request))
     except AccountNotFound:
         raise ACCOUNT_NOT_FOUND from None
-    return ok({"accountId": str(account_id), "balances": _balances(rows)})
+    except IdempotencyKeyReused as exc:
+        raise key_reused(exc.earlier) from None
+    if not done.replayed:
+        log.info(
+            "account %s credited %s %s by an operator (idempotency key %s)",
+            account_id,
+            f"{body.amount:.2f}",
+            body.currency,
+            idempotency_key,
+        )
+    return ok(
+        {
+            "accountId": str(account_id),
+            "balances": _balances(done.balances),
+            "idempotencyKey": idempotency_key,
+            "replayed": done.replayed,
+        }
+    )
 
 
 @router.post("/accounts/{account_id}/rotate-token")
