@@ -48,7 +48,7 @@ AUTH_LOOKUPS = Counter(
     "auth_lookups_total",
     "Credential checks the cache of successes did not answer, by what answered: `database` "
     "(one query), `refused_cache` (refused within API_AUTH_CACHE_TTL_S: no query), `busy` "
-    "(API_AUTH_MAX_LOOKUPS queries already running for a second: answered 503).",
+    "(every lookup slot it could use stayed taken for a second: answered 503).",
     ["answer"],
 )
 # Their series, created at start (an alert sees 0, not nothing) and bound once (a flood of

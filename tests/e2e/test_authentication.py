@@ -244,8 +244,8 @@ async def test_lookups_held_up_leave_the_pool_to_orders(
                 async def lookups_waiting() -> int:
                     return int(await observer.fetchval(LOOKUPS_WAITING))
 
-                async def saturated() -> bool:
-                    return await lookups_waiting() >= MAX_LOOKUPS
+                async def saturated() -> bool:  # a process's slots for new credentials
+                    return await lookups_waiting() >= MAX_LOOKUPS - MAX_LOOKUPS // 2
 
                 await wait_until(saturated, message="lookups waiting on the lock")
                 for _ in range(5):

@@ -16,6 +16,7 @@ import pytest
 from services.api.domain.model import AccountNotFound, Credential
 from services.api.service_layer import accounts, throttling
 from services.api.service_layer.unit_of_work import UnitOfWork
+from shared.crypto import hash_secret
 from tests.api_fakes import FakeCredentials, FakeStore
 from tests.helpers import wait_until
 
@@ -88,6 +89,7 @@ class Lookups:
         self.store = store
         self.count = self.running = self.most_at_once = 0
         self.gate: asyncio.Event | None = None
+        self.ungated: set[bytes] = set()  # API keys (hashed) the gate lets through
 
     def uow(self) -> UnitOfWork:
         lookups, uow = self, self.store.uow()
@@ -99,7 +101,7 @@ class Lookups:
                 lookups.running += 1
                 lookups.most_at_once = max(lookups.most_at_once, lookups.running)
                 try:
-                    if lookups.gate is not None:
+                    if lookups.gate is not None and api_key_hash not in lookups.ungated:
                         await lookups.gate.wait()
                     return await live(self, api_key_hash, token_hash)
                 finally:
@@ -239,7 +241,8 @@ async def test_one_lookup_per_pair_however_many_ask_at_once() -> None:
 async def test_lookups_run_at_most_max_lookups_at_once_and_a_check_waits_a_bound() -> None:
     store, clock = FakeStore(), Clock()
     lookups = Lookups(store)
-    auth = authenticator(lookups, clock, max_lookups=2, lookup_wait_s=0.05)
+    # 4: 2 for credentials never seen to work, 2 kept for renewals
+    auth = authenticator(lookups, clock, max_lookups=4, lookup_wait_s=0.05)
     lookups.gate = asyncio.Event()
 
     flood = [
@@ -255,3 +258,27 @@ async def test_lookups_run_at_most_max_lookups_at_once_and_a_check_waits_a_bound
     assert lookups.most_at_once == 2
     assert None in answers
     assert all(a is None or isinstance(a, accounts.AuthenticationBusy) for a in answers)
+
+
+async def test_a_client_whose_check_expired_is_checked_again_ahead_of_a_flood() -> None:
+    store, clock = FakeStore(), Clock()
+    lookups = Lookups(store)
+    auth = authenticator(lookups, clock, max_lookups=2, lookup_wait_s=0.05, failures_burst=1)
+    pair = await issued(store)
+    assert await auth.caller(pair.api_key, pair.access_token, HERE) is not None
+    assert await auth.caller("ak_1guessed", "tk_x", HERE) is None  # HERE is throttled now
+    lookups.gate = asyncio.Event()
+    lookups.ungated.add(hash_secret(pair.api_key))
+    flood = [
+        asyncio.create_task(auth.caller(f"ak_{n}flooding", "tk_x", (f"10.2.0.{n}", 1)))
+        for n in range(4)
+    ]
+    await wait_until(lambda: lookups.running == 1)  # the one slot for new credentials
+    clock.now += 5  # the client's check expires
+
+    renewed = await auth.caller(pair.api_key, pair.access_token, HERE)
+
+    assert renewed is not None
+    assert renewed.account_id == pair.account_id
+    lookups.gate.set()
+    await asyncio.gather(*flood, return_exceptions=True)

@@ -167,6 +167,22 @@ class _Refused:
     until: float
 
 
+@dataclass(frozen=True)
+class _Check:
+    """A check the cache of successes did not answer."""
+
+    key_hash: bytes
+    token_hash: bytes
+    began: float  # what it learns is remembered until `began` + the TTL
+    prefix: str  # of the API key, and the client's network: whose failure it is
+    network: str
+    renewal: bool  # of a pair that succeeded before
+
+    @property
+    def pair(self) -> bytes:
+        return self.key_hash + self.token_hash
+
+
 class Authenticator:
     """Checks the x-api-key + Bearer token pair. Both must be live and of the same account.
 
@@ -183,9 +199,11 @@ class Authenticator:
       network; past `FailureThrottle`'s allowance, a miss is refused (LoginsThrottled)
       before anything is looked up;
     - concurrent checks of one pair share one query, and at most `max_lookups` queries run
-      at once (a semaphore taken before the pool's connection): whatever the flood of
-      unknown credentials, the rest of the pool stays for orders. A check that cannot start
-      within `lookup_wait_s` raises AuthenticationBusy.
+      at once (semaphores taken before the pool's connection): whatever the flood of
+      unknown credentials, the rest of the pool stays for orders. Half of them are kept for
+      pairs whose success has just expired (the clients that are ordering), which are
+      neither throttled nor queued behind the flood. A check that cannot start within
+      `lookup_wait_s` raises AuthenticationBusy.
     """
 
     def __init__(
@@ -207,7 +225,10 @@ class Authenticator:
         self._cache: OrderedDict[bytes, tuple[Caller, float]] = OrderedDict()
         self._refused: OrderedDict[bytes, _Refused] = OrderedDict()
         self._pending: dict[bytes, asyncio.Task[Caller | _Refused]] = {}
-        self._lookups = asyncio.Semaphore(max_lookups)
+        # Half the lookups (rounded down) are kept for renewals of pairs that succeeded before.
+        renewals = max_lookups // 2
+        self._lookups = asyncio.Semaphore(max_lookups - renewals)
+        self._renewals = asyncio.Semaphore(renewals) if renewals else self._lookups
         self._lookup_wait_s = lookup_wait_s
         self._by_key = FailureThrottle(failures_burst, failures_per_s, clock=clock)
         self._by_network = FailureThrottle(failures_burst, failures_per_s, clock=clock)
@@ -231,15 +252,19 @@ class Authenticator:
         now = self._clock()
         if hit is not None and hit[1] > now:
             return hit[0]
+        # A pair whose success has expired (still remembered) is checked again ahead of the
+        # rest: it is no guess, so neither throttled nor queued behind a flood of them.
+        renewal = hit is not None
         prefix = key_prefix(api_key)
         network = client_network(str(client[0]) if client else None)
-        wait, by = max(
-            (self._by_key.wait_s(prefix), "key_prefix"),
-            (self._by_network.wait_s(network), "address"),
-        )
-        if wait > 0:
-            metrics.AUTH_THROTTLED_BY[by].inc()
-            raise LoginsThrottled(wait, by)
+        if not renewal:
+            wait, by = max(
+                (self._by_key.wait_s(prefix), "key_prefix"),
+                (self._by_network.wait_s(network), "address"),
+            )
+            if wait > 0:
+                metrics.AUTH_THROTTLED_BY[by].inc()
+                raise LoginsThrottled(wait, by)
         by_key, by_pair = self._refused.get(key_hash), self._refused.get(cache_key)
         if (by_key is not None and by_key.until > now) or (
             by_pair is not None and by_pair.until > now
@@ -249,7 +274,8 @@ class Authenticator:
             metrics.AUTH_REFUSED_FROM_CACHE.inc()
             metrics.AUTH_INVALID.inc()
             return None
-        verdict = await self._look_up_once(key_hash, token_hash, now, prefix, network)
+        check = _Check(key_hash, token_hash, now, prefix, network, renewal)
+        verdict = await self._look_up_once(check)
         if isinstance(verdict, Caller):
             return verdict
         metrics.AUTH_INVALID.inc()
@@ -266,18 +292,15 @@ class Authenticator:
         if self._by_network.failed(network):
             log.warning("failed authentications throttled for client network %s", network)
 
-    async def _look_up_once(
-        self, key_hash: bytes, token_hash: bytes, now: float, prefix: str, network: str
-    ) -> Caller | _Refused:
+    async def _look_up_once(self, check: _Check) -> Caller | _Refused:
         """One query per pair however many requests ask at once (a refusal counts as one
         failure, of the request that asked first); a request that gives up waiting (its
         client left) does not cancel it for the others."""
-        cache_key = key_hash + token_hash
-        pending = self._pending.get(cache_key)
+        pending = self._pending.get(check.pair)
         if pending is None:
-            pending = asyncio.create_task(self._look_up(key_hash, token_hash, now, prefix, network))
-            self._pending[cache_key] = pending
-            pending.add_done_callback(functools.partial(self._looked_up, cache_key))
+            pending = asyncio.create_task(self._look_up(check))
+            self._pending[check.pair] = pending
+            pending.add_done_callback(functools.partial(self._looked_up, check.pair))
         return await asyncio.shield(pending)
 
     def _looked_up(self, cache_key: bytes, task: "asyncio.Task[Caller | _Refused]") -> None:
@@ -285,12 +308,12 @@ class Authenticator:
         if not task.cancelled():
             task.exception()  # retrieved: every waiter may have left
 
-    async def _look_up(
-        self, key_hash: bytes, token_hash: bytes, now: float, prefix: str, network: str
-    ) -> Caller | _Refused:
+    async def _look_up(self, check: _Check) -> Caller | _Refused:
+        key_hash, token_hash = check.key_hash, check.token_hash
+        slots = self._renewals if check.renewal else self._lookups
         try:
             async with asyncio.timeout(self._lookup_wait_s):
-                await self._lookups.acquire()
+                await slots.acquire()
         except TimeoutError:
             metrics.AUTH_LOOKUPS_BUSY.inc()
             raise AuthenticationBusy() from None
@@ -299,7 +322,7 @@ class Authenticator:
             async with self._new_uow() as uow:
                 live = await uow.credentials.live(key_hash, token_hash)
         finally:
-            self._lookups.release()
+            slots.release()
         key_owner = token_owner = limit = None
         for found in live:
             if found.kind == "API_KEY" and hmac.compare_digest(found.secret_hash, key_hash):
@@ -307,13 +330,14 @@ class Authenticator:
             elif found.kind == "TOKEN" and hmac.compare_digest(found.secret_hash, token_hash):
                 token_owner = found.account_id
         # Entries expire `ttl` after the lookup began: nothing it saw is kept longer than that.
-        until, cache_key = now + self._ttl, key_hash + token_hash
+        until, cache_key = check.began + self._ttl, check.pair
         if key_owner is None or key_owner != token_owner:
             refused = _Refused(key_owner, until)
             # An unknown key is refused whatever the token: remembered by the key alone.
             where = key_hash if key_owner is None else cache_key
             _remember(self._refused, where, refused, self._max)
-            self._count_failure(prefix, network, key_owner)
+            self._cache.pop(cache_key, None)  # no longer a pair to renew
+            self._count_failure(check.prefix, check.network, key_owner)
             return refused
         caller = Caller(key_owner, float(limit) if limit is not None else None)
         _remember(self._cache, cache_key, (caller, until), self._max)
