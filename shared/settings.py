@@ -88,12 +88,31 @@ class ApiSettings(CommonSettings):
     decision_window_ms: int = Field(500, alias="ORDERS_DECISION_WINDOW_MS", ge=10, le=5000)
     wallet_slots: int = Field(16, alias="API_WALLET_SLOTS", ge=1, le=256)
     max_body_bytes: int = Field(16 * 1024, alias="API_MAX_BODY_BYTES", ge=1024)
-    auth_cache_ttl_s: float = Field(5.0, alias="API_AUTH_CACHE_TTL_S", ge=0)
+    # How long a successful check is reused: the bound on how late a revoked or disabled
+    # credential can still be accepted.
+    auth_cache_ttl_s: float = Field(5.0, alias="API_AUTH_CACHE_TTL_S", ge=0, le=5)
+    # Failed authentications allowed per API-key prefix and per client network before they
+    # are answered 429 (a bucket of this many, refilled at the rate).
+    auth_failure_burst: int = Field(20, alias="API_AUTH_FAILURE_BURST", ge=1, le=100_000)
+    auth_failure_rate_per_s: float = Field(1.0, alias="API_AUTH_FAILURE_RATE_PER_S", gt=0)
+    # Credential lookups (cache misses) running at once per process: the most connections
+    # authentication can hold, whatever it is sent. Below DB_POOL_SIZE.
+    auth_max_lookups: int = Field(4, alias="API_AUTH_MAX_LOOKUPS", ge=1, le=64)
     rate_limit_per_s: float = Field(2000.0, alias="API_RATE_LIMIT_PER_S", gt=0)
     rate_limit_burst: int = Field(4000, alias="API_RATE_LIMIT_BURST", ge=1)
     max_in_flight: int = Field(256, alias="API_MAX_IN_FLIGHT", ge=1, le=100_000)
     nudge_after_s: float = Field(30.0, alias="API_NUDGE_AFTER_S", gt=0)
     nudge_interval_s: float = Field(5.0, alias="API_NUDGE_INTERVAL_S", gt=0)
+
+    @model_validator(mode="after")
+    def _leave_the_pool_to_orders(self) -> Self:
+        if self.auth_max_lookups >= self.db_pool_size:
+            raise ValueError(
+                f"API_AUTH_MAX_LOOKUPS ({self.auth_max_lookups}) must be below DB_POOL_SIZE "
+                f"({self.db_pool_size}): the connections authentication cannot take are the "
+                "ones orders are sure to get. Lower the one or raise the other."
+            )
+        return self
 
 
 class InventorySettings(CommonSettings):

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from services.api.domain.model import Order, Product
+from services.api.domain.model import OperatorCredit, Order, Product
 from services.api.service_layer.orders import accepted_event, order_event
 from services.api.service_layer.unit_of_work import UnitOfWork
 from tests.helpers import unique
@@ -107,6 +107,58 @@ class RepositoryContract:
             await uow.commit()
         async with new_uow() as uow:
             assert [c.kind for c in await uow.credentials.live(key, token)] == ["API_KEY"]
+
+    async def test_revoked_tokens_and_a_disabled_account_are_not_live(
+        self, new_uow: NewUow
+    ) -> None:
+        key, token, later = (uuid.uuid4().bytes * 2 for _ in range(3))
+        async with new_uow() as uow, uow.transaction():
+            account_id = await uow.accounts.add("Acme", None)
+            await uow.credentials.add(account_id, "API_KEY", key, None)
+            await uow.credentials.add(account_id, "TOKEN", token, None)
+            await uow.commit()
+        async with new_uow() as uow, uow.transaction():
+            assert await uow.credentials.revoke_tokens(account_id) == 1
+            assert await uow.credentials.revoke_tokens(account_id) == 0  # none live any more
+            await uow.credentials.add(account_id, "TOKEN", later, None)
+            await uow.commit()
+        async with new_uow() as uow:
+            assert [c.kind for c in await uow.credentials.live(key, token)] == ["API_KEY"]
+            assert {c.kind for c in await uow.credentials.live(key, later)} == {"API_KEY", "TOKEN"}
+
+            disabled_at = await uow.accounts.disable(account_id)
+            assert disabled_at is not None
+            assert await uow.accounts.disable(account_id) == disabled_at  # the first one stays
+            assert await uow.credentials.live(key, later) == []
+            info = await uow.accounts.get(account_id)
+            assert info is not None
+            assert info.disabled_at == disabled_at
+
+            assert await uow.accounts.enable(account_id)
+            assert {c.kind for c in await uow.credentials.live(key, later)} == {"API_KEY", "TOKEN"}
+            info = await uow.accounts.get(account_id)
+            assert info is not None
+            assert info.disabled_at is None
+
+            assert await uow.accounts.disable(uuid.uuid4()) is None
+            assert not await uow.accounts.enable(uuid.uuid4())
+
+    async def test_an_idempotency_key_is_claimed_once_and_then_names_its_credit(
+        self, new_uow: NewUow
+    ) -> None:
+        account_id = await self.account(new_uow)
+        credit = OperatorCredit(unique("key"), account_id, "USD", Decimal("12.50"))
+        async with new_uow() as uow, uow.transaction():
+            assert await uow.credits.claim(credit) is None
+            # Left without commit: the claim goes with the transaction.
+        async with new_uow() as uow, uow.transaction():
+            assert await uow.credits.claim(credit) is None
+            await uow.commit()
+        async with new_uow() as uow, uow.transaction():
+            earlier = await uow.credits.claim(replace(credit, amount=Decimal("99.00")))
+        assert earlier is not None
+        assert replace(earlier, at=None) == credit
+        assert earlier.at is not None
 
     async def test_a_credit_is_split_over_the_slots_and_a_refund_happens_once(
         self, new_uow: NewUow

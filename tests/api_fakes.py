@@ -11,7 +11,7 @@ import copy
 import random
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -20,6 +20,7 @@ from services.api.domain.model import (
     AccountInfo,
     Credential,
     MoneyMove,
+    OperatorCredit,
     Order,
     OrderHistory,
     Product,
@@ -54,6 +55,7 @@ class State:
     orders: dict[str, Order] = field(default_factory=dict)
     nudged_at: dict[str, datetime] = field(default_factory=dict)
     outbox: list[OutboxRow] = field(default_factory=list)
+    credits: dict[str, OperatorCredit] = field(default_factory=dict)
 
 
 Current = Callable[[], State]
@@ -79,6 +81,20 @@ class FakeAccounts:
     async def get(self, account_id: uuid.UUID) -> AccountInfo | None:
         return self._state().accounts.get(account_id)
 
+    async def disable(self, account_id: uuid.UUID) -> datetime | None:
+        account = self._state().accounts.get(account_id)
+        if account is None:
+            return None
+        if account.disabled_at is None:
+            account = self._state().accounts[account_id] = replace(account, disabled_at=_now())
+        return account.disabled_at
+
+    async def enable(self, account_id: uuid.UUID) -> bool:
+        account = self._state().accounts.get(account_id)
+        if account is not None:
+            self._state().accounts[account_id] = replace(account, disabled_at=None)
+        return account is not None
+
 
 class FakeCredentials:
     def __init__(self, state: Current) -> None:
@@ -97,13 +113,37 @@ class FakeCredentials:
             for a, k, h, e in self._state().credentials
         ]
 
+    async def revoke_tokens(self, account_id: uuid.UUID) -> int:
+        now, ended = _now(), 0
+        kept = []
+        for a, k, h, e in self._state().credentials:
+            if a == account_id and k == "TOKEN" and (e is None or e > now):
+                e, ended = now, ended + 1
+            kept.append((a, k, h, e))
+        self._state().credentials = kept
+        return ended
+
     async def live(self, api_key_hash: bytes, token_hash: bytes) -> list[Credential]:
         state = self._state()
         return [
             Credential(a, k, h, state.rate_limits.get(a))
             for a, k, h, e in state.credentials
-            if h in (api_key_hash, token_hash) and (e is None or e > _now())
+            if h in (api_key_hash, token_hash)
+            and (e is None or e > _now())
+            and state.accounts[a].disabled_at is None
         ]
+
+
+class FakeOperatorCredits:
+    def __init__(self, state: Current) -> None:
+        self._state = state
+
+    async def claim(self, credit: OperatorCredit) -> OperatorCredit | None:
+        credits = self._state().credits
+        if credit.idempotency_key in credits:
+            return credits[credit.idempotency_key]
+        credits[credit.idempotency_key] = replace(credit, at=_now())
+        return None
 
 
 class FakeWallets:
@@ -433,6 +473,7 @@ class FakeUnitOfWork(UnitOfWork):
         self.accounts = FakeAccounts(self._current)
         self.credentials = FakeCredentials(self._current)
         self.wallets = FakeWallets(self._current)
+        self.credits = FakeOperatorCredits(self._current)
         self.products = FakeProducts(self._current)
         self.orders = FakeOrders(self._current)
 

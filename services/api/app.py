@@ -61,7 +61,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 decision_window_s=settings.decision_window_ms / 1000,
                 max_in_flight=settings.max_in_flight,
             ),
-            auth=Authenticator(new_uow, settings.auth_cache_ttl_s),
+            auth=Authenticator(
+                new_uow,
+                settings.auth_cache_ttl_s,
+                max_lookups=settings.auth_max_lookups,
+                failures_burst=settings.auth_failure_burst,
+                failures_per_s=settings.auth_failure_rate_per_s,
+            ),
             vault=vault,
             limiter=http.RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
         )

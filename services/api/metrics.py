@@ -31,6 +31,36 @@ ORDER_TRANSITIONS = Counter(
 )
 REFUNDS = Counter("orders_refunds_total", "Cancelled orders refunded.", ["currency"])
 
+# Authentication. A check the cache of successes answers (nearly every request of a working
+# client) is not counted: it must stay as cheap as it is.
+AUTH_FAILURES = Counter(
+    "auth_failures_total",
+    "Requests answered 401, by reason: `missing` (no or malformed credential headers) or "
+    "`invalid` (not a live pair of one account: unknown, expired, revoked, of a disabled "
+    "account, or of two accounts).",
+    ["reason"],
+)
+AUTH_THROTTLED = Counter(
+    "auth_throttled_total",
+    "Requests answered 429 without a lookup because too many authentications failed lately "
+    "from their client network (`address`) or with their API key's prefix (`key_prefix`).",
+    ["by"],
+)
+AUTH_LOOKUPS = Counter(
+    "auth_lookups_total",
+    "Credential checks the cache of successes did not answer, by what answered: `database` "
+    "(one query), `refused_cache` (refused within API_AUTH_CACHE_TTL_S: no query), `busy` "
+    "(every lookup slot it could use stayed taken for a second: answered 503).",
+    ["answer"],
+)
+# Their series, created at start (an alert sees 0, not nothing) and bound once (a flood of
+# wrong credentials pays no label lookup).
+AUTH_MISSING, AUTH_INVALID = (AUTH_FAILURES.labels(r) for r in ("missing", "invalid"))
+AUTH_THROTTLED_BY = {by: AUTH_THROTTLED.labels(by) for by in ("address", "key_prefix")}
+AUTH_LOOKED_UP, AUTH_REFUSED_FROM_CACHE, AUTH_LOOKUPS_BUSY = (
+    AUTH_LOOKUPS.labels(a) for a in ("database", "refused_cache", "busy")
+)
+
 # The order read model, refreshed every few seconds by the api (see app.py). An order waits
 # for inventory's decision for milliseconds; a backordered order waits for stock, up to its
 # product's backorder deadline. An old order awaiting a decision is a stuck order.

@@ -1,9 +1,11 @@
-"""`accounts create | credit | rotate-token | show`: wrap the api service's admin endpoints."""
+"""`accounts create | credit | rotate-token | revoke-token | disable | enable | show`: wrap the
+api service's admin endpoints."""
 
 import argparse
+import uuid
 from decimal import Decimal, InvalidOperation
 
-from shared.cli.common import AdminClient, emit, fail
+from shared.cli.common import AdminClient, emit, fail, progress
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -29,10 +31,19 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     )
     create.set_defaults(func=cmd_create)
 
-    credit = actions.add_parser("credit", help="add money to one currency balance")
+    credit = actions.add_parser(
+        "credit",
+        help="add money to one currency balance, once: prints its idempotency key on stderr; "
+        "to retry the same credit (after a timeout, say), pass that key back",
+    )
     credit.add_argument("account_id")
     credit.add_argument("--amount", required=True)
     credit.add_argument("--currency", required=True)
+    credit.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="the key printed by the credit to retry (default: a new one, for a new credit)",
+    )
     credit.set_defaults(func=cmd_credit)
 
     rotate = actions.add_parser(
@@ -41,6 +52,24 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     rotate.add_argument("account_id")
     rotate.add_argument("--grace-seconds", type=int, default=900)
     rotate.set_defaults(func=cmd_rotate)
+
+    revoke = actions.add_parser(
+        "revoke-token",
+        help="end every access token of the account now; its API key keeps working (issue a "
+        "new token with rotate-token)",
+    )
+    revoke.add_argument("account_id")
+    revoke.set_defaults(func=cmd_account_action, path="revoke-token")
+
+    disable = actions.add_parser(
+        "disable", help="no credential of the account authenticates any more (undo: enable)"
+    )
+    disable.add_argument("account_id")
+    disable.set_defaults(func=cmd_account_action, path="disable")
+
+    enable = actions.add_parser("enable", help="undo disable: the account's credentials work again")
+    enable.add_argument("account_id")
+    enable.set_defaults(func=cmd_account_action, path="enable")
 
     show = actions.add_parser("show", help="an account and its balances")
     show.add_argument("account_id")
@@ -82,7 +111,22 @@ def cmd_create(args: argparse.Namespace) -> None:
 
 def cmd_credit(args: argparse.Namespace) -> None:
     body = {"amount": _amount(args.amount), "currency": _currency(args.currency)}
-    emit(AdminClient("api").call("POST", f"/admin/accounts/{args.account_id}/credit", json=body))
+    key = args.idempotency_key or f"cli-{uuid.uuid4()}"
+    if not 1 <= len(key) <= 200 or not all("!" <= c <= "~" for c in key):
+        fail(f"--idempotency-key {key!r}: use 1 to 200 printable characters without spaces")
+    progress(
+        f"idempotency key: {key} (if this credit's outcome is unknown, run it again with "
+        f"--idempotency-key {key}: it is applied once)"
+    )
+    done = AdminClient("api").call(
+        "POST",
+        f"/admin/accounts/{args.account_id}/credit",
+        json=body,
+        headers={"Idempotency-Key": key},
+    )
+    emit(done)
+    if done["replayed"]:
+        progress("This credit was applied before, with this key: nothing was added now.")
 
 
 def cmd_rotate(args: argparse.Namespace) -> None:
@@ -92,6 +136,15 @@ def cmd_rotate(args: argparse.Namespace) -> None:
             f"/admin/accounts/{args.account_id}/rotate-token",
             json={"graceSeconds": args.grace_seconds},
         )
+    )
+
+
+def cmd_account_action(args: argparse.Namespace) -> None:
+    done = AdminClient("api").call("POST", f"/admin/accounts/{args.account_id}/{args.path}")
+    emit(done)
+    progress(
+        f"Takes effect on every api process within {done['effectiveWithinSeconds']:g} s "
+        "(API_AUTH_CACHE_TTL_S)."
     )
 
 

@@ -94,6 +94,42 @@ async def test_provisioned_with_the_cli_an_order_completes_at_once(
         assert (await client.get("/v2/balances", headers=fresh)).status_code == 200
 
 
+async def test_a_credit_retried_with_its_printed_key_is_applied_once(stack: Stack) -> None:
+    account, _ = await cli("accounts", "create", "--name", "CLI credited")
+    args = ("accounts", "credit", account["accountId"], "--amount", "7.00", "--currency", "USD")
+
+    first, said = await cli(*args)
+
+    [key] = [word for word in said.split() if word.startswith("cli-")][:1]
+    assert f"--idempotency-key {key}" in said
+    again, said_again = await cli(*args, "--idempotency-key", key)
+    assert (first["replayed"], again["replayed"]) == (False, True)
+    assert "nothing was added" in said_again
+    assert again["balances"] == [{"balance": "7.00", "currency": "USD"}]
+    _, refused = await cli(
+        "accounts", "credit", account["accountId"], "--amount", "8.00", "--currency", "USD",
+        "--idempotency-key", key, expect_ok=False,
+    )  # fmt: skip
+    assert "IDEMPOTENCY_KEY_REUSED" in refused
+    assert "7.00 USD" in refused
+
+
+async def test_operators_revoke_tokens_and_disable_accounts_with_the_cli(stack: Stack) -> None:
+    account, _ = await cli("accounts", "create", "--name", "CLI revoked")
+    account_id = account["accountId"]
+
+    revoked, said = await cli("accounts", "revoke-token", account_id)
+    assert revoked["tokensRevoked"] == 1
+    assert "within" in said
+    disabled, _ = await cli("accounts", "disable", account_id)
+    shown, _ = await cli("accounts", "show", account_id)
+    assert shown["disabledAt"] == disabled["disabledAt"] is not None
+    enabled, _ = await cli("accounts", "enable", account_id)
+    assert enabled["disabledAt"] is None
+    shown, _ = await cli("accounts", "show", account_id)
+    assert shown["disabledAt"] is None
+
+
 async def test_cli_errors_say_what_to_do(stack: Stack) -> None:
     _, err = await cli(
         "accounts",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -12,10 +13,13 @@ from typing import Any
 import pytest
 
 from services.api.domain.model import (
+    AccountNotFound,
     CreateInstantOrder,
     DuplicateClientOrderNumber,
+    IdempotencyKeyReused,
     IllegalTransition,
     InsufficientBalance,
+    OperatorCredit,
     Order,
     OrderNotFound,
 )
@@ -370,6 +374,33 @@ async def test_an_operator_cancels_an_order_through_inventory_never_a_final_one(
         await orders.cancel_by_operator(store.uow(), order.transaction_id)
 
 
+async def test_an_operators_credit_is_applied_once_per_idempotency_key() -> None:
+    store = FakeStore()
+    account_id = await funded(store, "1.00")
+    credit = OperatorCredit("op-7f3a", account_id, "USD", Decimal("10.00"))
+
+    first = await accounts.credit_account(store.uow(), credit, SLOTS)
+    again = await accounts.credit_account(store.uow(), replace(credit, amount=Decimal("10")), SLOTS)
+
+    assert (first.replayed, again.replayed) == (False, True)
+    assert first.balances == again.balances == [("USD", Decimal("11.00"))]
+    for other in (
+        replace(credit, amount=Decimal("10.01")),
+        replace(credit, currency="EUR"),
+        replace(credit, account_id=await funded(store, "1.00")),
+    ):
+        with pytest.raises(IdempotencyKeyReused) as reused:
+            await accounts.credit_account(store.uow(), other, SLOTS)
+        assert reused.value.earlier.amount == Decimal("10.00")
+    async with store.uow() as uow:
+        assert await uow.wallets.balances(account_id) == [("USD", Decimal("11.00"))]
+    with pytest.raises(AccountNotFound):  # and the key stays free
+        await accounts.credit_account(
+            store.uow(), replace(credit, idempotency_key="op-new", account_id=uuid.uuid4()), SLOTS
+        )
+    assert "op-new" not in store.state.credits
+
+
 async def test_an_account_authenticates_with_both_secrets_until_its_token_rotates() -> None:
     store = FakeStore()
     issued, balances = await accounts.create_account(
@@ -389,8 +420,9 @@ async def test_an_account_authenticates_with_both_secrets_until_its_token_rotate
         (a, k, h, e - timedelta(seconds=1) if e else e) for a, k, h, e in store.state.credentials
     ]
     assert await auth.caller(issued.api_key, issued.access_token) is None
-    assert await accounts.credit_account(
-        store.uow(), issued.account_id, "USD", Decimal("1.00"), SLOTS
-    ) == [("USD", Decimal("4.00"))]
+    credited = await accounts.credit_account(
+        store.uow(), OperatorCredit("key-1", issued.account_id, "USD", Decimal("1.00")), SLOTS
+    )
+    assert credited.balances == [("USD", Decimal("4.00"))]
     view = await accounts.account(store.uow(), issued.account_id)
     assert view.account.created_at <= datetime.now(UTC)

@@ -38,6 +38,21 @@ def test_dev_starts_with_defaults(monkeypatch: pytest.MonkeyPatch):
     assert ApiSettings().decision_window_ms == 500
 
 
+def test_authentication_cannot_take_the_whole_pool_nor_cache_past_5_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.setenv("APP_ENV", "dev")
+    monkeypatch.setenv("DB_POOL_SIZE", "4")
+    monkeypatch.setenv("API_AUTH_MAX_LOOKUPS", "4")
+    with pytest.raises(ValidationError, match=r"API_AUTH_MAX_LOOKUPS \(4\) must be below"):
+        ApiSettings()
+    monkeypatch.setenv("API_AUTH_MAX_LOOKUPS", "3")
+    assert ApiSettings().auth_max_lookups == 3
+    monkeypatch.setenv("API_AUTH_CACHE_TTL_S", "30")
+    with pytest.raises(ValidationError, match="API_AUTH_CACHE_TTL_S"):
+        ApiSettings()
+
+
 def test_sql_scripts_split_outside_dollar_quoted_bodies():
     statements = split_sql(OUTBOX_0001)
     assert len(statements) == 5

@@ -36,6 +36,7 @@ from services.api.domain.model import (
     AccountInfo,
     Credential,
     MoneyMove,
+    OperatorCredit,
     Order,
     OrderHistory,
     Product,
@@ -369,9 +370,25 @@ class PostgresAccounts:
 
     async def get(self, account_id: uuid.UUID) -> AccountInfo | None:
         row = await self._conn.fetchrow(
-            "SELECT name, created_at FROM accounts WHERE id = $1", account_id
+            "SELECT name, created_at, disabled_at FROM accounts WHERE id = $1", account_id
         )
-        return None if row is None else AccountInfo(account_id, row["name"], row["created_at"])
+        if row is None:
+            return None
+        return AccountInfo(account_id, row["name"], row["created_at"], row["disabled_at"])
+
+    async def disable(self, account_id: uuid.UUID) -> datetime | None:
+        disabled_at: datetime | None = await self._conn.fetchval(
+            "UPDATE accounts SET disabled_at = COALESCE(disabled_at, now()) WHERE id = $1 "
+            "RETURNING disabled_at",
+            account_id,
+        )
+        return disabled_at
+
+    async def enable(self, account_id: uuid.UUID) -> bool:
+        found = await self._conn.fetchval(
+            "UPDATE accounts SET disabled_at = NULL WHERE id = $1 RETURNING 1", account_id
+        )
+        return found is not None
 
 
 class PostgresCredentials:
@@ -400,6 +417,21 @@ class PostgresCredentials:
             at,
         )
 
+    async def revoke_tokens(self, account_id: uuid.UUID) -> int:
+        ended: int = await self._conn.fetchval(
+            """
+            WITH ended AS (
+                UPDATE credentials SET expires_at = now()
+                WHERE account_id = $1 AND kind = 'TOKEN'
+                  AND (expires_at IS NULL OR expires_at > now())
+                RETURNING 1
+            )
+            SELECT count(*) FROM ended
+            """,
+            account_id,
+        )
+        return ended
+
     async def live(self, api_key_hash: bytes, token_hash: bytes) -> list[Credential]:
         rows = await self._conn.fetch(
             """
@@ -407,6 +439,7 @@ class PostgresCredentials:
             FROM credentials c JOIN accounts a ON a.id = c.account_id
             WHERE c.secret_hash = ANY($1::bytea[])
               AND (c.expires_at IS NULL OR c.expires_at > now())
+              AND a.disabled_at IS NULL
             """,
             [api_key_hash, token_hash],
         )
@@ -414,6 +447,39 @@ class PostgresCredentials:
             Credential(r["account_id"], r["kind"], r["secret_hash"], r["rate_limit_per_s"])
             for r in rows
         ]
+
+
+class PostgresOperatorCredits:
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+
+    async def claim(self, credit: OperatorCredit) -> OperatorCredit | None:
+        claimed = await self._conn.fetchval(
+            """
+            INSERT INTO operator_credits (idempotency_key, account_id, currency, amount)
+            VALUES ($1, $2, $3, $4) ON CONFLICT (idempotency_key) DO NOTHING RETURNING 1
+            """,
+            credit.idempotency_key,
+            credit.account_id,
+            credit.currency,
+            credit.amount,
+        )
+        if claimed is not None:
+            return None
+        # Taken: by a committed credit (a concurrent claim waited for its transaction to end).
+        row = await self._conn.fetchrow(
+            "SELECT account_id, currency, amount, created_at FROM operator_credits "
+            "WHERE idempotency_key = $1",
+            credit.idempotency_key,
+        )
+        assert row is not None, "a key that conflicted is there"
+        return OperatorCredit(
+            credit.idempotency_key,
+            row["account_id"],
+            row["currency"].strip(),
+            row["amount"],
+            row["created_at"],
+        )
 
 
 class PostgresWallets:
@@ -825,6 +891,7 @@ class PostgresUnitOfWork(UnitOfWork):
         self.accounts = PostgresAccounts(conn)
         self.credentials = PostgresCredentials(conn)
         self.wallets = PostgresWallets(conn)
+        self.credits = PostgresOperatorCredits(conn)
         self.products = PostgresProducts(conn)
         self.orders = PostgresOrders(conn)
 

@@ -49,6 +49,8 @@ class Account(ApiTable, table=True):
     created_at: datetime = defaults_to_now()
     # NULL: the service's default (API_RATE_LIMIT_PER_S).
     rate_limit_per_s: Decimal | None = Field(default=None, sa_type=Numeric(10, 2))
+    # Set by an operator: no credential of the account authenticates (NULL: enabled).
+    disabled_at: datetime | None = Field(default=None, sa_type=TIMESTAMP)
 
 
 class Credential(ApiTable, table=True):
@@ -106,6 +108,24 @@ class LedgerEntry(ApiTable, table=True):
     amount: Decimal = Field(sa_type=MONEY)
     kind: str = Field(sa_type=Text)
     transaction_id: str | None = Field(default=None, sa_type=Text)
+    created_at: datetime = defaults_to_now()
+
+
+class OperatorCredit(ApiTable, table=True):
+    """A credit an operator made, by the idempotency key it came with. Written in the
+    credit's transaction, beside its ledger row: the primary key makes "a retried credit is
+    applied once" a database fact, and the row says what a retry must match."""
+
+    __tablename__ = "operator_credits"
+    __table_args__ = (
+        CheckConstraint("length(idempotency_key) BETWEEN 1 AND 200"),
+        CheckConstraint("amount > 0"),
+    )
+
+    idempotency_key: str = Field(primary_key=True, sa_type=Text)
+    account_id: uuid.UUID = Field(foreign_key="accounts.id", sa_type=Uuid)
+    currency: str = Field(sa_type=CURRENCY)
+    amount: Decimal = Field(sa_type=MONEY)
     created_at: datetime = defaults_to_now()
 
 

@@ -62,6 +62,14 @@ class OrderNotFound(DomainError):
     pass
 
 
+class IdempotencyKeyReused(DomainError):
+    """An operator's credit came with a key an earlier, different credit was made with."""
+
+    def __init__(self, earlier: "OperatorCredit") -> None:
+        super().__init__(earlier.idempotency_key)
+        self.earlier = earlier
+
+
 class IllegalTransition(DomainError):
     """An order was asked to move where its life does not go (a final order changing)."""
 
@@ -186,6 +194,29 @@ class AccountInfo:
     account_id: UUID
     name: str
     created_at: datetime
+    # While set, no credential of the account authenticates.
+    disabled_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class OperatorCredit:
+    """Money an operator adds to an account, with the idempotency key that makes a retry of
+    the same credit apply once."""
+
+    idempotency_key: str
+    account_id: UUID
+    currency: str
+    amount: Decimal
+    at: datetime | None = None  # when it was applied; None before
+
+    def retried_by(self, other: "OperatorCredit") -> bool:
+        """Whether `other` asks for this same credit again (so nothing more is added), as
+        opposed to another credit that reuses the key."""
+        return (self.account_id, self.currency, self.amount) == (
+            other.account_id,
+            other.currency,
+            other.amount,
+        )
 
 
 def check_orderable(product: Product | None) -> Product:

@@ -2,17 +2,20 @@
 model's state (so the CLI can wait until a product is orderable); one order's history, and
 cancelling an order that cannot end by itself."""
 
+import logging
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Header, Path, Request
 from pydantic import BaseModel, Field
 
 from services.api.domain.model import (
     AccountNotFound,
+    IdempotencyKeyReused,
     IllegalTransition,
+    OperatorCredit,
     OrderHistory,
     OrderNotFound,
 )
@@ -21,6 +24,7 @@ from services.api.service_layer import accounts, orders, read_model
 from shared.settings import ApiSettings
 from shared.web import ApiError, admin_only, ok
 
+log = logging.getLogger(__name__)
 # Operators' endpoints are not in the public OpenAPI document (docs/api.md lists them).
 router = APIRouter(prefix="/admin", dependencies=[Depends(admin_only)], include_in_schema=False)
 
@@ -86,22 +90,78 @@ async def get_account(account_id: uuid.UUID, svc: Services) -> dict[str, Any]:
             "accountId": str(account_id),
             "name": found.account.name,
             "createdAt": iso_utc(found.account.created_at),
+            "disabledAt": _iso_or_none(found.account.disabled_at),
             "balances": _balances(found.balances),
         }
     )
 
 
+IDEMPOTENCY_KEY = r"^[!-~]{1,200}$"  # printable ASCII, no spaces
+IDEMPOTENCY_KEY_MISSING = ApiError(
+    400,
+    "IDEMPOTENCY_KEY_MISSING",
+    "Send an Idempotency-Key header with every credit (1 to 200 printable characters, no "
+    "spaces): a new value for a new credit, the same one to retry it, so that it is applied "
+    "once. `instant-orders accounts credit` makes one and prints it.",
+)
+
+
+def key_reused(earlier: OperatorCredit) -> ApiError:
+    return ApiError(
+        409,
+        "IDEMPOTENCY_KEY_REUSED",
+        f"Idempotency key {earlier.idempotency_key!r} was used for a credit of "
+        f"{earlier.amount:.2f} {earlier.currency} to account {earlier.account_id}: a retry "
+        "must send that same account, amount and currency. For another credit, send a new key "
+        "(the CLI makes one unless given --idempotency-key).",
+        extra={
+            "earlier": {
+                "accountId": str(earlier.account_id),
+                "amount": f"{earlier.amount:.2f}",
+                "currency": earlier.currency,
+                "at": _iso_or_none(earlier.at),
+            }
+        },
+    )
+
+
 @router.post("/accounts/{account_id}/credit")
 async def credit(
-    account_id: uuid.UUID, body: MoneyIn, request: Request, svc: Services
+    account_id: uuid.UUID,
+    body: MoneyIn,
+    request: Request,
+    svc: Services,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", pattern=IDEMPOTENCY_KEY)
+    ] = None,
 ) -> dict[str, Any]:
+    """Applied once per Idempotency-Key: a retry answers as the first time did, with the
+    balances as they are now and `replayed: true`."""
+    if idempotency_key is None:
+        raise IDEMPOTENCY_KEY_MISSING
+    wanted = OperatorCredit(idempotency_key, account_id, body.currency, body.amount)
     try:
-        rows = await accounts.credit_account(
-            svc.new_uow(), account_id, body.currency, body.amount, _slots(request)
-        )
+        done = await accounts.credit_account(svc.new_uow(), wanted, _slots(request))
     except AccountNotFound:
         raise ACCOUNT_NOT_FOUND from None
-    return ok({"accountId": str(account_id), "balances": _balances(rows)})
+    except IdempotencyKeyReused as exc:
+        raise key_reused(exc.earlier) from None
+    if not done.replayed:
+        log.info(
+            "account %s credited %s %s by an operator (idempotency key %s)",
+            account_id,
+            f"{body.amount:.2f}",
+            body.currency,
+            idempotency_key,
+        )
+    return ok(
+        {
+            "accountId": str(account_id),
+            "balances": _balances(done.balances),
+            "idempotencyKey": idempotency_key,
+            "replayed": done.replayed,
+        }
+    )
 
 
 @router.post("/accounts/{account_id}/rotate-token")
@@ -118,6 +178,67 @@ async def rotate_token(
             "accountId": str(account_id),
             "accessToken": token,
             "previousTokensExpireAt": iso_utc(old_expire),
+        }
+    )
+
+
+def _effective_within_s(request: Request) -> float:
+    """How long an api process may still accept a credential it checked before a change: its
+    cache of successful checks (API_AUTH_CACHE_TTL_S)."""
+    settings: ApiSettings = request.app.state.settings
+    return settings.auth_cache_ttl_s
+
+
+def _iso_or_none(moment: datetime | None) -> str | None:
+    return iso_utc(moment) if moment is not None else None
+
+
+@router.post("/accounts/{account_id}/revoke-token")
+async def revoke_token(account_id: uuid.UUID, request: Request, svc: Services) -> dict[str, Any]:
+    """Ends every access token of the account; its API key keeps working, so the client can
+    be given a new token (rotate-token)."""
+    try:
+        revoked = await accounts.revoke_tokens(svc.new_uow(), account_id)
+    except AccountNotFound:
+        raise ACCOUNT_NOT_FOUND from None
+    log.info("access tokens of account %s revoked by an operator (%d live)", account_id, revoked)
+    return ok(
+        {
+            "accountId": str(account_id),
+            "tokensRevoked": revoked,
+            "effectiveWithinSeconds": _effective_within_s(request),
+        }
+    )
+
+
+@router.post("/accounts/{account_id}/disable")
+async def disable_account(account_id: uuid.UUID, request: Request, svc: Services) -> dict[str, Any]:
+    try:
+        disabled_at = await accounts.disable_account(svc.new_uow(), account_id)
+    except AccountNotFound:
+        raise ACCOUNT_NOT_FOUND from None
+    log.info("account %s disabled by an operator", account_id)
+    return ok(
+        {
+            "accountId": str(account_id),
+            "disabledAt": iso_utc(disabled_at),
+            "effectiveWithinSeconds": _effective_within_s(request),
+        }
+    )
+
+
+@router.post("/accounts/{account_id}/enable")
+async def enable_account(account_id: uuid.UUID, request: Request, svc: Services) -> dict[str, Any]:
+    try:
+        await accounts.enable_account(svc.new_uow(), account_id)
+    except AccountNotFound:
+        raise ACCOUNT_NOT_FOUND from None
+    log.info("account %s enabled by an operator", account_id)
+    return ok(
+        {
+            "accountId": str(account_id),
+            "disabledAt": None,
+            "effectiveWithinSeconds": _effective_within_s(request),
         }
     )
 
@@ -153,8 +274,8 @@ def _history_out(history: OrderHistory) -> dict[str, Any]:
         "stockId": order.stock_id,
         "cancelReason": order.cancel_reason,
         "createdAt": iso_utc(order.created_at),
-        "backorderedAt": iso_utc(order.backordered_at) if order.backordered_at else None,
-        "askedAgainAt": iso_utc(history.asked_again_at) if history.asked_again_at else None,
+        "backorderedAt": _iso_or_none(order.backordered_at),
+        "askedAgainAt": _iso_or_none(history.asked_again_at),
         "updatedAt": iso_utc(history.updated_at),
         "money": [
             {

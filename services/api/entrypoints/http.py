@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from starlette.types import Scope
 
 from services.api import metrics
 from services.api.domain.model import (
@@ -29,7 +30,11 @@ from services.api.domain.model import (
     UnsupportedCurrency,
 )
 from services.api.service_layer import read_model
-from services.api.service_layer.accounts import Authenticator
+from services.api.service_layer.accounts import (
+    AuthenticationBusy,
+    Authenticator,
+    LoginsThrottled,
+)
 from services.api.service_layer.orders import OrderDesk
 from services.api.service_layer.unit_of_work import UnitOfWork
 from shared.contracts import MoneyOut
@@ -92,23 +97,52 @@ API_KEY_MAX, AUTHORIZATION_MAX = 200, 300
 
 
 async def current_account(
+    request: Request,
     svc: Services,
     x_api_key: Annotated[str | None, Header(max_length=API_KEY_MAX)] = None,
     authorization: Annotated[str | None, Header(max_length=AUTHORIZATION_MAX)] = None,
 ) -> uuid.UUID:
-    return await authenticate(svc, x_api_key, authorization)
+    return await authenticate(svc, x_api_key, authorization, request.scope)
+
+
+def logins_throttled(exc: LoginsThrottled) -> ApiError:
+    return ApiError(
+        429,
+        "RATE_LIMITED",
+        "Too many failed authentications from your address or with this API key: check the "
+        "x-api-key and token your account was issued, then retry after the delay given.",
+        headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))},
+    )
+
+
+AUTHENTICATION_BUSY = ApiError(
+    503,
+    "SERVICE_UNAVAILABLE",
+    "Credentials cannot be checked right now; nothing was charged. Retry after the delay given.",
+    headers={"Retry-After": "1"},
+)
 
 
 async def authenticate(
-    svc: ApiServices, x_api_key: str | None, authorization: str | None
+    svc: ApiServices, x_api_key: str | None, authorization: str | None, scope: Scope
 ) -> uuid.UUID:
-    """The caller's account, from its credentials; 401 or 429 otherwise."""
+    """The caller's account, from its credentials; 401, 429 or 503 otherwise. The client's
+    address (in the ASGI `scope`) is read only when the credentials are not cached."""
     scheme, _, token = (authorization or "").partition(" ")
     if not x_api_key or scheme.lower() != "bearer" or not token.strip():
+        metrics.AUTH_MISSING.inc()
         raise UNAUTHORIZED
-    caller = await svc.auth.caller(x_api_key.strip(), token.strip())
+    api_key, token = x_api_key.strip(), token.strip()
+    caller = svc.auth.cached(api_key, token)
     if caller is None:
-        raise UNAUTHORIZED
+        try:
+            caller = await svc.auth.caller(api_key, token, scope.get("client"))
+        except LoginsThrottled as exc:
+            raise logins_throttled(exc) from None
+        except AuthenticationBusy:
+            raise AUTHENTICATION_BUSY from None
+        if caller is None:
+            raise UNAUTHORIZED
     wait = svc.limiter.retry_after(caller.account_id, caller.rate_limit_per_s)
     if wait > 0:
         raise ApiError(
@@ -267,7 +301,7 @@ async def create_instant_order(request: Request) -> Response:
         raise RequestValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
         ) from None
-    account_id = await authenticate(svc, x_api_key, authorization)
+    account_id = await authenticate(svc, x_api_key, authorization, request.scope)
     try:
         order = await svc.order_desk.place_instant(
             CreateInstantOrder(

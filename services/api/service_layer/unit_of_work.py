@@ -21,7 +21,14 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from services.api.domain.model import AccountInfo, Credential, Order, OrderHistory, Product
+from services.api.domain.model import (
+    AccountInfo,
+    Credential,
+    OperatorCredit,
+    Order,
+    OrderHistory,
+    Product,
+)
 from shared.contracts import CancelReason, Message
 
 # (transaction id, stock id, sealed code): a code inventory sold to an order.
@@ -44,6 +51,15 @@ class Accounts(Protocol):
 
     async def get(self, account_id: uuid.UUID) -> AccountInfo | None: ...
 
+    async def disable(self, account_id: uuid.UUID) -> datetime | None:
+        """None of the account's credentials is live from now on. Returns when it was
+        disabled (at its first disabling, if it was already); None: no such account."""
+        ...
+
+    async def enable(self, account_id: uuid.UUID) -> bool:
+        """The account's live credentials work again; False: no such account."""
+        ...
+
 
 class Credentials(Protocol):
     async def add(
@@ -54,8 +70,13 @@ class Credentials(Protocol):
         """The account's tokens stop working at `at` (or earlier, if they expire before)."""
         ...
 
+    async def revoke_tokens(self, account_id: uuid.UUID) -> int:
+        """The account's tokens stop working now (the database's clock); returns how many
+        were still live. Its API keys are left as they are."""
+        ...
+
     async def live(self, api_key_hash: bytes, token_hash: bytes) -> list[Credential]:
-        """The unexpired credentials having either hash."""
+        """The unexpired credentials having either hash, of accounts not disabled."""
         ...
 
 
@@ -91,6 +112,14 @@ class Wallets(Protocol):
     ) -> bool:
         """Takes `amount` from all slots together and spreads the rest evenly
         (domain.model.rebalanced); False, nothing taken, when the balance is below it."""
+        ...
+
+
+class OperatorCredits(Protocol):
+    async def claim(self, credit: OperatorCredit) -> OperatorCredit | None:
+        """Records `credit` under its idempotency key, unless the key is taken: None when it
+        was recorded now (apply the credit in this same transaction), else the credit that
+        holds the key. A concurrent claim of the key waits for this transaction to end."""
         ...
 
 
@@ -220,6 +249,7 @@ class UnitOfWork(abc.ABC):
     accounts: Accounts
     credentials: Credentials
     wallets: Wallets
+    credits: OperatorCredits
     products: Products
     orders: Orders
 
