@@ -11,7 +11,9 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
+import unicodedata
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -52,10 +54,64 @@ MAX_REDEEM_CODE = 256
 MAX_PIN_CODE = 64
 
 
+# Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt): characters drawn as
+# nothing. Most are format characters (Cf); the others are variation selectors, Hangul
+# fillers and code points reserved as ignorable.
+_DEFAULT_IGNORABLE = (
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)
+
+
+_IGNORABLE = re.compile(
+    "[" + "".join(f"\\U{low:08x}-\\U{high:08x}" for low, high in _DEFAULT_IGNORABLE) + "]"
+)
+
+
+def is_invisible(char: str) -> bool:
+    """A control (Cc) or format (Cf) character, or any other default-ignorable one."""
+    return unicodedata.category(char) in ("Cc", "Cf") or _IGNORABLE.match(char) is not None
+
+
+def _character_problem(field: str, value: str) -> str | None:
+    for position, char in enumerate(value, start=1):
+        category = unicodedata.category(char)
+        where = f"(U+{ord(char):04X}, character {position})"
+        if category == "Cc" or category in ("Zl", "Zp"):
+            what = "a control character or line break"
+        elif is_invisible(char):
+            what = "an invisible character (zero-width or format)"
+        elif category == "Cs":
+            what = "a lone surrogate (not a character)"
+        elif category == "Cn":
+            what = f"a character Unicode {unicodedata.unidata_version} does not assign"
+        else:
+            continue
+        return f"{field} holds {what} {where}: codes hold visible characters only; remove it"
+    return None
+
+
 def code_problem(redeem_code: str, pin_code: str | None) -> str | None:
     """What is wrong with a code to stock, naming the field but never quoting the code; None
     if nothing: a redeem code of 1 to MAX_REDEEM_CODE characters, a PIN of at most
-    MAX_PIN_CODE, neither with whitespace around it nor control characters in it."""
+    MAX_PIN_CODE, neither with whitespace around it nor, in it, a control character, line
+    break, invisible (zero-width or format) character, lone surrogate or unassigned code
+    point (whose normal form a later Unicode version could change)."""
     if not redeem_code:
         return "redeemCode is empty"
     if len(redeem_code) > MAX_REDEEM_CODE:
@@ -65,8 +121,8 @@ def code_problem(redeem_code: str, pin_code: str | None) -> str | None:
     for field, value in (("redeemCode", redeem_code), ("pinCode", pin_code or "")):
         if value != value.strip():
             return f"{field} starts or ends with whitespace"
-        if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-            return f"{field} holds control characters"
+        if problem := _character_problem(field, value):
+            return problem
     return None
 
 

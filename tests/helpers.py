@@ -24,6 +24,11 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
+def fullwidth(text: str) -> str:
+    """The text in fullwidth forms (U+FF01..U+FF5E), which NFKC maps back to ASCII."""
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
+
+
 @overload
 async def wait_until(
     predicate: Callable[[], Awaitable[T]],

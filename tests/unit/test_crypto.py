@@ -4,7 +4,8 @@ import os
 import pytest
 from cryptography.exceptions import InvalidTag
 
-from shared.crypto import Code, CodeVault, KeyConfigError, SealedCode, hash_secret
+from shared.crypto import Code, CodeVault, KeyConfigError, SealedCode, code_problem, hash_secret
+from tests.helpers import fullwidth
 
 
 def key_spec(*kids: str) -> str:
@@ -78,3 +79,51 @@ def test_a_bad_key_is_refused_without_quoting_its_material(spec: str) -> None:
         CodeVault(spec)
     assert "entry 1" in str(refused.value)
     assert "c2VjcmV0" not in str(refused.value)
+
+
+# --- what a code may hold ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("redeem", "pin", "field", "what"),
+    [
+        (
+            "GIFT\u200b1",
+            None,
+            "redeemCode",
+            "invisible character (zero-width or format) (U+200B, character 5)",
+        ),
+        ("GIFT\u200d1", None, "redeemCode", "invisible"),
+        ("\u2060GIFT1", None, "redeemCode", "invisible"),
+        ("GIFT\u00ad1", None, "redeemCode", "invisible"),
+        ("GIFT\ufe0f1", None, "redeemCode", "invisible"),
+        ("GIFT\u202e1", None, "redeemCode", "invisible"),
+        ("GIFT\u3164A", None, "redeemCode", "invisible"),
+        ("GIFT\ufeff1", None, "redeemCode", "invisible"),
+        ("GIFT\t1", None, "redeemCode", "control character"),
+        ("GIFT\x7f1", None, "redeemCode", "control character"),
+        ("GIFT\x851", None, "redeemCode", "control character"),
+        ("GIFT\u20281", None, "redeemCode", "line break"),
+        ("GIFT\ud8001", None, "redeemCode", "lone surrogate"),
+        ("GIFT\u03781", None, "redeemCode", "does not assign"),
+        ("GIFT-1", "12\u200b34", "pinCode", "invisible"),
+        ("GIFT-1", "12\x0034", "pinCode", "control character"),
+    ],
+)
+def test_invisible_and_control_characters_are_refused_naming_the_field(
+    redeem: str, pin: str | None, field: str, what: str
+):
+    problem = code_problem(redeem, pin)
+    assert problem is not None
+    assert problem.startswith(f"{field} holds")
+    assert what in problem
+    assert "remove it" in problem
+    assert "GIFT" not in problem
+
+
+@pytest.mark.parametrize(
+    "redeem",
+    ["GIFT-ABCD-1234", "GIFT ABCD 1234", "ГИФТ-Ωμέγα-1", fullwidth("GIFT"), "código-ñ", "🎁-1"],
+)
+def test_visible_codes_in_any_script_are_accepted(redeem: str):
+    assert code_problem(redeem, "0042") is None

@@ -174,3 +174,27 @@ async def test_five_thousand_longest_codes_fit_in_one_request(http: httpx.AsyncC
     response = await http.post("/admin/products/SKU-1/stock", json={"codes": codes})
     assert response.status_code == 200, response.text[:300]
     assert response.json()["data"]["added"] == 5000
+
+
+@pytest.mark.parametrize(
+    ("code", "field"),
+    [
+        ({"redeemCode": "GIFT-\u200b1234"}, "redeemCode"),
+        ({"redeemCode": "GIFT-\ufeff1234"}, "redeemCode"),
+        ({"redeemCode": "GIFT-1234", "pinCode": "12\u200d34"}, "pinCode"),
+        ({"redeemCode": "GIFT-\u00851234"}, "redeemCode"),
+    ],
+)
+async def test_invisible_characters_in_a_code_are_refused_naming_the_field(
+    http: httpx.AsyncClient, code: dict[str, str], field: str
+) -> None:
+    await put(http, "SKU-1")
+    response = await http.post(
+        "/admin/products/SKU-1/stock", json={"codes": [{"redeemCode": "FINE-1"}, code]}
+    )
+    assert error(response, 400) == "INVALID_REQUEST"
+    [detail] = response.json()["details"]
+    assert detail["field"] == "codes.1"
+    assert f"{field} holds" in detail["issue"]
+    assert "remove it" in detail["issue"]
+    assert "GIFT" not in response.text
