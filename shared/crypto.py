@@ -2,11 +2,14 @@
 
 Codes are encrypted with a key from `CODE_ENCRYPTION_KEYS` ("kid:base64key,kid2:base64key",
 the first one encrypts, all of them decrypt) so keys can rotate; the key id is stored beside
-every ciphertext. Duplicate codes are detected through a keyed fingerprint, never by storing
-or comparing plaintext.
+every ciphertext. A code in stock is sealed to its stock item (the associated data names its
+SKU and stock id), so a ciphertext copied onto another row does not open; what it is bound
+to travels with it (`Binding`). Duplicate codes are detected through a keyed fingerprint,
+never by storing or comparing plaintext.
 """
 
 import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -15,6 +18,7 @@ import re
 import secrets
 import unicodedata
 from dataclasses import dataclass
+from enum import IntEnum
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -25,18 +29,59 @@ class KeyConfigError(ValueError):
     pass
 
 
+class Binding(IntEnum):
+    """What a ciphertext is bound to (its AES-GCM associated data); stored beside it."""
+
+    SKU = 1
+    """Its SKU only: codes stocked before stock-bound seals (migration 0005 of inventory),
+    and a supplier's codes on their way to inventory, which has not numbered them yet."""
+    STOCK_ITEM = 2
+    """Its SKU and its stock id: every code stocked since."""
+
+
+# The wire form names the binding for stock items only: a SKU-bound code keeps the form it
+# had before bindings existed ("kid:base64"), so codes sealed then read as they always did.
+_STOCK_ITEM_WIRE_PREFIX = "v2"
+
+
 @dataclass(frozen=True)
 class SealedCode:
     key_id: str
     blob: bytes  # nonce || ciphertext+tag
+    binding: Binding
 
     def to_wire(self) -> str:
-        return f"{self.key_id}:{base64.b64encode(self.blob).decode()}"
+        sealed = f"{self.key_id}:{base64.b64encode(self.blob).decode()}"
+        if self.binding is Binding.STOCK_ITEM:
+            return f"{_STOCK_ITEM_WIRE_PREFIX}:{sealed}"
+        return sealed
 
     @classmethod
     def from_wire(cls, value: str) -> "SealedCode":
-        key_id, _, b64 = value.partition(":")
-        return cls(key_id, base64.b64decode(b64))
+        """'kid:base64' (bound to its SKU) or 'v2:kid:base64' (bound to its stock item). Key
+        ids hold no ':' (CODE_ENCRYPTION_KEYS separates them from their key with one)."""
+        parts = value.split(":")
+        if len(parts) == 2:
+            binding, (key_id, b64) = Binding.SKU, parts
+        elif len(parts) == 3 and parts[0] == _STOCK_ITEM_WIRE_PREFIX:
+            binding, (key_id, b64) = Binding.STOCK_ITEM, parts[1:]
+        else:
+            raise ValueError("not a sealed code: expected 'kid:base64' or 'v2:kid:base64'")
+        try:
+            return cls(key_id, base64.b64decode(b64, validate=True), binding)
+        except binascii.Error as exc:
+            raise ValueError("not a sealed code: its ciphertext is not base64") from exc
+
+
+def associated_data(binding: Binding, sku: str, stock_id: int | None) -> bytes:
+    """The AES-GCM associated data of a code: its SKU (Binding.SKU, as codes were sealed
+    before bindings), or its SKU and stock id. The latter starts with a NUL, which no SKU
+    holds (PostgreSQL text cannot), so no SKU-bound ciphertext opens as a stock item's."""
+    if binding is Binding.SKU:
+        return sku.encode()
+    if stock_id is None:
+        raise ValueError("a code sealed to its stock item opens only with its stock id")
+    return f"\x00stock-item\x00{sku}\x00{stock_id}".encode()
 
 
 @dataclass(frozen=True)
@@ -181,19 +226,36 @@ class CodeVault:
                 raise KeyConfigError("CODE_FINGERPRINT_KEY must be base64 of 32 bytes")
         self._fingerprint_key = hashlib.sha256(b"fingerprint|" + fingerprint_material).digest()
 
-    def seal(self, code: Code, aad: str) -> SealedCode:
+    def seal(self, code: Code, sku: str, stock_id: int) -> SealedCode:
+        """Seals a code to its stock item: it opens only as the stock item `stock_id` of
+        `sku`."""
+        return self._seal(code, Binding.STOCK_ITEM, sku, stock_id)
+
+    def seal_to_sku(self, code: Code, sku: str) -> SealedCode:
+        """Seals a code not yet in stock (a supplier's delivery) to its SKU only."""
+        return self._seal(code, Binding.SKU, sku, None)
+
+    def _seal(self, code: Code, binding: Binding, sku: str, stock_id: int | None) -> SealedCode:
         assert self._active is not None
         nonce = os.urandom(NONCE_BYTES)
         plaintext = json.dumps({"r": code.redeem_code, "p": code.pin_code}).encode()
-        blob = nonce + self._keys[self._active].encrypt(nonce, plaintext, aad.encode())
-        return SealedCode(self._active, blob)
+        aad = associated_data(binding, sku, stock_id)
+        blob = nonce + self._keys[self._active].encrypt(nonce, plaintext, aad)
+        return SealedCode(self._active, blob, binding)
 
-    def open(self, sealed: SealedCode, aad: str) -> Code:
+    def open(self, sealed: SealedCode, sku: str, stock_id: int | None) -> Code:
+        """Opens a code with what it was sealed to (its binding says which: `stock_id` is
+        needed only for a stock item's). Raises cryptography's InvalidTag if it was sealed
+        to anything else."""
         key = self._keys.get(sealed.key_id)
         if key is None:
-            raise KeyConfigError(f"no key {sealed.key_id!r} in CODE_ENCRYPTION_KEYS")
+            raise KeyConfigError(
+                f"no key {sealed.key_id!r} in CODE_ENCRYPTION_KEYS: codes sealed with it "
+                "open only once it is listed again"
+            )
         nonce, body = sealed.blob[:NONCE_BYTES], sealed.blob[NONCE_BYTES:]
-        data = json.loads(key.decrypt(nonce, body, aad.encode()))
+        aad = associated_data(sealed.binding, sku, stock_id)
+        data = json.loads(key.decrypt(nonce, body, aad))
         return Code(redeem_code=data["r"], pin_code=data["p"])
 
     def fingerprint(self, redeem_code: str) -> bytes:

@@ -9,12 +9,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from cryptography.exceptions import InvalidTag
 
 from services.inventory.domain.model import DecisionState, NewCode, OrderDecision, StockLevel
 from services.inventory.service_layer.catalog import seal_codes
 from services.inventory.service_layer.unit_of_work import UnitOfWork
 from shared.contracts import ProductSnapshot
-from shared.crypto import Code
+from shared.crypto import Binding, Code
 from shared.settings import InventorySettings
 from tests.helpers import unique
 
@@ -29,9 +30,12 @@ def product(sku: str, **fields: object) -> ProductSnapshot:
     )
 
 
-def new_codes(sku: str, count: int, prefix: str | None = None) -> list[NewCode]:
+async def new_codes(
+    uow: UnitOfWork, sku: str, count: int, prefix: str | None = None
+) -> list[NewCode]:
     prefix = prefix or uuid.uuid4().hex
-    return seal_codes([Code(f"{prefix}-{i}", f"{i:04d}") for i in range(count)], sku, VAULT)
+    codes = [Code(f"{prefix}-{i}", f"{i:04d}") for i in range(count)]
+    return seal_codes(codes, sku, await uow.codes.new_ids(count), VAULT)
 
 
 def waiting(sku: str, transaction_id: str | None = None) -> OrderDecision:
@@ -54,7 +58,7 @@ class RepositoryContract:
         sku = unique("SKU")
         async with new_uow() as uow:
             await uow.products.save(product(sku))
-            assert await uow.codes.add(sku, new_codes(sku, count)) == count
+            assert await uow.codes.add(sku, await new_codes(uow, sku, count)) == count
             await uow.commit()
         return sku
 
@@ -81,7 +85,7 @@ class RepositoryContract:
             assert await uow.codes.claim({sku: [d]}) == {}
             assert await uow.codes.sold_to([a, b, c]) == claimed
             assert await uow.codes.levels([sku]) == {sku: StockLevel(available=0, sold=2)}
-        opened = VAULT.open(claimed[a].sealed, aad=sku)
+        opened = VAULT.open(claimed[a].sealed, sku, claimed[a].stock_id)
         assert opened.pin_code is not None
 
     async def test_one_claim_serves_several_skus(self, new_uow: NewUow) -> None:
@@ -106,9 +110,9 @@ class RepositoryContract:
         async with new_uow() as uow:
             await uow.products.save(product(sku))
             await uow.products.save(product(other))
-            assert await uow.codes.add(sku, new_codes(sku, 2, prefix)) == 2
+            assert await uow.codes.add(sku, await new_codes(uow, sku, 2, prefix)) == 2
             # The same two redeem codes (sealed for the other SKU) and a new one.
-            assert await uow.codes.add(other, new_codes(other, 3, prefix)) == 1
+            assert await uow.codes.add(other, await new_codes(uow, other, 3, prefix)) == 1
             await uow.commit()
         async with new_uow() as uow:
             assert await uow.codes.available(sku) == 2
@@ -158,3 +162,26 @@ class RepositoryContract:
         async with new_uow() as uow:
             assert await uow.codes.available(sku) == 1
             assert await uow.decisions.skus_with_waiting_backorders([sku]) == set()
+
+    async def test_codes_are_stored_under_the_ids_taken_and_sealed_to_them(
+        self, new_uow: NewUow
+    ) -> None:
+        sku = unique("SKU")
+        redeem = [unique("C") for _ in range(3)]
+        async with new_uow() as uow:
+            await uow.products.save(product(sku))
+            ids = await uow.codes.new_ids(3)
+            later = await uow.codes.new_ids(1)
+            codes = seal_codes([Code(r, None) for r in redeem], sku, ids, VAULT)
+            assert await uow.codes.add(sku, codes[::-1]) == 3
+            await uow.commit()
+        assert ids == sorted(set(ids))
+        assert later[0] > ids[-1]
+        async with new_uow() as uow:
+            claimed = await uow.codes.claim({sku: [unique("tx") for _ in ids]})
+        sold = sorted(claimed.values(), key=lambda c: c.stock_id)
+        assert [c.stock_id for c in sold] == ids  # oldest id first
+        assert {c.sealed.binding for c in sold} == {Binding.STOCK_ITEM}
+        assert [VAULT.open(c.sealed, sku, c.stock_id).redeem_code for c in sold] == redeem
+        with pytest.raises(InvalidTag):
+            VAULT.open(sold[1].sealed, sku, ids[0])

@@ -87,18 +87,25 @@ class FakeCodes:
             if row.transaction_id is not None and row.transaction_id in transaction_ids
         }
 
+    async def new_ids(self, count: int) -> list[int]:
+        first = self._state.next_code_id
+        self._state.next_code_id += count
+        return list(range(first, first + count))
+
     async def add(self, sku: str, codes: Sequence[NewCode]) -> int:
         if sku not in self._state.products:
             raise ForeignKeyViolation("codes.sku")
         known = {row.fingerprint for row in self._state.codes.values()}
         added = 0
-        for code in codes:
+        for code in sorted(codes, key=lambda c: c.stock_id):
             if code.fingerprint in known:
                 continue
+            if code.stock_id in self._state.codes:
+                raise UniqueViolation("codes.id")
             known.add(code.fingerprint)
-            row_id = self._state.next_code_id
-            self._state.next_code_id += 1
-            self._state.codes[row_id] = CodeRow(row_id, sku, code.fingerprint, code.sealed)
+            self._state.codes[code.stock_id] = CodeRow(
+                code.stock_id, sku, code.fingerprint, code.sealed
+            )
             added += 1
         return added
 

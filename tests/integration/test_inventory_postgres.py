@@ -16,6 +16,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from cryptography.exceptions import InvalidTag
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 from pydantic import SecretStr
@@ -33,7 +34,7 @@ from shared.contracts import (
     ProductSnapshot,
     inventory_event,
 )
-from shared.crypto import Code, SealedCode
+from shared.crypto import Binding, Code, SealedCode
 from shared.topics import INVENTORY_EVENTS
 from shared.web import install_common
 from tests.conftest import Stack
@@ -204,8 +205,33 @@ async def test_twenty_concurrent_orders_for_five_codes(pool: asyncpg.Pool, new_u
     assert {(r["id"], r["transaction_id"]) for r in rows} == {
         (d.stock_id, d.transaction_id) for d in reserved
     }
-    codes = {VAULT.open(SealedCode.from_wire(str(d.sealed_code)), aad=sku) for d in reserved}
+    codes = {
+        VAULT.open(SealedCode.from_wire(str(d.sealed_code)), sku, d.stock_id) for d in reserved
+    }
     assert len({c.redeem_code for c in codes}) == 5
+
+
+async def test_a_ciphertext_copied_onto_another_code_of_its_sku_does_not_open(
+    pool: asyncpg.Pool, new_uow: NewUow
+) -> None:
+    sku, redeem = await product_with_codes(new_uow, 2)
+    first, second = [
+        r["id"] for r in await pool.fetch("SELECT id FROM codes WHERE sku = $1 ORDER BY id", sku)
+    ]
+    await pool.execute(
+        "UPDATE codes SET key_id = c.key_id, sealed = c.sealed, binding = c.binding "
+        "FROM codes c WHERE c.id = $1 AND codes.id = $2",
+        first,
+        second,
+    )
+
+    replies = await handle_commands([place(sku), place(sku)], new_uow())
+
+    sold = {r.decision.stock_id: SealedCode.from_wire(str(r.decision.sealed_code)) for r in replies}
+    assert sold[first] == sold[second]
+    assert VAULT.open(sold[first], sku, first).redeem_code == redeem[0]
+    with pytest.raises(InvalidTag):
+        VAULT.open(sold[second], sku, second)
 
 
 async def test_a_batch_serves_its_orders_in_order(pool: asyncpg.Pool, new_uow: NewUow) -> None:
@@ -328,10 +354,13 @@ async def test_codes_are_never_stored_in_plaintext(
     await handle_commands([place(sku) for _ in range(25)], new_uow())
 
     rows = await pool.fetch(
-        "SELECT c::text AS text, key_id, sealed FROM codes c WHERE sku = $1", sku
+        "SELECT c::text AS text, id, key_id, sealed, binding FROM codes c WHERE sku = $1", sku
     )
     plaintexts = {
-        VAULT.open(SealedCode(r["key_id"], bytes(r["sealed"])), aad=sku).redeem_code for r in rows
+        VAULT.open(
+            SealedCode(r["key_id"], bytes(r["sealed"]), Binding(r["binding"])), sku, r["id"]
+        ).redeem_code
+        for r in rows
     }
     assert set(given) <= plaintexts
     assert len(plaintexts) == 50

@@ -1,10 +1,19 @@
 import base64
+import dataclasses
 import os
 
 import pytest
 from cryptography.exceptions import InvalidTag
 
-from shared.crypto import Code, CodeVault, KeyConfigError, SealedCode, code_problem, hash_secret
+from shared.crypto import (
+    Binding,
+    Code,
+    CodeVault,
+    KeyConfigError,
+    SealedCode,
+    code_problem,
+    hash_secret,
+)
 from tests.helpers import fullwidth
 
 
@@ -12,28 +21,84 @@ def key_spec(*kids: str) -> str:
     return ",".join(f"{k}:{base64.b64encode(os.urandom(32)).decode()}" for k in kids)
 
 
-def test_a_sealed_code_opens_with_its_sku_and_holds_no_plaintext():
+def test_a_sealed_code_opens_as_its_stock_item_and_holds_no_plaintext():
     vault = CodeVault(key_spec("k1"))
-    sealed = vault.seal(Code("GIFT-ABCD-1234", "0042"), aad="SKU-1")
+    sealed = vault.seal(Code("GIFT-ABCD-1234", "0042"), "SKU-1", 17)
     assert b"GIFT-ABCD-1234" not in sealed.blob
     assert "GIFT-ABCD-1234" not in sealed.to_wire()
-    opened = vault.open(SealedCode.from_wire(sealed.to_wire()), aad="SKU-1")
+    assert sealed.to_wire().startswith("v2:k1:")
+    opened = vault.open(SealedCode.from_wire(sealed.to_wire()), "SKU-1", 17)
     assert (opened.redeem_code, opened.pin_code) == ("GIFT-ABCD-1234", "0042")
 
 
-def test_a_code_sealed_for_one_sku_does_not_open_for_another():
+@pytest.mark.parametrize(
+    ("sku", "stock_id"), [("SKU-1", 18), ("SKU-2", 17), ("SKU-11", 7)], ids=str
+)
+def test_a_ciphertext_copied_onto_another_stock_item_does_not_open(sku: str, stock_id: int):
     vault = CodeVault(key_spec("k1"))
-    sealed = vault.seal(Code("X", None), aad="SKU-1")
+    sealed = vault.seal(Code("X", None), "SKU-1", 17)
     with pytest.raises(InvalidTag):
-        vault.open(sealed, aad="SKU-2")
+        vault.open(sealed, sku, stock_id)
+
+
+def test_a_stock_items_ciphertext_needs_its_stock_id():
+    vault = CodeVault(key_spec("k1"))
+    with pytest.raises(ValueError, match="stock id"):
+        vault.open(vault.seal(Code("X", None), "SKU-1", 17), "SKU-1", None)
+
+
+# Sealed by the code before bindings existed: CodeVault(LEGACY_KEYS).seal(Code(...),
+# aad="SKU-LEGACY"), as inventory stored and the api received every code until then.
+LEGACY_KEYS = "k-2024:" + base64.b64encode(bytes(range(32))).decode()
+LEGACY_WIRE = (
+    "k-2024:2nmTmW100n7NPziC+CApInfOX5WvkRrj+1ryCOa2lVCNBOFWttRJAjf4tPAQuCCCmlxwBIVsxxVbKgEOt"
+    "uvilugg"
+)
+
+
+def test_a_code_sealed_to_its_sku_before_bindings_still_opens():
+    sealed = SealedCode.from_wire(LEGACY_WIRE)
+    assert sealed.binding is Binding.SKU
+    opened = CodeVault(LEGACY_KEYS).open(sealed, "SKU-LEGACY", 12345)  # the id plays no part
+    assert (opened.redeem_code, opened.pin_code) == ("GIFT-LEGACY-0001", "4321")
+    assert sealed.to_wire() == LEGACY_WIRE
+    with pytest.raises(InvalidTag):
+        CodeVault(LEGACY_KEYS).open(sealed, "SKU-OTHER", 12345)
+
+
+def test_a_sku_bound_ciphertext_relabelled_as_a_stock_item_does_not_open():
+    """Who can write the binding column cannot turn a code sealed to a SKU into a stock
+    item's: a stock item's associated data starts with a NUL, which no SKU holds."""
+    vault = CodeVault(key_spec("k1"))
+    for sku in ("S", "stock-item:S:1", "stock-item S 1"):
+        relabelled = dataclasses.replace(
+            vault.seal_to_sku(Code("X", None), sku), binding=Binding.STOCK_ITEM
+        )
+        with pytest.raises(InvalidTag):
+            vault.open(relabelled, "S", 1)
+
+
+def test_a_suppliers_code_is_sealed_to_its_sku():
+    vault = CodeVault(key_spec("k1"))
+    sealed = SealedCode.from_wire(vault.seal_to_sku(Code("X", "1"), "SKU-1").to_wire())
+    assert (sealed.binding, sealed.to_wire().count(":")) == (Binding.SKU, 1)
+    assert vault.open(sealed, "SKU-1", None).redeem_code == "X"
+
+
+@pytest.mark.parametrize("wire", ["", "k1", "v3:k1:AAAA", "v2:k1:AA:AA", "k1:not base64!"])
+def test_what_is_not_a_sealed_code_is_refused(wire: str):
+    with pytest.raises(ValueError, match="not a sealed code"):
+        SealedCode.from_wire(wire)
 
 
 def test_keys_rotate_old_ciphertexts_still_open():
     old = key_spec("old")
-    sealed = CodeVault(old).seal(Code("R", "P"), aad="S")
+    sealed = CodeVault(old).seal(Code("R", "P"), "S", 1)
     rotated = CodeVault(key_spec("new") + "," + old)
-    assert rotated.open(sealed, aad="S").redeem_code == "R"
-    assert rotated.seal(Code("R", "P"), aad="S").key_id == "new"
+    assert rotated.open(sealed, "S", 1).redeem_code == "R"
+    assert rotated.seal(Code("R", "P"), "S", 1).key_id == "new"
+    with pytest.raises(KeyConfigError, match="'old'"):
+        CodeVault(key_spec("new")).open(sealed, "S", 1)
 
 
 @pytest.mark.parametrize(

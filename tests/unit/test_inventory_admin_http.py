@@ -132,7 +132,7 @@ async def test_stock_counts_added_and_skipped(http: httpx.AsyncClient, store: Fa
     again = await http.post("/admin/products/SKU-1/stock", json={"codes": codes[:1]})
     assert again.json()["data"] == {"sku": "SKU-1", "added": 0, "skipped": 1, "available": 3}
     pins = sorted(
-        str(VAULT.open(row.sealed, aad="SKU-1").pin_code) for row in store.state.codes.values()
+        str(VAULT.open(row.sealed, "SKU-1", row.id).pin_code) for row in store.state.codes.values()
     )
     assert pins == ["0123", "None", "None"]
 

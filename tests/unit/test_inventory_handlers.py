@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from cryptography.exceptions import InvalidTag
 
 from services.inventory.domain.model import DecisionState
 from services.inventory.service_layer import catalog
@@ -16,6 +17,7 @@ from shared.contracts import (
     BackorderStillWaiting,
     CancelBackorder,
     CancelReason,
+    Decision,
     InventoryCommand,
     Message,
     OrderBackordered,
@@ -79,9 +81,9 @@ def events(store: FakeStore) -> list[Message]:
     return store.events(INVENTORY_EVENTS.name)
 
 
-def opened(sealed_wire: str | None, sku: str = SKU) -> str:
-    assert sealed_wire is not None
-    return VAULT.open(SealedCode.from_wire(sealed_wire), aad=sku).redeem_code
+def opened(sold: Decision | OrderReserved | BackorderAllocated, sku: str = SKU) -> str:
+    assert sold.sealed_code is not None
+    return VAULT.open(SealedCode.from_wire(sold.sealed_code), sku, sold.stock_id).redeem_code
 
 
 async def test_an_order_in_stock_is_reserved_with_the_oldest_code(store: FakeStore) -> None:
@@ -92,7 +94,7 @@ async def test_an_order_in_stock_is_reserved_with_the_oldest_code(store: FakeSto
 
     assert reply.topic == "orders.replies"
     assert reply.decision.outcome == "RESERVED"
-    assert opened(reply.decision.sealed_code) == "FIRST"
+    assert opened(reply.decision) == "FIRST"
     reserved = events(store)[-1]
     assert isinstance(reserved, OrderReserved)
     assert (reserved.transaction_id, reserved.stock_id) == ("tx-1", reply.decision.stock_id)
@@ -126,7 +128,7 @@ async def test_new_orders_wait_behind_backorders_even_when_stock_arrives(
     await run(store, allocate("early"))
     allocated = events(store)[-1]
     assert isinstance(allocated, BackorderAllocated)
-    assert opened(allocated.sealed_code) == "ONLY-ONE"
+    assert opened(allocated) == "ONLY-ONE"
 
     await run(store, allocate("late"))
     assert isinstance(events(store)[-1], BackorderStillWaiting)
@@ -376,3 +378,19 @@ async def test_products_page_with_stock(store: FakeStore) -> None:
     total, page = await catalog.products_with_stock(store.uow(), limit=2, offset=0)
     assert total == 3
     assert [(p.sku, s.available) for p, s in page] == [("A", 0), ("B", 1)]
+
+
+# --- stock intake: codes sealed to their stock item --------------------------------------
+
+
+async def test_a_stocked_code_opens_only_as_its_own_stock_item(store: FakeStore) -> None:
+    await create_product(store)
+    await stock(store, "FIRST", "SECOND")
+    first, second = sorted(store.state.codes.values(), key=lambda row: row.id)
+
+    assert VAULT.open(first.sealed, SKU, first.id).redeem_code == "FIRST"
+    second.sealed = first.sealed  # a ciphertext copied onto another row of the SKU
+    _, reply = await run(store, place("tx-1"), place("tx-2"))
+    assert reply.decision.stock_id == second.id
+    with pytest.raises(InvalidTag):
+        opened(reply.decision)

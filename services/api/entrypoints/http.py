@@ -340,7 +340,8 @@ async def get_codes(
         "pinCode": None,
     }
     if order.status == "COMPLETED" and order.sealed_code is not None:
-        opened = svc.vault.open(SealedCode.from_wire(order.sealed_code), aad=order.sku)
+        sealed = SealedCode.from_wire(order.sealed_code)
+        opened = svc.vault.open(sealed, order.sku, order.stock_id)
         code["redeemCode"], code["pinCode"] = opened.redeem_code, opened.pin_code
     wanted = {int(s) for s in stockIds.split(",")} if stockIds else None
     keep = (status is None or status == code["status"]) and (

@@ -21,7 +21,7 @@ from services.inventory.domain.model import (
 from services.inventory.service_layer.unit_of_work import UnitOfWork
 from shared import postgres_unit_of_work
 from shared.contracts import ProductSnapshot
-from shared.crypto import SealedCode
+from shared.crypto import Binding, SealedCode
 from shared.db import Conn, compiled
 
 # Namespace of the per-SKU advisory locks (two-int form: never clashes with one-key locks).
@@ -51,12 +51,16 @@ UPDATE codes
 SET status = 'SOLD', transaction_id = wanted.transaction_id, sold_at = now()
 FROM picked JOIN wanted USING (sku, n)
 WHERE codes.id = picked.id AND codes.status = 'AVAILABLE'
-RETURNING codes.id, codes.transaction_id, codes.key_id, codes.sealed
+RETURNING codes.id, codes.transaction_id, codes.key_id, codes.sealed, codes.binding
 """
 
 
+def _sealed(row: asyncpg.Record) -> SealedCode:
+    return SealedCode(row["key_id"], bytes(row["sealed"]), Binding(row["binding"]))
+
+
 def _claimed(row: asyncpg.Record) -> ClaimedCode:
-    return ClaimedCode(stock_id=row["id"], sealed=SealedCode(row["key_id"], bytes(row["sealed"])))
+    return ClaimedCode(stock_id=row["id"], sealed=_sealed(row))
 
 
 def _rows_affected(status: str) -> int:
@@ -153,24 +157,37 @@ class PostgresCodes:
 
     async def sold_to(self, transaction_ids: Sequence[str]) -> dict[str, ClaimedCode]:
         rows = await self._conn.fetch(
-            "SELECT id, transaction_id, key_id, sealed FROM codes "
+            "SELECT id, transaction_id, key_id, sealed, binding FROM codes "
             "WHERE transaction_id = ANY($1::text[])",
             list(transaction_ids),
         )
         return {row["transaction_id"]: _claimed(row) for row in rows}
 
+    async def new_ids(self, count: int) -> list[int]:
+        rows = await self._conn.fetch(
+            "SELECT nextval(pg_get_serial_sequence('codes', 'id')) AS id "
+            "FROM generate_series(1, $1)",
+            count,
+        )
+        return sorted(row["id"] for row in rows)
+
     async def add(self, sku: str, codes: Sequence[NewCode]) -> int:
+        ordered = sorted(codes, key=lambda c: c.stock_id)
         status = await self._conn.execute(
             """
-            INSERT INTO codes (sku, key_id, sealed, fingerprint)
-            SELECT $1, key_id, sealed, fingerprint
-            FROM unnest($2::text[], $3::bytea[], $4::bytea[]) AS c (key_id, sealed, fingerprint)
+            INSERT INTO codes (id, sku, key_id, sealed, binding, fingerprint)
+            SELECT id, $1, key_id, sealed, binding, fingerprint
+            FROM unnest($2::bigint[], $3::text[], $4::bytea[], $5::smallint[], $6::bytea[])
+                AS c (id, key_id, sealed, binding, fingerprint)
+            ORDER BY id
             ON CONFLICT (fingerprint) DO NOTHING
             """,
             sku,
-            [c.sealed.key_id for c in codes],
-            [c.sealed.blob for c in codes],
-            [c.fingerprint for c in codes],
+            [c.stock_id for c in ordered],
+            [c.sealed.key_id for c in ordered],
+            [c.sealed.blob for c in ordered],
+            [c.sealed.binding.value for c in ordered],
+            [c.fingerprint for c in ordered],
         )
         return _rows_affected(status)
 

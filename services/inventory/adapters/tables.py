@@ -11,6 +11,7 @@ from sqlalchemy import (
     CheckConstraint,
     Index,
     LargeBinary,
+    SmallInteger,
     Text,
     Uuid,
     text,
@@ -57,9 +58,9 @@ class Product(InventoryTable, table=True):
 
 
 class Code(InventoryTable, table=True):
-    """One code, sealed (shared/crypto.py). id is the public stockId. A code is sold at most
-    once: it is SOLD exactly when it names its order, and an order can be named by one code
-    only."""
+    """One code, sealed (shared/crypto.py) to its `binding`: 1 its SKU, 2 its stock item. id
+    is the public stockId. A code is sold at most once: it is SOLD exactly when it names its
+    order, and an order can be named by one code only."""
 
     __tablename__ = "codes"
     __table_args__ = (
@@ -69,6 +70,7 @@ class Code(InventoryTable, table=True):
             "(status = 'SOLD') = (transaction_id IS NOT NULL)", name="codes_sold_to_one_order"
         ),
         CheckConstraint("(status = 'SOLD') = (sold_at IS NOT NULL)", name="codes_sold_at"),
+        CheckConstraint("binding IN (1, 2)"),
         Index("codes_available", "sku", "id", postgresql_where=text("status = 'AVAILABLE'")),
         Index("codes_sku_status", "sku", "status"),
     )
@@ -77,6 +79,7 @@ class Code(InventoryTable, table=True):
     sku: str = Field(foreign_key="products.sku", sa_type=Text)
     key_id: str = Field(sa_type=Text)
     sealed: bytes = Field(sa_type=LargeBinary)
+    binding: int = Field(sa_type=SmallInteger)
     fingerprint: bytes = Field(unique=True, sa_type=LargeBinary)
     status: str = Field(
         default="AVAILABLE", sa_type=Text, sa_column_kwargs={"server_default": "AVAILABLE"}

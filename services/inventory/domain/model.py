@@ -126,8 +126,10 @@ def first_of_each_order(orders: Iterable[PlaceOrder]) -> list[PlaceOrder]:
 
 @dataclass(frozen=True)
 class NewCode:
-    """A code about to be stocked: its keyed fingerprint (for duplicates) and ciphertext."""
+    """A code about to be stocked: the stock id taken for it (its ciphertext is sealed to
+    it), its keyed fingerprint (for duplicates) and its ciphertext."""
 
+    stock_id: int
     fingerprint: bytes
     sealed: SealedCode
 

@@ -76,11 +76,12 @@ async def add_stock(
     """
     if not 0 < len(codes) <= model.MAX_CODES_PER_DELIVERY:
         raise ValueError(f"stock between 1 and {model.MAX_CODES_PER_DELIVERY} codes at a time")
-    # Sealing thousands of codes takes CPU: off the event loop that also decides orders.
-    sealed = await asyncio.to_thread(seal_codes, codes, sku, vault)
     async with uow:
         if await uow.products.get(sku) is None:
             raise ProductNotFound(sku)
+        stock_ids = await uow.codes.new_ids(len(codes))
+        # Sealing thousands of codes takes CPU: off the event loop that also decides orders.
+        sealed = await asyncio.to_thread(seal_codes, codes, sku, stock_ids, vault)
         added = await uow.codes.add(sku, model.distinct_codes(sealed))
         available = await uow.codes.available(sku)
         if added:
@@ -93,10 +94,17 @@ async def add_stock(
     return StockAdded(sku=sku, added=added, skipped=len(codes) - added, available=available)
 
 
-def seal_codes(codes: Sequence[Code], sku: str, vault: CodeVault) -> list[NewCode]:
+def seal_codes(
+    codes: Sequence[Code], sku: str, stock_ids: Sequence[int], vault: CodeVault
+) -> list[NewCode]:
+    """Each code sealed to its stock item (the stock id given for it), with its fingerprint."""
     return [
-        NewCode(fingerprint=vault.fingerprint(code.redeem_code), sealed=vault.seal(code, aad=sku))
-        for code in codes
+        NewCode(
+            stock_id=stock_id,
+            fingerprint=vault.fingerprint(code.redeem_code),
+            sealed=vault.seal(code, sku, stock_id),
+        )
+        for code, stock_id in zip(codes, stock_ids, strict=True)
     ]
 
 

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.inventory.domain import model
-from services.inventory.domain.model import ClaimedCode, DecisionState, NewCode, OrderDecision
+from services.inventory.domain.model import ClaimedCode, DecisionState, OrderDecision
+from services.inventory.service_layer import catalog
 from services.inventory.service_layer.unit_of_work import UnitOfWork
 from shared.contracts import (
     AllocateBackorder,
@@ -160,15 +161,14 @@ async def cancel_backorder(command: CancelBackorder, uow: UnitOfWork) -> None:
 
 async def receive_delivery(command: DeliverStock, uow: UnitOfWork, vault: CodeVault) -> None:
     """Stock a supplier's delivery. Codes already known are skipped, so a redelivered
-    delivery adds nothing; stock that arrived is announced like an operator's."""
+    delivery adds nothing; stock that arrived is announced like an operator's. The codes
+    come sealed to their SKU; each is sealed again to the stock item it becomes."""
     if await uow.products.get(command.sku) is None:
         raise ValueError(f"a delivery for unknown SKU {command.sku!r}")
-    codes = []
-    for wire in command.sealed_codes:
-        sealed = SealedCode.from_wire(wire)
-        redeem_code = vault.open(sealed, aad=command.sku).redeem_code
-        codes.append(NewCode(fingerprint=vault.fingerprint(redeem_code), sealed=sealed))
-    added = await uow.codes.add(command.sku, model.distinct_codes(codes))
+    codes = [vault.open(SealedCode.from_wire(w), command.sku, None) for w in command.sealed_codes]
+    stock_ids = await uow.codes.new_ids(len(codes)) if codes else []
+    new = catalog.seal_codes(codes, command.sku, stock_ids, vault)
+    added = await uow.codes.add(command.sku, model.distinct_codes(new))
     if added:
         available = await uow.codes.available(command.sku)
         uow.publish(

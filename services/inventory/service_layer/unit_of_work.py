@@ -32,8 +32,14 @@ class Codes(Protocol):
 
     async def sold_to(self, transaction_ids: Sequence[str]) -> dict[str, ClaimedCode]: ...
 
+    async def new_ids(self, count: int) -> list[int]:
+        """Stock ids for codes about to be stocked, ascending (so they can be sealed to
+        them); an id given out and not used is never given again."""
+        ...
+
     async def add(self, sku: str, codes: Sequence[NewCode]) -> int:
-        """Stocks the codes not already known (by fingerprint); returns how many were new."""
+        """Stocks the codes not already known (by fingerprint) under their stock ids;
+        returns how many were new."""
         ...
 
     async def available(self, sku: str) -> int: ...
