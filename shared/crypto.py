@@ -4,8 +4,8 @@ Codes are encrypted with a key from `CODE_ENCRYPTION_KEYS` ("kid:base64key,kid2:
 the first one encrypts, all of them decrypt) so keys can rotate; the key id is stored beside
 every ciphertext. A code in stock is sealed to its stock item (the associated data names its
 SKU and stock id), so a ciphertext copied onto another row does not open; what it is bound
-to travels with it (`Binding`). Duplicate codes are detected through a keyed fingerprint,
-never by storing or comparing plaintext.
+to travels with it (`Binding`). Duplicate codes are detected through a keyed fingerprint of
+the code's normal form (`normal_form`), never by storing or comparing plaintext.
 """
 
 import base64
@@ -23,6 +23,9 @@ from enum import IntEnum
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 NONCE_BYTES = 12
+# What `CodeVault.fingerprint` computes: 2 is the HMAC of `normal_form`; 1 (rows stocked
+# before migration 0006 of inventory) was the HMAC of the code as given.
+FINGERPRINT_VERSION = 2
 
 
 class KeyConfigError(ValueError):
@@ -133,6 +136,19 @@ def is_invisible(char: str) -> bool:
     return unicodedata.category(char) in ("Cc", "Cf") or _IGNORABLE.match(char) is not None
 
 
+def normal_form(redeem_code: str) -> str:
+    """The form in which two redeem codes are the same code: invisible characters removed,
+    then NFKC, case folding, and NFKC again (case folding can undo a composition). Close to
+    Unicode's NFKC_Casefold; idempotent (tests/unit/test_crypto.py checks every code point).
+    docs/decisions/code-fingerprints-and-bindings.md says why case does not tell codes apart."""
+    if redeem_code.isascii():  # most codes: NFKC changes no ASCII, casefold is lower
+        if not redeem_code.isprintable():
+            redeem_code = "".join(ch for ch in redeem_code if ch.isprintable())
+        return redeem_code.lower()
+    visible = "".join(ch for ch in redeem_code if not is_invisible(ch))
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", visible).casefold())
+
+
 def _character_problem(field: str, value: str) -> str | None:
     for position, char in enumerate(value, start=1):
         category = unicodedata.category(char)
@@ -224,7 +240,10 @@ class CodeVault:
                 raise KeyConfigError("CODE_FINGERPRINT_KEY is not base64") from exc
             if len(fingerprint_material) != 32:
                 raise KeyConfigError("CODE_FINGERPRINT_KEY must be base64 of 32 bytes")
-        self._fingerprint_key = hashlib.sha256(b"fingerprint|" + fingerprint_material).digest()
+        # Version 1 fingerprinted the code as given, under sha256("fingerprint|" + key); no
+        # code computes it any more. A key of its own per version: no fingerprint of one
+        # version can equal one of the other.
+        self._fingerprint_key = hashlib.sha256(b"fingerprint-v2|" + fingerprint_material).digest()
 
     def seal(self, code: Code, sku: str, stock_id: int) -> SealedCode:
         """Seals a code to its stock item: it opens only as the stock item `stock_id` of
@@ -259,7 +278,9 @@ class CodeVault:
         return Code(redeem_code=data["r"], pin_code=data["p"])
 
     def fingerprint(self, redeem_code: str) -> bytes:
-        return hmac.new(self._fingerprint_key, redeem_code.encode(), hashlib.sha256).digest()
+        """The keyed fingerprint (version FINGERPRINT_VERSION) of the code's normal form."""
+        message = normal_form(redeem_code).encode()
+        return hmac.new(self._fingerprint_key, message, hashlib.sha256).digest()
 
 
 def new_secret(prefix: str) -> str:

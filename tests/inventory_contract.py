@@ -1,23 +1,32 @@
 """The contract of inventory's repositories, run against the fakes (unit) and PostgreSQL
-(integration): a subclass provides the `new_uow` fixture."""
+(integration): a subclass provides the `new_uow` and `stock_the_old_way` fixtures."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Protocol
 
 import pytest
 from cryptography.exceptions import InvalidTag
 
-from services.inventory.domain.model import DecisionState, NewCode, OrderDecision, StockLevel
+from services.inventory.domain.model import (
+    CodeStatus,
+    DecisionState,
+    NewCode,
+    OrderDecision,
+    StockLevel,
+)
+from services.inventory.service_layer import catalog
 from services.inventory.service_layer.catalog import seal_codes
 from services.inventory.service_layer.unit_of_work import UnitOfWork
 from shared.contracts import ProductSnapshot
-from shared.crypto import Binding, Code
+from shared.crypto import Binding, Code, SealedCode
 from shared.settings import InventorySettings
-from tests.helpers import unique
+from tests.helpers import fullwidth, unique
 
 # The stack's key when the tests run against it, else the dev key.
 VAULT = InventorySettings().code_vault()
@@ -38,6 +47,37 @@ async def new_codes(
     return seal_codes(codes, sku, await uow.codes.new_ids(count), VAULT)
 
 
+@dataclass(frozen=True)
+class OldCode:
+    """A code as inventory stocked it before migrations 0005-0006: fingerprint version 1,
+    sealed to its SKU only (`CodeVault.seal_to_sku` seals exactly as `seal(code, aad=sku)`
+    did)."""
+
+    redeem_code: str
+    sold_to: str | None = None
+
+
+@dataclass(frozen=True)
+class Row:
+    """A row of the codes table, as a test reads it."""
+
+    stock_id: int
+    status: CodeStatus
+    sealed: SealedCode
+    fingerprint_version: int
+    has_fingerprint: bool
+
+
+class StockRoom(Protocol):
+    """What tests do to the stock behind the repositories' back."""
+
+    async def stock_the_old_way(self, sku: str, codes: Sequence[OldCode]) -> list[int]:
+        """Stocks the codes in an existing SKU; returns their stock ids."""
+        ...
+
+    async def rows(self, stock_ids: Sequence[int]) -> dict[int, Row]: ...
+
+
 def waiting(sku: str, transaction_id: str | None = None) -> OrderDecision:
     return OrderDecision(
         transaction_id=transaction_id or unique("tx"),
@@ -52,6 +92,10 @@ def waiting(sku: str, transaction_id: str | None = None) -> OrderDecision:
 class RepositoryContract:
     @pytest.fixture
     def new_uow(self) -> NewUow:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def stock_room(self) -> StockRoom:
         raise NotImplementedError
 
     async def stocked(self, new_uow: NewUow, count: int) -> str:
@@ -185,3 +229,90 @@ class RepositoryContract:
         assert [VAULT.open(c.sealed, sku, c.stock_id).redeem_code for c in sold] == redeem
         with pytest.raises(InvalidTag):
             VAULT.open(sold[1].sealed, sku, ids[0])
+
+    async def test_codes_stocked_the_old_way_get_new_fingerprints_and_seals(
+        self, new_uow: NewUow, stock_room: StockRoom
+    ) -> None:
+        sku, other, prefix = unique("SKU"), unique("SKU"), unique("OLD")
+        for each in (sku, other):
+            await catalog.put_product(product(each), new_uow())
+        available, sold = await stock_room.stock_the_old_way(
+            sku, [OldCode(f"{prefix}-A"), OldCode(f"{prefix}-B", sold_to=unique("tx"))]
+        )
+        async with new_uow() as uow:
+            assert await uow.codes.old_fingerprints_left() >= 2
+        with pytest.raises(catalog.RefingerprintPending):
+            await catalog.add_stock(other, [Code(unique("NEW"), None)], new_uow(), VAULT)
+
+        await catalog.refingerprint_stock(new_uow, VAULT)
+
+        async with new_uow() as uow:
+            assert await uow.codes.old_fingerprints_left() == 0
+        rows = await stock_room.rows([available, sold])
+        assert [(r.fingerprint_version, r.has_fingerprint) for r in rows.values()] == [
+            (2, True),
+            (2, True),
+        ]
+        # The code still for sale is sealed again to its row; the one sold keeps its seal
+        # (the api holds its copy of it).
+        assert rows[available].sealed.binding is Binding.STOCK_ITEM
+        assert VAULT.open(rows[available].sealed, sku, available).redeem_code == f"{prefix}-A"
+        assert rows[sold].sealed.binding is Binding.SKU
+        assert VAULT.open(rows[sold].sealed, sku, None).redeem_code == f"{prefix}-B"
+        # Their duplicates are found now, in any SKU, in any form.
+        stocked = await catalog.add_stock(
+            other,
+            [
+                Code(f"{prefix}-a".lower(), None),
+                Code(prefix + fullwidth("-B"), "1"),
+                Code(unique("N"), None),
+            ],
+            new_uow(),
+            VAULT,
+        )
+        assert (stocked.added, stocked.skipped) == (1, 2)
+        # Nothing is left to do: running it again changes nothing.
+        assert (await catalog.refingerprint_stock(new_uow, VAULT)).refingerprinted == 0
+
+    @pytest.mark.parametrize("batch", [1, 100])
+    async def test_a_code_stocked_twice_the_old_way_is_set_aside(
+        self, new_uow: NewUow, stock_room: StockRoom, batch: int
+    ) -> None:
+        sku, p = unique("SKU"), unique("TWICE")
+        await catalog.put_product(product(sku), new_uow())
+        ids = await stock_room.stock_the_old_way(
+            sku,
+            [
+                OldCode(f"{p}-X"),
+                OldCode(f"{p}-x"),  # the same code, stocked later: set aside
+                OldCode(f"{p}-Y"),  # set aside: the later one was sold
+                OldCode(f"{p}-y", sold_to=unique("tx")),
+                OldCode(f"{p}-Z", sold_to=unique("tx")),  # sold twice already: reported
+                OldCode(f"{p}-z\u200b", sold_to=unique("tx")),
+                OldCode(f"{p}-W"),
+            ],
+        )
+        x, x_again, y, y_sold, z, z_again, w = ids
+
+        done = await catalog.refingerprint_stock(new_uow, VAULT, batch=batch)
+
+        assert {x_again, y, z_again} <= set(done.duplicates)
+        assert (z, z_again) in done.sold_twice
+        rows = await stock_room.rows(ids)
+        assert {i: (r.status, r.has_fingerprint) for i, r in rows.items()} == {
+            x: (CodeStatus.AVAILABLE, True),
+            x_again: (CodeStatus.DUPLICATE, False),
+            y: (CodeStatus.DUPLICATE, False),
+            y_sold: (CodeStatus.SOLD, True),
+            z: (CodeStatus.SOLD, True),
+            z_again: (CodeStatus.SOLD, False),
+            w: (CodeStatus.AVAILABLE, True),
+        }
+        assert {r.fingerprint_version for r in rows.values()} == {2}
+        async with new_uow() as uow:
+            assert await uow.codes.levels([sku]) == {sku: StockLevel(available=2, sold=3)}
+            claimed = await uow.codes.claim({sku: [unique("tx") for _ in range(3)]})
+            await uow.commit()
+        assert sorted(c.stock_id for c in claimed.values()) == [x, w]
+        again = await catalog.add_stock(sku, [Code(f"{p}-X", None)], new_uow(), VAULT)
+        assert (again.added, again.skipped) == (0, 1)

@@ -7,32 +7,41 @@ both), so handler tests on fakes say something true about production.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from services.inventory.domain.model import (
     ClaimedCode,
+    CodeStatus,
     DecisionState,
     NewCode,
     OrderDecision,
+    Refingerprinted,
+    StockedCode,
     StockLevel,
 )
 from services.inventory.service_layer.unit_of_work import UnitOfWork
 from shared.contracts import Message, ProductSnapshot
-from shared.crypto import SealedCode
+from shared.crypto import FINGERPRINT_VERSION, Code, SealedCode
 from tests import fakes
+from tests.inventory_contract import VAULT, OldCode, Row
 
 
 @dataclass
 class CodeRow:
     id: int
     sku: str
-    fingerprint: bytes
+    fingerprint: bytes | None
     sealed: SealedCode
+    fingerprint_version: int = FINGERPRINT_VERSION
     status: str = "AVAILABLE"
     transaction_id: str | None = None
     sold_at: datetime | None = None
+
+    def stocked(self) -> StockedCode:
+        return StockedCode(self.id, self.sku, CodeStatus(self.status), self.sealed)
 
 
 @dataclass
@@ -109,6 +118,46 @@ class FakeCodes:
             added += 1
         return added
 
+    def _old(self) -> list[CodeRow]:
+        return sorted(
+            (r for r in self._state.codes.values() if r.fingerprint_version == 1),
+            key=lambda r: r.id,
+        )
+
+    async def old_fingerprints_left(self) -> int:
+        return len(self._old())
+
+    async def skus_with_old_fingerprints(self, limit: int) -> set[str]:
+        return {row.sku for row in self._old()[:limit]}
+
+    async def with_old_fingerprints(self, skus: Iterable[str], limit: int) -> list[StockedCode]:
+        wanted = set(skus)
+        return [row.stocked() for row in self._old() if row.sku in wanted][:limit]
+
+    async def holding(self, fingerprints: Sequence[bytes]) -> dict[bytes, StockedCode]:
+        return {
+            row.fingerprint: row.stocked()
+            for row in self._state.codes.values()
+            if row.fingerprint is not None and row.fingerprint in fingerprints
+        }
+
+    async def mark_duplicates(self, stock_ids: Sequence[int]) -> None:
+        for stock_id in stock_ids:
+            row = self._state.codes[stock_id]
+            row.fingerprint, row.fingerprint_version = None, FINGERPRINT_VERSION
+            if row.status == CodeStatus.AVAILABLE:
+                row.status = CodeStatus.DUPLICATE
+
+    async def refingerprint(self, codes: Sequence[Refingerprinted]) -> None:
+        taken = {r.fingerprint for r in self._state.codes.values()}
+        for code in codes:
+            if code.fingerprint in taken:
+                raise UniqueViolation("codes.fingerprint")
+            taken.add(code.fingerprint)
+            row = self._state.codes[code.code.stock_id]
+            row.fingerprint, row.fingerprint_version = code.fingerprint, FINGERPRINT_VERSION
+            row.sealed = code.sealed
+
     async def available(self, sku: str) -> int:
         return sum(
             1 for r in self._state.codes.values() if r.sku == sku and r.status == "AVAILABLE"
@@ -120,7 +169,7 @@ class FakeCodes:
             rows = [r for r in self._state.codes.values() if r.sku == sku]
             if rows:
                 available = sum(1 for r in rows if r.status == "AVAILABLE")
-                levels[sku] = StockLevel(available, len(rows) - available)
+                levels[sku] = StockLevel(available, sum(1 for r in rows if r.status == "SOLD"))
         return levels
 
     async def available_per_product(self) -> dict[str, int]:
@@ -193,3 +242,38 @@ class FakeUnitOfWork(fakes.FakeUnitOfWork[State], UnitOfWork):
 
     async def serialize_skus(self, skus: Iterable[str]) -> None:
         self.serialized |= set(skus)
+
+
+class FakeStockRoom:
+    """tests/inventory_contract.py StockRoom on the fake store."""
+
+    def __init__(self, store: FakeStore) -> None:
+        self._store = store
+
+    async def stock_the_old_way(self, sku: str, codes: Sequence[OldCode]) -> list[int]:
+        state = self._store.state
+        ids = []
+        for code in codes:
+            row_id = state.next_code_id
+            state.next_code_id += 1
+            sealed = VAULT.seal_to_sku(Code(code.redeem_code, "0042"), sku)
+            row = CodeRow(row_id, sku, os.urandom(32), sealed, fingerprint_version=1)
+            if code.sold_to is not None:
+                row.status, row.transaction_id = "SOLD", code.sold_to
+                row.sold_at = datetime.now(UTC)
+            state.codes[row_id] = row
+            ids.append(row_id)
+        return ids
+
+    async def rows(self, stock_ids: Sequence[int]) -> dict[int, Row]:
+        codes = self._store.state.codes
+        return {
+            i: Row(
+                i,
+                CodeStatus(codes[i].status),
+                codes[i].sealed,
+                codes[i].fingerprint_version,
+                codes[i].fingerprint is not None,
+            )
+            for i in stock_ids
+        }

@@ -44,6 +44,10 @@ def create_app(settings: InventorySettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def background() -> AsyncIterator[None]:
+        # Stock is refused until codes stocked before fingerprint version 2 have theirs.
+        runtime.background.start(
+            "stock-refingerprint", lambda: catalog.refingerprint_stock(new_uow, vault)
+        )
         runtime.background.start(
             "stock-recount",
             lambda: every(

@@ -5,8 +5,9 @@ stored in plaintext, and the subscriber acknowledges only what it decided."""
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import cast
@@ -22,6 +23,7 @@ from faststream.kafka import KafkaBroker
 from pydantic import SecretStr
 
 from services.inventory.adapters.postgres import PostgresUnitOfWork
+from services.inventory.domain.model import CodeStatus
 from services.inventory.entrypoints import admin, commands
 from services.inventory.service_layer import catalog
 from services.inventory.service_layer.decisions import handle_commands
@@ -39,7 +41,7 @@ from shared.topics import INVENTORY_EVENTS
 from shared.web import install_common
 from tests.conftest import Stack
 from tests.helpers import unique, wait_until
-from tests.inventory_contract import VAULT, NewUow, RepositoryContract
+from tests.inventory_contract import VAULT, NewUow, OldCode, RepositoryContract, Row, StockRoom
 from tests.unit.test_inventory_consumer import FakeProducer
 
 pytestmark = pytest.mark.integration
@@ -59,10 +61,80 @@ def new_uow(pool: asyncpg.Pool) -> Callable[[], PostgresUnitOfWork]:
     return lambda: PostgresUnitOfWork(pool)
 
 
+class PostgresStockRoom:
+    """tests/inventory_contract.py StockRoom on the stack's inventory database."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self.stocked: list[int] = []
+
+    async def stock_the_old_way(self, sku: str, codes: Sequence[OldCode]) -> list[int]:
+        # As inventory did before 0005 and 0006: sealed to the SKU, a version 1 fingerprint (random
+        # here: no code computes them any more, and only their uniqueness was ever used).
+        rows = await self._pool.fetch(
+            """
+            INSERT INTO codes (sku, key_id, sealed, binding, fingerprint, fingerprint_version,
+                               status, transaction_id, sold_at)
+            SELECT $1, key_id, sealed, 1, fingerprint, 1,
+                   CASE WHEN sold_to IS NULL THEN 'AVAILABLE' ELSE 'SOLD' END, sold_to,
+                   CASE WHEN sold_to IS NULL THEN NULL ELSE now() END
+            FROM unnest($2::text[], $3::bytea[], $4::bytea[], $5::text[])
+                WITH ORDINALITY AS c (key_id, sealed, fingerprint, sold_to, n)
+            ORDER BY n
+            RETURNING id
+            """,
+            sku,
+            *zip(
+                *[
+                    (s.key_id, s.blob, os.urandom(32), c.sold_to)
+                    for c in codes
+                    for s in [VAULT.seal_to_sku(Code(c.redeem_code, "0042"), sku)]
+                ],
+                strict=True,
+            ),
+        )
+        ids = sorted(row["id"] for row in rows)
+        self.stocked += ids
+        return ids
+
+    async def rows(self, stock_ids: Sequence[int]) -> dict[int, Row]:
+        rows = await self._pool.fetch(
+            "SELECT id, status, key_id, sealed, binding, fingerprint_version, fingerprint "
+            "FROM codes WHERE id = ANY($1::bigint[])",
+            list(stock_ids),
+        )
+        by_id = {
+            row["id"]: Row(
+                row["id"],
+                CodeStatus(row["status"]),
+                SealedCode(row["key_id"], bytes(row["sealed"]), Binding(row["binding"])),
+                row["fingerprint_version"],
+                row["fingerprint"] is not None,
+            )
+            for row in rows
+        }
+        return {i: by_id[i] for i in stock_ids}
+
+    async def clean_up(self) -> None:
+        """Codes a failed test left with an old fingerprint would stop all stocking."""
+        await self._pool.execute(
+            "DELETE FROM codes WHERE id = ANY($1::bigint[]) AND fingerprint_version = 1",
+            self.stocked,
+        )
+
+
 class TestPostgresRepositories(RepositoryContract):
     @pytest.fixture
     def new_uow(self, pool: asyncpg.Pool) -> NewUow:
         return lambda: PostgresUnitOfWork(pool)
+
+    @pytest.fixture
+    async def stock_room(self, pool: asyncpg.Pool) -> AsyncIterator[StockRoom]:
+        room = PostgresStockRoom(pool)
+        try:
+            yield room
+        finally:
+            await room.clean_up()
 
 
 def place(sku: str, transaction_id: str | None = None) -> PlaceOrder:

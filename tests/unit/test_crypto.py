@@ -1,6 +1,8 @@
 import base64
 import dataclasses
 import os
+import sys
+import unicodedata
 
 import pytest
 from cryptography.exceptions import InvalidTag
@@ -13,6 +15,8 @@ from shared.crypto import (
     SealedCode,
     code_problem,
     hash_secret,
+    is_invisible,
+    normal_form,
 )
 from tests.helpers import fullwidth
 
@@ -146,7 +150,67 @@ def test_a_bad_key_is_refused_without_quoting_its_material(spec: str) -> None:
     assert "c2VjcmV0" not in str(refused.value)
 
 
-# --- what a code may hold ------------------------------------------------------------------
+# --- the normal form of a code, and what a code may hold -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "gift-abcd-1234",  # case
+        "Gift-AbCd-1234",
+        fullwidth("GIFT-ABCD-1234"),  # compatibility forms (NFKC)
+        "GIFT-ABCD-12\u200b34",  # zero-width space
+        "\ufeffGIFT-ABCD-1234",  # byte order mark
+        "GIFT-AB\u00adCD-1234",  # soft hyphen
+        "GIFT-ABCD-1234\ufe0f",  # variation selector
+        "GIFT-\u202eABCD-1234",  # right-to-left override
+        "GIFT-ABCD-1234\u0085",  # a C1 control
+    ],
+)
+def test_a_code_differing_only_in_form_case_or_invisibles_has_the_same_fingerprint(
+    variant: str,
+):
+    vault = CodeVault(key_spec("k1"))
+    assert normal_form(variant) == normal_form("GIFT-ABCD-1234") == "gift-abcd-1234"
+    assert vault.fingerprint(variant) == vault.fingerprint("GIFT-ABCD-1234")
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [("GIFT-ABCD-1234", "GIFT-ABCD-1235"), ("GIFT-ABCD-1234", "GIFT-ABCD 1234"), ("É1", "E1")],
+)
+def test_different_codes_keep_different_fingerprints(one: str, other: str):
+    vault = CodeVault(key_spec("k1"))
+    assert vault.fingerprint(one) != vault.fingerprint(other)
+
+
+def test_composed_and_decomposed_forms_and_sharp_s_are_one_code():
+    assert normal_form("CAFE\u0301") == normal_form("CAFÉ") == normal_form("café")
+    assert normal_form("STRASSE") == normal_form("straße")
+
+
+def test_the_normal_form_is_idempotent_and_visible_for_every_assigned_code_point():
+    unstable = []
+    for point in range(sys.maxunicode + 1):
+        char = chr(point)
+        if unicodedata.category(char) in ("Cs", "Cn"):  # refused in codes
+            continue
+        once = normal_form(char)
+        if normal_form(once) != once or any(is_invisible(c) for c in once):
+            unstable.append(f"U+{point:04X}")
+    assert unstable == []
+
+
+def test_fingerprints_of_version_2_differ_from_version_1():
+    """Version 1 was HMAC(sha256("fingerprint|" + key), code as given)."""
+    import hashlib
+    import hmac
+
+    material = os.urandom(32)
+    vault = CodeVault(key_spec("k1"), base64.b64encode(material).decode())
+    v1_key = hashlib.sha256(b"fingerprint|" + material).digest()
+    v1 = hmac.new(v1_key, b"gift-1", hashlib.sha256).digest()
+    assert vault.fingerprint("gift-1") != v1
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,10 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from services.inventory.entrypoints import admin
+from services.inventory.service_layer import catalog
 from shared.web import install_common
-from tests.inventory_contract import VAULT
-from tests.inventory_fakes import FakeStore
+from tests.inventory_contract import VAULT, OldCode
+from tests.inventory_fakes import FakeStockRoom, FakeStore
 
 TOKEN = "test-admin-token-0123456789"
 PRODUCT = {"name": "Gift card 10", "currency": "USD", "price": "10.00", "brand": "Acme"}
@@ -198,3 +199,22 @@ async def test_invisible_characters_in_a_code_are_refused_naming_the_field(
     assert f"{field} holds" in detail["issue"]
     assert "remove it" in detail["issue"]
     assert "GIFT" not in response.text
+
+
+async def test_stock_waits_for_the_re_fingerprinting_of_codes_stocked_earlier(
+    http: httpx.AsyncClient, store: FakeStore
+) -> None:
+    await put(http, "SKU-1")
+    await FakeStockRoom(store).stock_the_old_way("SKU-1", [OldCode("OLD-1"), OldCode("OLD-2")])
+
+    response = await http.post("/admin/products/SKU-1/stock", json={"generate": 1})
+
+    assert error(response, 503) == "STOCK_BEING_REFINGERPRINTED"
+    assert response.json()["codesLeft"] == 2
+    assert response.headers["Retry-After"] == "30"
+    assert "again in a minute" in response.json()["message"]
+    await catalog.refingerprint_stock(store.uow, VAULT)
+    again = await http.post(
+        "/admin/products/SKU-1/stock", json={"codes": [{"redeemCode": "old-2"}]}
+    )
+    assert again.json()["data"]["skipped"] == 1

@@ -18,6 +18,7 @@ from shared.contracts import (
     CancelBackorder,
     CancelReason,
     Decision,
+    DeliverStock,
     InventoryCommand,
     Message,
     OrderBackordered,
@@ -26,10 +27,12 @@ from shared.contracts import (
     ProductSnapshot,
     StockArrived,
 )
-from shared.crypto import Code, SealedCode
+from shared.crypto import Binding, Code, SealedCode
 from shared.topics import CATALOG_PRODUCTS, INVENTORY_EVENTS
-from tests.inventory_contract import VAULT
-from tests.inventory_fakes import FakeStore
+from shared.unit_of_work import NotYet
+from tests.helpers import fullwidth
+from tests.inventory_contract import VAULT, OldCode
+from tests.inventory_fakes import FakeStockRoom, FakeStore
 
 SKU = "SKU-GIFT-10"
 ACCOUNT = uuid.uuid4()
@@ -380,7 +383,26 @@ async def test_products_page_with_stock(store: FakeStore) -> None:
     assert [(p.sku, s.available) for p, s in page] == [("A", 0), ("B", 1)]
 
 
-# --- stock intake: codes sealed to their stock item --------------------------------------
+# --- stock intake: duplicates in any form, codes sealed to their stock item ----------------
+
+
+async def test_a_code_in_another_form_case_or_with_invisibles_is_a_duplicate(
+    store: FakeStore,
+) -> None:
+    await create_product(store)
+    await create_product(store, "OTHER")
+    await stock(store, "GIFT-ABCD-1234")
+
+    again = await stock(
+        store,
+        "gift-abcd-1234",
+        fullwidth("GIFT-ABCD-1234"),
+        "GIFT-ABCD-1234\u200b",
+        "GIFT-ABCD-1235",
+        sku="OTHER",
+    )
+
+    assert (again.added, again.skipped) == (1, 3)
 
 
 async def test_a_stocked_code_opens_only_as_its_own_stock_item(store: FakeStore) -> None:
@@ -394,3 +416,50 @@ async def test_a_stocked_code_opens_only_as_its_own_stock_item(store: FakeStore)
     assert reply.decision.stock_id == second.id
     with pytest.raises(InvalidTag):
         opened(reply.decision)
+
+
+def delivery(*redeem_codes: str, delivery_id: str = "d-1") -> DeliverStock:
+    sealed = [VAULT.seal_to_sku(Code(c, "7"), SKU).to_wire() for c in redeem_codes]
+    return DeliverStock(delivery_id=delivery_id, sku=SKU, sealed_codes=sealed)
+
+
+async def test_a_delivery_is_stocked_sealed_to_its_stock_items_without_duplicates(
+    store: FakeStore,
+) -> None:
+    await create_product(store)
+    await stock(store, "KNOWN-1")
+
+    await handle_commands(
+        [delivery("known-1", "NEW-1", "new-1", "BAD\u200b-1", "BAD\x85-2", "NEW-2")],
+        store.uow(),
+        VAULT,
+    )
+
+    rows = sorted(store.state.codes.values(), key=lambda row: row.id)
+    assert [VAULT.open(r.sealed, SKU, r.id).redeem_code for r in rows] == [
+        "KNOWN-1",
+        "NEW-1",
+        "NEW-2",
+    ]
+    assert {r.sealed.binding for r in rows} == {Binding.STOCK_ITEM}
+    arrived = events(store)[-1]
+    assert isinstance(arrived, StockArrived)
+    assert (arrived.added, arrived.available) == (2, 3)
+
+
+async def test_nothing_is_stocked_while_old_fingerprints_are_left(store: FakeStore) -> None:
+    await create_product(store)
+    [old] = await FakeStockRoom(store).stock_the_old_way(SKU, [OldCode("OLD-1")])
+
+    with pytest.raises(catalog.RefingerprintPending) as pending:
+        await stock(store, "old-1")
+    assert pending.value.left == 1
+    with pytest.raises(NotYet):  # the consumer gets the delivery again later
+        await handle_commands([place("tx-1"), delivery("old-1")], store.uow(), VAULT)
+    assert "tx-1" not in store.state.decisions  # the batch rolled back whole
+
+    await catalog.refingerprint_stock(store.uow, VAULT)
+    await handle_commands([delivery("old-1", "Old-1", "NEW-1")], store.uow(), VAULT)
+    # NEW-1 is stocked: an id is taken for each code delivered, duplicates too.
+    assert sorted(store.state.codes) == [old, old + 3]
+    assert (await stock(store, "OLD-1", "NEW-1")).added == 0

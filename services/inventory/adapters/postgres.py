@@ -13,15 +13,18 @@ from sqlmodel import col
 from services.inventory.adapters.tables import Product as ProductRow
 from services.inventory.domain.model import (
     ClaimedCode,
+    CodeStatus,
     DecisionState,
     NewCode,
     OrderDecision,
+    Refingerprinted,
+    StockedCode,
     StockLevel,
 )
 from services.inventory.service_layer.unit_of_work import UnitOfWork
 from shared import postgres_unit_of_work
 from shared.contracts import ProductSnapshot
-from shared.crypto import Binding, SealedCode
+from shared.crypto import FINGERPRINT_VERSION, Binding, SealedCode
 from shared.db import Conn, compiled
 
 # Namespace of the per-SKU advisory locks (two-int form: never clashes with one-key locks).
@@ -61,6 +64,12 @@ def _sealed(row: asyncpg.Record) -> SealedCode:
 
 def _claimed(row: asyncpg.Record) -> ClaimedCode:
     return ClaimedCode(stock_id=row["id"], sealed=_sealed(row))
+
+
+def _stocked(row: asyncpg.Record) -> StockedCode:
+    return StockedCode(
+        stock_id=row["id"], sku=row["sku"], status=CodeStatus(row["status"]), sealed=_sealed(row)
+    )
 
 
 def _rows_affected(status: str) -> int:
@@ -175,8 +184,8 @@ class PostgresCodes:
         ordered = sorted(codes, key=lambda c: c.stock_id)
         status = await self._conn.execute(
             """
-            INSERT INTO codes (id, sku, key_id, sealed, binding, fingerprint)
-            SELECT id, $1, key_id, sealed, binding, fingerprint
+            INSERT INTO codes (id, sku, key_id, sealed, binding, fingerprint, fingerprint_version)
+            SELECT id, $1, key_id, sealed, binding, fingerprint, $7
             FROM unnest($2::bigint[], $3::text[], $4::bytea[], $5::smallint[], $6::bytea[])
                 AS c (id, key_id, sealed, binding, fingerprint)
             ORDER BY id
@@ -188,8 +197,71 @@ class PostgresCodes:
             [c.sealed.blob for c in ordered],
             [c.sealed.binding.value for c in ordered],
             [c.fingerprint for c in ordered],
+            FINGERPRINT_VERSION,
         )
         return _rows_affected(status)
+
+    # Re-fingerprinting: the statements name version 1, the one the partial index
+    # codes_old_fingerprints covers.
+    async def old_fingerprints_left(self) -> int:
+        count: int = await self._conn.fetchval(
+            "SELECT count(*) FROM codes WHERE fingerprint_version = 1"
+        )
+        return count
+
+    async def skus_with_old_fingerprints(self, limit: int) -> set[str]:
+        rows = await self._conn.fetch(
+            "SELECT DISTINCT sku FROM (SELECT sku FROM codes WHERE fingerprint_version = 1 "
+            "ORDER BY id LIMIT $1) AS oldest",
+            limit,
+        )
+        return {row["sku"] for row in rows}
+
+    async def with_old_fingerprints(self, skus: Iterable[str], limit: int) -> list[StockedCode]:
+        rows = await self._conn.fetch(
+            "SELECT id, sku, status, key_id, sealed, binding FROM codes "
+            "WHERE fingerprint_version = 1 AND sku = ANY($1::text[]) "
+            "ORDER BY id LIMIT $2 FOR UPDATE",
+            list(skus),
+            limit,
+        )
+        return [_stocked(row) for row in rows]
+
+    async def holding(self, fingerprints: Sequence[bytes]) -> dict[bytes, StockedCode]:
+        rows = await self._conn.fetch(
+            "SELECT id, sku, status, key_id, sealed, binding, fingerprint FROM codes "
+            "WHERE fingerprint = ANY($1::bytea[]) ORDER BY id FOR UPDATE",
+            list(fingerprints),
+        )
+        return {bytes(row["fingerprint"]): _stocked(row) for row in rows}
+
+    async def mark_duplicates(self, stock_ids: Sequence[int]) -> None:
+        await self._conn.execute(
+            """
+            UPDATE codes SET fingerprint = NULL, fingerprint_version = $2,
+                status = CASE status WHEN 'AVAILABLE' THEN 'DUPLICATE' ELSE status END
+            WHERE id = ANY($1::bigint[])
+            """,
+            list(stock_ids),
+            FINGERPRINT_VERSION,
+        )
+
+    async def refingerprint(self, codes: Sequence[Refingerprinted]) -> None:
+        await self._conn.execute(
+            """
+            UPDATE codes SET fingerprint = c.fingerprint, fingerprint_version = $6,
+                key_id = c.key_id, sealed = c.sealed, binding = c.binding
+            FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::bytea[], $5::smallint[])
+                AS c (id, fingerprint, key_id, sealed, binding)
+            WHERE codes.id = c.id
+            """,
+            [c.code.stock_id for c in codes],
+            [c.fingerprint for c in codes],
+            [c.sealed.key_id for c in codes],
+            [c.sealed.blob for c in codes],
+            [c.sealed.binding.value for c in codes],
+            FINGERPRINT_VERSION,
+        )
 
     async def available(self, sku: str) -> int:
         count: int = await self._conn.fetchval(

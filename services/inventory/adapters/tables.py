@@ -60,19 +60,28 @@ class Product(InventoryTable, table=True):
 class Code(InventoryTable, table=True):
     """One code, sealed (shared/crypto.py) to its `binding`: 1 its SKU, 2 its stock item. id
     is the public stockId. A code is sold at most once: it is SOLD exactly when it names its
-    order, and an order can be named by one code only."""
+    order, and an order can be named by one code only. Two codes in stock are never the same
+    code: each holds its keyed fingerprint (of `fingerprint_version`: 1 the code as given,
+    2 its normal form), except a code found on re-fingerprinting to be the same code as
+    another, which holds none and is never for sale (DUPLICATE, unless already sold)."""
 
     __tablename__ = "codes"
     __table_args__ = (
         CheckConstraint("length(fingerprint) = 32"),
-        CheckConstraint("status IN ('AVAILABLE', 'SOLD')"),
+        CheckConstraint("status IN ('AVAILABLE', 'SOLD', 'DUPLICATE')"),
         CheckConstraint(
             "(status = 'SOLD') = (transaction_id IS NOT NULL)", name="codes_sold_to_one_order"
         ),
         CheckConstraint("(status = 'SOLD') = (sold_at IS NOT NULL)", name="codes_sold_at"),
+        CheckConstraint(
+            "status <> 'AVAILABLE' OR fingerprint IS NOT NULL",
+            name="codes_for_sale_has_fingerprint",
+        ),
         CheckConstraint("binding IN (1, 2)"),
+        CheckConstraint("fingerprint_version IN (1, 2)"),
         Index("codes_available", "sku", "id", postgresql_where=text("status = 'AVAILABLE'")),
         Index("codes_sku_status", "sku", "status"),
+        Index("codes_old_fingerprints", "id", postgresql_where=text("fingerprint_version = 1")),
     )
 
     id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger)
@@ -80,7 +89,8 @@ class Code(InventoryTable, table=True):
     key_id: str = Field(sa_type=Text)
     sealed: bytes = Field(sa_type=LargeBinary)
     binding: int = Field(sa_type=SmallInteger)
-    fingerprint: bytes = Field(unique=True, sa_type=LargeBinary)
+    fingerprint: bytes | None = Field(default=None, unique=True, sa_type=LargeBinary)
+    fingerprint_version: int = Field(sa_type=SmallInteger)
     status: str = Field(
         default="AVAILABLE", sa_type=Text, sa_column_kwargs={"server_default": "AVAILABLE"}
     )

@@ -5,7 +5,14 @@ import abc
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
-from services.inventory.domain.model import ClaimedCode, NewCode, OrderDecision, StockLevel
+from services.inventory.domain.model import (
+    ClaimedCode,
+    NewCode,
+    OrderDecision,
+    Refingerprinted,
+    StockedCode,
+    StockLevel,
+)
 from shared import unit_of_work
 from shared.contracts import Message, ProductSnapshot
 
@@ -38,8 +45,34 @@ class Codes(Protocol):
         ...
 
     async def add(self, sku: str, codes: Sequence[NewCode]) -> int:
-        """Stocks the codes not already known (by fingerprint) under their stock ids;
-        returns how many were new."""
+        """Stocks the codes not already known (by fingerprint, of the current version) under
+        their stock ids; returns how many were new."""
+        ...
+
+    async def old_fingerprints_left(self) -> int:
+        """How many codes still have a fingerprint of version 1 (stocked before 0006)."""
+        ...
+
+    async def skus_with_old_fingerprints(self, limit: int) -> set[str]:
+        """The SKUs of the `limit` oldest codes with a fingerprint of version 1."""
+        ...
+
+    async def with_old_fingerprints(self, skus: Iterable[str], limit: int) -> list[StockedCode]:
+        """The oldest codes of these SKUs with a fingerprint of version 1, locked until the
+        transaction ends."""
+        ...
+
+    async def holding(self, fingerprints: Sequence[bytes]) -> dict[bytes, StockedCode]:
+        """The codes that hold these fingerprints, locked until the transaction ends."""
+        ...
+
+    async def mark_duplicates(self, stock_ids: Sequence[int]) -> None:
+        """These codes are the same code as another one: no fingerprint (of the current
+        version), and DUPLICATE unless already sold."""
+        ...
+
+    async def refingerprint(self, codes: Sequence[Refingerprinted]) -> None:
+        """Gives these codes their fingerprint of the current version and their ciphertext."""
         ...
 
     async def available(self, sku: str) -> int: ...
