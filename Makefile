@@ -8,8 +8,9 @@ STACK := $(PYTHON) deploy/local/stack.py
 BIN := .venv/bin
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+FUZZ_ARGS ?=
 
-.PHONY: help install up down status test lint bench drill clean
+.PHONY: help install up down status test lint bench drill fuzz clean
 
 help:
 	@echo "make up       start PostgreSQL, Kafka and the three services (installs what is missing)"
@@ -18,6 +19,7 @@ help:
 	@echo "make lint     ruff check, ruff format --check, mypy"
 	@echo "make bench    the benchmark, against the running stack"
 	@echo "make drill    the fault drill: kill -9 every process in turn under load, check the books"
+	@echo "make fuzz     schemathesis against the api's OpenAPI document, every check"
 	@echo "make clean    make down, then remove .run/ (data, logs, jars, secrets)"
 	@echo "More: $(STACK) --help"
 
@@ -63,13 +65,22 @@ bench:
 	$(BIN)/python benchmarks/instant_orders.py $(BENCH_ARGS)
 
 # The fault drill (tests/drill.py): orders with client-style retries while every process is
-# killed -9 in turn, then the books. Not in `make test`: it takes about four minutes.
+# killed -9 in turn, then again on two workers per service, then the books. Not in `make test`:
+# it takes about eight minutes.
 drill: export SUPPLIER_ENABLED ?= false
 drill:
 	$(STACK) up
 	@settings="$$($(STACK) env)" || exit 1; \
 	set -a; eval "$$settings"; set +a; \
 	$(BIN)/python -m tests.drill $(DRILL_ARGS)
+
+# The fuzzer (tests/fuzz.py): schemathesis against the api's /openapi.json with the demo
+# credentials, every check. Not in `make test`; schemathesis gets its own virtualenv. It uses
+# the stack as it runs (no `up`: that would restart services a running drill is killing).
+fuzz:
+	@settings="$$($(STACK) env)" || exit 1; \
+	set -a; eval "$$settings"; set +a; \
+	$(PYTHON) tests/fuzz.py $(FUZZ_ARGS)
 
 clean:
 	$(STACK) clean

@@ -21,7 +21,7 @@ from shared.lag import LagMonitor, watched_groups
 from shared.outbox import OutboxRelay
 from shared.producers import durable_producer, new_broker
 from shared.settings import CommonSettings
-from shared.web import Check, NotReady
+from shared.web import Check, JsonErrorsHttpToolsProtocol, NotReady
 from shared.workers import (
     STABLE_AFTER_S,
     STARTUP_FAILURE,
@@ -217,7 +217,7 @@ def serve(
         log_config=None,
         access_log=False,
         loop="uvloop",
-        http="httptools",
+        http=JsonErrorsHttpToolsProtocol,
         timeout_graceful_shutdown=10,
     )
     server = uvicorn.Server(config)

@@ -101,6 +101,9 @@ class InventorySettings(CommonSettings):
         "postgresql://inventory:inventory@127.0.0.1:5432/inventory", alias="INVENTORY_DATABASE_URL"
     )
     port: int = Field(8001, alias="INVENTORY_PORT")
+    # Worker processes; their consumers share the group's partitions (the SKU lock in the
+    # decision transaction keeps two processes from deciding one SKU's orders at once).
+    processes: int = Field(1, alias="INVENTORY_PROCESSES", ge=1, le=16)
 
 
 class FulfilmentSettings(CommonSettings):

@@ -1,6 +1,7 @@
 """The HTTP conventions every service shares: error envelopes, request ids, bounded bodies,
 health and metrics endpoints, and HTTP metrics."""
 
+import contextlib
 import hmac
 import json
 import logging
@@ -9,7 +10,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Request
@@ -17,14 +18,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
-from pydantic import SecretStr
+from prometheus_client.registry import Collector
+from pydantic import BaseModel, ConfigDict, SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from shared import metrics
 from shared.db import database_unavailable
 from shared.logs import request_id_var
 
+log = logging.getLogger(__name__)
 Check = Callable[[], Awaitable[None]]
 
 
@@ -58,6 +62,85 @@ class ApiError(Exception):
 def request_id() -> str:
     rid = request_id_var.get()
     return rid if rid is not None else str(uuid.uuid4())
+
+
+class ErrorDetail(BaseModel):
+    field: str
+    issue: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: what was wrong and what to do. A 400 of invalid input names each
+    field in `details`; a 409 duplicate adds `clientOrderNumber` and `transactionId`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    requestId: str
+    error: str
+    message: str
+    details: list[ErrorDetail] | None = None
+
+
+_ERROR_MEANINGS = {
+    400: "Invalid request (details[] names each field), or a rule of the operation refused it",
+    401: "UNAUTHORIZED: credentials missing, malformed, unknown or expired",
+    404: "Not found (or not yours)",
+    409: "CLIENT_ORDER_NUMBER_DUPLICATE",
+    413: "PAYLOAD_TOO_LARGE: the body is over the limit",
+    415: "UNSUPPORTED_MEDIA_TYPE: a body that is not JSON, or compressed",
+    422: "UNSUPPORTED_CURRENCY",
+    429: "RATE_LIMITED: retry after Retry-After seconds",
+    500: "INTERNAL_ERROR: unexpected; the body's requestId is in the log",
+    503: "SERVICE_UNAVAILABLE: retry after Retry-After seconds; nothing was charged",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of these error statuses, each with the one error body."""
+    return {
+        status: {"model": ErrorBody, "description": _ERROR_MEANINGS[status]} for status in statuses
+    }
+
+
+def without_fastapi_422(schema: dict[str, Any]) -> dict[str, Any]:
+    """Drops FastAPI's generated 422 (HTTPValidationError) from every operation: invalid input
+    is our 400 INVALID_REQUEST, declared per operation with the body actually sent."""
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.get("responses", {})
+            ref = str(responses.get("422", {}).get("content", {}))
+            if "HTTPValidationError" in ref:
+                del responses["422"]
+    components = schema.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    return schema
+
+
+class JsonErrorsHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, but a request it cannot parse (a malformed request line,
+    a header it refuses) is answered with our error body and an x-request-id, like every other
+    error, instead of uvicorn's plain-text "Invalid HTTP request received."."""
+
+    def send_400_response(self, msg: str) -> None:
+        rid = str(uuid.uuid4())
+        body = json.dumps(
+            {
+                "requestId": rid,
+                "error": "INVALID_REQUEST",
+                "message": "The HTTP request could not be parsed (request line or headers): "
+                "send a well-formed HTTP/1.1 request.",
+            }
+        ).encode()
+        log.warning("unparsable HTTP request answered 400 (request id %s)", rid)
+        self.transport.write(
+            b"HTTP/1.1 400 Bad Request\r\n"
+            b"content-type: application/json\r\n"
+            b"x-request-id: " + rid.encode() + b"\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n"
+            b"connection: close\r\n\r\n" + body
+        )
+        self.transport.close()
 
 
 def error_response(
@@ -313,7 +396,11 @@ def install_common(
     readiness: Mapping[str, Check],
     *,
     max_body_bytes: int = 1024 * 1024,
+    live_collectors: Sequence[Collector] = (),
 ) -> None:
+    """Error bodies, the common middleware, /healthz, /readyz and /metrics. `live_collectors`
+    are read at each scrape from the answering process (not merged from metric files)."""
+
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.error, exc.message, exc.extra, exc.headers)
@@ -378,6 +465,9 @@ def install_common(
         # One of several worker processes: any of them answers for all (see shared.runtime).
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    for collector in live_collectors:
+        with contextlib.suppress(ValueError):  # already in the default registry (a 2nd app)
+            registry.register(collector)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response:

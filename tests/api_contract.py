@@ -307,7 +307,7 @@ class RepositoryContract:
         ]
         assert history.updated_at >= history.order.created_at
 
-    async def test_the_oldest_order_with_no_decision_is_found_until_it_is_backordered(
+    async def test_an_order_with_no_decision_is_found_and_taken_until_it_is_backordered(
         self, new_uow: NewUow
     ) -> None:
         account_id = await self.account(new_uow, "5.00")
@@ -321,6 +321,13 @@ class RepositoryContract:
             assert found is not None
             assert found[0] == ancient.transaction_id
             assert found[1] > 20 * 365 * 24 * 3600
+            taken = await uow.orders.take_past_deadline(3600, 600, 1000)
+            assert ancient.transaction_id in {o.transaction_id for o in taken}
+            again = await uow.orders.take_past_deadline(3600, 600, 1000)
+            assert ancient.transaction_id not in {o.transaction_id for o in again}
             await uow.orders.backorder(ancient.transaction_id)
             after = await uow.orders.oldest_stuck(60)
             assert after is None or after[0] != ancient.transaction_id
+            assert ancient.transaction_id not in {
+                o.transaction_id for o in await uow.orders.take_past_deadline(3600, 0, 1000)
+            }

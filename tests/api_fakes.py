@@ -321,6 +321,31 @@ class FakeOrders:
     async def take_undecided(
         self, older_than_s: float, again_after_s: float, limit: int
     ) -> list[Order]:
+        nudged = self._state().nudged_at
+        never = datetime.min.replace(tzinfo=UTC)
+        return self._take(
+            older_than_s,
+            again_after_s,
+            limit,
+            lambda o: True,
+            lambda o: (nudged.get(o.transaction_id, never), o.created_at),
+        )
+
+    async def take_past_deadline(
+        self, deadline_s: float, again_after_s: float, limit: int
+    ) -> list[Order]:
+        return self._take(
+            deadline_s, again_after_s, limit, lambda o: not o.backordered, lambda o: o.created_at
+        )
+
+    def _take(
+        self,
+        older_than_s: float,
+        again_after_s: float,
+        limit: int,
+        where: Callable[[Order], bool],
+        order_by: Callable[[Order], Any],
+    ) -> list[Order]:
         state, now = self._state(), _now()
         never = datetime.min.replace(tzinfo=UTC)
         due = sorted(
@@ -328,11 +353,12 @@ class FakeOrders:
                 o
                 for o in state.orders.values()
                 if o.status == "PROCESSING"
+                and where(o)
                 and o.created_at < now - timedelta(seconds=older_than_s)
                 and state.nudged_at.get(o.transaction_id, never)
                 < now - timedelta(seconds=again_after_s)
             ),
-            key=lambda o: (state.nudged_at.get(o.transaction_id, never), o.created_at),
+            key=order_by,
         )[:limit]
         for order in due:
             state.nudged_at[order.transaction_id] = now

@@ -1,21 +1,26 @@
 """The fault drill: sustained orders from one account, each with a client order number and the
 duplicate check, retried the way a real client retries, while api, inventory, fulfilment,
-Kafka and PostgreSQL are each killed with SIGKILL and started again in turn. Then the books:
+Kafka and PostgreSQL are each killed with SIGKILL and started again in turn (round 1); then
+the same load on two api and two inventory processes while one worker of each is killed
+(round 2: the killed inventory worker's partitions move to the other). After each round, the
+books:
 
     placed / found / doubled / not final / codes sold twice / money difference /
     5xx other than 503 / longest PROCESSING with stock there
 
 Every column but the last must be 0 (the last is printed, in seconds). Run on the local stack
 (`make drill`; `make drill DRILL_ARGS="--rate 60 --seconds 240"`); it needs nothing else and
-leaves the stack running. Exit status 1 when the books are wrong.
+leaves the stack running as it found it. Exit status 1 when the books are wrong.
 """
 
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import time
 import uuid
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -27,6 +32,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 STACK_PY = REPO / "deploy" / "local" / "stack.py"
 VICTIMS = ("api", "inventory", "fulfilment", "kafka", "postgres")
+# Round 2: these services run two worker processes each; one worker of each is killed.
+WORKER_VICTIMS = ("inventory", "api")
 PRICE = Decimal("1.00")
 
 
@@ -45,13 +52,14 @@ def say(message: str) -> None:
     print(f"[drill {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-async def stack(command: str, service: str) -> None:
+async def stack(command: str, service: str, env: dict[str, str] | None = None) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(STACK_PY),
         command,
         service,
         cwd=REPO,
+        env=env,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -59,6 +67,14 @@ async def stack(command: str, service: str) -> None:
     out, _ = await proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"stack.py {command} {service} failed:\n{out.decode(errors='replace')}")
+
+
+def workers_of(service: str) -> list[int]:
+    """The worker processes of a service run by its supervisor (the pid the stack recorded)."""
+    run_dir = Path(os.environ.get("IO_RUN_DIR", REPO / ".run"))
+    supervisor = int((run_dir / "pids" / f"{service}.pid").read_text().split()[0])
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return [int(pid) for pid in children]
 
 
 async def provision(
@@ -139,6 +155,22 @@ async def chaos(seconds: float, tally: Tally) -> None:
         say(f"{victim} started again")
 
 
+async def worker_chaos(seconds: float, tally: Tally) -> None:
+    """One worker of each WORKER_VICTIMS service killed -9, at even times; its supervisor
+    starts a new one, and until then the other worker carries the load (for inventory: the
+    group gives it the killed consumer's partitions)."""
+    began = time.monotonic()
+    gap = seconds / (len(WORKER_VICTIMS) + 1)
+    for n, service in enumerate(WORKER_VICTIMS, start=1):
+        await asyncio.sleep(max(0.0, began + n * gap - time.monotonic()))
+        workers = workers_of(service)
+        if len(workers) < 2:
+            raise RuntimeError(f"{service} runs {len(workers)} worker(s), not 2")
+        say(f"kill -9 one {service} worker (pid {workers[0]} of {workers})")
+        os.kill(workers[0], signal.SIGKILL)
+        tally.kills.append(f"{service} worker")
+
+
 async def books(
     api_dsn: str,
     inv_dsn: str,
@@ -201,18 +233,17 @@ async def books(
         await inv.close()
 
 
-async def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rate", type=float, default=40.0, help="orders per second")
-    parser.add_argument("--seconds", type=float, default=150.0, help="how long the load runs")
-    parser.add_argument("--settle", type=float, default=120.0, help="wait for final states")
-    args = parser.parse_args()
+@dataclass(frozen=True)
+class Round:
+    name: str
+    chaos: Callable[[float, Tally], Coroutine[Any, Any, None]]
+    victims: str
+
+
+async def run_round(args: argparse.Namespace, round_: Round) -> bool:
+    """One round: load with its chaos, then the books; True when they are right."""
     env = os.environ
-    token = env.get("ADMIN_TOKEN")
-    if not token:
-        say("ADMIN_TOKEN is not set: run `make drill`")
-        return 2
-    admin = {"Authorization": f"Bearer {token}"}
+    admin = {"Authorization": f"Bearer {env['ADMIN_TOKEN']}"}
     api_url = f"http://127.0.0.1:{env.get('API_PORT', '8000')}"
     inv_url = f"http://127.0.0.1:{env.get('INVENTORY_PORT', '8001')}"
     count = int(args.rate * args.seconds)
@@ -224,8 +255,8 @@ async def main() -> int:
     ):
         sku, headers, account_id = await provision(admin_api, admin_inv, count, balance)
     say(
-        f"{count} orders at {args.rate:g}/s for {args.seconds:g}s, sku {sku}, "
-        f"killing {', '.join(VICTIMS)} in turn"
+        f"{round_.name}: {count} orders at {args.rate:g}/s for {args.seconds:g}s, sku {sku}, "
+        f"killing {round_.victims}"
     )
     numbers = [f"drill-{i}" for i in range(count)]
     limits = httpx.Limits(max_connections=64)
@@ -234,7 +265,7 @@ async def main() -> int:
     ) as http:
         started = time.monotonic()
         tasks = []
-        chaos_task = asyncio.create_task(chaos(args.seconds, tally))
+        chaos_task = asyncio.create_task(round_.chaos(args.seconds, tally))
         for i, number in enumerate(numbers):
             delay = started + i / args.rate - time.monotonic()
             if delay > 0:
@@ -259,10 +290,10 @@ async def main() -> int:
         args.settle,
     )
     line = (
-        f"placed {result['placed']} / found {result['found']} / doubled {result['doubled']} / "
-        f"not final {result['not_final']} / codes sold twice {result['sold_twice']} / "
-        f"money difference {result['money_difference']} / 5xx other than 503 "
-        f"{tally.errors_5xx} / longest PROCESSING with stock there "
+        f"{round_.name}: placed {result['placed']} / found {result['found']} / doubled "
+        f"{result['doubled']} / not final {result['not_final']} / codes sold twice "
+        f"{result['sold_twice']} / money difference {result['money_difference']} / 5xx other "
+        f"than 503 {tally.errors_5xx} / longest PROCESSING with stock there "
         f"{result['longest_processing_s']:.1f}s"
     )
     print(line, flush=True)
@@ -281,7 +312,55 @@ async def main() -> int:
         or tally.errors_5xx
         or result["cancelled"]
     )
-    return 1 if wrong else 0
+    return not wrong
+
+
+async def with_two_workers(services: Sequence[str], on: bool) -> None:
+    """Restart `services` with two worker processes each (on), or as the environment says."""
+    env = dict(os.environ)
+    for service in services:
+        name = f"{service.upper()}_PROCESSES"
+        if on:
+            env[name] = "2"
+        say(f"restarting {service} with {env.get(name, 'its default')} process(es)")
+        await stack("restart", service, env)
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=40.0, help="orders per second")
+    parser.add_argument("--seconds", type=float, default=150.0, help="how long the load runs")
+    parser.add_argument("--settle", type=float, default=120.0, help="wait for final states")
+    parser.add_argument(
+        "--rounds", default="1,2", help="which rounds: 1 (every process), 2 (two workers)"
+    )
+    args = parser.parse_args()
+    if not os.environ.get("ADMIN_TOKEN"):
+        say("ADMIN_TOKEN is not set: run `make drill`")
+        return 2
+    rounds = {
+        "1": Round("round 1", chaos, ", ".join(VICTIMS) + " in turn"),
+        "2": Round(
+            "round 2",
+            worker_chaos,
+            "one worker of " + " and of ".join(WORKER_VICTIMS) + " (two workers each)",
+        ),
+    }
+    chosen = [part.strip() for part in args.rounds.split(",") if part.strip()]
+    if not chosen or any(part not in rounds for part in chosen):
+        say(f"--rounds {args.rounds!r}: give 1, 2 or 1,2")
+        return 2
+    right = True
+    for key in chosen:
+        if key == "2":
+            await with_two_workers(WORKER_VICTIMS, on=True)
+            try:
+                right = await run_round(args, rounds[key]) and right
+            finally:
+                await with_two_workers(WORKER_VICTIMS, on=False)
+        else:
+            right = await run_round(args, rounds[key]) and right
+    return 0 if right else 1
 
 
 if __name__ == "__main__":

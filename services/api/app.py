@@ -2,8 +2,10 @@
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from services.api import metrics
 from services.api.adapters.kafka import BrokerHealth, KafkaPublisher, ReplyListener
@@ -16,7 +18,7 @@ from shared import topics
 from shared.db import Conn
 from shared.runtime import Runtime, every, lifespan_for
 from shared.settings import ApiSettings
-from shared.web import install_common
+from shared.web import install_common, without_fastapi_422
 
 SERVICE = "api"
 # How often the orders_processing gauges are recounted from the read model.
@@ -98,7 +100,27 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.admin_token = settings.admin_token
     app.state.runtime = runtime
-    install_common(app, SERVICE, runtime.readiness(), max_body_bytes=settings.max_body_bytes)
+    install_common(
+        app,
+        SERVICE,
+        runtime.readiness(),
+        max_body_bytes=settings.max_body_bytes,
+        live_collectors=[metrics.STUCK_ORDER],
+    )
     app.include_router(http.router)
     app.include_router(admin.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = without_fastapi_422(
+                get_openapi(
+                    title=app.title,
+                    version=app.version,
+                    description=app.description,
+                    routes=app.routes,
+                )
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

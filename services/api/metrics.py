@@ -1,6 +1,8 @@
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from shared.metrics import LATENCY_BUCKETS
 
@@ -58,24 +60,33 @@ def set_processing(rows: Iterable[tuple[str, int, float]]) -> None:
 
 
 # An order awaiting inventory's decision for longer than this is named by the gauge below,
-# so the alert can say which one (normal orders never live long enough to become a series).
+# so the alert can say which one (normal orders never live long enough to be named).
 STUCK_AFTER_S = 60.0
-ORDER_STUCK_AGE = Gauge(
-    "orders_stuck_oldest_age_seconds",
-    f"Age of the oldest order awaiting inventory's decision for over {STUCK_AFTER_S:g} s, by "
-    "its transactionId; 0 once it is no longer the one stuck.",
-    ["transaction_id"],
-    multiprocess_mode="mostrecent",
-)
-_named_stuck: set[str] = set()
+
+
+class StuckOrder(Collector):
+    """`orders_stuck_oldest_age_seconds{transaction_id}`: the oldest order awaiting
+    inventory's decision for over STUCK_AFTER_S, as this process last read it from the
+    database (every few seconds). Exported as it is at the scrape, not kept in a metric
+    file: an order no longer stuck leaves no series behind, whichever process named it."""
+
+    def __init__(self) -> None:
+        self.oldest: tuple[str, float] | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "orders_stuck_oldest_age_seconds",
+            f"Age of the oldest order awaiting inventory's decision for over {STUCK_AFTER_S:g} "
+            "s, by its transactionId (no series when there is none).",
+            labels=["transaction_id"],
+        )
+        if self.oldest is not None:
+            family.add_metric([self.oldest[0]], self.oldest[1])
+        yield family
+
+
+STUCK_ORDER = StuckOrder()
 
 
 def name_stuck(oldest: tuple[str, float] | None) -> None:
-    """Sets the stuck order's series to its age, and any order named before to 0."""
-    current = oldest[0] if oldest else None
-    for transaction_id in _named_stuck - {current}:
-        ORDER_STUCK_AGE.labels(transaction_id).set(0)
-    _named_stuck.intersection_update({current})
-    if oldest is not None:
-        ORDER_STUCK_AGE.labels(oldest[0]).set(oldest[1])
-        _named_stuck.add(oldest[0])
+    STUCK_ORDER.oldest = oldest

@@ -3,4 +3,4 @@ from shared.runtime import serve
 from shared.settings import InventorySettings
 
 settings = InventorySettings()
-serve(SERVICE, settings, settings.port, lambda: create_app(settings))
+serve(SERVICE, settings, settings.port, lambda: create_app(settings), processes=settings.processes)

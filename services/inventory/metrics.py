@@ -18,6 +18,9 @@ CODES_AVAILABLE = Gauge(
     "Codes in stock, not yet sold, per SKU (kept after each claim and delivery, and "
     "recounted from the database periodically).",
     ["sku"],
+    # Several inventory processes: the highest of the live ones (each counts down only its
+    # own claims between recounts, so it can be high by the others' until the next one).
+    multiprocess_mode="livemax",
 )
 CODE_CLAIMS = Counter(
     "inventory_code_claims_total",

@@ -74,7 +74,7 @@ class AdminClient:
         )
 
     def find(self, path: str) -> Any:
-        """GET `path`; None when the service has no such thing (404)."""
+        """GET `path`; None when the service says it has no such thing (404 *_NOT_FOUND)."""
         return self.call("GET", path, missing_ok=True)
 
     def call(self, method: str, path: str, *, missing_ok: bool = False, **kwargs: Any) -> Any:
@@ -90,8 +90,13 @@ class AdminClient:
             body = response.json()
         except ValueError:
             body = None
-        if response.status_code == 404 and missing_ok:
-            return None
+        if (
+            missing_ok
+            and response.status_code == 404
+            and isinstance(body, dict)
+            and str(body.get("error", "")).endswith("_NOT_FOUND")
+        ):
+            return None  # the service answered: it has no such thing (not a wrong URL)
         if response.status_code >= 400:
             if isinstance(body, dict) and "message" in body:
                 extra = f" Details: {json.dumps(body['details'])}" if body.get("details") else ""

@@ -6,7 +6,7 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from shared.cli.common import AdminClient, emit, fail, progress
+from shared.cli.common import AdminClient, CliError, emit, fail, progress
 
 POLL_S = 0.5
 
@@ -63,11 +63,14 @@ def history(order: dict[str, Any], decision: Any, backorder: Any) -> list[dict[s
         reason = f" ({order['cancelReason']})" if order["cancelReason"] else ""
         steps.append({"at": order["updatedAt"], "by": "api", "what": order["status"] + reason})
     steps.sort(key=lambda step: step["at"])
-    decided = (
-        f"decided {decision['state']}" if decision else "never decided (no PlaceOrder applied)"
-    )
+    if decision is None:
+        decided = "never decided (no PlaceOrder applied)"
+    elif "unavailable" in decision:
+        decided = f"unknown: {decision['unavailable']}"
+    else:
+        decided = f"decided {decision['state']}"
     steps.append({"at": "", "by": "inventory", "what": decided})
-    if backorder:
+    if backorder and "unavailable" not in backorder:
         steps.append(
             {
                 "at": backorder["placedAt"],
@@ -78,13 +81,22 @@ def history(order: dict[str, Any], decision: Any, backorder: Any) -> list[dict[s
     return steps
 
 
+def _known_to(service: str, path: str) -> Any:
+    """What `service` knows of the order (None: nothing), or why it could not say: `orders
+    show` is for when something is broken, so one service down must not hide the others."""
+    try:
+        return AdminClient(service).find(path)
+    except CliError as exc:
+        return {"unavailable": str(exc)}
+
+
 def cmd_show(args: argparse.Namespace) -> None:
     path = _path(args.transaction_id)
     order = AdminClient("api").find(f"/admin/orders/{path}")
     if order is None:
         fail(f"No order has transactionId {args.transaction_id!r}: check the id.")
-    decision = AdminClient("inventory").find(f"/admin/decisions/{path}")
-    backorder = AdminClient("fulfilment").find(f"/admin/backorders/{path}")
+    decision = _known_to("inventory", f"/admin/decisions/{path}")
+    backorder = _known_to("fulfilment", f"/admin/backorders/{path}")
     emit(
         {
             "order": order,
@@ -97,14 +109,34 @@ def cmd_show(args: argparse.Namespace) -> None:
 
 def cmd_cancel(args: argparse.Namespace) -> None:
     path = _path(args.transaction_id)
+    if args.wait_seconds < 0:
+        fail("--wait-seconds must be 0 or more")
     api = AdminClient("api")
     api.call("POST", f"/admin/orders/{path}/cancel")
+    if args.wait_seconds == 0:
+        progress(
+            f"asked inventory to cancel {args.transaction_id}; follow it with "
+            f"`instant-orders orders show {args.transaction_id}`"
+        )
+        return
     progress(f"asked inventory to cancel {args.transaction_id}; waiting for its answer")
     deadline = time.monotonic() + args.wait_seconds
-    order = api.call("GET", f"/admin/orders/{path}")
-    while order["status"] == "PROCESSING" and time.monotonic() < deadline:
+    order: dict[str, Any] | None = None
+    while True:
+        try:
+            order = api.call("GET", f"/admin/orders/{path}")
+        except CliError as exc:  # the cancellation is queued: a hiccup here changes nothing
+            progress(f"could not read the order ({exc}); trying again")
+        if (order is not None and order["status"] != "PROCESSING") or (
+            time.monotonic() >= deadline
+        ):
+            break
         time.sleep(POLL_S)
-        order = api.call("GET", f"/admin/orders/{path}")
+    if order is None:
+        fail(
+            "The cancellation is queued, but the api did not answer while waiting: follow it "
+            f"with `instant-orders orders show {args.transaction_id}`."
+        )
     emit(order)
     if order["status"] == "COMPLETED":
         fail(

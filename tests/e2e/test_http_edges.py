@@ -1,8 +1,11 @@
 """The HTTP perimeter against the running api: bodies over the limit are 413 however they are
 sent, non-JSON bodies are 415, a 405 says what is allowed, no redirect is built from the Host
-header, unreadable JSON is our INVALID_REQUEST, doubled credentials are 401, and a NUL
-anywhere (PostgreSQL refuses it in text) is invalid input."""
+header, unreadable JSON is our INVALID_REQUEST, doubled credentials are 401, a NUL anywhere
+(PostgreSQL refuses it in text) is invalid input, and a request the HTTP parser cannot read
+gets our JSON error body too."""
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import httpx
@@ -150,3 +153,22 @@ async def test_a_nul_in_any_json_body_is_400_and_an_escaped_backslash_is_not(
         headers={"content-type": "application/json"},
     )
     assert backslash.status_code == 200, backslash.text
+
+
+async def test_a_request_the_server_cannot_parse_gets_our_json_error(stack: Stack) -> None:
+    assert stack.api_url is not None
+    url = httpx.URL(str(stack.api_url))
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(b"GET /v2/balances HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    assert lines[0] == "HTTP/1.1 400 Bad Request"
+    assert headers["content-type"] == "application/json"
+    error = json.loads(body)
+    assert (error["error"], error["requestId"]) == ("INVALID_REQUEST", headers["x-request-id"])

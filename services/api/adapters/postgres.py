@@ -308,6 +308,28 @@ _OLDEST_STUCK = compiled(
 )
 
 
+def _taking(where: str, order_by: str) -> str:
+    """PROCESSING orders older than $1 s not taken in the last $2 s, `where` too, at most $3,
+    marked taken now (nudged_at); rows other transactions hold are passed over."""
+    return f"""
+        UPDATE orders SET nudged_at = now()
+        WHERE transaction_id IN (
+            SELECT transaction_id FROM orders
+            WHERE status = 'PROCESSING' {where}
+              AND created_at < now() - make_interval(secs => $1)
+              AND (nudged_at IS NULL OR nudged_at < now() - make_interval(secs => $2))
+            ORDER BY {order_by} LIMIT $3 FOR UPDATE SKIP LOCKED)
+        RETURNING {ORDER_COLUMNS}
+        """  # noqa: S608 - constant fragments
+
+
+# Never asked first: a lost command is not starved by backorders asked before.
+_TAKE_UNDECIDED = _taking("", "nudged_at NULLS FIRST, created_at")
+# Literal predicates, so that the partial index orders_awaiting_decision serves it: however
+# many backorders wait, this reads only the orders no decision was heard of.
+_TAKE_PAST_DEADLINE = _taking("AND backordered_at IS NULL", "created_at")
+
+
 _ORDER_FILTERS = ("transaction_id", "client_order_number", "status")
 
 
@@ -743,21 +765,17 @@ class PostgresOrders:
     async def take_undecided(
         self, older_than_s: float, again_after_s: float, limit: int
     ) -> list[Order]:
-        rows = await self._conn.fetch(
-            f"""
-            UPDATE orders SET nudged_at = now()
-            WHERE transaction_id IN (
-                SELECT transaction_id FROM orders
-                WHERE status = 'PROCESSING' AND created_at < now() - make_interval(secs => $1)
-                  AND (nudged_at IS NULL OR nudged_at < now() - make_interval(secs => $2))
-                -- never asked first: a lost command is not starved by backorders asked before
-                ORDER BY nudged_at NULLS FIRST, created_at LIMIT $3 FOR UPDATE SKIP LOCKED)
-            RETURNING {ORDER_COLUMNS}
-            """,  # noqa: S608
-            older_than_s,
-            again_after_s,
-            limit,
-        )
+        return await self._take(_TAKE_UNDECIDED, older_than_s, again_after_s, limit)
+
+    async def take_past_deadline(
+        self, deadline_s: float, again_after_s: float, limit: int
+    ) -> list[Order]:
+        return await self._take(_TAKE_PAST_DEADLINE, deadline_s, again_after_s, limit)
+
+    async def _take(
+        self, sql: str, older_than_s: float, again_after_s: float, limit: int
+    ) -> list[Order]:
+        rows = await self._conn.fetch(sql, older_than_s, again_after_s, limit)
         return [_order(row) for row in rows]
 
     async def oldest_stuck(self, older_than_s: float) -> tuple[str, float] | None:

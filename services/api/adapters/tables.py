@@ -141,6 +141,11 @@ class Order(ApiTable, table=True):
             postgresql_where=text("client_order_number <> ''"),
         ),
         Index("orders_processing", "created_at", postgresql_where=text("status = 'PROCESSING'")),
+        Index(
+            "orders_awaiting_decision",
+            "created_at",
+            postgresql_where=text("status = 'PROCESSING' AND backordered_at IS NULL"),
+        ),
     )
 
     transaction_id: str = Field(primary_key=True, sa_type=Text)

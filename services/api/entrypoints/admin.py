@@ -21,7 +21,8 @@ from services.api.service_layer import accounts, orders, read_model
 from shared.settings import ApiSettings
 from shared.web import ApiError, admin_only, ok
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(admin_only)])
+# Operators' endpoints are not in the public OpenAPI document (docs/api.md lists them).
+router = APIRouter(prefix="/admin", dependencies=[Depends(admin_only)], include_in_schema=False)
 
 Amount = Annotated[Decimal, Field(gt=0, max_digits=16, decimal_places=2)]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]

@@ -34,9 +34,11 @@ from services.api.service_layer.orders import OrderDesk
 from services.api.service_layer.unit_of_work import UnitOfWork
 from shared.contracts import MoneyOut
 from shared.crypto import CodeVault, SealedCode
-from shared.web import ApiError, ok, paged
+from shared.web import ApiError, error_responses, ok, paged
 
-router = APIRouter(prefix="/v2")
+# Every /v2 operation can answer these (the common middleware, authentication, the rate limit
+# and the database apply to all of them); the routes add their own.
+router = APIRouter(prefix="/v2", responses=error_responses(400, 401, 413, 415, 429, 500, 503))
 
 
 class RateLimiter:
@@ -246,7 +248,12 @@ INSTANT_ORDER_OPENAPI: dict[str, Any] = {
 }
 
 
-@router.post("/orders/instant", response_model=None, openapi_extra=INSTANT_ORDER_OPENAPI)
+@router.post(
+    "/orders/instant",
+    response_model=None,
+    openapi_extra=INSTANT_ORDER_OPENAPI,
+    responses=error_responses(409, 422),
+)
 async def create_instant_order(request: Request) -> Response:
     """The hot path. It parses its own body and headers (the same model, bounds and errors as
     a declared body and Header parameters would give) and answers a ready JSONResponse:
@@ -314,14 +321,14 @@ async def owned_order(svc: ApiServices, account_id: uuid.UUID, transaction_id: s
     return order
 
 
-@router.get("/orders/{transactionId}")
+@router.get("/orders/{transactionId}", responses=error_responses(404))
 async def get_order(
     transactionId: str, account_id: CurrentAccount, svc: Services
 ) -> dict[str, Any]:
     return ok(order_out(await owned_order(svc, account_id, transactionId)))
 
 
-@router.get("/orders/{transactionId}/codes")
+@router.get("/orders/{transactionId}/codes", responses=error_responses(404))
 async def get_codes(
     transactionId: str,
     account_id: CurrentAccount,

@@ -526,17 +526,19 @@ async def ask_again_about_undecided(
     now = utcnow()
     deadline = timedelta(seconds=deadline_s)
     async with uow, uow.transaction():
+        # Those past their deadline first, from their own index: however many backorders
+        # the round below cycles through, an order's end is not put off behind them.
+        overdue = await uow.orders.take_past_deadline(deadline_s, again_after_s, limit)
         undecided = await uow.orders.take_undecided(older_than_s, again_after_s, limit)
-        ended = 0
+        ended = [*overdue, *(o for o in undecided if o.undecided_past(deadline, now))]
+        for order in ended:
+            uow.publish(
+                topics.INVENTORY_COMMANDS.name,
+                order.sku,
+                cancel_undecided(order, "DEADLINE_PASSED"),
+            )
         for order in undecided:
-            if order.undecided_past(deadline, now):
-                uow.publish(
-                    topics.INVENTORY_COMMANDS.name,
-                    order.sku,
-                    cancel_undecided(order, "DEADLINE_PASSED"),
-                )
-                ended += 1
-            else:
+            if not order.undecided_past(deadline, now):
                 uow.publish(topics.INVENTORY_COMMANDS.name, order.sku, place_order(order, None))
         await uow.commit()
     if undecided:
@@ -544,10 +546,10 @@ async def ask_again_about_undecided(
     if ended:
         log.warning(
             "asked inventory to cancel %d orders undecided at their deadline (%.0f s)",
-            ended,
+            len(ended),
             deadline_s,
         )
-    return len(undecided)
+    return len(overdue) + len(undecided)
 
 
 def cancel_undecided(order: Order, reason: CancelReason) -> CancelBackorder:

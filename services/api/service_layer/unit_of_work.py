@@ -192,6 +192,14 @@ class Orders(Protocol):
         `again_after_s` (never taken first); marks them taken now."""
         ...
 
+    async def take_past_deadline(
+        self, deadline_s: float, again_after_s: float, limit: int
+    ) -> list[Order]:
+        """PROCESSING orders with no decision heard of (not backordered) accepted more than
+        `deadline_s` ago and not taken in the last `again_after_s`, oldest first; marks them
+        taken now."""
+        ...
+
     async def oldest_stuck(self, older_than_s: float) -> tuple[str, float] | None:
         """The oldest order PROCESSING with no decision heard of (not backordered) and older
         than `older_than_s`: its transaction id and age in seconds."""

@@ -23,8 +23,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # The older code knows no operator's cancellation: those become deadline ones.
     run_script(
         """
+        UPDATE decisions SET cancel_reason = 'DEADLINE_PASSED'
+        WHERE cancel_reason = 'CANCELLED_BY_OPERATOR';
         ALTER TABLE decisions DROP CONSTRAINT decisions_cancel_reason_check;
         ALTER TABLE decisions ADD CONSTRAINT decisions_cancel_reason_check
             CHECK (cancel_reason IN ('DEADLINE_PASSED', 'PRODUCT_WITHDRAWN'));

@@ -1,0 +1,115 @@
+"""The fuzzer: schemathesis against the api's own /openapi.json, with the demo account's
+credentials, every check on, a few hundred examples per operation. It reports any server
+error and any answer that breaks the published schema (status, headers, body).
+
+Run on the running local stack (`make up` first; `make fuzz`, `make fuzz
+FUZZ_ARGS="--max-examples 500"`), alone or while `make drill` runs. schemathesis lives in its
+own virtualenv under the stack's state folder (`.run/tools/`), made on first use: it brings
+hypothesis and a pytest plugin that the project's own test run should not load. Standard
+library only. Exit status: schemathesis's (0 when nothing failed).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VERSION = "4.32.5"
+
+
+def say(message: str) -> None:
+    print(f"[fuzz] {message}", file=sys.stderr, flush=True)
+
+
+def interpreter() -> str:
+    """FUZZ_PYTHON, else this Python. Under Python 3.11 hypothesis (inside schemathesis) can
+    hit CPython's "AST constructor recursion depth mismatch" (python/cpython#106905) while it
+    describes a strategy, which ends that operation's run with a tool error, not a finding:
+    point FUZZ_PYTHON at a Python 3.12 or newer to avoid it."""
+    return os.environ.get("FUZZ_PYTHON") or sys.executable
+
+
+def tool(run_dir: Path) -> Path:
+    """The `st` command of a virtualenv holding schemathesis VERSION, made if missing."""
+    python = interpreter()
+    version = subprocess.run(
+        [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    venv = run_dir / "tools" / f"schemathesis-{VERSION}-py{version}"
+    st = venv / "bin" / "st"
+    if st.exists():
+        return st
+    say(f"installing schemathesis {VERSION} into {venv} with {python} (once)")
+    subprocess.run([python, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    result = subprocess.run([*pip, f"schemathesis=={VERSION}"], check=False)
+    if result.returncode != 0 or not st.exists():
+        raise SystemExit(
+            f"installing schemathesis {VERSION} with pip failed (is PyPI reachable?); "
+            f"remove {venv} and run `make fuzz` again"
+        )
+    return st
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--max-examples", type=int, default=300, help="per operation")
+    parser.add_argument("--workers", default="2", help="concurrent workers, or auto")
+    parser.add_argument("--seed", type=int, help="replay a run")
+    args = parser.parse_args()
+    run_dir = Path(os.environ.get("IO_RUN_DIR", REPO / ".run"))
+    credentials = run_dir / "demo-credentials.txt"
+    if not credentials.is_file():
+        say(f"{credentials} is missing: run `make up` (it seeds the demo account) first")
+        return 2
+    demo = json.loads(credentials.read_text())
+    api_url = f"http://127.0.0.1:{os.environ.get('API_PORT', '8000')}"
+    try:
+        with urllib.request.urlopen(f"{api_url}/readyz", timeout=5):  # noqa: S310 - http only
+            pass
+    except (OSError, ValueError) as exc:
+        say(f"the api at {api_url} is not ready ({exc}): start the stack with `make up` first")
+        return 2
+    report_dir = run_dir / "fuzz"
+    command = [
+        str(tool(run_dir)),
+        "--config-file",
+        str(REPO / "tests" / "fuzz.toml"),
+        "run",
+        f"{api_url}/openapi.json",
+        "--checks",
+        "all",
+        "--max-examples",
+        str(args.max_examples),
+        "--workers",
+        args.workers,
+        "--header",
+        f"x-api-key: {demo['apiKey']}",
+        "--header",
+        f"Authorization: Bearer {demo['accessToken']}",
+        # examples that found something are kept for the next run, in the stack's state
+        "--generation-database",
+        str(report_dir / "examples"),
+        "--report",
+        "junit",
+        "--report-dir",
+        str(report_dir),
+        "--no-color",
+    ]
+    if args.seed is not None:
+        command += ["--seed", str(args.seed)]
+    say(f"{args.max_examples} examples per operation of {api_url}/openapi.json, every check")
+    result = subprocess.run(command, check=False)
+    say(f"exit {result.returncode}; JUnit report in {report_dir}/")
+    return result.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
