@@ -21,7 +21,6 @@ from shared import metrics
 from shared.db import Conn
 from shared.outbox import header_type
 from shared.topics import Topic
-from shared.unit_of_work import NotYet
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -43,11 +42,9 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,
     KafkaError,
-    # the service is not ready for this message yet (shared.unit_of_work.NotYet)
-    NotYet,
 )
-"""Failures of the infrastructure (or a service not ready yet), not of the message: retried
-without limit, never dead-lettered, so a database restart cannot throw live messages away."""
+"""Failures of the infrastructure, not of the message: retried without limit, never
+dead-lettered, so a database restart cannot throw live messages away."""
 
 
 async def consume_resiliently(

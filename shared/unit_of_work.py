@@ -20,12 +20,6 @@ from typing import Self
 from shared.contracts import Message
 
 
-class NotYet(Exception):
-    """The work cannot be done yet, through no fault of its input: the service is bringing
-    about what it needs (inventory re-fingerprinting its stock, say). A consumer gets the
-    message again later instead of dead-lettering it."""
-
-
 class UnitOfWork(abc.ABC):
     """`async with uow:` ... `await uow.commit()`; leaving the block without commit rolls back.
 

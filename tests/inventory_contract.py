@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import base64
+import logging
+import os
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,11 +25,12 @@ from services.inventory.domain.model import (
 )
 from services.inventory.service_layer import catalog
 from services.inventory.service_layer.catalog import seal_codes
+from services.inventory.service_layer.decisions import handle_commands
 from services.inventory.service_layer.unit_of_work import UnitOfWork
-from shared.contracts import ProductSnapshot
-from shared.crypto import Binding, Code, SealedCode
+from shared.contracts import DeliverStock, ProductSnapshot
+from shared.crypto import Binding, Code, CodeVault, SealedCode
 from shared.settings import InventorySettings
-from tests.helpers import fullwidth, unique
+from tests.helpers import fullwidth, place_order, unique
 
 # The stack's key when the tests run against it, else the dev key.
 VAULT = InventorySettings().code_vault()
@@ -55,6 +59,11 @@ class OldCode:
 
     redeem_code: str
     sold_to: str | None = None
+    sealed: SealedCode | None = None
+    """Its ciphertext if not VAULT's seal of it (one that does not open, say)."""
+
+    def sealed_to(self, sku: str) -> SealedCode:
+        return self.sealed or VAULT.seal_to_sku(Code(self.redeem_code, "0042"), sku)
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,13 @@ def waiting(sku: str, transaction_id: str | None = None) -> OrderDecision:
         reply_to=None,
         state=DecisionState.BACKORDERED,
     )
+
+
+async def products(new_uow: NewUow, count: int) -> list[str]:
+    skus = [unique("SKU") for _ in range(count)]
+    for sku in skus:
+        await catalog.put_product(product(sku), new_uow())
+    return skus
 
 
 class RepositoryContract:
@@ -240,14 +256,14 @@ class RepositoryContract:
             sku, [OldCode(f"{prefix}-A"), OldCode(f"{prefix}-B", sold_to=unique("tx"))]
         )
         async with new_uow() as uow:
-            assert await uow.codes.old_fingerprints_left() >= 2
+            assert await uow.codes.any_old_fingerprints()
         with pytest.raises(catalog.RefingerprintPending):
             await catalog.add_stock(other, [Code(unique("NEW"), None)], new_uow(), VAULT)
 
         await catalog.refingerprint_stock(new_uow, VAULT)
 
         async with new_uow() as uow:
-            assert await uow.codes.old_fingerprints_left() == 0
+            assert not await uow.codes.any_old_fingerprints()
         rows = await stock_room.rows([available, sold])
         assert [(r.fingerprint_version, r.has_fingerprint) for r in rows.values()] == [
             (2, True),
@@ -316,3 +332,139 @@ class RepositoryContract:
         assert sorted(c.stock_id for c in claimed.values()) == [x, w]
         again = await catalog.add_stock(sku, [Code(f"{p}-X", None)], new_uow(), VAULT)
         assert (again.added, again.skipped) == (0, 1)
+
+    async def test_codes_with_old_fingerprints_are_not_sold_before_their_duplicates_are_found(
+        self, new_uow: NewUow, stock_room: StockRoom
+    ) -> None:
+        # Review finding 2: GIFT-ABCD in one SKU and gift-abcd in another, both version 1.
+        sku_a, sku_b, p = *await products(new_uow, 2), unique("GIFT")
+        [upper] = await stock_room.stock_the_old_way(sku_a, [OldCode(p.upper())])
+        [lower] = await stock_room.stock_the_old_way(sku_b, [OldCode(p.lower())])
+        async with new_uow() as uow:
+            assert await uow.codes.claim({sku_a: [unique("tx")], sku_b: [unique("tx")]}) == {}
+            assert await uow.codes.available(sku_a) == 0
+            assert await uow.codes.levels([sku_a, sku_b]) == {
+                sku_a: StockLevel(available=0, sold=0),
+                sku_b: StockLevel(available=0, sold=0),
+            }
+            assert (await uow.codes.available_per_product())[sku_b] == 0
+
+        await catalog.refingerprint_stock(new_uow, VAULT, batch=1)
+
+        rows = await stock_room.rows([upper, lower])
+        assert [rows[upper].status, rows[lower].status] == [
+            CodeStatus.AVAILABLE,
+            CodeStatus.DUPLICATE,
+        ]
+        async with new_uow() as uow:
+            claimed = await uow.codes.claim({sku_a: [unique("tx")], sku_b: [unique("tx")]})
+        assert [c.stock_id for c in claimed.values()] == [upper]
+
+    async def test_sold_codes_are_refingerprinted_before_codes_for_sale(
+        self, new_uow: NewUow, stock_room: StockRoom
+    ) -> None:
+        sku_a, sku_b, p = *await products(new_uow, 2), unique("GIFT")
+        [for_sale] = await stock_room.stock_the_old_way(sku_a, [OldCode(p.upper())])
+        [sold] = await stock_room.stock_the_old_way(
+            sku_b, [OldCode(p.lower(), sold_to=unique("tx"))]
+        )
+        async with new_uow() as uow:
+            assert await uow.codes.skus_with_old_fingerprints(1) == {sku_b}
+            first = await uow.codes.with_old_fingerprints([sku_a, sku_b], 2)
+        assert [c.stock_id for c in first] == [sold, for_sale]
+
+        await catalog.refingerprint_stock(new_uow, VAULT, batch=1)
+
+        rows = await stock_room.rows([for_sale, sold])
+        assert (rows[sold].status, rows[sold].has_fingerprint) == (CodeStatus.SOLD, True)
+        assert rows[for_sale].status is CodeStatus.DUPLICATE
+
+    async def test_codes_that_do_not_open_are_set_aside_and_the_window_ends(
+        self, new_uow: NewUow, stock_room: StockRoom, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        # Review finding 1: a key no longer configured, a damaged ciphertext.
+        sku, p = unique("SKU"), unique("OPEN")
+        await catalog.put_product(product(sku), new_uow())
+        gone = CodeVault(f"gone-{uuid.uuid4().hex[:8]}:{base64.b64encode(os.urandom(32)).decode()}")
+        good = VAULT.seal_to_sku(Code(f"{p}-D", None), sku)
+        damaged = SealedCode(good.key_id, good.blob[:-1] + bytes([good.blob[-1] ^ 1]), good.binding)
+        ids = await stock_room.stock_the_old_way(
+            sku,
+            [
+                OldCode(f"{p}-A", sealed=gone.seal_to_sku(Code(f"{p}-A", None), sku)),
+                OldCode(f"{p}-B", sealed=damaged),
+                OldCode(
+                    f"{p}-C", sold_to=unique("tx"), sealed=gone.seal_to_sku(Code("C", None), sku)
+                ),
+                OldCode(f"{p}-E"),
+            ],
+        )
+        no_key, broken, sold, fine = ids
+
+        with caplog.at_level(logging.INFO):
+            done = await catalog.refingerprint_stock(new_uow, VAULT)
+
+        assert set(done.unreadable) >= {no_key, broken, sold}
+        rows = await stock_room.rows(ids)
+        assert {i: (r.status, r.fingerprint_version) for i, r in rows.items()} == {
+            no_key: (CodeStatus.UNREADABLE, 2),
+            broken: (CodeStatus.UNREADABLE, 2),
+            sold: (CodeStatus.SOLD, 2),
+            fine: (CodeStatus.AVAILABLE, 2),
+        }
+        async with new_uow() as uow:
+            assert not await uow.codes.any_old_fingerprints()
+            claimed = await uow.codes.claim({sku: [unique("tx") for _ in range(3)]})
+        assert [c.stock_id for c in claimed.values()] == [fine]
+        assert gone.key_ids.pop() in caplog.text  # the missing key named up front
+        for stock_id in (no_key, broken, sold):
+            assert f"stock id {stock_id} " in caplog.text
+        assert p not in caplog.text
+
+    async def test_a_delivery_waits_in_the_batch_while_old_fingerprints_are_left(
+        self, new_uow: NewUow, stock_room: StockRoom
+    ) -> None:
+        # Review finding 1: the batch is decided, the delivery parked, then stocked.
+        sku, p = unique("SKU"), unique("WAIT")
+        await catalog.put_product(product(sku), new_uow())
+        [old] = await stock_room.stock_the_old_way(sku, [OldCode(f"{p}-OLD")])
+        tx = unique("tx")
+        delivery = DeliverStock(
+            delivery_id=unique("delivery"),
+            sku=sku,
+            sealed_codes=[
+                VAULT.seal_to_sku(Code(c, None), sku).to_wire() for c in (f"{p}-old", f"{p}-NEW")
+            ],
+        )
+        order = place_order(tx, sku, "9.75")
+
+        await handle_commands([delivery, order], new_uow(), VAULT)
+        await handle_commands([delivery], new_uow(), VAULT)  # redelivered: waits once
+
+        async with new_uow() as uow:
+            decided = await uow.decisions.get_many([tx])
+            assert decided[tx].state is DecisionState.BACKORDERED  # the old code is not sold
+            assert await uow.deliveries.oldest() == delivery
+            assert await uow.codes.levels([sku]) == {sku: StockLevel(available=0, sold=0)}
+
+        await catalog.refingerprint_stock(new_uow, VAULT)
+
+        async with new_uow() as uow:
+            assert await uow.deliveries.oldest() is None
+            assert await uow.codes.available(sku) == 2  # OLD, and NEW; "old" is OLD
+        assert (await stock_room.rows([old]))[old].status is CodeStatus.AVAILABLE
+
+    async def test_only_one_transaction_at_a_time_runs_re_fingerprinting(
+        self, new_uow: NewUow, stock_room: StockRoom
+    ) -> None:
+        # Review finding 7: the other processes' passes skip their turn.
+        sku = unique("SKU")
+        await catalog.put_product(product(sku), new_uow())
+        [old] = await stock_room.stock_the_old_way(sku, [OldCode(unique("ALONE"))])
+        async with new_uow() as running:
+            assert await running.run_alone(catalog.REFINGERPRINT_TASK)
+            done = await catalog.refingerprint_stock(new_uow, VAULT)
+            assert (done.busy, done.refingerprinted) == (True, 0)
+            assert (await stock_room.rows([old]))[old].fingerprint_version == 1
+        assert not (await catalog.refingerprint_stock(new_uow, VAULT)).busy
+        assert (await stock_room.rows([old]))[old].fingerprint_version == 2

@@ -23,10 +23,10 @@ from services.inventory.domain.model import (
     StockLevel,
 )
 from services.inventory.service_layer.unit_of_work import UnitOfWork
-from shared.contracts import Message, ProductSnapshot
-from shared.crypto import FINGERPRINT_VERSION, Code, SealedCode
+from shared.contracts import DeliverStock, Message, ProductSnapshot
+from shared.crypto import FINGERPRINT_VERSION, SealedCode
 from tests import fakes
-from tests.inventory_contract import VAULT, OldCode, Row
+from tests.inventory_contract import OldCode, Row
 
 
 @dataclass
@@ -43,12 +43,17 @@ class CodeRow:
     def stocked(self) -> StockedCode:
         return StockedCode(self.id, self.sku, CodeStatus(self.status), self.sealed)
 
+    @property
+    def for_sale(self) -> bool:
+        return self.status == "AVAILABLE" and self.fingerprint_version == FINGERPRINT_VERSION
+
 
 @dataclass
 class State:
     products: dict[str, ProductSnapshot] = field(default_factory=dict)
     codes: dict[int, CodeRow] = field(default_factory=dict)
     decisions: dict[str, OrderDecision] = field(default_factory=dict)
+    pending_deliveries: dict[str, DeliverStock] = field(default_factory=dict)
     next_code_id: int = 1
 
 
@@ -80,7 +85,7 @@ class FakeCodes:
             if any(row.transaction_id in transaction_ids for row in self._state.codes.values()):
                 raise UniqueViolation("codes.transaction_id")
             free = sorted(
-                (r for r in self._state.codes.values() if r.sku == sku and r.status == "AVAILABLE"),
+                (r for r in self._state.codes.values() if r.sku == sku and r.for_sale),
                 key=lambda r: r.id,
             )
             for row, transaction_id in zip(free, transaction_ids, strict=False):
@@ -121,11 +126,14 @@ class FakeCodes:
     def _old(self) -> list[CodeRow]:
         return sorted(
             (r for r in self._state.codes.values() if r.fingerprint_version == 1),
-            key=lambda r: r.id,
+            key=lambda r: (r.status != "SOLD", r.id),
         )
 
-    async def old_fingerprints_left(self) -> int:
-        return len(self._old())
+    async def any_old_fingerprints(self) -> bool:
+        return bool(self._old())
+
+    async def old_key_ids(self) -> set[str]:
+        return {row.sealed.key_id for row in self._old()}
 
     async def skus_with_old_fingerprints(self, limit: int) -> set[str]:
         return {row.sku for row in self._old()[:limit]}
@@ -141,12 +149,12 @@ class FakeCodes:
             if row.fingerprint is not None and row.fingerprint in fingerprints
         }
 
-    async def mark_duplicates(self, stock_ids: Sequence[int]) -> None:
+    async def set_aside(self, stock_ids: Sequence[int], status: CodeStatus) -> None:
         for stock_id in stock_ids:
             row = self._state.codes[stock_id]
             row.fingerprint, row.fingerprint_version = None, FINGERPRINT_VERSION
-            if row.status == CodeStatus.AVAILABLE:
-                row.status = CodeStatus.DUPLICATE
+            if row.status != CodeStatus.SOLD:
+                row.status = status
 
     async def refingerprint(self, codes: Sequence[Refingerprinted]) -> None:
         taken = {r.fingerprint for r in self._state.codes.values()}
@@ -157,23 +165,42 @@ class FakeCodes:
             row = self._state.codes[code.code.stock_id]
             row.fingerprint, row.fingerprint_version = code.fingerprint, FINGERPRINT_VERSION
             row.sealed = code.sealed
+            if row.status == CodeStatus.UNREADABLE:
+                row.status = CodeStatus.AVAILABLE
 
     async def available(self, sku: str) -> int:
-        return sum(
-            1 for r in self._state.codes.values() if r.sku == sku and r.status == "AVAILABLE"
-        )
+        return sum(1 for r in self._state.codes.values() if r.sku == sku and r.for_sale)
 
     async def levels(self, skus: Sequence[str]) -> dict[str, StockLevel]:
         levels: dict[str, StockLevel] = {}
         for sku in skus:
             rows = [r for r in self._state.codes.values() if r.sku == sku]
             if rows:
-                available = sum(1 for r in rows if r.status == "AVAILABLE")
+                available = sum(1 for r in rows if r.for_sale)
                 levels[sku] = StockLevel(available, sum(1 for r in rows if r.status == "SOLD"))
         return levels
 
     async def available_per_product(self) -> dict[str, int]:
         return {sku: await self.available(sku) for sku in self._state.products}
+
+
+class FakeDeliveries:
+    def __init__(self, state: State) -> None:
+        self._state = state
+
+    async def park(self, delivery: DeliverStock) -> bool:
+        if delivery.delivery_id in self._state.pending_deliveries:
+            return False
+        self._state.pending_deliveries[delivery.delivery_id] = delivery
+        return True
+
+    async def oldest(self, exclude: Iterable[str] = ()) -> DeliverStock | None:
+        left = set(exclude)
+        waiting = [d for i, d in self._state.pending_deliveries.items() if i not in left]
+        return waiting[0] if waiting else None
+
+    async def take(self, delivery_id: str) -> bool:
+        return self._state.pending_deliveries.pop(delivery_id, None) is not None
 
 
 class FakeDecisions:
@@ -220,6 +247,7 @@ class ForeignKeyViolation(Exception):
 class FakeStore(fakes.FakeStore[State]):
     def __init__(self) -> None:
         super().__init__(State())
+        self.busy: set[str] = set()  # tasks a transaction is running (run_alone)
 
     def uow(self) -> FakeUnitOfWork:
         return FakeUnitOfWork(self)
@@ -229,19 +257,36 @@ class FakeStore(fakes.FakeStore[State]):
 
 
 class FakeUnitOfWork(fakes.FakeUnitOfWork[State], UnitOfWork):
+    CONFLICTS = (UniqueViolation,)
+
     def __init__(
         self, store: FakeStore, on_commit: Callable[[Sequence[Message]], None] | None = None
     ) -> None:
         super().__init__(store, on_commit)
         self.serialized: set[str] = set()
+        self._busy = store.busy
+        self._running: set[str] = set()
 
     def _bind(self, state: State) -> None:
         self.products = FakeProducts(state)
         self.codes = FakeCodes(state)
+        self.deliveries = FakeDeliveries(state)
         self.decisions = FakeDecisions(state)
 
     async def serialize_skus(self, skus: Iterable[str]) -> None:
         self.serialized |= set(skus)
+
+    async def run_alone(self, task: str) -> bool:
+        if task in self._busy - self._running:
+            return False
+        self._busy.add(task)
+        self._running.add(task)
+        return True
+
+    async def _end(self) -> None:
+        self._busy -= self._running
+        self._running.clear()
+        await super()._end()
 
 
 class FakeStockRoom:
@@ -256,7 +301,7 @@ class FakeStockRoom:
         for code in codes:
             row_id = state.next_code_id
             state.next_code_id += 1
-            sealed = VAULT.seal_to_sku(Code(code.redeem_code, "0042"), sku)
+            sealed = code.sealed_to(sku)
             row = CodeRow(row_id, sku, os.urandom(32), sealed, fingerprint_version=1)
             if code.sold_to is not None:
                 row.status, row.transaction_id = "SOLD", code.sold_to

@@ -20,6 +20,9 @@ SERVICE = "inventory"
 # The available-codes gauge follows every claim and delivery of this instance; a recount
 # from the database also covers other instances and operators' direct changes.
 STOCK_RECOUNT_INTERVAL_S = 30.0
+# How often inventory looks for codes with a version 1 fingerprint (restored, written by an
+# older inventory, or left after migration 0006): one indexed look-up when there is none.
+REFINGERPRINT_INTERVAL_S = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +47,15 @@ def create_app(settings: InventorySettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def background() -> AsyncIterator[None]:
-        # Stock is refused until codes stocked before fingerprint version 2 have theirs.
+        # Codes with a version 1 fingerprint are not sold, and stock waits, until they have
+        # their version 2 one: looked for all the time, not only at start.
         runtime.background.start(
-            "stock-refingerprint", lambda: catalog.refingerprint_stock(new_uow, vault)
+            "stock-refingerprint",
+            lambda: every(
+                REFINGERPRINT_INTERVAL_S,
+                "re-fingerprinting the stock",
+                lambda: catalog.refingerprint_stock(new_uow, vault),
+            ),
         )
         runtime.background.start(
             "stock-recount",

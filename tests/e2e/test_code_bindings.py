@@ -9,8 +9,8 @@ import pytest
 
 from shared.crypto import Binding, Code, CodeVault, SealedCode
 from tests.conftest import Stack
-from tests.e2e.conftest import Client, NewClient, NewProduct
-from tests.helpers import unique
+from tests.e2e.conftest import Client, NewClient, NewProduct, log_dir
+from tests.helpers import unique, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -55,9 +55,32 @@ async def test_a_ciphertext_copied_onto_another_order_of_the_sku_does_not_open(
     await sealed_code(stack, second, replace_with=sealed_first)
     response = await client.http.get(f"/v2/orders/{second}/codes")
 
-    assert response.status_code == 500
-    assert response.json()["error"] == "INTERNAL_ERROR"
+    # Review finding 11: a named error, a log line naming the order and stock id, a metric.
+    assert response.status_code == 503
+    assert response.json()["error"] == "CODE_UNAVAILABLE"
+    assert "try again later" in response.json()["message"]
     assert code_of_first["redeemCode"] not in response.text
+    log = log_dir() / "api.log"
+    line = await wait_until(
+        lambda: next((x for x in log.read_text().splitlines() if second in x), None)
+    )
+    assert "cannot be opened (unreadable, InvalidTag)" in line
+    assert code_of_first["redeemCode"] not in log.read_text()
+    metrics = (await client.http.get("/metrics")).text
+    assert 'orders_codes_unavailable_total{reason="unreadable"}' in metrics
+
+
+async def test_a_code_sealed_to_its_stock_item_and_sold_by_an_older_inventory_opens(
+    new_client: NewClient, new_product: NewProduct, stack: Stack
+) -> None:
+    # Review finding 3: an inventory older than 0005 on the migrated schema sells a binding
+    # 2 row in the old wire form 'kid:base64'.
+    client, _, [order] = await completed_orders(new_client, new_product, 1)
+    [code] = await client.codes(order)
+    sealed = await sealed_code(stack, order)
+    await sealed_code(stack, order, replace_with=sealed.removeprefix("v2:"))
+
+    assert await client.codes(order) == [code]
 
 
 async def test_a_code_sealed_to_its_sku_before_stock_item_seals_still_opens(

@@ -43,15 +43,54 @@ def revision(number: str) -> ModuleType:
     return module
 
 
-async def run(conn: asyncpg.Connection, number: str, step: str = "upgrade") -> None:
-    """Runs a revision's script on `conn` (alembic's `op` replaced by the connection)."""
+def scripts_of(number: str, step: str = "upgrade") -> list[tuple[bool, list[str]]]:
+    """A revision's scripts, in order: (in the migration's transaction, statements)."""
     module = revision(number)
-    scripts: list[str] = []
-    module.run_script = scripts.append  # type: ignore[attr-defined]
+    scripts: list[tuple[bool, list[str]]] = []
+    module.run_script = lambda s: scripts.append((True, db.split_sql(s)))  # type: ignore[attr-defined]
+    module.run_script_outside_transaction = (  # type: ignore[attr-defined]
+        lambda s: scripts.append((False, db.split_sql(s)))
+    )
     getattr(module, step)()
-    for script in scripts:
-        for statement in db.split_sql(script):
-            await conn.execute(statement)
+    return scripts
+
+
+async def run(conn: asyncpg.Connection, number: str, step: str = "upgrade") -> None:
+    """Runs a revision on `conn` as alembic would (alembic's `op` replaced by the
+    connection): run_script in a transaction, run_script_outside_transaction without."""
+    for in_transaction, statements in scripts_of(number, step):
+        if in_transaction:
+            async with conn.transaction():
+                for statement in statements:
+                    await conn.execute(statement)
+        else:
+            for statement in statements:
+                await conn.execute(statement)
+
+
+@pytest.mark.parametrize("number", ["0005", "0006"])
+def test_the_migrations_lock_the_codes_briefly(number: str) -> None:
+    # Review finding 4: under a lock timeout, checks NOT VALID then validated outside the
+    # migration's transaction, the index built concurrently.
+    (first, inside), *outside = scripts_of(number)
+    assert first
+    assert inside[0].startswith("SET LOCAL lock_timeout")
+    added = [s for s in inside if "ADD CONSTRAINT" in s]
+    assert added
+    assert all(s.rstrip(";").endswith("NOT VALID") for s in added)
+    assert not any("CREATE INDEX" in s or "VALIDATE" in s for s in inside)
+    assert all(not in_transaction for in_transaction, _ in outside)
+    later = [s for _, statements in outside for s in statements]
+    assert sum("VALIDATE CONSTRAINT" in s for s in later) == len(added)
+    assert all("CONCURRENTLY" in s for s in later if "CREATE INDEX" in s)
+
+
+@pytest.mark.parametrize("number", ["0005", "0006"])
+def test_a_downgrade_locks_the_codes_before_it_checks_them(number: str) -> None:
+    # Review finding 5.
+    [(in_transaction, statements)] = scripts_of(number, "downgrade")
+    assert in_transaction
+    assert statements[0] == "LOCK TABLE codes IN ACCESS EXCLUSIVE MODE"
 
 
 @pytest.fixture
@@ -104,8 +143,28 @@ async def check_the_migrations(conn: asyncpg.Connection, new_uow: NewUow) -> Non
         VAULT.open(SealedCode(r["key_id"], bytes(r["sealed"]), Binding(r["binding"])), sku, None)
         for r in rows
     ] == old
-    with pytest.raises(asyncpg.NotNullViolationError):
-        await conn.execute(OLD_INSERT, sku, ["k"], [b"x"], [os.urandom(32)])
+    assert (
+        await conn.fetch(
+            "SELECT conname FROM pg_constraint "
+            "WHERE conrelid = 'codes'::regclass AND NOT convalidated"
+        )
+        == []
+    )
+    assert await conn.fetchval(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'codes_old_fingerprints'::regclass"
+    )
+    # Review finding 3: an inventory older than the migrations, still running, keeps
+    # stocking; its rows say what they are, and are re-fingerprinted like the others.
+    late = Code("OLD-CODE-3", None)
+    late_sealed = VAULT.seal_to_sku(late, sku)
+    await conn.execute(OLD_INSERT, sku, [late_sealed.key_id], [late_sealed.blob], [os.urandom(32)])
+    assert (
+        await conn.fetchval(
+            "SELECT (binding, fingerprint_version)::text FROM codes ORDER BY id DESC LIMIT 1"
+        )
+        == "(1,1)"
+    )
+    await conn.execute("DELETE FROM codes WHERE id = (SELECT max(id) FROM codes)")
     # Nothing is version 2 yet: the migrations may still be undone, and done again.
     await run(conn, "0006", "downgrade")
     await run(conn, "0005", "downgrade")

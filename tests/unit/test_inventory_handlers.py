@@ -1,13 +1,15 @@
 """Inventory's handlers on fakes: the story of a SKU's orders, stock and backorders."""
 
+import logging
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 from cryptography.exceptions import InvalidTag
 
-from services.inventory.domain.model import DecisionState
+from services.inventory.domain.model import DecisionState, Refingerprinted
 from services.inventory.service_layer import catalog
 from services.inventory.service_layer.decisions import Reply, handle_commands
 from shared.contracts import (
@@ -29,10 +31,9 @@ from shared.contracts import (
 )
 from shared.crypto import Binding, Code, SealedCode
 from shared.topics import CATALOG_PRODUCTS, INVENTORY_EVENTS
-from shared.unit_of_work import NotYet
 from tests.helpers import fullwidth
 from tests.inventory_contract import VAULT, OldCode
-from tests.inventory_fakes import FakeStockRoom, FakeStore
+from tests.inventory_fakes import FakeCodes, FakeStockRoom, FakeStore, UniqueViolation
 
 SKU = "SKU-GIFT-10"
 ACCOUNT = uuid.uuid4()
@@ -447,19 +448,59 @@ async def test_a_delivery_is_stocked_sealed_to_its_stock_items_without_duplicate
     assert (arrived.added, arrived.available) == (2, 3)
 
 
-async def test_nothing_is_stocked_while_old_fingerprints_are_left(store: FakeStore) -> None:
+async def test_while_old_fingerprints_are_left_orders_backorder_and_deliveries_wait(
+    store: FakeStore,
+) -> None:
+    # Review findings 1 and 2: the batch is decided (never rolled back for the delivery), the
+    # old code is not sold, the delivery waits; re-fingerprinting announces the old code
+    # (so the backorder is served) and stocks the delivery.
     await create_product(store)
     [old] = await FakeStockRoom(store).stock_the_old_way(SKU, [OldCode("OLD-1")])
 
-    with pytest.raises(catalog.RefingerprintPending) as pending:
+    with pytest.raises(catalog.RefingerprintPending):
         await stock(store, "old-1")
-    assert pending.value.left == 1
-    with pytest.raises(NotYet):  # the consumer gets the delivery again later
-        await handle_commands([place("tx-1"), delivery("old-1")], store.uow(), VAULT)
-    assert "tx-1" not in store.state.decisions  # the batch rolled back whole
+    replies = await handle_commands(
+        [place("tx-1"), delivery("old-1", "Old-1", "NEW-1")], store.uow(), VAULT
+    )
+    assert [r.decision.outcome for r in replies] == ["BACKORDERED"]
+    assert store.state.decisions["tx-1"].state is DecisionState.BACKORDERED
+    assert list(store.state.pending_deliveries) == ["d-1"]
+    assert sorted(store.state.codes) == [old]
 
-    await catalog.refingerprint_stock(store.uow, VAULT)
-    await handle_commands([delivery("old-1", "Old-1", "NEW-1")], store.uow(), VAULT)
+    done = await catalog.refingerprint_stock(store.uow, VAULT)
+
+    assert (done.refingerprinted, done.deliveries) == (1, 1)
+    assert store.state.pending_deliveries == {}
+    arrived = [e for e in events(store) if isinstance(e, StockArrived)]
+    assert [(e.added, e.available) for e in arrived] == [(1, 1), (1, 2)]
     # NEW-1 is stocked: an id is taken for each code delivered, duplicates too.
     assert sorted(store.state.codes) == [old, old + 3]
     assert (await stock(store, "OLD-1", "NEW-1")).added == 0
+    await run(store, allocate("tx-1"))
+    assert store.state.decisions["tx-1"].state is DecisionState.ALLOCATED
+
+
+async def test_a_re_fingerprinting_batch_that_clashes_is_tried_again_quietly(
+    store: FakeStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Review finding 7: a unique fingerprint taken meanwhile (another process) is retried;
+    # nothing at error level, no fingerprint in the log.
+    await create_product(store)
+    [old] = await FakeStockRoom(store).stock_the_old_way(SKU, [OldCode("OLD-1")])
+    clashes = [UniqueViolation("Key (fingerprint)=(\\xdeadbeef) already exists")]
+    refingerprint = FakeCodes.refingerprint
+
+    async def clash_once(self: FakeCodes, codes: Sequence[Refingerprinted]) -> None:
+        if clashes:
+            raise clashes.pop()
+        await refingerprint(self, codes)
+
+    monkeypatch.setattr(FakeCodes, "refingerprint", clash_once)
+    with caplog.at_level(logging.INFO):
+        done = await catalog.refingerprint_stock(store.uow, VAULT)
+
+    assert done.refingerprinted == 1
+    assert store.state.codes[old].fingerprint_version == 2
+    assert "clashed (UniqueViolation)" in caplog.text
+    assert "deadbeef" not in caplog.text
+    assert all(r.levelno < logging.ERROR for r in caplog.records)

@@ -4,12 +4,11 @@ the batch path shared by every batch consumer."""
 import asyncio
 import functools
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any, cast
 
-import pytest
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from faststream.kafka import KafkaBroker
 
@@ -24,7 +23,6 @@ from shared.consumers import (
 from shared.contracts import Decision, PlaceOrder, utcnow
 from shared.outbox import header_type, type_header
 from shared.topics import INVENTORY_EVENTS
-from shared.unit_of_work import NotYet
 
 
 def record(offset: int, partition: int = 0, headers: Any = ()) -> ConsumerRecord[bytes, bytes]:
@@ -136,15 +134,20 @@ class Sent:
         self.dead.append(value)
 
 
-def raw(transaction_id: str) -> SimpleNamespace:
-    decision = Decision(transaction_id=transaction_id, sku="SKU-1", outcome="BACKORDERED")
-    return SimpleNamespace(key=b"SKU-1", value=decision.to_bytes())
+async def test_a_batch_is_applied_at_once_and_a_poison_message_alone() -> None:
+    applied: list[list[str]] = []
 
+    async def apply(messages: Sequence[Decision]) -> None:
+        if any(m.transaction_id == "poison" for m in messages):
+            raise RuntimeError("a bug this message triggers")
+        applied.append([m.transaction_id for m in messages])
 
-def batch_consumer(
-    apply: Callable[[Sequence[Decision]], Awaitable[None]], producer: Sent
-) -> Callable[[Sequence[SimpleNamespace]], Awaitable[None]]:
-    return functools.partial(
+    def raw(transaction_id: str) -> SimpleNamespace:
+        decision = Decision(transaction_id=transaction_id, sku="SKU-1", outcome="BACKORDERED")
+        return SimpleNamespace(key=b"SKU-1", value=decision.to_bytes())
+
+    producer = Sent()
+    consume = functools.partial(
         consume_batch,
         parse=Decision.model_validate_json,
         apply=apply,
@@ -155,18 +158,6 @@ def batch_consumer(
         infrastructure_pause_s=0,
     )
 
-
-async def test_a_batch_is_applied_at_once_and_a_poison_message_alone() -> None:
-    applied: list[list[str]] = []
-
-    async def apply(messages: Sequence[Decision]) -> None:
-        if any(m.transaction_id == "poison" for m in messages):
-            raise RuntimeError("a bug this message triggers")
-        applied.append([m.transaction_id for m in messages])
-
-    producer = Sent()
-    consume = batch_consumer(apply, producer)
-
     unreadable = SimpleNamespace(key=None, value=b"{not json")
     await consume([raw("a"), unreadable, raw("b")])
     assert (applied, producer.dead) == ([["a", "b"]], [b"{not json"])
@@ -175,13 +166,3 @@ async def test_a_batch_is_applied_at_once_and_a_poison_message_alone() -> None:
     await consume([raw("c"), raw("poison"), raw("d")])
     assert applied == [["c"], ["d"]]
     assert len(producer.dead) == 2
-
-
-async def test_a_batch_the_service_is_not_ready_for_comes_again_and_is_not_dead_lettered() -> None:
-    async def apply(messages: Sequence[Decision]) -> None:
-        raise NotYet("codes are being re-fingerprinted")
-
-    producer = Sent()
-    with pytest.raises(NotYet):
-        await batch_consumer(apply, producer)([raw("a")])
-    assert producer.dead == []

@@ -23,12 +23,14 @@ from services.inventory.domain.model import (
 )
 from services.inventory.service_layer.unit_of_work import UnitOfWork
 from shared import postgres_unit_of_work
-from shared.contracts import ProductSnapshot
+from shared.contracts import DeliverStock, ProductSnapshot
 from shared.crypto import FINGERPRINT_VERSION, Binding, SealedCode
 from shared.db import Conn, compiled
 
-# Namespace of the per-SKU advisory locks (two-int form: never clashes with one-key locks).
+# Namespaces of the per-SKU advisory locks and of the tasks run alone (two-int form: never
+# clashes with one-key locks).
 SKU_LOCK_SPACE = 0x1A7E
+TASK_LOCK_SPACE = 0x1A7F
 
 # The code claim: one statement for a whole batch. With a single order it is exactly
 #   UPDATE codes SET status='SOLD', transaction_id=$tx, sold_at=now()
@@ -45,7 +47,7 @@ WITH wanted AS (
     SELECT free.id, free.sku, row_number() OVER (PARTITION BY free.sku ORDER BY free.id) AS n
     FROM demand CROSS JOIN LATERAL (
         SELECT id, sku FROM codes
-        WHERE codes.sku = demand.sku AND status = 'AVAILABLE'
+        WHERE codes.sku = demand.sku AND status = 'AVAILABLE' AND fingerprint_version = 2
         ORDER BY id LIMIT demand.k
         FOR UPDATE SKIP LOCKED
     ) AS free
@@ -201,18 +203,24 @@ class PostgresCodes:
         )
         return _rows_affected(status)
 
-    # Re-fingerprinting: the statements name version 1, the one the partial index
-    # codes_old_fingerprints covers.
-    async def old_fingerprints_left(self) -> int:
-        count: int = await self._conn.fetchval(
-            "SELECT count(*) FROM codes WHERE fingerprint_version = 1"
+    # Re-fingerprinting: the statements name version 1 and order as the partial index
+    # codes_old_fingerprints does (sold codes first).
+    async def any_old_fingerprints(self) -> bool:
+        found: bool = await self._conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM codes WHERE fingerprint_version = 1)"
         )
-        return count
+        return found
+
+    async def old_key_ids(self) -> set[str]:
+        rows = await self._conn.fetch(
+            "SELECT DISTINCT key_id FROM codes WHERE fingerprint_version = 1"
+        )
+        return {row["key_id"] for row in rows}
 
     async def skus_with_old_fingerprints(self, limit: int) -> set[str]:
         rows = await self._conn.fetch(
             "SELECT DISTINCT sku FROM (SELECT sku FROM codes WHERE fingerprint_version = 1 "
-            "ORDER BY id LIMIT $1) AS oldest",
+            "ORDER BY (status <> 'SOLD'), id LIMIT $1) AS first",
             limit,
         )
         return {row["sku"] for row in rows}
@@ -221,7 +229,7 @@ class PostgresCodes:
         rows = await self._conn.fetch(
             "SELECT id, sku, status, key_id, sealed, binding FROM codes "
             "WHERE fingerprint_version = 1 AND sku = ANY($1::text[]) "
-            "ORDER BY id LIMIT $2 FOR UPDATE",
+            "ORDER BY (status <> 'SOLD'), id LIMIT $2 FOR UPDATE",
             list(skus),
             limit,
         )
@@ -235,22 +243,26 @@ class PostgresCodes:
         )
         return {bytes(row["fingerprint"]): _stocked(row) for row in rows}
 
-    async def mark_duplicates(self, stock_ids: Sequence[int]) -> None:
+    async def set_aside(self, stock_ids: Sequence[int], status: CodeStatus) -> None:
+        if not stock_ids:
+            return
         await self._conn.execute(
             """
             UPDATE codes SET fingerprint = NULL, fingerprint_version = $2,
-                status = CASE status WHEN 'AVAILABLE' THEN 'DUPLICATE' ELSE status END
+                status = CASE status WHEN 'SOLD' THEN 'SOLD' ELSE $3 END
             WHERE id = ANY($1::bigint[])
             """,
             list(stock_ids),
             FINGERPRINT_VERSION,
+            status.value,
         )
 
     async def refingerprint(self, codes: Sequence[Refingerprinted]) -> None:
         await self._conn.execute(
             """
             UPDATE codes SET fingerprint = c.fingerprint, fingerprint_version = $6,
-                key_id = c.key_id, sealed = c.sealed, binding = c.binding
+                key_id = c.key_id, sealed = c.sealed, binding = c.binding,
+                status = CASE codes.status WHEN 'UNREADABLE' THEN 'AVAILABLE' ELSE codes.status END
             FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::bytea[], $5::smallint[])
                 AS c (id, fingerprint, key_id, sealed, binding)
             WHERE codes.id = c.id
@@ -265,7 +277,9 @@ class PostgresCodes:
 
     async def available(self, sku: str) -> int:
         count: int = await self._conn.fetchval(
-            "SELECT count(*) FROM codes WHERE sku = $1 AND status = 'AVAILABLE'", sku
+            "SELECT count(*) FROM codes "
+            "WHERE sku = $1 AND status = 'AVAILABLE' AND fingerprint_version = 2",
+            sku,
         )
         return count
 
@@ -273,7 +287,9 @@ class PostgresCodes:
         rows = await self._conn.fetch(
             """
             SELECT sku,
-                   count(*) FILTER (WHERE status = 'AVAILABLE') AS available,
+                   count(*) FILTER (
+                       WHERE status = 'AVAILABLE' AND fingerprint_version = 2
+                   ) AS available,
                    count(*) FILTER (WHERE status = 'SOLD') AS sold
             FROM codes WHERE sku = ANY($1::text[]) GROUP BY sku
             """,
@@ -285,11 +301,41 @@ class PostgresCodes:
         rows = await self._conn.fetch(
             """
             SELECT p.sku, count(c.id) AS available
-            FROM products p LEFT JOIN codes c ON c.sku = p.sku AND c.status = 'AVAILABLE'
+            FROM products p LEFT JOIN codes c
+                ON c.sku = p.sku AND c.status = 'AVAILABLE' AND c.fingerprint_version = 2
             GROUP BY p.sku
             """
         )
         return {row["sku"]: row["available"] for row in rows}
+
+
+class PostgresDeliveries:
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+
+    async def park(self, delivery: DeliverStock) -> bool:
+        status = await self._conn.execute(
+            "INSERT INTO pending_deliveries (delivery_id, sku, command) VALUES ($1, $2, $3) "
+            "ON CONFLICT (delivery_id) DO NOTHING",
+            delivery.delivery_id,
+            delivery.sku,
+            delivery.model_dump(mode="json"),
+        )
+        return _rows_affected(status) == 1
+
+    async def oldest(self, exclude: Iterable[str] = ()) -> DeliverStock | None:
+        command = await self._conn.fetchval(
+            "SELECT command FROM pending_deliveries WHERE delivery_id <> ALL($1::text[]) "
+            "ORDER BY received_at, delivery_id LIMIT 1",
+            list(exclude),
+        )
+        return None if command is None else DeliverStock.model_validate(command)
+
+    async def take(self, delivery_id: str) -> bool:
+        status = await self._conn.execute(
+            "DELETE FROM pending_deliveries WHERE delivery_id = $1", delivery_id
+        )
+        return _rows_affected(status) == 1
 
 
 _DECISION_COLUMNS = (
@@ -373,9 +419,12 @@ class PostgresDecisions:
 
 
 class PostgresUnitOfWork(postgres_unit_of_work.PostgresUnitOfWork, UnitOfWork):
+    CONFLICTS = (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError)
+
     def _bind(self, conn: Conn) -> None:
         self.products = PostgresProducts(conn)
         self.codes = PostgresCodes(conn)
+        self.deliveries = PostgresDeliveries(conn)
         self.decisions = PostgresDecisions(conn)
 
     async def serialize_skus(self, skus: Iterable[str]) -> None:
@@ -390,3 +439,9 @@ class PostgresUnitOfWork(postgres_unit_of_work.PostgresUnitOfWork, UnitOfWork):
             SKU_LOCK_SPACE,
             sorted(set(skus)),
         )
+
+    async def run_alone(self, task: str) -> bool:
+        alone: bool = await self.connection.fetchval(
+            "SELECT pg_try_advisory_xact_lock($1, hashtext($2))", TASK_LOCK_SPACE, task
+        )
+        return alone

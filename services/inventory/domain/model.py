@@ -130,6 +130,16 @@ class CodeStatus(StrEnum):
     DUPLICATE = "DUPLICATE"
     """Found, when fingerprints changed version, to be the same code as another code in
     stock (see `plan_refingerprinting`): never sold."""
+    UNREADABLE = "UNREADABLE"
+    """Found, when fingerprints changed version, not to open (its key is not configured, or
+    its ciphertext is damaged): never sold, until an operator makes it readable again and
+    it is re-fingerprinted (docs/runbook.md)."""
+
+    @property
+    def for_sale(self) -> bool:
+        """Is or becomes AVAILABLE once it holds its fingerprint (an UNREADABLE code that
+        opens again comes back on sale)."""
+        return self in (CodeStatus.AVAILABLE, CodeStatus.UNREADABLE)
 
 
 @dataclass(frozen=True)
@@ -200,6 +210,16 @@ def plan_refingerprinting(
 class StockLevel:
     available: int
     sold: int
+
+
+def newly_for_sale(plan: RefingerprintPlan) -> dict[str, int]:
+    """How many codes of each SKU a re-fingerprinting plan puts on sale (they were not, with
+    a version 1 fingerprint): their SKUs' waiting backorders can be served now."""
+    counts: dict[str, int] = {}
+    for code in plan.keep:
+        if code.code.status.for_sale:
+            counts[code.code.sku] = counts.get(code.code.sku, 0) + 1
+    return counts
 
 
 def distinct_codes(codes: Iterable[NewCode]) -> list[NewCode]:

@@ -26,9 +26,8 @@ from shared.contracts import (
     OrderBackordered,
     OrderReserved,
     PlaceOrder,
-    StockArrived,
 )
-from shared.crypto import CodeVault, SealedCode, code_problem
+from shared.crypto import CodeVault
 from shared.topics import INVENTORY_EVENTS
 
 log = logging.getLogger(__name__)
@@ -160,34 +159,20 @@ async def cancel_backorder(command: CancelBackorder, uow: UnitOfWork) -> None:
 
 
 async def receive_delivery(command: DeliverStock, uow: UnitOfWork, vault: CodeVault) -> None:
-    """Stock a supplier's delivery. Codes already known are skipped, so a redelivered
-    delivery adds nothing; stock that arrived is announced like an operator's. The codes
-    come sealed to their SKU; each is sealed again to the stock item it becomes. A code an
-    operator could not stock (code_problem) is left out, and so is the rest of the delivery
-    while codes stocked earlier are re-fingerprinted (RefingerprintPending: it comes again)."""
+    """Stock a supplier's delivery (catalog.stock_delivery). While codes stocked earlier
+    still have version 1 fingerprints, a code's duplicate could go unseen: the delivery waits
+    (parked in this transaction, stocked when re-fingerprinting ends) and the batch it came
+    in goes on."""
     if await uow.products.get(command.sku) is None:
         raise ValueError(f"a delivery for unknown SKU {command.sku!r}")
-    await catalog.refuse_while_refingerprinting(uow)
-    codes = []
-    for position, wire in enumerate(command.sealed_codes, start=1):
-        code = vault.open(SealedCode.from_wire(wire), command.sku, None)
-        if problem := code_problem(code.redeem_code, code.pin_code):
-            log.warning("delivery %s: code %d left out: %s", command.delivery_id, position, problem)
-            continue
-        codes.append(code)
-    stock_ids = await uow.codes.new_ids(len(codes)) if codes else []
-    new = catalog.seal_codes(codes, command.sku, stock_ids, vault)
-    added = await uow.codes.add(command.sku, model.distinct_codes(new))
-    if added:
-        available = await uow.codes.available(command.sku)
-        uow.publish(
-            INVENTORY_EVENTS.name,
-            command.sku,
-            StockArrived(sku=command.sku, added=added, available=available),
-        )
-    log.info(
-        "delivery %s: %d of %d codes added", command.delivery_id, added, len(command.sealed_codes)
-    )
+    if await uow.codes.any_old_fingerprints():
+        if await uow.deliveries.park(command):
+            log.info(
+                "delivery %s waits until codes stocked earlier are re-fingerprinted",
+                command.delivery_id,
+            )
+        return
+    await catalog.stock_delivery(command, uow, vault)
 
 
 async def decision_of(transaction_id: str, uow: UnitOfWork) -> OrderDecision | None:
