@@ -91,7 +91,8 @@ class CancelBackorder(Message):
 
 
 class DeliverStock(Message):
-    """Codes delivered by a supplier, sealed with the code key (`aad` = sku); never plaintext."""
+    """Codes delivered by a supplier, sealed with the code key to their SKU (wire form
+    'kid:base64'); never plaintext. Inventory seals each again to the stock item it becomes."""
 
     type: Literal["DeliverStock"] = "DeliverStock"
     delivery_id: str
@@ -107,6 +108,15 @@ inventory_command = TypeAdapter[InventoryCommand](InventoryCommand)
 
 # --- orders.replies (key: transactionId) ---------------------------------------------------
 
+SealedCodeOnWire = Annotated[
+    str,
+    Field(
+        description="The code sold, encrypted (shared/crypto.py SealedCode): 'v2:kid:base64', "
+        "sealed to its stock item (SKU and stockId), or 'kid:base64' for a code stocked "
+        "before stock-bound seals, sealed to its SKU. Opened only by the api, for Get Codes."
+    ),
+]
+
 
 class Decision(Message):
     """Inventory's answer to the ingress instance named in PlaceOrder.replyTo."""
@@ -115,7 +125,7 @@ class Decision(Message):
     sku: str
     outcome: Literal["RESERVED", "BACKORDERED"]
     stock_id: int | None = None
-    sealed_code: str | None = None
+    sealed_code: SealedCodeOnWire | None = None
 
 
 # --- inventory.events (key: sku) -----------------------------------------------------------
@@ -127,7 +137,7 @@ class OrderReserved(Event):
     account_id: uuid.UUID
     sku: str
     stock_id: int
-    sealed_code: str
+    sealed_code: SealedCodeOnWire
 
 
 class OrderBackordered(Event):
@@ -144,7 +154,7 @@ class BackorderAllocated(Event):
     account_id: uuid.UUID
     sku: str
     stock_id: int
-    sealed_code: str
+    sealed_code: SealedCodeOnWire
 
 
 class BackorderStillWaiting(Event):

@@ -131,6 +131,17 @@ def run_script(script: str) -> None:
         op.execute(statement)
 
 
+def run_script_outside_transaction(script: str) -> None:
+    """Run a script in a migration, each statement in a transaction of its own (alembic's
+    autocommit block): for statements that must not hold the migration's locks while they
+    scan a table (VALIDATE CONSTRAINT) or cannot run in a transaction (CREATE INDEX
+    CONCURRENTLY). The migration's transaction commits before it and a new one begins after."""
+    from alembic import op
+
+    with op.get_context().autocommit_block():
+        run_script(script)
+
+
 def migrate(migrations_dir: Path, dsn: str) -> None:
     """Upgrade one service's database to the newest revision of its migrations."""
     from alembic import command

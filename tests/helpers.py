@@ -9,9 +9,13 @@ import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar, overload
+
+from shared.contracts import PlaceOrder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STACK_PY = REPO_ROOT / "deploy" / "local" / "stack.py"
@@ -22,6 +26,23 @@ T = TypeVar("T")
 def unique(prefix: str) -> str:
     """A name no other test (nor an earlier run) uses: tests share one broker and one server."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def place_order(transaction_id: str, sku: str, price: str = "1.00") -> PlaceOrder:
+    """A PlaceOrder from a fresh account, placed now, with no reply address."""
+    return PlaceOrder(
+        transaction_id=transaction_id,
+        account_id=uuid.uuid4(),
+        sku=sku,
+        unit_price=Decimal(price),
+        currency="USD",
+        placed_at=datetime.now(UTC),
+    )
+
+
+def fullwidth(text: str) -> str:
+    """The text in fullwidth forms (U+FF01..U+FF5E), which NFKC maps back to ASCII."""
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
 
 
 @overload

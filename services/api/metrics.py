@@ -29,6 +29,13 @@ DECISION_TIMEOUTS = Counter(
 ORDER_TRANSITIONS = Counter(
     "orders_transitions_total", "Order status changes applied to the read model.", ["to"]
 )
+CODES_UNAVAILABLE = Counter(
+    "orders_codes_unavailable_total",
+    "Get Codes answered CODE_UNAVAILABLE: a completed order's code did not open, by reason "
+    "(key_not_configured: its key id is not in CODE_ENCRYPTION_KEYS; unreadable: its "
+    "ciphertext does not open).",
+    ["reason"],
+)
 REFUNDS = Counter("orders_refunds_total", "Cancelled orders refunded.", ["currency"])
 
 # Authentication. A check the cache of successes answers (nearly every request of a working

@@ -20,6 +20,9 @@ SERVICE = "inventory"
 # The available-codes gauge follows every claim and delivery of this instance; a recount
 # from the database also covers other instances and operators' direct changes.
 STOCK_RECOUNT_INTERVAL_S = 30.0
+# How often inventory looks for codes with a version 1 fingerprint (restored, written by an
+# older inventory, or left after migration 0006): one indexed look-up when there is none.
+REFINGERPRINT_INTERVAL_S = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,16 @@ def create_app(settings: InventorySettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def background() -> AsyncIterator[None]:
+        # Codes with a version 1 fingerprint are not sold, and stock waits, until they have
+        # their version 2 one: looked for all the time, not only at start.
+        runtime.background.start(
+            "stock-refingerprint",
+            lambda: every(
+                REFINGERPRINT_INTERVAL_S,
+                "re-fingerprinting the stock",
+                lambda: catalog.refingerprint_stock(new_uow, vault),
+            ),
+        )
         runtime.background.start(
             "stock-recount",
             lambda: every(

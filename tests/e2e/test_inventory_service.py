@@ -133,7 +133,7 @@ async def test_an_order_is_answered_on_its_reply_topic_and_announced(
     assert decision.outcome == "RESERVED"
     vault = CodeVault(os.environ["CODE_ENCRYPTION_KEYS"])
     assert decision.sealed_code is not None
-    code = vault.open(SealedCode.from_wire(decision.sealed_code), aad=sku)
+    code = vault.open(SealedCode.from_wire(decision.sealed_code), sku, decision.stock_id)
     assert (code.redeem_code, code.pin_code) == (codes[0], "0042")
 
     async def announced() -> list[dict[str, Any]]:

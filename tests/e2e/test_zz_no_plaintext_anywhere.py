@@ -16,7 +16,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared import topics
-from shared.crypto import CodeVault, SealedCode
+from shared.crypto import Binding, CodeVault, SealedCode
 from tests.conftest import Stack
 from tests.e2e.conftest import NewClient, NewProduct, log_dir
 from tests.helpers import unique
@@ -38,13 +38,14 @@ async def _codes_stocked_since(stack: Stack, since: datetime) -> set[str]:
     conn = await asyncpg.connect(stack.inventory_db_url)
     try:
         rows = await conn.fetch(
-            "SELECT sku, key_id, sealed FROM codes WHERE created_at >= $1", since
+            "SELECT id, sku, key_id, sealed, binding FROM codes WHERE created_at >= $1", since
         )
     finally:
         await conn.close()
     found: set[str] = set()
     for row in rows:
-        code = vault.open(SealedCode(row["key_id"], bytes(row["sealed"])), aad=row["sku"])
+        sealed = SealedCode(row["key_id"], bytes(row["sealed"]), Binding(row["binding"]))
+        code = vault.open(sealed, row["sku"], row["id"])
         found |= {v for v in (code.redeem_code, code.pin_code) if v and searchable(v)}
     return found
 

@@ -9,9 +9,10 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from services.inventory.entrypoints import admin
+from services.inventory.service_layer import catalog
 from shared.web import install_common
-from tests.inventory_contract import VAULT
-from tests.inventory_fakes import FakeStore
+from tests.inventory_contract import VAULT, OldCode
+from tests.inventory_fakes import FakeStockRoom, FakeStore
 
 TOKEN = "test-admin-token-0123456789"
 PRODUCT = {"name": "Gift card 10", "currency": "USD", "price": "10.00", "brand": "Acme"}
@@ -132,7 +133,7 @@ async def test_stock_counts_added_and_skipped(http: httpx.AsyncClient, store: Fa
     again = await http.post("/admin/products/SKU-1/stock", json={"codes": codes[:1]})
     assert again.json()["data"] == {"sku": "SKU-1", "added": 0, "skipped": 1, "available": 3}
     pins = sorted(
-        str(VAULT.open(row.sealed, aad="SKU-1").pin_code) for row in store.state.codes.values()
+        str(VAULT.open(row.sealed, "SKU-1", row.id).pin_code) for row in store.state.codes.values()
     )
     assert pins == ["0123", "None", "None"]
 
@@ -174,3 +175,45 @@ async def test_five_thousand_longest_codes_fit_in_one_request(http: httpx.AsyncC
     response = await http.post("/admin/products/SKU-1/stock", json={"codes": codes})
     assert response.status_code == 200, response.text[:300]
     assert response.json()["data"]["added"] == 5000
+
+
+@pytest.mark.parametrize(
+    ("code", "field"),
+    [
+        ({"redeemCode": "GIFT-\u200b1234"}, "redeemCode"),
+        ({"redeemCode": "GIFT-\ufeff1234"}, "redeemCode"),
+        ({"redeemCode": "GIFT-1234", "pinCode": "12\u200d34"}, "pinCode"),
+        ({"redeemCode": "GIFT-\u00851234"}, "redeemCode"),
+    ],
+)
+async def test_invisible_characters_in_a_code_are_refused_naming_the_field(
+    http: httpx.AsyncClient, code: dict[str, str], field: str
+) -> None:
+    await put(http, "SKU-1")
+    response = await http.post(
+        "/admin/products/SKU-1/stock", json={"codes": [{"redeemCode": "FINE-1"}, code]}
+    )
+    assert error(response, 400) == "INVALID_REQUEST"
+    [detail] = response.json()["details"]
+    assert detail["field"] == "codes.1"
+    assert f"{field} holds" in detail["issue"]
+    assert "remove it" in detail["issue"]
+    assert "GIFT" not in response.text
+
+
+async def test_stock_waits_for_the_re_fingerprinting_of_codes_stocked_earlier(
+    http: httpx.AsyncClient, store: FakeStore
+) -> None:
+    await put(http, "SKU-1")
+    await FakeStockRoom(store).stock_the_old_way("SKU-1", [OldCode("OLD-1"), OldCode("OLD-2")])
+
+    response = await http.post("/admin/products/SKU-1/stock", json={"generate": 1})
+
+    assert error(response, 503) == "STOCK_BEING_REFINGERPRINTED"
+    assert response.headers["Retry-After"] == "30"
+    assert "again in a minute" in response.json()["message"]
+    await catalog.refingerprint_stock(store.uow, VAULT)
+    again = await http.post(
+        "/admin/products/SKU-1/stock", json={"codes": [{"redeemCode": "old-2"}]}
+    )
+    assert again.json()["data"]["skipped"] == 1

@@ -9,9 +9,9 @@ import pytest
 from services.inventory.domain import model
 from services.inventory.domain.model import ClaimedCode, DecisionState, NewCode
 from shared.contracts import PlaceOrder
-from shared.crypto import SealedCode
+from shared.crypto import Binding, SealedCode
 
-CODE = ClaimedCode(stock_id=7, sealed=SealedCode("k1", b"\x00" * 40))
+CODE = ClaimedCode(stock_id=7, sealed=SealedCode("k1", b"\x00" * 40, Binding.STOCK_ITEM))
 
 
 def order(sku: str = "SKU-1", transaction_id: str | None = None, **fields: object) -> PlaceOrder:
@@ -78,11 +78,11 @@ def test_an_order_twice_in_one_batch_is_decided_once() -> None:
 
 
 def test_codes_with_the_same_fingerprint_are_stocked_once() -> None:
-    sealed = SealedCode("k1", b"x")
+    sealed = SealedCode("k1", b"x", Binding.STOCK_ITEM)
     a, b, a_again = (
-        NewCode(b"a" * 32, sealed),
-        NewCode(b"b" * 32, sealed),
-        NewCode(b"a" * 32, sealed),
+        NewCode(1, b"a" * 32, sealed),
+        NewCode(2, b"b" * 32, sealed),
+        NewCode(3, b"a" * 32, sealed),
     )
     assert model.distinct_codes([a, b, a_again]) == [a, b]
 

@@ -3,9 +3,6 @@ arithmetic, the lag loop surviving a broker outage, and the gauges and counters 
 derive from what they see."""
 
 import asyncio
-import uuid
-from datetime import UTC, datetime
-from decimal import Decimal
 
 import pytest
 from aiokafka.errors import KafkaConnectionError
@@ -13,7 +10,6 @@ from prometheus_client import REGISTRY
 
 from services.api import metrics as api_metrics
 from shared import lag
-from shared.contracts import PlaceOrder
 from tests.helpers import unique, wait_until
 
 
@@ -116,17 +112,6 @@ def test_the_stuck_order_is_named_while_it_is_stuck_and_leaves_no_series_behind(
     assert named() == {"01STUCKB": 95.0}
     api_metrics.name_stuck(None)
     assert named() == {}
-
-
-def _place(transaction_id: str, sku: str) -> PlaceOrder:
-    return PlaceOrder(
-        transaction_id=transaction_id,
-        account_id=uuid.uuid4(),
-        sku=sku,
-        unit_price=Decimal("1.00"),
-        currency="USD",
-        placed_at=datetime.now(UTC),
-    )
 
 
 def test_inventory_counts_the_orders_it_had_already_decided() -> None:

@@ -1,6 +1,7 @@
 """The public EZ-Cards-v2-compatible API (../docs/api.md). Thin: parse, call a use case,
 shape the answer."""
 
+import logging
 import math
 import time
 import uuid
@@ -10,6 +11,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Annotated, Any, Literal
 
+from cryptography.exceptions import InvalidTag
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -38,11 +40,12 @@ from services.api.service_layer.accounts import (
 from services.api.service_layer.orders import OrderDesk
 from services.api.service_layer.unit_of_work import UnitOfWork
 from shared.contracts import MoneyOut
-from shared.crypto import CodeVault, SealedCode
+from shared.crypto import Code, CodeVault, KeyConfigError, SealedCode
 from shared.web import ApiError, error_responses, ok, paged
 
 # Every /v2 operation can answer these (the common middleware, authentication, the rate limit
 # and the database apply to all of them); the routes add their own.
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v2", responses=error_responses(400, 401, 413, 415, 429, 500, 503))
 
 
@@ -362,6 +365,35 @@ async def get_order(
     return ok(order_out(await owned_order(svc, account_id, transactionId)))
 
 
+CODE_UNAVAILABLE = ApiError(
+    503,
+    "CODE_UNAVAILABLE",
+    "This order's code cannot be read right now. The order and its code are kept: try again "
+    "later, and contact support with the transactionId if this persists.",
+    headers={"Retry-After": "60"},
+)
+
+
+def open_code(vault: CodeVault, order: Order) -> Code:
+    """The order's code, in plaintext. One that does not open (its key is not configured,
+    its ciphertext is damaged) is logged by transaction and stock id and counted, and the
+    client gets CODE_UNAVAILABLE."""
+    assert order.sealed_code is not None
+    try:
+        return vault.open_sold(SealedCode.from_wire(order.sealed_code), order.sku, order.stock_id)
+    except (InvalidTag, ValueError) as exc:  # KeyConfigError is a ValueError
+        reason = "key_not_configured" if isinstance(exc, KeyConfigError) else "unreadable"
+        metrics.CODES_UNAVAILABLE.labels(reason).inc()
+        log.error(
+            "order %s: the code of stock id %s cannot be opened (%s, %s)",
+            order.transaction_id,
+            order.stock_id,
+            reason,
+            type(exc).__name__,
+        )
+        raise CODE_UNAVAILABLE from None
+
+
 @router.get("/orders/{transactionId}/codes", responses=error_responses(404))
 async def get_codes(
     transactionId: str,
@@ -381,7 +413,7 @@ async def get_codes(
         "pinCode": None,
     }
     if order.status == "COMPLETED" and order.sealed_code is not None:
-        opened = svc.vault.open(SealedCode.from_wire(order.sealed_code), aad=order.sku)
+        opened = open_code(svc.vault, order)
         code["redeemCode"], code["pinCode"] = opened.redeem_code, opened.pin_code
     wanted = {int(s) for s in stockIds.split(",")} if stockIds else None
     keep = (status is None or status == code["status"]) and (

@@ -3,7 +3,8 @@ supplier that is the default.
 
 A request is recorded in the database (so it survives a restart, and at most one is open per
 SKU); the simulated supplier "delivers" it after a delay: generated codes, sealed with the
-code key, sent to inventory as a DeliverStock command through the outbox.
+code key to their SKU (inventory seals each again to its stock item), sent to inventory as a
+DeliverStock command through the outbox.
 """
 
 from services.fulfilment import metrics
@@ -40,8 +41,8 @@ class SimulatedSupplier:
                 sku, quantity = request.sku, request.quantity
                 for part, start in enumerate(range(0, quantity, CODES_PER_DELIVERY)):
                     sealed = [
-                        self._vault.seal(
-                            random_code("SIM", group_length=5, pin_digits=8), aad=sku
+                        self._vault.seal_to_sku(
+                            random_code("SIM", group_length=5, pin_digits=8), sku
                         ).to_wire()
                         for _ in range(min(CODES_PER_DELIVERY, quantity - start))
                     ]

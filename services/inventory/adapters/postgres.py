@@ -13,19 +13,24 @@ from sqlmodel import col
 from services.inventory.adapters.tables import Product as ProductRow
 from services.inventory.domain.model import (
     ClaimedCode,
+    CodeStatus,
     DecisionState,
     NewCode,
     OrderDecision,
+    Refingerprinted,
+    StockedCode,
     StockLevel,
 )
 from services.inventory.service_layer.unit_of_work import UnitOfWork
 from shared import postgres_unit_of_work
-from shared.contracts import ProductSnapshot
-from shared.crypto import SealedCode
+from shared.contracts import DeliverStock, ProductSnapshot
+from shared.crypto import FINGERPRINT_VERSION, Binding, SealedCode
 from shared.db import Conn, compiled
 
-# Namespace of the per-SKU advisory locks (two-int form: never clashes with one-key locks).
+# Namespaces of the per-SKU advisory locks and of the tasks run alone (two-int form: never
+# clashes with one-key locks).
 SKU_LOCK_SPACE = 0x1A7E
+TASK_LOCK_SPACE = 0x1A7F
 
 # The code claim: one statement for a whole batch. With a single order it is exactly
 #   UPDATE codes SET status='SOLD', transaction_id=$tx, sold_at=now()
@@ -42,7 +47,7 @@ WITH wanted AS (
     SELECT free.id, free.sku, row_number() OVER (PARTITION BY free.sku ORDER BY free.id) AS n
     FROM demand CROSS JOIN LATERAL (
         SELECT id, sku FROM codes
-        WHERE codes.sku = demand.sku AND status = 'AVAILABLE'
+        WHERE codes.sku = demand.sku AND status = 'AVAILABLE' AND fingerprint_version = 2
         ORDER BY id LIMIT demand.k
         FOR UPDATE SKIP LOCKED
     ) AS free
@@ -51,12 +56,22 @@ UPDATE codes
 SET status = 'SOLD', transaction_id = wanted.transaction_id, sold_at = now()
 FROM picked JOIN wanted USING (sku, n)
 WHERE codes.id = picked.id AND codes.status = 'AVAILABLE'
-RETURNING codes.id, codes.transaction_id, codes.key_id, codes.sealed
+RETURNING codes.id, codes.transaction_id, codes.key_id, codes.sealed, codes.binding
 """
 
 
+def _sealed(row: asyncpg.Record) -> SealedCode:
+    return SealedCode(row["key_id"], bytes(row["sealed"]), Binding(row["binding"]))
+
+
 def _claimed(row: asyncpg.Record) -> ClaimedCode:
-    return ClaimedCode(stock_id=row["id"], sealed=SealedCode(row["key_id"], bytes(row["sealed"])))
+    return ClaimedCode(stock_id=row["id"], sealed=_sealed(row))
+
+
+def _stocked(row: asyncpg.Record) -> StockedCode:
+    return StockedCode(
+        stock_id=row["id"], sku=row["sku"], status=CodeStatus(row["status"]), sealed=_sealed(row)
+    )
 
 
 def _rows_affected(status: str) -> int:
@@ -153,30 +168,118 @@ class PostgresCodes:
 
     async def sold_to(self, transaction_ids: Sequence[str]) -> dict[str, ClaimedCode]:
         rows = await self._conn.fetch(
-            "SELECT id, transaction_id, key_id, sealed FROM codes "
+            "SELECT id, transaction_id, key_id, sealed, binding FROM codes "
             "WHERE transaction_id = ANY($1::text[])",
             list(transaction_ids),
         )
         return {row["transaction_id"]: _claimed(row) for row in rows}
 
+    async def new_ids(self, count: int) -> list[int]:
+        rows = await self._conn.fetch(
+            "SELECT nextval(pg_get_serial_sequence('codes', 'id')) AS id "
+            "FROM generate_series(1, $1)",
+            count,
+        )
+        return sorted(row["id"] for row in rows)
+
     async def add(self, sku: str, codes: Sequence[NewCode]) -> int:
+        ordered = sorted(codes, key=lambda c: c.stock_id)
         status = await self._conn.execute(
             """
-            INSERT INTO codes (sku, key_id, sealed, fingerprint)
-            SELECT $1, key_id, sealed, fingerprint
-            FROM unnest($2::text[], $3::bytea[], $4::bytea[]) AS c (key_id, sealed, fingerprint)
+            INSERT INTO codes (id, sku, key_id, sealed, binding, fingerprint, fingerprint_version)
+            SELECT id, $1, key_id, sealed, binding, fingerprint, $7
+            FROM unnest($2::bigint[], $3::text[], $4::bytea[], $5::smallint[], $6::bytea[])
+                AS c (id, key_id, sealed, binding, fingerprint)
+            ORDER BY id
             ON CONFLICT (fingerprint) DO NOTHING
             """,
             sku,
-            [c.sealed.key_id for c in codes],
-            [c.sealed.blob for c in codes],
-            [c.fingerprint for c in codes],
+            [c.stock_id for c in ordered],
+            [c.sealed.key_id for c in ordered],
+            [c.sealed.blob for c in ordered],
+            [c.sealed.binding.value for c in ordered],
+            [c.fingerprint for c in ordered],
+            FINGERPRINT_VERSION,
         )
         return _rows_affected(status)
 
+    # Re-fingerprinting: the statements name version 1 and order as the partial index
+    # codes_old_fingerprints does (sold codes first).
+    async def any_old_fingerprints(self) -> bool:
+        found: bool = await self._conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM codes WHERE fingerprint_version = 1)"
+        )
+        return found
+
+    async def old_key_ids(self) -> set[str]:
+        rows = await self._conn.fetch(
+            "SELECT DISTINCT key_id FROM codes WHERE fingerprint_version = 1"
+        )
+        return {row["key_id"] for row in rows}
+
+    async def skus_with_old_fingerprints(self, limit: int) -> set[str]:
+        rows = await self._conn.fetch(
+            "SELECT DISTINCT sku FROM (SELECT sku FROM codes WHERE fingerprint_version = 1 "
+            "ORDER BY (status <> 'SOLD'), id LIMIT $1) AS first",
+            limit,
+        )
+        return {row["sku"] for row in rows}
+
+    async def with_old_fingerprints(self, skus: Iterable[str], limit: int) -> list[StockedCode]:
+        rows = await self._conn.fetch(
+            "SELECT id, sku, status, key_id, sealed, binding FROM codes "
+            "WHERE fingerprint_version = 1 AND sku = ANY($1::text[]) "
+            "ORDER BY (status <> 'SOLD'), id LIMIT $2 FOR UPDATE",
+            list(skus),
+            limit,
+        )
+        return [_stocked(row) for row in rows]
+
+    async def holding(self, fingerprints: Sequence[bytes]) -> dict[bytes, StockedCode]:
+        rows = await self._conn.fetch(
+            "SELECT id, sku, status, key_id, sealed, binding, fingerprint FROM codes "
+            "WHERE fingerprint = ANY($1::bytea[]) ORDER BY id FOR UPDATE",
+            list(fingerprints),
+        )
+        return {bytes(row["fingerprint"]): _stocked(row) for row in rows}
+
+    async def set_aside(self, stock_ids: Sequence[int], status: CodeStatus) -> None:
+        if not stock_ids:
+            return
+        await self._conn.execute(
+            """
+            UPDATE codes SET fingerprint = NULL, fingerprint_version = $2,
+                status = CASE status WHEN 'SOLD' THEN 'SOLD' ELSE $3 END
+            WHERE id = ANY($1::bigint[])
+            """,
+            list(stock_ids),
+            FINGERPRINT_VERSION,
+            status.value,
+        )
+
+    async def refingerprint(self, codes: Sequence[Refingerprinted]) -> None:
+        await self._conn.execute(
+            """
+            UPDATE codes SET fingerprint = c.fingerprint, fingerprint_version = $6,
+                key_id = c.key_id, sealed = c.sealed, binding = c.binding,
+                status = CASE codes.status WHEN 'UNREADABLE' THEN 'AVAILABLE' ELSE codes.status END
+            FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::bytea[], $5::smallint[])
+                AS c (id, fingerprint, key_id, sealed, binding)
+            WHERE codes.id = c.id
+            """,
+            [c.code.stock_id for c in codes],
+            [c.fingerprint for c in codes],
+            [c.sealed.key_id for c in codes],
+            [c.sealed.blob for c in codes],
+            [c.sealed.binding.value for c in codes],
+            FINGERPRINT_VERSION,
+        )
+
     async def available(self, sku: str) -> int:
         count: int = await self._conn.fetchval(
-            "SELECT count(*) FROM codes WHERE sku = $1 AND status = 'AVAILABLE'", sku
+            "SELECT count(*) FROM codes "
+            "WHERE sku = $1 AND status = 'AVAILABLE' AND fingerprint_version = 2",
+            sku,
         )
         return count
 
@@ -184,7 +287,9 @@ class PostgresCodes:
         rows = await self._conn.fetch(
             """
             SELECT sku,
-                   count(*) FILTER (WHERE status = 'AVAILABLE') AS available,
+                   count(*) FILTER (
+                       WHERE status = 'AVAILABLE' AND fingerprint_version = 2
+                   ) AS available,
                    count(*) FILTER (WHERE status = 'SOLD') AS sold
             FROM codes WHERE sku = ANY($1::text[]) GROUP BY sku
             """,
@@ -196,11 +301,41 @@ class PostgresCodes:
         rows = await self._conn.fetch(
             """
             SELECT p.sku, count(c.id) AS available
-            FROM products p LEFT JOIN codes c ON c.sku = p.sku AND c.status = 'AVAILABLE'
+            FROM products p LEFT JOIN codes c
+                ON c.sku = p.sku AND c.status = 'AVAILABLE' AND c.fingerprint_version = 2
             GROUP BY p.sku
             """
         )
         return {row["sku"]: row["available"] for row in rows}
+
+
+class PostgresDeliveries:
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+
+    async def park(self, delivery: DeliverStock) -> bool:
+        status = await self._conn.execute(
+            "INSERT INTO pending_deliveries (delivery_id, sku, command) VALUES ($1, $2, $3) "
+            "ON CONFLICT (delivery_id) DO NOTHING",
+            delivery.delivery_id,
+            delivery.sku,
+            delivery.model_dump(mode="json"),
+        )
+        return _rows_affected(status) == 1
+
+    async def oldest(self, exclude: Iterable[str] = ()) -> DeliverStock | None:
+        command = await self._conn.fetchval(
+            "SELECT command FROM pending_deliveries WHERE delivery_id <> ALL($1::text[]) "
+            "ORDER BY received_at, delivery_id LIMIT 1",
+            list(exclude),
+        )
+        return None if command is None else DeliverStock.model_validate(command)
+
+    async def take(self, delivery_id: str) -> bool:
+        status = await self._conn.execute(
+            "DELETE FROM pending_deliveries WHERE delivery_id = $1", delivery_id
+        )
+        return _rows_affected(status) == 1
 
 
 _DECISION_COLUMNS = (
@@ -284,9 +419,12 @@ class PostgresDecisions:
 
 
 class PostgresUnitOfWork(postgres_unit_of_work.PostgresUnitOfWork, UnitOfWork):
+    CONFLICTS = (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError)
+
     def _bind(self, conn: Conn) -> None:
         self.products = PostgresProducts(conn)
         self.codes = PostgresCodes(conn)
+        self.deliveries = PostgresDeliveries(conn)
         self.decisions = PostgresDecisions(conn)
 
     async def serialize_skus(self, skus: Iterable[str]) -> None:
@@ -301,3 +439,9 @@ class PostgresUnitOfWork(postgres_unit_of_work.PostgresUnitOfWork, UnitOfWork):
             SKU_LOCK_SPACE,
             sorted(set(skus)),
         )
+
+    async def run_alone(self, task: str) -> bool:
+        alone: bool = await self.connection.fetchval(
+            "SELECT pg_try_advisory_xact_lock($1, hashtext($2))", TASK_LOCK_SPACE, task
+        )
+        return alone

@@ -9,7 +9,7 @@ allocation wins over a late cancellation.
 """
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -124,18 +124,102 @@ def first_of_each_order(orders: Iterable[PlaceOrder]) -> list[PlaceOrder]:
 # --- stock -----------------------------------------------------------------------------------
 
 
+class CodeStatus(StrEnum):
+    AVAILABLE = "AVAILABLE"
+    SOLD = "SOLD"
+    DUPLICATE = "DUPLICATE"
+    """Found, when fingerprints changed version, to be the same code as another code in
+    stock (see `plan_refingerprinting`): never sold."""
+    UNREADABLE = "UNREADABLE"
+    """Found, when fingerprints changed version, not to open (its key is not configured, or
+    its ciphertext is damaged): never sold, until an operator makes it readable again and
+    it is re-fingerprinted (docs/runbook.md)."""
+
+    @property
+    def for_sale(self) -> bool:
+        """Is or becomes AVAILABLE once it holds its fingerprint (an UNREADABLE code that
+        opens again comes back on sale)."""
+        return self in (CodeStatus.AVAILABLE, CodeStatus.UNREADABLE)
+
+
 @dataclass(frozen=True)
 class NewCode:
-    """A code about to be stocked: its keyed fingerprint (for duplicates) and ciphertext."""
+    """A code about to be stocked: the stock id taken for it (its ciphertext is sealed to
+    it), its keyed fingerprint (for duplicates) and its ciphertext."""
 
+    stock_id: int
     fingerprint: bytes
     sealed: SealedCode
+
+
+@dataclass(frozen=True)
+class StockedCode:
+    stock_id: int
+    sku: str
+    status: CodeStatus
+    sealed: SealedCode
+
+
+@dataclass(frozen=True)
+class Refingerprinted:
+    """A code in stock with its fingerprint of the current version, and its ciphertext:
+    sealed again to its stock item if it was sealed to its SKU only and is still for sale."""
+
+    code: StockedCode
+    fingerprint: bytes
+    sealed: SealedCode
+
+
+@dataclass(frozen=True)
+class RefingerprintPlan:
+    keep: list[Refingerprinted]
+    """Codes that take their new fingerprint."""
+    duplicates: list[StockedCode]
+    """Codes that are the same code as one kept: they lose their fingerprint, and become
+    DUPLICATE unless already sold."""
+    sold_twice: list[tuple[int, int]]
+    """(kept, duplicate) stock ids of one code that was sold twice before it was found."""
+
+
+def plan_refingerprinting(
+    codes: Sequence[Refingerprinted], holders: Mapping[bytes, StockedCode]
+) -> RefingerprintPlan:
+    """Which of codes sharing a new fingerprint (among `codes`, and the codes in stock already
+    `holders` of one) keeps it: a sold one, since it is out in the world, else the oldest.
+    The others are the same code stocked again under another form (case, Unicode form,
+    invisible characters), so they must never be sold."""
+    by_fingerprint: dict[bytes, list[Refingerprinted]] = {}
+    for code in codes:
+        by_fingerprint.setdefault(code.fingerprint, []).append(code)
+    plan = RefingerprintPlan(keep=[], duplicates=[], sold_twice=[])
+    for fingerprint, sharing in by_fingerprint.items():
+        holder = holders.get(fingerprint)
+        candidates = [*([holder] if holder else []), *(c.code for c in sharing)]
+        kept = min(candidates, key=lambda c: (c.status is not CodeStatus.SOLD, c.stock_id))
+        plan.keep.extend(c for c in sharing if c.code is kept)
+        for other in candidates:
+            if other is kept:
+                continue
+            plan.duplicates.append(other)
+            if other.status is CodeStatus.SOLD and kept.status is CodeStatus.SOLD:
+                plan.sold_twice.append((kept.stock_id, other.stock_id))
+    return plan
 
 
 @dataclass(frozen=True)
 class StockLevel:
     available: int
     sold: int
+
+
+def newly_for_sale(plan: RefingerprintPlan) -> dict[str, int]:
+    """How many codes of each SKU a re-fingerprinting plan puts on sale (they were not, with
+    a version 1 fingerprint): their SKUs' waiting backorders can be served now."""
+    counts: dict[str, int] = {}
+    for code in plan.keep:
+        if code.code.status.for_sale:
+            counts[code.code.sku] = counts.get(code.code.sku, 0) + 1
+    return counts
 
 
 def distinct_codes(codes: Iterable[NewCode]) -> list[NewCode]:

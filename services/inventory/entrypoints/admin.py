@@ -163,6 +163,16 @@ async def add_stock(sku: Sku, body: StockIn, context: Context) -> dict[str, Any]
         result = await catalog.add_stock(sku, codes, context.new_uow(), context.vault)
     except catalog.ProductNotFound as exc:
         raise _not_found(exc) from None
+    except catalog.RefingerprintPending:
+        raise ApiError(
+            503,
+            "STOCK_BEING_REFINGERPRINTED",
+            "Inventory is still giving codes stocked earlier their new fingerprint (it does so "
+            "on its own, whenever it finds such codes), and stocks nothing until then so that "
+            "no duplicate goes unseen: send the stock again in a minute. If this lasts, the "
+            "inventory log says what holds it up.",
+            headers={"Retry-After": "30"},
+        ) from None
     return ok(
         {
             "sku": result.sku,

@@ -1,21 +1,49 @@
 """The operator's side of inventory: products (published to catalog.products) and stock."""
 
 import asyncio
-from collections.abc import Sequence
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidTag
 
 from services.inventory.domain import model
-from services.inventory.domain.model import NewCode, StockLevel
+from services.inventory.domain.model import (
+    CodeStatus,
+    NewCode,
+    Refingerprinted,
+    StockedCode,
+    StockLevel,
+)
 from services.inventory.service_layer.unit_of_work import UnitOfWork
-from shared.contracts import ProductSnapshot, StockArrived
-from shared.crypto import Code, CodeVault
+from shared.contracts import DeliverStock, ProductSnapshot, StockArrived
+from shared.crypto import Binding, Code, CodeVault, KeyConfigError, SealedCode, code_problem
 from shared.topics import CATALOG_PRODUCTS, INVENTORY_EVENTS
+
+log = logging.getLogger(__name__)
+
+# Codes re-fingerprinted per transaction: their SKUs' orders wait for it (a few ms).
+REFINGERPRINT_BATCH = 200
+# Its lock: one process re-fingerprints at a time (UnitOfWork.run_alone).
+REFINGERPRINT_TASK = "stock-refingerprint"
+# Batches in a row that may clash with concurrent writes before the pass gives up (the loop
+# runs it again).
+REFINGERPRINT_CONFLICTS = 5
 
 
 class ProductNotFound(Exception):
     def __init__(self, sku: str) -> None:
         super().__init__(f"no product with SKU {sku!r}")
         self.sku = sku
+
+
+class RefingerprintPending(Exception):
+    """Codes stocked before fingerprint version 2 are still being re-fingerprinted: until
+    then a code's duplicate could go unseen, so an operator's stock is refused (a supplier's
+    delivery waits instead: `receive_delivery`)."""
+
+    def __init__(self) -> None:
+        super().__init__("codes stocked earlier are still being re-fingerprinted")
 
 
 @dataclass(frozen=True)
@@ -70,34 +98,246 @@ async def products_with_stock(
 async def add_stock(
     sku: str, codes: Sequence[Code], uow: UnitOfWork, vault: CodeVault
 ) -> StockAdded:
-    """Encrypts and stocks the codes; a code already known (in any SKU) is skipped.
+    """Encrypts and stocks the codes; a code already known (in any SKU, in any form with
+    the same `normal_form`) is skipped.
 
-    The codes are orderable as soon as this returns.
+    The codes are orderable as soon as this returns. Raises RefingerprintPending while
+    codes stocked earlier are being re-fingerprinted.
     """
     if not 0 < len(codes) <= model.MAX_CODES_PER_DELIVERY:
         raise ValueError(f"stock between 1 and {model.MAX_CODES_PER_DELIVERY} codes at a time")
-    # Sealing thousands of codes takes CPU: off the event loop that also decides orders.
-    sealed = await asyncio.to_thread(seal_codes, codes, sku, vault)
     async with uow:
         if await uow.products.get(sku) is None:
             raise ProductNotFound(sku)
+        await refuse_while_refingerprinting(uow)
+        stock_ids = await uow.codes.new_ids(len(codes))
+        # Sealing thousands of codes takes CPU: off the event loop that also decides orders.
+        sealed = await asyncio.to_thread(seal_codes, codes, sku, stock_ids, vault)
         added = await uow.codes.add(sku, model.distinct_codes(sealed))
         available = await uow.codes.available(sku)
         if added:
-            uow.publish(
-                INVENTORY_EVENTS.name,
-                sku,
-                StockArrived(sku=sku, added=added, available=available),
-            )
+            await _announce_arrival(sku, added, uow)
         await uow.commit()
     return StockAdded(sku=sku, added=added, skipped=len(codes) - added, available=available)
 
 
-def seal_codes(codes: Sequence[Code], sku: str, vault: CodeVault) -> list[NewCode]:
+def seal_codes(
+    codes: Sequence[Code], sku: str, stock_ids: Sequence[int], vault: CodeVault
+) -> list[NewCode]:
+    """Each code sealed to its stock item (the stock id given for it), with its fingerprint."""
     return [
-        NewCode(fingerprint=vault.fingerprint(code.redeem_code), sealed=vault.seal(code, aad=sku))
-        for code in codes
+        NewCode(
+            stock_id=stock_id,
+            fingerprint=vault.fingerprint(code.redeem_code),
+            sealed=vault.seal(code, sku, stock_id),
+        )
+        for code, stock_id in zip(codes, stock_ids, strict=True)
     ]
+
+
+async def refuse_while_refingerprinting(uow: UnitOfWork) -> None:
+    if await uow.codes.any_old_fingerprints():
+        raise RefingerprintPending()
+
+
+async def stock_delivery(command: DeliverStock, uow: UnitOfWork, vault: CodeVault) -> None:
+    """Stocks a supplier's delivery (its SKU held by the caller, no version 1 fingerprint
+    left). Codes already known are skipped, so a redelivered delivery adds nothing; stock
+    that arrived is announced like an operator's. The codes come sealed to their SKU; each
+    is sealed again to the stock item it becomes. A code an operator could not stock
+    (code_problem) is left out, logged by position and kind of problem."""
+    codes = []
+    for position, wire in enumerate(command.sealed_codes, start=1):
+        code = vault.open(SealedCode.from_wire(wire), command.sku, None)
+        if problem := code_problem(code.redeem_code, code.pin_code):
+            log.warning("delivery %s: code %d left out: %s", command.delivery_id, position, problem)
+            continue
+        codes.append(code)
+    stock_ids = await uow.codes.new_ids(len(codes)) if codes else []
+    new = seal_codes(codes, command.sku, stock_ids, vault)
+    added = await uow.codes.add(command.sku, model.distinct_codes(new))
+    if added:
+        await _announce_arrival(command.sku, added, uow)
+    log.info(
+        "delivery %s: %d of %d codes added", command.delivery_id, added, len(command.sealed_codes)
+    )
+
+
+async def _announce_arrival(sku: str, added: int, uow: UnitOfWork) -> None:
+    available = await uow.codes.available(sku)
+    uow.publish(INVENTORY_EVENTS.name, sku, StockArrived(sku=sku, added=added, available=available))
+
+
+@dataclass
+class Refingerprinting:
+    """What one pass of re-fingerprinting did: codes given a version 2 fingerprint, codes set
+    aside as duplicates of another or as unreadable (stock ids), codes found sold twice
+    (kept, duplicate), deliveries stocked that waited; `busy` if another process was at it."""
+
+    refingerprinted: int = 0
+    duplicates: list[int] = field(default_factory=list)
+    unreadable: list[int] = field(default_factory=list)
+    sold_twice: list[tuple[int, int]] = field(default_factory=list)
+    deliveries: int = 0
+    busy: bool = False
+
+
+class RefingerprintConflicts(Exception):
+    """Batches of re-fingerprinting kept clashing with concurrent writes."""
+
+
+async def refingerprint_stock(
+    new_uow: Callable[[], UnitOfWork], vault: CodeVault, batch: int = REFINGERPRINT_BATCH
+) -> Refingerprinting:
+    """One pass (run in a loop, app.py): gives every code with a version 1 fingerprint its
+    version 2 fingerprint (and, if still for sale, seals it again to its stock item),
+    `batch` codes per transaction, sold codes first; codes found to be the same code are set
+    aside (model.plan_refingerprinting), and so are codes that do not open. A SKU whose codes
+    come on sale is announced (StockArrived), so backorders placed meanwhile are served. Once
+    none is left, the deliveries that waited are stocked.
+
+    One process at a time (a lock per batch: another process's pass skips its turn); each
+    batch holds its SKUs' decisions (the SKU locks). A batch that clashes with a concurrent
+    write (a unique fingerprint, a deadlock) is rolled back and tried again. Idempotent."""
+    done = Refingerprinting()
+    await _report_missing_keys(new_uow, vault)
+    conflicts = 0
+    while True:
+        uow = new_uow()
+        try:
+            async with uow:
+                if not await uow.run_alone(REFINGERPRINT_TASK):
+                    done.busy = True
+                    return done
+                skus = await uow.codes.skus_with_old_fingerprints(batch)
+                if not skus:
+                    break
+                await uow.serialize_skus(skus)
+                codes = await uow.codes.with_old_fingerprints(skus, batch)
+                fresh, unreadable = await asyncio.to_thread(_refingerprinted, codes, vault)
+                holders = await uow.codes.holding([code.fingerprint for code in fresh])
+                plan = model.plan_refingerprinting(fresh, holders)
+                await uow.codes.set_aside(
+                    [c.stock_id for c in plan.duplicates], CodeStatus.DUPLICATE
+                )
+                await uow.codes.set_aside(
+                    [c.stock_id for c, _ in unreadable], CodeStatus.UNREADABLE
+                )
+                await uow.codes.refingerprint(plan.keep)
+                for sku, added in sorted(model.newly_for_sale(plan).items()):
+                    await _announce_arrival(sku, added, uow)
+                await uow.commit()
+        except uow.CONFLICTS as exc:
+            conflicts += 1
+            if conflicts > REFINGERPRINT_CONFLICTS:
+                raise RefingerprintConflicts(f"{conflicts} batches in a row clashed") from None
+            # Never the error's text: its DETAIL names a fingerprint.
+            log.info("a re-fingerprinting batch clashed (%s): trying it again", type(exc).__name__)
+            continue
+        conflicts = 0
+        done.refingerprinted += len(codes)
+        _log_batch(plan, unreadable)
+        done.duplicates += [code.stock_id for code in plan.duplicates]
+        done.unreadable += [code.stock_id for code, _ in unreadable]
+        done.sold_twice += plan.sold_twice
+    if done.refingerprinted:
+        log.info("re-fingerprinted %d codes", done.refingerprinted)
+    done.deliveries = await _stock_waiting_deliveries(new_uow, vault)
+    return done
+
+
+async def _report_missing_keys(new_uow: Callable[[], UnitOfWork], vault: CodeVault) -> None:
+    async with new_uow() as uow:
+        missing = await uow.codes.old_key_ids() - vault.key_ids
+    if missing:
+        log.error(
+            "codes to re-fingerprint are sealed with key ids %s, not in CODE_ENCRYPTION_KEYS: "
+            "they will be set aside as UNREADABLE (docs/runbook.md says how to bring them back)",
+            ", ".join(sorted(missing)),
+        )
+
+
+def _log_batch(
+    plan: model.RefingerprintPlan, unreadable: Sequence[tuple[StockedCode, str]]
+) -> None:
+    for code in plan.duplicates:
+        log.warning(
+            "stock id %d is the same code as another in stock (they differ only in case, "
+            "Unicode form or invisible characters): it keeps no fingerprint%s",
+            code.stock_id,
+            " and will never be sold" if code.status.for_sale else "",
+        )
+    for kept, duplicate in plan.sold_twice:
+        log.error(
+            "stock ids %d and %d are the same code and were both sold before "
+            "fingerprints took the normal form: look at the two orders",
+            kept,
+            duplicate,
+        )
+    for code, reason in unreadable:
+        log.error(
+            "stock id %d (%s, %s) cannot be opened (%s): set aside%s",
+            code.stock_id,
+            code.sku,
+            code.status.value,
+            reason,
+            ", never to be sold" if code.status.for_sale else "",
+        )
+
+
+async def _stock_waiting_deliveries(new_uow: Callable[[], UnitOfWork], vault: CodeVault) -> int:
+    """Stocks the deliveries that waited for re-fingerprinting, oldest first, each in its own
+    transaction under its SKU's lock. One that cannot be stocked (a code that does not open)
+    stays, logged, and the others go on."""
+    stocked = 0
+    failed: set[str] = set()
+    while True:
+        waiting: DeliverStock | None = None
+        try:
+            async with new_uow() as uow:
+                if await uow.codes.any_old_fingerprints():
+                    return stocked
+                waiting = await uow.deliveries.oldest(exclude=failed)
+                if waiting is None:
+                    return stocked
+                await uow.serialize_skus([waiting.sku])
+                if await uow.deliveries.take(waiting.delivery_id):
+                    await stock_delivery(waiting, uow, vault)
+                    await uow.commit()
+                    stocked += 1
+        except (InvalidTag, ValueError) as exc:
+            if waiting is None:
+                raise
+            failed.add(waiting.delivery_id)
+            log.error(
+                "delivery %s waited for re-fingerprinting and cannot be stocked (%s): it "
+                "stays in pending_deliveries",
+                waiting.delivery_id,
+                type(exc).__name__,
+            )
+
+
+def _refingerprinted(
+    codes: Sequence[StockedCode], vault: CodeVault
+) -> tuple[list[Refingerprinted], list[tuple[StockedCode, str]]]:
+    """The codes with their version 2 fingerprints, and those that do not open (why)."""
+    fresh, unreadable = [], []
+    for code in codes:
+        try:
+            opened = vault.open(code.sealed, code.sku, code.stock_id)
+        except (InvalidTag, ValueError) as exc:  # KeyConfigError is a ValueError
+            reason = (
+                "its key is not configured"
+                if isinstance(exc, KeyConfigError)
+                else ("its ciphertext does not open")
+            )
+            unreadable.append((code, reason))
+            continue
+        sealed = code.sealed
+        if code.status.for_sale and sealed.binding is Binding.SKU:
+            sealed = vault.seal(opened, code.sku, code.stock_id)
+        fresh.append(Refingerprinted(code, vault.fingerprint(opened.redeem_code), sealed))
+    return fresh, unreadable
 
 
 async def available_per_product(uow: UnitOfWork) -> dict[str, int]:

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.inventory.domain import model
-from services.inventory.domain.model import ClaimedCode, DecisionState, NewCode, OrderDecision
+from services.inventory.domain.model import ClaimedCode, DecisionState, OrderDecision
+from services.inventory.service_layer import catalog
 from services.inventory.service_layer.unit_of_work import UnitOfWork
 from shared.contracts import (
     AllocateBackorder,
@@ -25,9 +26,8 @@ from shared.contracts import (
     OrderBackordered,
     OrderReserved,
     PlaceOrder,
-    StockArrived,
 )
-from shared.crypto import CodeVault, SealedCode
+from shared.crypto import CodeVault
 from shared.topics import INVENTORY_EVENTS
 
 log = logging.getLogger(__name__)
@@ -159,24 +159,20 @@ async def cancel_backorder(command: CancelBackorder, uow: UnitOfWork) -> None:
 
 
 async def receive_delivery(command: DeliverStock, uow: UnitOfWork, vault: CodeVault) -> None:
-    """Stock a supplier's delivery. Codes already known are skipped, so a redelivered
-    delivery adds nothing; stock that arrived is announced like an operator's."""
+    """Stock a supplier's delivery (catalog.stock_delivery). While codes stocked earlier
+    still have version 1 fingerprints, a code's duplicate could go unseen: the delivery waits
+    (parked in this transaction, stocked when re-fingerprinting ends) and the batch it came
+    in goes on."""
     if await uow.products.get(command.sku) is None:
         raise ValueError(f"a delivery for unknown SKU {command.sku!r}")
-    codes = []
-    for wire in command.sealed_codes:
-        sealed = SealedCode.from_wire(wire)
-        redeem_code = vault.open(sealed, aad=command.sku).redeem_code
-        codes.append(NewCode(fingerprint=vault.fingerprint(redeem_code), sealed=sealed))
-    added = await uow.codes.add(command.sku, model.distinct_codes(codes))
-    if added:
-        available = await uow.codes.available(command.sku)
-        uow.publish(
-            INVENTORY_EVENTS.name,
-            command.sku,
-            StockArrived(sku=command.sku, added=added, available=available),
-        )
-    log.info("delivery %s: %d of %d codes added", command.delivery_id, added, len(codes))
+    if await uow.codes.any_old_fingerprints():
+        if await uow.deliveries.park(command):
+            log.info(
+                "delivery %s waits until codes stocked earlier are re-fingerprinted",
+                command.delivery_id,
+            )
+        return
+    await catalog.stock_delivery(command, uow, vault)
 
 
 async def decision_of(transaction_id: str, uow: UnitOfWork) -> OrderDecision | None:

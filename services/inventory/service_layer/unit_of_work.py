@@ -5,9 +5,17 @@ import abc
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
-from services.inventory.domain.model import ClaimedCode, NewCode, OrderDecision, StockLevel
+from services.inventory.domain.model import (
+    ClaimedCode,
+    CodeStatus,
+    NewCode,
+    OrderDecision,
+    Refingerprinted,
+    StockedCode,
+    StockLevel,
+)
 from shared import unit_of_work
-from shared.contracts import Message, ProductSnapshot
+from shared.contracts import DeliverStock, Message, ProductSnapshot
 
 
 class Products(Protocol):
@@ -32,15 +40,73 @@ class Codes(Protocol):
 
     async def sold_to(self, transaction_ids: Sequence[str]) -> dict[str, ClaimedCode]: ...
 
-    async def add(self, sku: str, codes: Sequence[NewCode]) -> int:
-        """Stocks the codes not already known (by fingerprint); returns how many were new."""
+    async def new_ids(self, count: int) -> list[int]:
+        """Stock ids for codes about to be stocked, ascending (so they can be sealed to
+        them); an id given out and not used is never given again."""
         ...
 
-    async def available(self, sku: str) -> int: ...
+    async def add(self, sku: str, codes: Sequence[NewCode]) -> int:
+        """Stocks the codes not already known (by fingerprint, of the current version) under
+        their stock ids; returns how many were new."""
+        ...
+
+    async def any_old_fingerprints(self) -> bool:
+        """Whether a code still has a fingerprint of version 1 (stocked before 0006, or by
+        an inventory older than it)."""
+        ...
+
+    async def old_key_ids(self) -> set[str]:
+        """The key ids of the codes with a fingerprint of version 1."""
+        ...
+
+    async def skus_with_old_fingerprints(self, limit: int) -> set[str]:
+        """The SKUs of the first `limit` codes with a fingerprint of version 1: sold codes
+        first (a code for sale could be the same as one sold), then oldest first."""
+        ...
+
+    async def with_old_fingerprints(self, skus: Iterable[str], limit: int) -> list[StockedCode]:
+        """The first codes (in that order) of these SKUs with a fingerprint of version 1,
+        locked until the transaction ends."""
+        ...
+
+    async def holding(self, fingerprints: Sequence[bytes]) -> dict[bytes, StockedCode]:
+        """The codes that hold these fingerprints, locked until the transaction ends."""
+        ...
+
+    async def set_aside(self, stock_ids: Sequence[int], status: CodeStatus) -> None:
+        """These codes are the same code as another one (DUPLICATE), or do not open
+        (UNREADABLE): no fingerprint, version 2 (done with), and `status` unless sold."""
+        ...
+
+    async def refingerprint(self, codes: Sequence[Refingerprinted]) -> None:
+        """Gives these codes their fingerprint of the current version and their ciphertext;
+        an UNREADABLE one (made readable again) is AVAILABLE again."""
+        ...
+
+    async def available(self, sku: str) -> int:
+        """Codes of the SKU for sale: AVAILABLE with a version 2 fingerprint (the others
+        are not sold until re-fingerprinted)."""
+        ...
 
     async def levels(self, skus: Sequence[str]) -> dict[str, StockLevel]: ...
 
     async def available_per_product(self) -> dict[str, int]: ...
+
+
+class Deliveries(Protocol):
+    """Supplier deliveries waiting for re-fingerprinting to end."""
+
+    async def park(self, delivery: DeliverStock) -> bool:
+        """Keeps the delivery until it can be stocked; False if it waits already."""
+        ...
+
+    async def oldest(self, exclude: Iterable[str] = ()) -> DeliverStock | None:
+        """The delivery waiting longest (but those excluded), if any."""
+        ...
+
+    async def take(self, delivery_id: str) -> bool:
+        """Removes the waiting delivery; False if it was not waiting (taken by another)."""
+        ...
 
 
 class Decisions(Protocol):
@@ -60,7 +126,11 @@ class UnitOfWork(unit_of_work.UnitOfWork):
 
     products: Products
     codes: Codes
+    deliveries: Deliveries
     decisions: Decisions
+    CONFLICTS: tuple[type[Exception], ...] = ()
+    """What a transaction raises when it clashes with a concurrent one (a unique key taken
+    meanwhile, a deadlock): trying it again may succeed."""
 
     def __init__(self, on_commit: Callable[[Sequence[Message]], None] | None = None) -> None:
         super().__init__(on_commit)
@@ -70,3 +140,8 @@ class UnitOfWork(unit_of_work.UnitOfWork):
     @abc.abstractmethod
     async def serialize_skus(self, skus: Iterable[str]) -> None:
         """Holds every decision about these SKUs in other transactions until this one ends."""
+
+    @abc.abstractmethod
+    async def run_alone(self, task: str) -> bool:
+        """Whether this transaction is, until it ends, the only one running `task` (on any
+        process); False at once if another is."""
