@@ -63,6 +63,12 @@ def main() -> int:
     parser.add_argument("--max-examples", type=int, default=300, help="per operation")
     parser.add_argument("--workers", default="2", help="concurrent workers, or auto")
     parser.add_argument("--seed", type=int, help="replay a run")
+    parser.add_argument(
+        "--under-faults",
+        action="store_true",
+        help="while `make drill` kills processes: a 503 SERVICE_UNAVAILABLE (the contract's "
+        "answer while the database or broker is down) is not counted as a server error",
+    )
     args = parser.parse_args()
     run_dir = Path(os.environ.get("IO_RUN_DIR", REPO / ".run"))
     credentials = run_dir / "demo-credentials.txt"
@@ -78,10 +84,21 @@ def main() -> int:
         say(f"the api at {api_url} is not ready ({exc}): start the stack with `make up` first")
         return 2
     report_dir = run_dir / "fuzz"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    settings = (REPO / "tests" / "fuzz.toml").read_text()
+    if args.under_faults:
+        settings = settings.replace(
+            "[[operations]]",
+            'checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "503"]\n\n'
+            "[[operations]]",
+            1,
+        )
+    config = report_dir / "fuzz.toml"
+    config.write_text(settings)
     command = [
         str(tool(run_dir)),
         "--config-file",
-        str(REPO / "tests" / "fuzz.toml"),
+        str(config),
         "run",
         f"{api_url}/openapi.json",
         "--checks",
