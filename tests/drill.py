@@ -207,7 +207,9 @@ async def books(
         sold_to = {r["transaction_id"]: r["id"] for r in sold}
         completed = [r for r in rows if r["status"] == "COMPLETED"]
         mismatched = sum(1 for r in completed if sold_to.get(r["transaction_id"]) != r["stock_id"])
-        sold_twice = (len(sold) - len(sold_to)) + mismatched + (len(sold) - len(completed))
+        # a code on two orders, or an order shown a code other than the one inventory sold it
+        # (a code sold to an order not COMPLETED yet is counted under "not final", not here)
+        sold_twice = (len(sold) - len(sold_to)) + mismatched
         charged = sum((r["grand_total"] for r in rows if r["status"] != "CANCELLED"), Decimal(0))
         now = await api.fetchval(
             "SELECT coalesce(sum(balance), 0) FROM wallet_slots WHERE account_id = $1", account_id
