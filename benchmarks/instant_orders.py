@@ -39,7 +39,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from shared.cli.common import local_secret, run_dir, service_url  # noqa: E402
+from shared.cli.common import admin_url, local_secret, run_dir, service_url  # noqa: E402
 
 
 @dataclass
@@ -175,7 +175,7 @@ async def setup(codes: int, accounts: int) -> tuple[str, list[dict[str, str]]]:
     headers = {"Authorization": f"Bearer {token}"}
     sku = f"BENCH-{uuid.uuid4().hex[:8]}"
     async with httpx.AsyncClient(headers=headers, timeout=60) as client:
-        inv, api = service_url("inventory"), service_url("api")
+        inv, api = admin_url("inventory"), admin_url("api")
         version = (
             await admin(
                 client,

@@ -5,9 +5,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -15,6 +16,8 @@ import uvicorn
 from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from shared import db, logs, metrics
 from shared.lag import LagMonitor, watched_groups
@@ -27,8 +30,8 @@ from shared.workers import (
     STARTUP_FAILURE,
     WORKER_INDEX,
     Supervisor,
+    bound_socket,
     die_with_parent,
-    reuse_port_socket,
 )
 
 log = logging.getLogger(__name__)
@@ -194,43 +197,96 @@ def lifespan_for(
     return lifespan
 
 
+@dataclass(frozen=True)
+class Listener:
+    """An address a service process answers on, and the app that answers there. The first
+    listener's app is the service's own: its lifespan starts and stops what every listener's
+    app shares (pool, producer, services)."""
+
+    app: ASGIApp
+    host: str
+    port: int
+    name: str  # in log lines: "public", "admin"
+    setting: str  # the variable that sets the port, named when it cannot be bound
+
+
+class ByListener:
+    """One ASGI app for a process with several listeners: each request goes to the app of the
+    listener its connection came in on (the socket's local port, never a header), lifespan
+    events to the first app. The first app sees X-Forwarded-For from the proxies uvicorn
+    trusts (FORWARDED_ALLOW_IPS) as uvicorn would show it to a lone app; the others see the
+    connection's own peer, so that no client can choose the address an operator's request is
+    throttled and recorded under."""
+
+    def __init__(self, apps: Sequence[tuple[int, ASGIApp]]) -> None:
+        first = apps[0][1]
+        trusted = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")  # uvicorn's default
+        self._main: ASGIApp = ProxyHeadersMiddleware(first, trusted_hosts=trusted)  # type: ignore[arg-type, assignment]
+        self._by_port: dict[int, ASGIApp] = {port: app for port, app in apps[1:]}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server") if scope["type"] != "lifespan" else None
+        app = self._by_port.get(server[1]) if server else None
+        await (app or self._main)(scope, receive, send)
+
+
 def serve(
     service: str,
     settings: CommonSettings,
-    port: int,
-    create_app: Callable[[], FastAPI],
+    listeners: Callable[[], Sequence[Listener]],
     *,
     processes: int = 1,
 ) -> None:
-    """Serve the app `create_app` builds in this process or, with `processes` > 1, in that
-    many worker processes sharing the port (shared.workers: this process supervises them)."""
+    """Serve the apps `listeners` builds, each on its address, in this process or, with
+    `processes` > 1, in that many worker processes that each bind every address
+    (shared.workers: this process supervises them)."""
     worker = os.environ.get(WORKER_INDEX)
     logs.configure(service, settings.log_level, worker)
     if processes > 1 and worker is None:
         sys.exit(Supervisor(service, processes).run())
     if worker is not None:
         die_with_parent()
+    served = listeners()
+    sockets: list[socket.socket] = []
+    for listener in served:
+        try:
+            sockets.append(
+                bound_socket(listener.host, listener.port, reuse_port=worker is not None)
+            )
+        except OSError as exc:
+            log.error(
+                "cannot listen on %s:%d (%s, the %s listener): %s. Stop what holds that "
+                "address, or set %s to a free port.",
+                listener.host,
+                listener.port,
+                listener.setting,
+                listener.name,
+                exc.strerror or exc,
+                listener.setting,
+            )
+            sys.exit(STARTUP_FAILURE)
+    ports = [int(sock.getsockname()[1]) for sock in sockets]  # a port 0 is bound by now
+    app: ASGIApp = served[0].app
+    if len(served) > 1:
+        app = ByListener([(port, ln.app) for port, ln in zip(ports, served, strict=True)])
     config = uvicorn.Config(
-        create_app(),
-        host=settings.bind_host,
-        port=port,
+        app,
         log_config=None,
         access_log=False,
         loop="uvloop",
         http=JsonErrorsHttpToolsProtocol,
         timeout_graceful_shutdown=10,
+        # Several listeners: ByListener applies the proxy headers to the first one only.
+        proxy_headers=len(served) == 1,
     )
     server = uvicorn.Server(config)
+    where = ", ".join(
+        f"{ln.host}:{port} ({ln.name})" for port, ln in zip(ports, served, strict=True)
+    )
     if worker is None:
-        log.info("starting %s on %s:%d", service, settings.bind_host, port)
-        server.run()
+        log.info("starting %s on %s", service, where)
     else:
-        try:
-            sock = reuse_port_socket(settings.bind_host, port)
-        except OSError as exc:
-            log.error("cannot listen on %s:%d: %s", settings.bind_host, port, exc)
-            sys.exit(STARTUP_FAILURE)
-        log.info("worker %s of %s on %s:%d", worker, service, settings.bind_host, port)
-        server.run(sockets=[sock])
+        log.info("worker %s of %s on %s", worker, service, where)
+    server.run(sockets=sockets)
     if not server.started:
         sys.exit(STARTUP_FAILURE)

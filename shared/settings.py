@@ -81,7 +81,13 @@ class CommonSettings(BaseSettings):
 
 class ApiSettings(CommonSettings):
     database_url: str = Field("postgresql://api:api@127.0.0.1:5432/api", alias="API_DATABASE_URL")
-    port: int = Field(8000, alias="API_PORT")
+    port: int = Field(8000, alias="API_PORT", ge=0, le=65535)
+    # The operators' listener (admin endpoints, /metrics) of every api process: loopback
+    # unless said otherwise, whatever BIND_HOST is (docker-compose.yml binds it to 0.0.0.0
+    # inside the container so that Prometheus reaches it, and publishes it on the host's
+    # loopback only).
+    admin_port: int = Field(8010, alias="API_ADMIN_PORT", ge=0, le=65535)
+    admin_bind_host: str = Field("127.0.0.1", alias="API_ADMIN_BIND_HOST")
     # Worker processes sharing the port (uvicorn's supervisor restarts one that dies); each has
     # its own reply listener, pool, relay and in-flight limit. See docs/running.md.
     processes: int = Field(1, alias="API_PROCESSES", ge=1, le=64)
@@ -111,6 +117,15 @@ class ApiSettings(CommonSettings):
                 f"API_AUTH_MAX_LOOKUPS ({self.auth_max_lookups}) must be below DB_POOL_SIZE "
                 f"({self.db_pool_size}): the connections authentication cannot take are the "
                 "ones orders are sure to get. Lower the one or raise the other."
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _admin_on_its_own_port(self) -> Self:
+        if self.admin_port == self.port != 0:
+            raise ValueError(
+                f"API_ADMIN_PORT and API_PORT are both {self.port}: the operators' endpoints "
+                "have a listener of their own. Give API_ADMIN_PORT another port (default 8010)."
             )
         return self
 

@@ -397,9 +397,11 @@ def install_common(
     *,
     max_body_bytes: int = 1024 * 1024,
     live_collectors: Sequence[Collector] = (),
+    serve_metrics: bool = True,
 ) -> None:
-    """Error bodies, the common middleware, /healthz, /readyz and /metrics. `live_collectors`
-    are read at each scrape from the answering process (not merged from metric files)."""
+    """Error bodies, the common middleware, /healthz, /readyz and (with `serve_metrics`)
+    /metrics. `live_collectors` are read at each scrape from the answering process (not
+    merged from metric files)."""
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -460,6 +462,12 @@ def install_common(
             )
         return JSONResponse({"status": "ready", "service": service})
 
+    if serve_metrics:
+        _install_metrics(app, live_collectors)
+    app.add_middleware(CommonMiddleware, service=service, max_body_bytes=max_body_bytes)
+
+
+def _install_metrics(app: FastAPI, live_collectors: Sequence[Collector]) -> None:
     registry = metrics.REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # One of several worker processes: any of them answers for all (see shared.runtime).
@@ -472,8 +480,6 @@ def install_common(
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    app.add_middleware(CommonMiddleware, service=service, max_body_bytes=max_body_bytes)
 
 
 def admin_only(

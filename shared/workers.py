@@ -42,14 +42,15 @@ SUPERVISOR_PID = "SUPERVISOR_PID"
 _PR_SET_PDEATHSIG = 1
 
 
-def reuse_port_socket(host: str, port: int) -> socket.socket:
-    """A socket bound to the port that other workers bind too (SO_REUSEPORT). It is not
-    listening yet: uvicorn listens once the app has started, so the kernel sends no
-    connection to a worker that is still starting (or fails to)."""
+def bound_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """A socket bound to host:port; with `reuse_port`, one that other workers bind too
+    (SO_REUSEPORT). It is not listening yet: uvicorn listens once the app has started, so
+    the kernel sends no connection to a process that is still starting (or fails to)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.set_inheritable(False)
     return sock

@@ -52,8 +52,10 @@ class Stack:
     api_db_url: str
     inventory_db_url: str
     fulfilment_db_url: str
-    # The services' HTTP addresses: set when the services run (local stack), else None.
+    # The services' HTTP addresses: set when the services run (local stack), else None. The
+    # api answers its admin endpoints and /metrics on a listener of its own.
     api_url: str | None = None
+    api_admin_url: str | None = None
     inventory_url: str | None = None
     fulfilment_url: str | None = None
     # Run by deploy/local/stack.py: services can be stopped, killed and restarted (stackctl).
@@ -77,6 +79,7 @@ def _from_env() -> Stack | None:
         inventory_db_url=env["INVENTORY_DATABASE_URL"],
         fulfilment_db_url=env["FULFILMENT_DATABASE_URL"],
         api_url=env.get("API_URL"),
+        api_admin_url=env.get("API_ADMIN_URL"),
         inventory_url=env.get("INVENTORY_URL"),
         fulfilment_url=env.get("FULFILMENT_URL"),
         local=env.get("IO_STACK") == "1",

@@ -247,12 +247,13 @@ async def run_round(args: argparse.Namespace, round_: Round) -> bool:
     env = os.environ
     admin = {"Authorization": f"Bearer {env['ADMIN_TOKEN']}"}
     api_url = f"http://127.0.0.1:{env.get('API_PORT', '8000')}"
+    api_admin_url = f"http://127.0.0.1:{env.get('API_ADMIN_PORT', '8010')}"
     inv_url = f"http://127.0.0.1:{env.get('INVENTORY_PORT', '8001')}"
     count = int(args.rate * args.seconds)
     balance = PRICE * count
     tally = Tally()
     async with (
-        httpx.AsyncClient(base_url=api_url, headers=admin, timeout=30) as admin_api,
+        httpx.AsyncClient(base_url=api_admin_url, headers=admin, timeout=30) as admin_api,
         httpx.AsyncClient(base_url=inv_url, headers=admin, timeout=60) as admin_inv,
     ):
         sku, headers, account_id = await provision(admin_api, admin_inv, count, balance)

@@ -1,6 +1,6 @@
-from services.api.app import SERVICE, create_app
+from services.api.app import SERVICE, listeners
 from shared.runtime import serve
 from shared.settings import ApiSettings
 
 settings = ApiSettings()
-serve(SERVICE, settings, settings.port, lambda: create_app(settings), processes=settings.processes)
+serve(SERVICE, settings, lambda: listeners(settings), processes=settings.processes)

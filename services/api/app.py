@@ -16,7 +16,7 @@ from services.api.service_layer.accounts import Authenticator
 from services.api.service_layer.orders import OrderDesk, ask_again_about_undecided
 from shared import topics
 from shared.db import Conn
-from shared.runtime import Runtime, every, lifespan_for
+from shared.runtime import Listener, Runtime, every, lifespan_for
 from shared.settings import ApiSettings
 from shared.web import install_common, without_fastapi_422
 
@@ -27,7 +27,24 @@ PROCESSING_GAUGE_INTERVAL_S = 2.0
 ASK_AGAIN_AFTER_S = 600.0
 
 
+def listeners(settings: ApiSettings) -> list[Listener]:
+    """The public API on API_PORT; the operators' endpoints and /metrics on API_ADMIN_PORT."""
+    public = create_app(settings)
+    return [
+        Listener(public, settings.bind_host, settings.port, "public", "API_PORT"),
+        Listener(
+            public.state.admin_app,
+            settings.admin_bind_host,
+            settings.admin_port,
+            "admin",
+            "API_ADMIN_PORT",
+        ),
+    ]
+
+
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    """The public app (/v2, health); `app.state.admin_app` is the operators' app (/admin,
+    /metrics, health), which shares its state and is started by its lifespan."""
     settings = settings or ApiSettings()
     runtime = Runtime(SERVICE, settings, settings.database_url)
     vault = settings.code_vault()
@@ -106,15 +123,27 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.admin_token = settings.admin_token
     app.state.runtime = runtime
+    readiness = runtime.readiness()
     install_common(
-        app,
+        app, SERVICE, readiness, max_body_bytes=settings.max_body_bytes, serve_metrics=False
+    )
+    app.include_router(http.router)
+
+    # The operators' app: served on its own listener (API_ADMIN_PORT) by the same process,
+    # with the same state; it has no lifespan of its own (the public app's starts both).
+    operators = FastAPI(
+        title="instant-orders API: operators", openapi_url=None, docs_url=None, redoc_url=None
+    )
+    operators.state = app.state
+    install_common(
+        operators,
         SERVICE,
-        runtime.readiness(),
+        readiness,
         max_body_bytes=settings.max_body_bytes,
         live_collectors=[metrics.STUCK_ORDER],
     )
-    app.include_router(http.router)
-    app.include_router(admin.router)
+    operators.include_router(admin.router)
+    app.state.admin_app = operators
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

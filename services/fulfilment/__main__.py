@@ -1,6 +1,12 @@
 from services.fulfilment.app import SERVICE, create_app
-from shared.runtime import serve
+from shared.runtime import Listener, serve
 from shared.settings import FulfilmentSettings
 
 settings = FulfilmentSettings()
-serve(SERVICE, settings, settings.port, lambda: create_app(settings))
+serve(
+    SERVICE,
+    settings,
+    lambda: [
+        Listener(create_app(settings), settings.bind_host, settings.port, "http", "FULFILMENT_PORT")
+    ],
+)

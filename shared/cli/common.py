@@ -1,5 +1,6 @@
 """What every CLI command shares: output, errors, the admin client and local-stack discovery."""
 
+import getpass
 import json
 import os
 import sys
@@ -47,14 +48,38 @@ def local_secret(name: str) -> str | None:
     return None
 
 
-def service_url(service: str) -> str:
-    env = {
-        "api": ("API_URL", "API_PORT", 8000),
-        "inventory": ("INVENTORY_URL", "INVENTORY_PORT", 8001),
-        "fulfilment": ("FULFILMENT_URL", "FULFILMENT_PORT", 8002),
-    }[service]
-    url_var, port_var, default_port = env
+# (URL variable, port variable, default port) of each service's public address and of the
+# address of its admin endpoints: the api has a listener of its own for operators; inventory
+# and fulfilment, internal services, answer them on their one port.
+_PUBLIC = {
+    "api": ("API_URL", "API_PORT", 8000),
+    "inventory": ("INVENTORY_URL", "INVENTORY_PORT", 8001),
+    "fulfilment": ("FULFILMENT_URL", "FULFILMENT_PORT", 8002),
+}
+_ADMIN = {**_PUBLIC, "api": ("API_ADMIN_URL", "API_ADMIN_PORT", 8010)}
+
+
+def _url(url_var: str, port_var: str, default_port: int) -> str:
     return os.environ.get(url_var) or f"http://127.0.0.1:{os.environ.get(port_var, default_port)}"
+
+
+def service_url(service: str) -> str:
+    """Where clients reach the service (the api's /v2)."""
+    return _url(*_PUBLIC[service])
+
+
+def admin_url(service: str) -> str:
+    """Where the service answers its admin endpoints and /metrics."""
+    return _url(*_ADMIN[service])
+
+
+def operator_name() -> str:
+    """Who runs this CLI, as the api's audit records it (X-Operator): the OS user."""
+    try:
+        name = getpass.getuser()
+    except (OSError, KeyError):  # no user name in the environment nor in the password file
+        return "unknown"
+    return name if name.isascii() and name.isprintable() else "unknown"
 
 
 class AdminClient:
@@ -67,10 +92,13 @@ class AdminClient:
                 "No admin credential: set ADMIN_TOKEN, or run this CLI from the repository's "
                 ".venv after `make up` (it reads .run/secrets.env)."
             )
-        self.base = service_url(service)
+        self.base = admin_url(service)
         self.service = service
+        self._url_var = _ADMIN[service][0]
         self._client = httpx.Client(
-            base_url=self.base, timeout=timeout_s, headers={"Authorization": f"Bearer {token}"}
+            base_url=self.base,
+            timeout=timeout_s,
+            headers={"Authorization": f"Bearer {token}", "X-Operator": operator_name()},
         )
 
     def find(self, path: str) -> Any:
@@ -83,8 +111,7 @@ class AdminClient:
         except httpx.HTTPError as exc:
             fail(
                 f"Cannot reach the {self.service} service at {self.base} ({type(exc).__name__}). "
-                "Is the stack up? Start it with `make up`, or set "
-                f"{self.service.upper()}_URL."
+                f"Is the stack up? Start it with `make up`, or set {self._url_var}."
             )
         try:
             body = response.json()

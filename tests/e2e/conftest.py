@@ -31,7 +31,7 @@ def _admin_token() -> str:
 
 @pytest.fixture(scope="session")
 def urls(stack: Stack) -> Stack:
-    if stack.api_url is None or stack.inventory_url is None:
+    if stack.api_url is None or stack.api_admin_url is None or stack.inventory_url is None:
         message = "these tests drive the running services: run them with `make test`"
         if os.environ.get("CI"):
             pytest.fail(message, pytrace=False)
@@ -76,7 +76,8 @@ def admin_client(base_url: str | None) -> httpx.AsyncClient:
 
 @pytest.fixture(scope="session")
 async def api_admin(urls: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with admin_client(urls.api_url) as client:
+    """The api's operators' endpoints, on its admin listener."""
+    async with admin_client(urls.api_admin_url) as client:
         yield client
 
 

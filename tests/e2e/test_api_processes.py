@@ -1,5 +1,6 @@
 """Several api worker processes on one port (API_PROCESSES): each has its own reply path, the
-kernel spreads connections over them, and one that dies is replaced while the others serve."""
+kernel spreads connections over them, and one that dies is replaced while the others serve.
+Each also listens on the operators' port (API_ADMIN_PORT)."""
 
 import asyncio
 import os
@@ -52,13 +53,16 @@ def _lines(path: str) -> list[str]:
         return []
 
 
-def api_port(stack: Stack) -> int:
-    return httpx.URL(str(stack.api_url)).port or 80
+def api_ports(stack: Stack) -> list[int]:
+    """The public port and the operators' one: every worker serves both."""
+    return [httpx.URL(str(url)).port or 80 for url in (stack.api_url, stack.api_admin_url)]
 
 
 def all_listening(stack: Stack) -> bool:
     workers = api_workers()
-    return len(workers) == 2 and all(listening(pid, api_port(stack)) for pid in workers)
+    return len(workers) == 2 and all(
+        listening(pid, port) for pid in workers for port in api_ports(stack)
+    )
 
 
 def cpu_ticks(pid: int) -> int:

@@ -150,10 +150,25 @@ async def test_cli_errors_say_what_to_do(stack: Stack) -> None:
     assert "PRODUCT_NOT_FOUND" in err
 
 
+async def test_the_cli_reaches_the_api_through_its_admin_listener(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if stack.api_admin_url is None:
+        pytest.skip("needs the running services: run `make test`")
+    # The public address is not the one operators use: point it nowhere.
+    monkeypatch.setenv("API_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("API_PORT", "9")
+    name = unique("via-admin-port")
+    account, _ = await cli("accounts", "create", "--name", name)
+    shown, _ = await cli("accounts", "show", account["accountId"])
+    assert shown["name"] == name
+
+
 async def test_without_a_reachable_stack_the_cli_says_how_to_start_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("API_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("API_ADMIN_URL", "http://127.0.0.1:9")
     _, err = await cli("accounts", "show", "00000000-0000-0000-0000-000000000000", expect_ok=False)
     assert "make up" in err
+    assert "API_ADMIN_URL" in err
     assert "Traceback" not in err

@@ -72,7 +72,7 @@ async def scrape(url: str) -> Scrape:
 
 async def scrape_all(stack: Stack) -> dict[str, Scrape]:
     urls = {
-        "api": stack.api_url,
+        "api": stack.api_admin_url,
         "inventory": stack.inventory_url,
         "fulfilment": stack.fulfilment_url,
     }

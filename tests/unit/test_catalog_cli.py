@@ -84,7 +84,7 @@ def services(monkeypatch: pytest.MonkeyPatch) -> FakeServices:
     fake = FakeServices()
     monkeypatch.setenv("ADMIN_TOKEN", "cli-test-token")
     monkeypatch.setenv("INVENTORY_URL", "http://inventory.test")
-    monkeypatch.setenv("API_URL", "http://api.test")
+    monkeypatch.setenv("API_ADMIN_URL", "http://api.test")  # the api's operators' listener
     monkeypatch.setattr(catalog, "_POLL_INTERVAL_S", 0.001)
 
     def client(**kwargs: Any) -> httpx.Client:

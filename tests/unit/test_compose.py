@@ -11,8 +11,10 @@ from tests.helpers import REPO_ROOT, load_stack_module
 
 APPS = ("api", "inventory", "fulfilment")
 PORTS = {"api": 8000, "inventory": 8001, "fulfilment": 8002}
+# Where each answers /metrics: the api on its operators' listener.
+METRICS_PORTS = {**PORTS, "api": 8010}
 # Set for Docker only: containers listen on all their interfaces.
-DOCKER_ONLY_ENV = {"BIND_HOST"}
+DOCKER_ONLY_ENV = {"BIND_HOST", "API_ADMIN_BIND_HOST"}
 # Meaningful for the local stack only (its state folder).
 LOCAL_ONLY_ENV = {"IO_RUN_DIR"}
 
@@ -105,8 +107,24 @@ def test_prometheus_scrapes_the_three_services() -> None:
     config = yaml.safe_load((REPO_ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
     jobs = config["scrape_configs"]
     targets = {t for job in jobs for group in job["static_configs"] for t in group["targets"]}
-    assert targets == {f"{app}:{port}" for app, port in PORTS.items()}
+    assert targets == {f"{app}:{port}" for app, port in METRICS_PORTS.items()}
     assert all(job.get("metrics_path", "/metrics") == "/metrics" for job in jobs)
+
+
+def test_every_port_is_published_on_the_hosts_loopback_only(services: dict[str, Any]) -> None:
+    published = {name: service.get("ports", []) for name, service in services.items()}
+    assert all(port.startswith("127.0.0.1:") for ports in published.values() for port in ports)
+    assert "127.0.0.1:${API_ADMIN_PORT:-8010}:8010" in published["api"]
+
+
+def test_the_api_admin_listener_takes_other_containers_connections(
+    services: dict[str, Any],
+) -> None:
+    """Prometheus scrapes it from its own container: inside the api's, it binds 0.0.0.0."""
+    env = services["api"]["environment"]
+    assert env["API_ADMIN_BIND_HOST"] == "0.0.0.0"  # noqa: S104 - inside the container
+    assert env["API_ADMIN_PORT"] == "8010"
+    assert "API_ADMIN_BIND_HOST" not in services["inventory"]["environment"]
 
 
 def test_dockerfile_builds_one_image_for_all_services() -> None:

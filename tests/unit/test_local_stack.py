@@ -26,6 +26,7 @@ from deploy.local.devstack.config import Config, StackError
 
 PORT_VARS = (
     "API_PORT",
+    "API_ADMIN_PORT",
     "INVENTORY_PORT",
     "FULFILMENT_PORT",
     "KAFKA_PORT",
@@ -84,13 +85,18 @@ def test_ports_default_and_come_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     default = Config.from_env()
-    assert [port for _, port in default.port_vars()] == [8000, 8001, 8002, 9092, 9093, 5432, 9090]
+    assert [port for _, port in default.port_vars()] == [
+        8000, 8010, 8001, 8002, 9092, 9093, 5432, 9090
+    ]  # fmt: skip
     assert default.run == tmp_path / "run"
     monkeypatch.setenv("KAFKA_PORT", " 19092 ")
     monkeypatch.setenv("PG_PORT", "15432")
+    monkeypatch.setenv("API_ADMIN_PORT", "18010")
     moved = Config.from_env()
     assert moved.ports_of("kafka") == [("KAFKA_PORT", 19092), ("KAFKA_CONTROLLER_PORT", 9093)]
     assert moved.ports_of("postgres") == [("PG_PORT", 15432)]
+    assert moved.ports_of("api") == [("API_PORT", 8000), ("API_ADMIN_PORT", 18010)]
+    assert [moved.admin_port(name) for name in config.APP_SERVICES] == [18010, 8001, 8002]
 
 
 @pytest.mark.parametrize("raw", ["abc", "0", "65536", "-1", "80.5"])
@@ -103,6 +109,10 @@ def test_a_port_that_is_no_port_is_refused(monkeypatch: pytest.MonkeyPatch, raw:
 def test_two_processes_on_one_port_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PROMETHEUS_PORT", "8001")
     with pytest.raises(StackError, match="INVENTORY_PORT and PROMETHEUS_PORT are both 8001"):
+        Config.from_env()
+    monkeypatch.delenv("PROMETHEUS_PORT")
+    monkeypatch.setenv("API_ADMIN_PORT", "8000")
+    with pytest.raises(StackError, match="API_PORT and API_ADMIN_PORT are both 8000"):
         Config.from_env()
 
 
@@ -132,6 +142,7 @@ def test_check_ports_names_each_taken_port_its_variable_and_its_holder(
     assert "port 5432 (PG_PORT, for postgres) is already taken by another process" in message
     assert "port 9093" not in message
     assert "port 8000" not in message
+    assert "port 8010" not in message
     assert "`KAFKA_PORT=18000 make up`" in message
 
 
@@ -326,6 +337,7 @@ def test_prometheus_scrapes_the_three_services_on_the_stacks_ports(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("INVENTORY_PORT", "18001")
+    monkeypatch.setenv("API_ADMIN_PORT", "18010")
     cfg = Config.from_env()
     conf = yaml.safe_load(prometheus.prometheus_config_text(cfg))
     assert conf["global"]["scrape_interval"] == prometheus.PROMETHEUS_INTERVAL
@@ -333,7 +345,8 @@ def test_prometheus_scrapes_the_three_services_on_the_stacks_ports(
     (job,) = conf["scrape_configs"]
     assert job["honor_labels"] is True
     assert [(g["targets"], g["labels"]) for g in job["static_configs"]] == [
-        (["127.0.0.1:8000"], {"service": "api"}),
+        # the api's /metrics is on its admin listener, not on the public port
+        (["127.0.0.1:18010"], {"service": "api"}),
         (["127.0.0.1:18001"], {"service": "inventory"}),
         (["127.0.0.1:8002"], {"service": "fulfilment"}),
     ]
@@ -342,7 +355,7 @@ def test_prometheus_scrapes_the_three_services_on_the_stacks_ports(
 def test_the_prometheus_digest_changes_with_the_ports(monkeypatch: pytest.MonkeyPatch) -> None:
     before = prometheus.prometheus_digest(Config.from_env())
     assert prometheus.prometheus_digest(Config.from_env()) == before
-    monkeypatch.setenv("API_PORT", "18000")
+    monkeypatch.setenv("API_ADMIN_PORT", "18010")
     assert prometheus.prometheus_digest(Config.from_env()) != before
 
 
@@ -445,6 +458,8 @@ def test_env_prints_shell_exports_that_round_trip(
     )
     assert exported["IO_RUN_DIR"] == str(cfg.run)
     assert exported["PROMETHEUS_URL"] == "http://127.0.0.1:9090"
+    assert exported["API_ADMIN_PORT"] == "8010"
+    assert exported["API_ADMIN_URL"] == "http://127.0.0.1:8010"
     assert exported["ADMIN_TOKEN"] == environment.load_secrets(cfg)["ADMIN_TOKEN"]
 
 

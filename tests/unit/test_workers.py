@@ -6,7 +6,7 @@ import socket
 import subprocess
 import sys
 
-from shared.workers import STARTUP_FAILURE, reuse_port_socket
+from shared.workers import STARTUP_FAILURE, bound_socket
 from tests.helpers import REPO_ROOT
 
 
@@ -18,7 +18,8 @@ def free_port() -> int:
 
 def test_two_workers_bind_one_port() -> None:
     port = free_port()
-    first, second = reuse_port_socket("127.0.0.1", port), reuse_port_socket("127.0.0.1", port)
+    first = bound_socket("127.0.0.1", port, reuse_port=True)
+    second = bound_socket("127.0.0.1", port, reuse_port=True)
     try:
         # Bound, not listening: no connection reaches a worker that has not started.
         second.listen(8)

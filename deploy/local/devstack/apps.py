@@ -78,16 +78,23 @@ def wait_apps_ready(cfg: Config, launches: Sequence[Launch]) -> None:
         say(f"  {' and '.join(missing)} not running: waiting for /healthz, not /readyz")
     while pending:
         for name, launch in list(pending.items()):
-            url = f"http://127.0.0.1:{cfg.app_port(name)}{probe}"
             if launch.proc.poll() is not None:
                 forget_pid(cfg, name)
                 _fail_app(cfg, launches, launch, f"it exited with code {launch.proc.returncode}")
-            status = http_status(url)
-            if status == 200:
+            # Every listener of the service (the api's public and admin ports) must answer.
+            answers = {
+                var: http_status(f"http://127.0.0.1:{port}{probe}")
+                for var, port in cfg.ports_of(name)
+            }
+            waiting = {var: status for var, status in answers.items() if status != 200}
+            if not waiting:
                 say(f"  {name} ready in {time.monotonic() - started:.1f}s")
                 del pending[name]
             else:
-                last[name] = f"last answer {status}" if status else "no answer yet"
+                last[name] = ", ".join(
+                    f"{var}: last answer {status}" if status else f"{var}: no answer yet"
+                    for var, status in waiting.items()
+                )
         if pending and time.monotonic() - started > APP_READY_TIMEOUT:
             launch = next(iter(pending.values()))
             _fail_app(

@@ -100,7 +100,8 @@ def start_processes(cfg: Config, names: Sequence[str], *, migrate: bool) -> list
         run_cli(cfg, env, "kafka", "bootstrap")
     launches = []
     for name in apps:
-        say(f"starting {name} on 127.0.0.1:{cfg.app_port(name)} (log: {rel(cfg.log(name))})")
+        where = " and ".join(f"127.0.0.1:{port}" for _, port in cfg.ports_of(name))
+        say(f"starting {name} on {where} (log: {rel(cfg.log(name))})")
         launches.append(launch_app(cfg, name, env))
     wait_apps_ready(cfg, launches)
     if "prometheus" in to_start:
@@ -172,6 +173,7 @@ def print_summary(cfg: Config) -> None:
     print(
         f"""
   API          http://127.0.0.1:{cfg.api_port}   (OpenAPI docs: /docs)
+  api admin    http://127.0.0.1:{cfg.api_admin_port}   (operators' endpoints, /metrics)
   inventory    http://127.0.0.1:{cfg.inventory_port}   (admin)
   fulfilment   http://127.0.0.1:{cfg.fulfilment_port}   (admin)
   Kafka        127.0.0.1:{cfg.kafka_port}
@@ -196,8 +198,11 @@ def cmd_status(cfg: Config) -> None:
         state = "running" if pid else "stopped"
         extra = ""
         if pid and name in APP_SERVICES:
-            code = http_status(f"http://127.0.0.1:{cfg.app_port(name)}/readyz", timeout=1.0)
-            extra = f"  readyz={code or 'no answer'}"
+            codes = [
+                http_status(f"http://127.0.0.1:{port}/readyz", timeout=1.0)
+                for _, port in cfg.ports_of(name)
+            ]
+            extra = f"  readyz={','.join(str(code or 'no answer') for code in codes)}"
         elif pid and name == "prometheus":
             code = http_status(f"{cfg.prometheus_url}/-/ready", timeout=1.0)
             extra = f"  ready={code or 'no answer'}"

@@ -77,6 +77,7 @@ def _port(name: str, default: int) -> int:
 class Config:
     run: Path
     api_port: int
+    api_admin_port: int
     inventory_port: int
     fulfilment_port: int
     kafka_port: int
@@ -90,6 +91,7 @@ class Config:
         cfg = cls(
             run=Path(run_dir).expanduser().resolve() if run_dir else ROOT / ".run",
             api_port=_port("API_PORT", 8000),
+            api_admin_port=_port("API_ADMIN_PORT", 8010),
             inventory_port=_port("INVENTORY_PORT", 8001),
             fulfilment_port=_port("FULFILMENT_PORT", 8002),
             kafka_port=_port("KAFKA_PORT", 9092),
@@ -110,6 +112,7 @@ class Config:
     def port_vars(self) -> list[tuple[str, int]]:
         return [
             ("API_PORT", self.api_port),
+            ("API_ADMIN_PORT", self.api_admin_port),
             ("INVENTORY_PORT", self.inventory_port),
             ("FULFILMENT_PORT", self.fulfilment_port),
             ("KAFKA_PORT", self.kafka_port),
@@ -119,8 +122,9 @@ class Config:
         ]
 
     def ports_of(self, name: str) -> list[tuple[str, int]]:
+        """Every port a process listens on; a service's public one first."""
         return {
-            "api": [("API_PORT", self.api_port)],
+            "api": [("API_PORT", self.api_port), ("API_ADMIN_PORT", self.api_admin_port)],
             "inventory": [("INVENTORY_PORT", self.inventory_port)],
             "fulfilment": [("FULFILMENT_PORT", self.fulfilment_port)],
             "kafka": [
@@ -131,8 +135,10 @@ class Config:
             "prometheus": [("PROMETHEUS_PORT", self.prometheus_port)],
         }[name]
 
-    def app_port(self, name: str) -> int:
-        return self.ports_of(name)[0][1]
+    def admin_port(self, name: str) -> int:
+        """Where a service answers its admin endpoints and /metrics: the api on a listener
+        of its own, inventory and fulfilment (internal services) on their one port."""
+        return self.ports_of(name)[-1][1]
 
     @property
     def logs(self) -> Path:

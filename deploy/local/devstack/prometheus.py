@@ -91,9 +91,10 @@ def ensure_prometheus() -> PromBin:
 
 def prometheus_config_text(cfg: Config) -> str:
     """The local twin of deploy/prometheus/prometheus.yml (the Docker one): same job, labels
-    and rules, with the stack's ports and a short interval."""
+    and rules, with the stack's ports and a short interval. The api is scraped on its admin
+    listener (API_ADMIN_PORT): its public port does not serve /metrics."""
     targets = "".join(
-        f'      - targets: ["127.0.0.1:{cfg.app_port(name)}"]\n'
+        f'      - targets: ["127.0.0.1:{cfg.admin_port(name)}"]\n'
         f"        labels: {{service: {name}}}\n"
         for name in APP_SERVICES
     )
