@@ -59,6 +59,13 @@ OUTBOX_DEAD_LETTERS = Gauge(
     ["service"],
     multiprocess_mode="mostrecent",
 )
+ADMIN_AUTH_FAILURES = Counter(
+    "admin_auth_failures_total",
+    "Admin requests refused for their credential: `missing` (no bearer token), `invalid` (not "
+    "the admin token), `throttled` (answered 429 without a look at it: too many failures "
+    "from the client's address lately).",
+    ["service", "reason"],
+)
 OUTBOX_PUBLISHED = Counter("outbox_published_total", "Outbox rows published.", ["service"])
 CONSUMER_RETRIES = Counter(
     "consumer_retries_total", "Handler attempts that failed and were retried.", ["consumer", "kind"]

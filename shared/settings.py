@@ -35,6 +35,10 @@ class CommonSettings(BaseSettings):
     code_fingerprint_key: SecretStr = Field(
         SecretStr(DEV_FINGERPRINT_KEY), alias="CODE_FINGERPRINT_KEY"
     )
+    # Failed admin authentications a client address may make within the window; past them
+    # its admin requests are answered 429 until the oldest is older than the window.
+    admin_auth_max_failures: int = Field(10, alias="ADMIN_AUTH_MAX_FAILURES", ge=1, le=10_000)
+    admin_auth_window_s: float = Field(60.0, alias="ADMIN_AUTH_FAILURE_WINDOW_S", gt=0, le=86400)
     log_level: str = Field("INFO", alias="LOG_LEVEL")
     bind_host: str = Field("127.0.0.1", alias="BIND_HOST")
     instance_id: str = Field(default_factory=_default_instance_id, alias="INSTANCE_ID")

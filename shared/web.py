@@ -10,8 +10,9 @@ import os
 import re
 import time
 import uuid
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,6 +28,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from shared import metrics
 from shared.db import database_unavailable
 from shared.logs import request_id_var
+
+if TYPE_CHECKING:
+    from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 Check = Callable[[], Awaitable[None]]
@@ -482,22 +486,100 @@ def _install_metrics(app: FastAPI, live_collectors: Sequence[Collector]) -> None
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def admin_only(
-    request: Request, authorization: Annotated[str | None, Header(max_length=300)] = None
-) -> None:
-    """The dependency of every service's admin router; the app keeps its token in
-    `app.state.admin_token` (a SecretStr)."""
-    token: SecretStr = request.app.state.admin_token
-    require_admin(token.get_secret_value(), authorization)
+class AdminGuard:
+    """The admin credential of one service, and what its failures cost: each failed check is
+    logged (the client's address, the method and path; never what was presented) and counted
+    (`admin_auth_failures_total`); an address with `max_failures` failures within the last
+    `window_s` is answered 429 RATE_LIMITED, before its credential is even compared, until
+    the oldest of them is older than the window. A success does not forgive earlier failures
+    of its address (operators on one host would otherwise reset an attacker's count there).
+    Kept in this process's memory, like the per-account rate limit: with several worker
+    processes, each counts the connections it was given."""
 
+    MAX_ADDRESSES = 10_000  # the addresses remembered; past it the quietest is forgotten
 
-def require_admin(expected: str, presented: str | None) -> None:
-    """Admin endpoints take `Authorization: Bearer <ADMIN_TOKEN>`."""
-    token = (presented or "").removeprefix("Bearer ").strip()
-    if not token or not hmac.compare_digest(token.encode(), expected.encode()):
+    def __init__(
+        self,
+        service: str,
+        token: SecretStr,
+        max_failures: int = 10,
+        window_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._service = service
+        self._expected = token.get_secret_value().encode()
+        self._max, self._window, self._clock = max_failures, window_s, clock
+        # address -> (times of its failures within the window, its throttling was logged)
+        self._failures: OrderedDict[str, tuple[deque[float], bool]] = OrderedDict()
+        self._counted = {
+            reason: metrics.ADMIN_AUTH_FAILURES.labels(service, reason)
+            for reason in ("missing", "invalid", "throttled")
+        }
+
+    @classmethod
+    def from_settings(cls, service: str, settings: "CommonSettings") -> "AdminGuard":
+        return cls(
+            service,
+            settings.admin_token,
+            settings.admin_auth_max_failures,
+            settings.admin_auth_window_s,
+        )
+
+    def check(self, client: str, method: str, path: str, authorization: str | None) -> None:
+        """Returns if `authorization` is `Bearer <the admin token>`; raises ApiError 401 (or
+        429 while `client` is throttled) otherwise."""
+        now = self._clock()
+        failures, told = self._failures.get(client, (deque[float](), False))
+        while failures and failures[0] <= now - self._window:
+            failures.popleft()
+        if len(failures) >= self._max:
+            wait = failures[0] + self._window - now
+            self._counted["throttled"].inc()
+            if not told:  # once a bout: a flood of refusals does not flood the log
+                log.warning(
+                    "admin requests from %s refused for %.0fs: %d failed authentications "
+                    "within %.0fs (this one: %s %s); refusals are counted, not logged, until then",
+                    client, wait, len(failures), self._window, method, path[:200],
+                )  # fmt: skip
+                self._remember(client, failures, told=True)
+            raise ApiError(
+                429,
+                "RATE_LIMITED",
+                "Too many failed admin authentications from your address: retry after the "
+                "delay given, with the right admin token.",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+        scheme, _, token = (authorization or "").partition(" ")
+        presented = token.strip().encode() if scheme.lower() == "bearer" else b""
+        if presented and hmac.compare_digest(presented, self._expected):
+            return
+        reason = "invalid" if presented else "missing"
+        self._counted[reason].inc()
+        failures.append(now)
+        self._remember(client, failures, told=False)
+        log.warning(
+            "admin authentication failed (%s credential) for %s %s from %s",
+            reason, method, path[:200], client,
+        )  # fmt: skip
         raise ApiError(
             401,
             "UNAUTHORIZED",
             "Admin endpoints need 'Authorization: Bearer <ADMIN_TOKEN>' with the stack's admin "
             "token (the CLI reads it from the environment or the local stack's secrets).",
         )
+
+    def _remember(self, client: str, failures: deque[float], *, told: bool) -> None:
+        self._failures[client] = (failures, told)
+        self._failures.move_to_end(client)
+        while len(self._failures) > self.MAX_ADDRESSES:
+            self._failures.popitem(last=False)
+
+
+async def admin_only(
+    request: Request, authorization: Annotated[str | None, Header(max_length=300)] = None
+) -> None:
+    """The dependency of every service's admin router; the app keeps its AdminGuard in
+    `app.state.admin_guard`. (async: a plain `def` would run in a worker thread.)"""
+    guard: AdminGuard = request.app.state.admin_guard
+    client = request.client.host if request.client else "unknown"
+    guard.check(client, request.method, request.url.path, authorization)

@@ -18,7 +18,7 @@ from shared import topics
 from shared.db import Conn
 from shared.runtime import Listener, Runtime, every, lifespan_for
 from shared.settings import ApiSettings
-from shared.web import install_common, without_fastapi_422
+from shared.web import AdminGuard, install_common, without_fastapi_422
 
 SERVICE = "api"
 # How often the orders_processing gauges are recounted from the read model.
@@ -121,7 +121,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         lifespan=lifespan_for(runtime, started),
     )
     app.state.settings = settings
-    app.state.admin_token = settings.admin_token
+    app.state.admin_guard = AdminGuard.from_settings(SERVICE, settings)
     app.state.runtime = runtime
     readiness = runtime.readiness()
     install_common(

@@ -14,7 +14,7 @@ from services.fulfilment.service_layer.backorders import Policy, Supplier
 from shared.db import Conn
 from shared.runtime import Runtime, every, lifespan_for
 from shared.settings import FulfilmentSettings
-from shared.web import install_common
+from shared.web import AdminGuard, install_common
 
 SERVICE = "fulfilment"
 
@@ -84,7 +84,7 @@ def create_app(settings: FulfilmentSettings | None = None) -> FastAPI:
     app.state.runtime = runtime
     app.state.settings = settings
     app.state.new_uow = new_uow
-    app.state.admin_token = settings.admin_token
+    app.state.admin_guard = AdminGuard.from_settings(SERVICE, settings)
     install_common(app, SERVICE, runtime.readiness())
     app.include_router(admin.router)
     return app

@@ -14,7 +14,7 @@ from services.inventory.service_layer import catalog
 from services.inventory.service_layer.unit_of_work import UnitOfWork
 from shared.runtime import Runtime, every, lifespan_for
 from shared.settings import InventorySettings
-from shared.web import install_common
+from shared.web import AdminGuard, install_common
 
 SERVICE = "inventory"
 # The available-codes gauge follows every claim and delivery of this instance; a recount
@@ -72,7 +72,7 @@ def create_app(settings: InventorySettings | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     app.state.admin = admin.AdminContext(new_uow, vault)
-    app.state.admin_token = settings.admin_token
+    app.state.admin_guard = AdminGuard.from_settings(SERVICE, settings)
     install_common(app, SERVICE, runtime.readiness(), max_body_bytes=admin.MAX_BODY_BYTES)
     app.include_router(admin.router)
     return app

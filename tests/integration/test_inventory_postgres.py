@@ -38,7 +38,7 @@ from shared.contracts import (
 )
 from shared.crypto import Binding, Code, SealedCode
 from shared.topics import INVENTORY_EVENTS
-from shared.web import install_common
+from shared.web import AdminGuard, install_common
 from tests.conftest import Stack
 from tests.helpers import unique, wait_until
 from tests.inventory_contract import (
@@ -420,7 +420,7 @@ async def test_codes_are_never_stored_in_plaintext(
 ) -> None:
     app = FastAPI()
     app.state.admin = admin.AdminContext(new_uow, VAULT)
-    app.state.admin_token = SecretStr("token-for-this-test")
+    app.state.admin_guard = AdminGuard("inventory-test", SecretStr("token-for-this-test"))
     install_common(app, "inventory-test", {}, max_body_bytes=admin.MAX_BODY_BYTES)
     app.include_router(admin.router)
     sku, given = await product_with_codes(new_uow, 20)

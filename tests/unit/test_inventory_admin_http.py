@@ -10,7 +10,7 @@ from pydantic import SecretStr
 
 from services.inventory.entrypoints import admin
 from services.inventory.service_layer import catalog
-from shared.web import install_common
+from shared.web import AdminGuard, install_common
 from tests.inventory_contract import VAULT, OldCode
 from tests.inventory_fakes import FakeStockRoom, FakeStore
 
@@ -27,7 +27,7 @@ def store() -> FakeStore:
 async def http(store: FakeStore) -> AsyncIterator[httpx.AsyncClient]:
     app = FastAPI()
     app.state.admin = admin.AdminContext(store.uow, VAULT)
-    app.state.admin_token = SecretStr(TOKEN)
+    app.state.admin_guard = AdminGuard("inventory-test", SecretStr(TOKEN))
     install_common(app, "inventory-test", {}, max_body_bytes=admin.MAX_BODY_BYTES)
     app.include_router(admin.router)
     async with httpx.AsyncClient(

@@ -13,7 +13,14 @@ from .config import VENV, Config
 # humans can tune the services (decision window, supplier delay, ...).
 PASSTHROUGH_PREFIXES = ("API_", "INVENTORY_", "FULFILMENT_", "ORDERS_", "SUPPLIER_")
 # ... and these settings common to every service.
-PASSTHROUGH_NAMES = ("LOG_LEVEL", "DB_POOL_SIZE", "CONSUMER_MAX_RETRIES", "OUTBOX_POLL_INTERVAL_S")
+PASSTHROUGH_NAMES = (
+    "LOG_LEVEL",
+    "DB_POOL_SIZE",
+    "CONSUMER_MAX_RETRIES",
+    "OUTBOX_POLL_INTERVAL_S",
+    "ADMIN_AUTH_MAX_FAILURES",
+    "ADMIN_AUTH_FAILURE_WINDOW_S",
+)
 # The environment every service process gets from the stack (docker-compose.yml gives the
 # same names; tests/unit/test_compose.py checks that).
 SERVICE_ENV_NAMES = (
