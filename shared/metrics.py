@@ -66,6 +66,11 @@ ADMIN_AUTH_FAILURES = Counter(
     "from the client's address lately).",
     ["service", "reason"],
 )
+ADMIN_AUDIT_LOST = Counter(
+    "admin_audit_lost_total",
+    "Admin actions whose audit record could not be written (each is logged whole instead).",
+    ["service"],
+)
 OUTBOX_PUBLISHED = Counter("outbox_published_total", "Outbox rows published.", ["service"])
 CONSUMER_RETRIES = Counter(
     "consumer_retries_total", "Handler attempts that failed and were retried.", ["consumer", "kind"]

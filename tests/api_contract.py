@@ -16,6 +16,7 @@ import pytest
 from services.api.domain.model import OperatorCredit, Order, Product
 from services.api.service_layer.orders import accepted_event, order_event
 from services.api.service_layer.unit_of_work import UnitOfWork
+from shared.audit import AdminAction
 from tests.helpers import unique
 
 NewUow = Callable[[], UnitOfWork]
@@ -383,3 +384,29 @@ class RepositoryContract:
             assert ancient.transaction_id not in {
                 o.transaction_id for o in await uow.orders.take_past_deadline(3600, 0, 1000)
             }
+
+    async def test_admin_actions_are_kept_as_recorded_and_listed_newest_first(
+        self, new_uow: NewUow
+    ) -> None:
+        marker = unique("rq")
+        recorded = [
+            AdminAction(
+                operator="alice",
+                client="127.0.0.1",
+                method="POST",
+                route="/admin/accounts/{account_id}/credit",
+                ids={"account_id": str(uuid.uuid4())},
+                status=status,
+                request_id=f"{marker}-{n}",
+                at=datetime(2026, 1, 2, 3, 4, n, tzinfo=UTC),
+            )
+            for n, status in enumerate((200, 401, 429))
+        ]
+        # Rolled back, so the shared database keeps none of them.
+        async with new_uow() as uow, uow.transaction():
+            for action in recorded:
+                await uow.admin_audit.record(action)
+            latest = await uow.admin_audit.latest(50)
+            assert len(await uow.admin_audit.latest(2)) == 2
+        mine = [a for a in latest if a.request_id.startswith(marker)]
+        assert mine == recorded[::-1]

@@ -28,6 +28,7 @@ from services.api.domain.model import (
 )
 from services.api.service_layer.unit_of_work import Allocation, UnitOfWork
 from shared import topics
+from shared.audit import AdminAction
 from shared.contracts import CancelReason, Message
 
 
@@ -56,6 +57,7 @@ class State:
     nudged_at: dict[str, datetime] = field(default_factory=dict)
     outbox: list[OutboxRow] = field(default_factory=list)
     credits: dict[str, OperatorCredit] = field(default_factory=dict)
+    admin_audit: list[AdminAction] = field(default_factory=list)
 
 
 Current = Callable[[], State]
@@ -446,6 +448,17 @@ class FakeOrders:
         ]
 
 
+class FakeAdminAudit:
+    def __init__(self, state: Current) -> None:
+        self._state = state
+
+    async def record(self, action: AdminAction) -> None:
+        self._state().admin_audit.append(action)
+
+    async def latest(self, limit: int) -> list[AdminAction]:
+        return self._state().admin_audit[::-1][:limit]
+
+
 class FakeStore:
     """The 'database' the fake units of work share."""
 
@@ -476,6 +489,7 @@ class FakeUnitOfWork(UnitOfWork):
         self.credits = FakeOperatorCredits(self._current)
         self.products = FakeProducts(self._current)
         self.orders = FakeOrders(self._current)
+        self.admin_audit = FakeAdminAudit(self._current)
 
     async def _begin(self, lock_timeout_s: float | None) -> None:
         self._working = copy.deepcopy(self._store.state)

@@ -6,6 +6,7 @@ import asyncio
 import importlib
 import inspect
 import os
+import random
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -38,6 +39,13 @@ def place_order(transaction_id: str, sku: str, price: str = "1.00") -> PlaceOrde
         currency="USD",
         placed_at=datetime.now(UTC),
     )
+
+
+def loopback_address_of_its_own() -> str:
+    """A loopback address no other test uses (all of 127.0.0.0/8 is loopback on Linux), to
+    connect from: admin failures are counted per client address, so a test making them from
+    there cannot throttle the other tests' operator client, which connects from 127.0.0.1."""
+    return f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
 
 
 def fullwidth(text: str) -> str:

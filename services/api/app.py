@@ -11,10 +11,12 @@ from services.api import metrics
 from services.api.adapters.kafka import BrokerHealth, KafkaPublisher, ReplyListener
 from services.api.adapters.postgres import PostgresUnitOfWork
 from services.api.entrypoints import admin, consumers, http
-from services.api.service_layer import read_model
+from services.api.entrypoints import audit as audit_routes
+from services.api.service_layer import audit, read_model
 from services.api.service_layer.accounts import Authenticator
 from services.api.service_layer.orders import OrderDesk, ask_again_about_undecided
 from shared import topics
+from shared.audit import AdminAudit
 from shared.db import Conn
 from shared.runtime import Listener, Runtime, every, lifespan_for
 from shared.settings import ApiSettings
@@ -143,6 +145,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         live_collectors=[metrics.STUCK_ORDER],
     )
     operators.include_router(admin.router)
+    operators.include_router(audit_routes.router)
+    operators.add_middleware(
+        AdminAudit,
+        service=SERVICE,
+        record=lambda action: audit.record_admin_action(new_uow(), action),
+    )
     app.state.admin_app = operators
 
     def openapi() -> dict[str, Any]:

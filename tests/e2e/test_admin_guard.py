@@ -4,7 +4,6 @@ RATE_LIMITED, even with the right token, while other addresses are not."""
 
 import json
 import os
-import random
 from pathlib import Path
 
 import httpx
@@ -14,16 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared.settings import CommonSettings
 from tests.conftest import Stack
 from tests.e2e.conftest import log_dir
-from tests.helpers import unique, wait_until
+from tests.helpers import loopback_address_of_its_own, unique, wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def address_of_its_own() -> str:
-    """A loopback address no other test uses (all of 127.0.0.0/8 is loopback on Linux): the
-    guard counts failures per address, so this test cannot throttle the other tests' operator
-    client, which connects from 127.0.0.1."""
-    return f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
 
 
 def max_failures() -> int:
@@ -53,7 +45,8 @@ def api_log_since(start: dict[Path, int]) -> list[dict[str, str]]:
 async def test_failed_admin_authentications_are_logged_without_the_token_and_throttled(
     urls: Stack, api_admin: httpx.AsyncClient, log_sizes_at_start: dict[Path, int]
 ) -> None:
-    address, wrong, limit = address_of_its_own(), unique("not-the-admin-token"), max_failures()
+    address, wrong = loopback_address_of_its_own(), unique("not-the-admin-token")
+    limit = max_failures()
     invalid_before = await failures_counted(api_admin, "invalid")
     # One connection: one api process, which counts the failures it sees.
     async with httpx.AsyncClient(

@@ -1,6 +1,7 @@
 """The operator CLI against the running stack: what it reports done is done."""
 
 import asyncio
+import getpass
 import json
 import os
 import sys
@@ -162,6 +163,25 @@ async def test_the_cli_reaches_the_api_through_its_admin_listener(
     account, _ = await cli("accounts", "create", "--name", name)
     shown, _ = await cli("accounts", "show", account["accountId"])
     assert shown["name"] == name
+
+
+async def test_the_cli_names_its_operator_in_the_audit_and_lists_it(stack: Stack) -> None:
+    if stack.api_admin_url is None:
+        pytest.skip("needs the running services: run `make test`")
+    account, _ = await cli("accounts", "create", "--name", unique("audited-by-cli"))
+    await cli("accounts", "rotate-token", account["accountId"], "--grace-seconds", "0")
+    listed, _ = await cli("audit", "list", "--limit", "20")
+    rotations = [
+        item
+        for item in listed
+        if item["route"] == "/admin/accounts/{account_id}/rotate-token"
+        and item["ids"] == {"account_id": account["accountId"]}
+    ]
+    assert len(rotations) == 1, listed
+    assert rotations[0]["operator"] == getpass.getuser()
+    assert (rotations[0]["method"], rotations[0]["status"]) == ("POST", 200)
+    assert [item["at"] for item in listed] == sorted((item["at"] for item in listed), reverse=True)
+    assert account["accessToken"] not in json.dumps(listed)
 
 
 async def test_without_a_reachable_stack_the_cli_says_how_to_start_it(

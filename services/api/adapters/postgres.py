@@ -29,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlmodel import col
 
-from services.api.adapters.tables import Account, LedgerEntry
+from services.api.adapters.tables import Account, AdminAuditEntry, LedgerEntry
 from services.api.adapters.tables import Order as OrderRow
 from services.api.adapters.tables import Product as ProductRow
 from services.api.domain.model import (
@@ -50,6 +50,7 @@ from services.api.service_layer.unit_of_work import (
     UnitOfWork,
 )
 from shared import topics
+from shared.audit import AdminAction
 from shared.contracts import CancelReason, Message
 from shared.db import Conn, Query, compiled
 from shared.outbox import add_all_to_outbox
@@ -872,6 +873,31 @@ class PostgresOrders:
         )
 
 
+_AUDIT: Table = AdminAuditEntry.__table__  # type: ignore[attr-defined]
+_AUDIT_FIELDS = ("at", "operator", "client", "method", "route", "ids", "status", "request_id")
+_RECORD_ADMIN_ACTION = compiled(insert(_AUDIT).values({f: bindparam(f) for f in _AUDIT_FIELDS}))
+_LATEST_ADMIN_ACTIONS = compiled(
+    select(*(_AUDIT.c[f] for f in _AUDIT_FIELDS))
+    .order_by(col(AdminAuditEntry.id).desc())
+    .limit(bindparam("limit"))
+)
+
+
+class PostgresAdminAudit:
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+
+    async def record(self, action: AdminAction) -> None:
+        fields = {f: getattr(action, f) for f in _AUDIT_FIELDS}
+        await self._conn.execute(_RECORD_ADMIN_ACTION.sql, *_RECORD_ADMIN_ACTION.args(**fields))
+
+    async def latest(self, limit: int) -> list[AdminAction]:
+        rows = await self._conn.fetch(
+            _LATEST_ADMIN_ACTIONS.sql, *_LATEST_ADMIN_ACTIONS.args(limit=limit)
+        )
+        return [AdminAction(**dict(row)) for row in rows]
+
+
 class PostgresUnitOfWork(UnitOfWork):
     """Work on a connection of `pool`. Given `conn` instead, the unit works inside the
     transaction its caller holds open on it (a batch consumer's): `transaction()` then adds
@@ -894,6 +920,7 @@ class PostgresUnitOfWork(UnitOfWork):
         self.credits = PostgresOperatorCredits(conn)
         self.products = PostgresProducts(conn)
         self.orders = PostgresOrders(conn)
+        self.admin_audit = PostgresAdminAudit(conn)
 
     async def _begin(self, lock_timeout_s: float | None) -> None:
         if self._source.given is not None:

@@ -192,6 +192,33 @@ class Order(ApiTable, table=True):
     nudged_at: datetime | None = Field(default=None, sa_type=TIMESTAMP)
 
 
+class AdminAuditEntry(ApiTable, table=True):
+    """One admin request that was not a read, refused ones too (shared.audit): who declared
+    they asked and from where, what (method, route template, the path's ids), when, and the
+    status answered. Never a secret, a token, code material or a request body."""
+
+    __tablename__ = "admin_audit"
+    __table_args__ = (
+        CheckConstraint("length(operator) BETWEEN 1 AND 64"),
+        CheckConstraint("length(client) <= 64"),
+        CheckConstraint("length(method) <= 16"),
+        CheckConstraint("length(route) <= 200"),
+        CheckConstraint("length(request_id) <= 64"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger)
+    at: datetime = defaults_to_now()
+    operator: str = Field(sa_type=Text)
+    client: str = Field(sa_type=Text)
+    method: str = Field(sa_type=Text)
+    route: str = Field(sa_type=Text)
+    ids: dict[str, str] = Field(
+        default_factory=dict, sa_type=JSONB, sa_column_kwargs={"server_default": "{}"}
+    )
+    status: int = Field(sa_type=SmallInteger)
+    request_id: str = Field(sa_type=Text)
+
+
 class Outbox(OutboxColumns, ApiTable, table=True):
     __tablename__ = "outbox"
     __table_args__ = outbox_indexes()

@@ -29,6 +29,7 @@ from services.api.domain.model import (
     OrderHistory,
     Product,
 )
+from shared.audit import AdminAction
 from shared.contracts import CancelReason, Message
 
 # (transaction id, stock id, sealed code): a code inventory sold to an order.
@@ -245,6 +246,16 @@ class Orders(Protocol):
         ...
 
 
+class AdminAudit(Protocol):
+    """The record of admin actions (shared.audit): appended to, never changed."""
+
+    async def record(self, action: AdminAction) -> None: ...
+
+    async def latest(self, limit: int) -> list[AdminAction]:
+        """The last `limit` actions recorded, newest first."""
+        ...
+
+
 class UnitOfWork(abc.ABC):
     accounts: Accounts
     credentials: Credentials
@@ -252,6 +263,7 @@ class UnitOfWork(abc.ABC):
     credits: OperatorCredits
     products: Products
     orders: Orders
+    admin_audit: AdminAudit
 
     def __init__(self) -> None:
         self._pending: list[tuple[str, str, Message]] = []
