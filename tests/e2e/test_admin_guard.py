@@ -1,5 +1,5 @@
-"""Failed admin authentications on the running api: each is logged with who, method and path
-(never the token presented) and counted; an address that keeps failing is answered 429
+"""Failed admin authentications on the running services: each is logged with who, method and
+path (never the token presented) and counted; an address that keeps failing is answered 429
 RATE_LIMITED, even with the right token, while other addresses are not."""
 
 import json
@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared.settings import CommonSettings
 from tests.conftest import Stack
-from tests.e2e.conftest import log_dir
+from tests.e2e.conftest import admin_client, log_dir
 from tests.helpers import loopback_address_of_its_own, unique, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -24,8 +24,9 @@ def max_failures() -> int:
     return int(configured) if configured else int(default)
 
 
-async def failures_counted(api_admin: httpx.AsyncClient, reason: str) -> float:
-    text = (await api_admin.get("/metrics")).text
+async def failures_counted(admin_url: str, reason: str) -> float:
+    async with httpx.AsyncClient(timeout=10) as http:
+        text = (await http.get(f"{admin_url}/metrics")).text
     return sum(
         s.value
         for family in text_string_to_metric_families(text)
@@ -34,37 +35,42 @@ async def failures_counted(api_admin: httpx.AsyncClient, reason: str) -> float:
     )
 
 
-def api_log_since(start: dict[Path, int]) -> list[dict[str, str]]:
-    path = log_dir() / "api.log"
+def log_since(service: str, start: dict[Path, int]) -> list[dict[str, str]]:
+    path = log_dir() / f"{service}.log"
     with path.open("rb") as log:
         log.seek(start.get(path, 0))
         lines = log.read().decode(errors="replace").splitlines()
     return [json.loads(line) for line in lines if line.startswith("{")]
 
 
+# Each service's admin address and an admin request of it; a read is refused the same way.
+ADMIN_REQUESTS = {
+    "api": ("api_admin_url", "POST", "/admin/accounts"),
+    "inventory": ("inventory_url", "POST", "/admin/products/NEVER-1/withdraw"),
+    "fulfilment": ("fulfilment_url", "GET", "/admin/backorders"),
+}
+
+
+@pytest.mark.parametrize("service", list(ADMIN_REQUESTS))
 async def test_failed_admin_authentications_are_logged_without_the_token_and_throttled(
-    urls: Stack, api_admin: httpx.AsyncClient, log_sizes_at_start: dict[Path, int]
+    urls: Stack, service: str, log_sizes_at_start: dict[Path, int]
 ) -> None:
+    attribute, method, path = ADMIN_REQUESTS[service]
+    admin_url = str(getattr(urls, attribute))
     address, wrong = loopback_address_of_its_own(), unique("not-the-admin-token")
     limit = max_failures()
-    invalid_before = await failures_counted(api_admin, "invalid")
-    # One connection: one api process, which counts the failures it sees.
+    invalid_before = await failures_counted(admin_url, "invalid")
+    # One connection: one process of the service, which counts the failures it sees.
     async with httpx.AsyncClient(
-        transport=httpx.AsyncHTTPTransport(local_address=address),
-        base_url=str(urls.api_admin_url),
-        timeout=10,
+        transport=httpx.AsyncHTTPTransport(local_address=address), base_url=admin_url, timeout=10
     ) as http:
 
-        async def create(token: str) -> httpx.Response:
-            return await http.post(
-                "/admin/accounts",
-                json={"name": "never"},
-                headers={"Authorization": f"Bearer {token}"},
-            )
+        async def send(token: str) -> httpx.Response:
+            return await http.request(method, path, headers={"Authorization": f"Bearer {token}"})
 
-        statuses = [(await create(wrong)).status_code for _ in range(limit)]
+        statuses = [(await send(wrong)).status_code for _ in range(limit)]
         assert statuses == [401] * limit
-        throttled = await create(os.environ["ADMIN_TOKEN"])  # not even compared now
+        throttled = await send(os.environ["ADMIN_TOKEN"])  # not even compared now
 
     assert throttled.status_code == 429, throttled.text
     body = throttled.json()
@@ -72,20 +78,19 @@ async def test_failed_admin_authentications_are_logged_without_the_token_and_thr
     assert body["error"] == "RATE_LIMITED"
     assert 1 <= int(throttled.headers["retry-after"]) <= 3600
     # The operators on 127.0.0.1 go on.
-    assert (await api_admin.get("/admin/accounts/00000000-0000-0000-0000-000000000000")).json()[
-        "error"
-    ] == "ACCOUNT_NOT_FOUND"
-    assert await failures_counted(api_admin, "invalid") >= invalid_before + limit
+    async with admin_client(admin_url) as operator:
+        assert (await operator.request(method, path)).status_code not in (401, 429)
+    assert await failures_counted(admin_url, "invalid") >= invalid_before + limit
 
     def logged() -> list[str]:
-        mine = [e["msg"] for e in api_log_since(log_sizes_at_start) if address in e["msg"]]
+        mine = [e["msg"] for e in log_since(service, log_sizes_at_start) if address in e["msg"]]
         return mine if len(mine) >= limit + 1 else []
 
-    lines = await wait_until(logged, message=f"the api logged the failures from {address}")
+    lines = await wait_until(logged, message=f"{service} logged the failures from {address}")
     failed = [line for line in lines if line.startswith("admin authentication failed")]
     assert len(failed) == limit
-    assert all(f"(invalid credential) for POST /admin/accounts from {address}" in f for f in failed)
+    assert all(f"(invalid credential) for {method} {path} from {address}" in f for f in failed)
     assert any(line.startswith(f"admin requests from {address} refused for") for line in lines)
-    everything = json.dumps(api_log_since(log_sizes_at_start))
+    everything = json.dumps(log_since(service, log_sizes_at_start))
     assert wrong not in everything
     assert os.environ["ADMIN_TOKEN"] not in everything

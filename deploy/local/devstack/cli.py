@@ -33,8 +33,9 @@ Usage: python3 deploy/local/stack.py COMMAND [SERVICE ...]
   clean                down, then remove the stack's state (data, logs, jars, secrets)
 
 Everything the stack keeps (data, logs, PIDs, jars, secrets) lives in one folder, `.run/` at
-the repository root, or IO_RUN_DIR. Ports come from API_PORT, INVENTORY_PORT, FULFILMENT_PORT,
-KAFKA_PORT, KAFKA_CONTROLLER_PORT, PG_PORT and PROMETHEUS_PORT.
+the repository root, or IO_RUN_DIR. Ports come from API_PORT, API_ADMIN_PORT (the api's admin
+endpoints and /metrics), INVENTORY_PORT, FULFILMENT_PORT, KAFKA_PORT, KAFKA_CONTROLLER_PORT,
+PG_PORT and PROMETHEUS_PORT.
 
 Standard library only: this script runs before the project's virtualenv exists.
 """
