@@ -3,6 +3,7 @@ for its subscribers, and its outbox relay, started and stopped with the HTTP app
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -254,15 +255,20 @@ def serve(
                 bound_socket(listener.host, listener.port, reuse_port=worker is not None)
             )
         except OSError as exc:
+            advice = (
+                f"another process listens there: stop it, or set {listener.setting} to a free port"
+                if exc.errno == errno.EADDRINUSE
+                else f"check that {listener.host} is an address of this machine and "
+                f"{listener.port} a port this user may bind"
+            )
             log.error(
-                "cannot listen on %s:%d (%s, the %s listener): %s. Stop what holds that "
-                "address, or set %s to a free port.",
+                "cannot listen on %s:%d (%s, the %s listener): %s; %s.",
                 listener.host,
                 listener.port,
                 listener.setting,
                 listener.name,
                 exc.strerror or exc,
-                listener.setting,
+                advice,
             )
             sys.exit(STARTUP_FAILURE)
     ports = [int(sock.getsockname()[1]) for sock in sockets]  # a port 0 is bound by now

@@ -506,7 +506,6 @@ class AdminGuard:
         window_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._service = service
         self._expected = token.get_secret_value().encode()
         self._max, self._window, self._clock = max_failures, window_s, clock
         # address -> (times of its failures within the window, its throttling was logged)

@@ -30,14 +30,10 @@ def test_two_workers_bind_one_port() -> None:
         second.close()
 
 
-def test_workers_that_cannot_start_stop_the_supervisor() -> None:
-    env = {
-        **os.environ,
-        "APP_ENV": "dev",
-        "API_PROCESSES": "2",
-        "API_PORT": str(free_port()),
-        "CODE_ENCRYPTION_KEYS": "not-a-key",  # every worker fails building its app
-    }
+def api_that_fails_to_start(**settings: str) -> subprocess.CompletedProcess[bytes]:
+    """Runs `python -m services.api` with these settings (and a free API_PORT), expecting it
+    to give up; returns how it ended."""
+    env = {**os.environ, "APP_ENV": "dev", "API_PORT": str(free_port()), **settings}
     env.pop("WORKER_INDEX", None)
     done = subprocess.run(
         [sys.executable, "-m", "services.api"],
@@ -48,5 +44,22 @@ def test_workers_that_cannot_start_stop_the_supervisor() -> None:
         check=False,
     )
     assert done.returncode == STARTUP_FAILURE, done.stdout[-2000:]
+    return done
+
+
+def test_workers_that_cannot_start_stop_the_supervisor() -> None:
+    # every worker fails building its app
+    done = api_that_fails_to_start(API_PROCESSES="2", CODE_ENCRYPTION_KEYS="not-a-key")
     assert b"before any worker started" in done.stdout
     assert b"not-a-key" not in done.stdout + done.stderr  # no key material in the log
+
+
+def test_a_taken_admin_port_stops_the_api_with_the_variable_to_change() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        done = api_that_fails_to_start(API_PROCESSES="1", API_ADMIN_PORT=str(taken))
+    expected = f"cannot listen on 127.0.0.1:{taken} (API_ADMIN_PORT, the admin listener)"
+    assert expected.encode() in done.stdout
+    assert b"set API_ADMIN_PORT to a free port" in done.stdout
