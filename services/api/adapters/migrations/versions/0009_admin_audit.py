@@ -1,15 +1,12 @@
 """The audit of admin actions (shared.audit): one row per admin request that was not a read.
 
-Numbered 0009 after 0006 on purpose: 0007 and 0008 are left to another branch's migrations,
-and the chain is mended when the branches are merged.
-
 Revision ID: 0009
 """
 
 from shared.db import run_script
 
 revision = "0009"
-down_revision = "0006"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
