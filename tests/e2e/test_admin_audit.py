@@ -44,7 +44,11 @@ async def test_an_admin_action_leaves_an_audit_row_without_any_secret(
     credited = await api_admin.post(
         f"/admin/accounts/{account['accountId']}/credit",
         json={"amount": "1.00", "currency": "USD"},
-        headers={"X-Operator": "e2e-operator", "x-request-id": credit_id},
+        headers={
+            "X-Operator": "e2e-operator",
+            "x-request-id": credit_id,
+            "Idempotency-Key": credit_id,
+        },
     )
     assert credited.status_code == 200, credited.text
 

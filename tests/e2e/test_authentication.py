@@ -177,7 +177,7 @@ async def test_failed_logins_from_one_address_are_throttled_with_retry_after(
 
 async def test_an_api_key_failing_from_many_addresses_is_throttled(urls: Stack) -> None:
     prefix = f"ak_{secrets.token_hex(4)}"
-    before = await scrape(str(urls.api_url))
+    before = await scrape(str(urls.api_admin_url))
     statuses: list[int] = []
     # Each address stays below its own allowance; the key's prefix goes past its allowance
     # in every api process.
@@ -188,20 +188,20 @@ async def test_an_api_key_failing_from_many_addresses_is_throttled(urls: Stack) 
                 statuses.append((await http.get("/v2/balances", headers=guess(prefix))).status_code)
 
     assert set(statuses) == {401, 429}
-    after = await scrape(str(urls.api_url))
+    after = await scrape(str(urls.api_admin_url))
     throttled = "auth_throttled_total"
     assert after.value(throttled, by="key_prefix") > before.value(throttled, by="key_prefix")
 
 
 async def test_an_unknown_key_is_looked_up_once_whatever_its_tokens(urls: Stack) -> None:
     key = guess()["x-api-key"]
-    before = await scrape(str(urls.api_url))
+    before = await scrape(str(urls.api_admin_url))
     async with from_address(urls) as http:
         for n in range(5):
             headers = {"x-api-key": key, "Authorization": f"Bearer tk_{n}"}
             assert (await http.get("/v2/balances", headers=headers)).status_code == 401
 
-    after = await scrape(str(urls.api_url))
+    after = await scrape(str(urls.api_admin_url))
 
     def more(answer: str) -> float:
         return after.value("auth_lookups_total", answer=answer) - before.value(

@@ -5,6 +5,7 @@ a code sealed to its SKU before stock-item seals (what the api stored until then
 import os
 
 import asyncpg
+import httpx
 import pytest
 
 from shared.crypto import Binding, Code, CodeVault, SealedCode
@@ -66,7 +67,9 @@ async def test_a_ciphertext_copied_onto_another_order_of_the_sku_does_not_open(
     )
     assert "cannot be opened (unreadable, InvalidTag)" in line
     assert code_of_first["redeemCode"] not in log.read_text()
-    metrics = (await client.http.get("/metrics")).text
+    assert stack.api_admin_url is not None
+    async with httpx.AsyncClient(base_url=stack.api_admin_url) as admin_port:
+        metrics = (await admin_port.get("/metrics")).text
     assert 'orders_codes_unavailable_total{reason="unreadable"}' in metrics
 
 
