@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -67,7 +68,8 @@ def main() -> int:
         "--under-faults",
         action="store_true",
         help="while `make drill` kills processes: a 503 SERVICE_UNAVAILABLE (the contract's "
-        "answer while the database or broker is down) is not counted as a server error",
+        "answer while the database or broker is down) is not counted as a server error, and a "
+        "refused connection (the api being restarted) is tried again",
     )
     args = parser.parse_args()
     run_dir = Path(os.environ.get("IO_RUN_DIR", REPO / ".run"))
@@ -77,12 +79,17 @@ def main() -> int:
         return 2
     demo = json.loads(credentials.read_text())
     api_url = f"http://127.0.0.1:{os.environ.get('API_PORT', '8000')}"
-    try:
-        with urllib.request.urlopen(f"{api_url}/readyz", timeout=5):  # noqa: S310 - http only
-            pass
-    except (OSError, ValueError) as exc:
-        say(f"the api at {api_url} is not ready ({exc}): start the stack with `make up` first")
-        return 2
+    # beside the drill the api may be down for a moment: wait for it (a minute) then
+    deadline = time.monotonic() + (60 if args.under_faults else 0)
+    while True:
+        try:
+            with urllib.request.urlopen(f"{api_url}/readyz", timeout=5):  # noqa: S310 - http
+                break
+        except (OSError, ValueError) as exc:
+            if time.monotonic() >= deadline:
+                say(f"the api at {api_url} is not ready ({exc}): start the stack with `make up`")
+                return 2
+            time.sleep(1)
     report_dir = run_dir / "fuzz"
     report_dir.mkdir(parents=True, exist_ok=True)
     settings = (REPO / "tests" / "fuzz.toml").read_text()
@@ -122,6 +129,9 @@ def main() -> int:
     ]
     if args.seed is not None:
         command += ["--seed", str(args.seed)]
+    if args.under_faults:
+        # a killed api refuses connections until it is back (seconds): ask again, patiently
+        command += ["--request-retries", "10", "--request-timeout", "30"]
     say(f"{args.max_examples} examples per operation of {api_url}/openapi.json, every check")
     result = subprocess.run(command, check=False)
     say(f"exit {result.returncode}; JUnit report in {report_dir}/")
