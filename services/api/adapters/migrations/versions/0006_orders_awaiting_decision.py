@@ -7,7 +7,7 @@ while it builds on a large table.
 Revision ID: 0006
 """
 
-from alembic import op
+from shared.db import run_script_outside_transaction
 
 revision = "0006"
 down_revision = "0005"
@@ -16,13 +16,11 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.get_context().autocommit_block():
-        op.execute(
-            "CREATE INDEX CONCURRENTLY IF NOT EXISTS orders_awaiting_decision ON orders "
-            "(created_at) WHERE status = 'PROCESSING' AND backordered_at IS NULL"
-        )
+    run_script_outside_transaction(
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS orders_awaiting_decision ON orders "
+        "(created_at) WHERE status = 'PROCESSING' AND backordered_at IS NULL"
+    )
 
 
 def downgrade() -> None:
-    with op.get_context().autocommit_block():
-        op.execute("DROP INDEX CONCURRENTLY IF EXISTS orders_awaiting_decision")
+    run_script_outside_transaction("DROP INDEX CONCURRENTLY IF EXISTS orders_awaiting_decision")
