@@ -194,13 +194,14 @@ _CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I to misread
 
 def random_code(prefix: str, *, group_length: int, pin_digits: int) -> Code:
     """A random code for demos, load tests and the simulated supplier: `prefix` and four
-    groups of `group_length` characters, a PIN of `pin_digits` digits (may start with 0)."""
+    groups of `group_length` characters, a PIN of `pin_digits` digits (never starting with 0,
+    so that up to 9 digits it is a canonical int32 and reaches integer-PIN accounts)."""
     groups = (
         "".join(secrets.choice(_CODE_ALPHABET) for _ in range(group_length)) for _ in range(4)
     )
     return Code(
         redeem_code="-".join((prefix, *groups)),
-        pin_code=f"{secrets.randbelow(10**pin_digits):0{pin_digits}d}",
+        pin_code=str(10 ** (pin_digits - 1) + secrets.randbelow(9 * 10 ** (pin_digits - 1))),
     )
 
 

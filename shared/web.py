@@ -89,7 +89,7 @@ _ERROR_MEANINGS = {
     400: "Invalid request (details[] names each field), or a rule of the operation refused it",
     401: "UNAUTHORIZED: credentials missing, malformed, unknown or expired",
     404: "Not found (or not yours)",
-    409: "CLIENT_ORDER_NUMBER_DUPLICATE",
+    409: "CLIENT_ORDER_NUMBER_DUPLICATE (orders), PIN_NOT_INTEGER (Get Codes: see pinFormat)",
     413: "PAYLOAD_TOO_LARGE: the body is over the limit",
     415: "UNSUPPORTED_MEDIA_TYPE: a body that is not JSON, or compressed",
     422: "UNSUPPORTED_CURRENCY",

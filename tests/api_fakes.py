@@ -23,6 +23,7 @@ from services.api.domain.model import (
     OperatorCredit,
     Order,
     OrderHistory,
+    PinFormat,
     Product,
     Wallet,
 )
@@ -71,11 +72,21 @@ class FakeAccounts:
     def __init__(self, state: Current) -> None:
         self._state = state
 
-    async def add(self, name: str, rate_limit_per_s: Decimal | None) -> uuid.UUID:
+    async def add(
+        self, name: str, rate_limit_per_s: Decimal | None, pin_format: PinFormat = "integer"
+    ) -> uuid.UUID:
         account_id = uuid.uuid4()
-        self._state().accounts[account_id] = AccountInfo(account_id, name, _now())
+        self._state().accounts[account_id] = AccountInfo(
+            account_id, name, _now(), pin_format=pin_format
+        )
         self._state().rate_limits[account_id] = rate_limit_per_s
         return account_id
+
+    async def set_pin_format(self, account_id: uuid.UUID, pin_format: PinFormat) -> bool:
+        account = self._state().accounts.get(account_id)
+        if account is not None:
+            self._state().accounts[account_id] = replace(account, pin_format=pin_format)
+        return account is not None
 
     async def exists(self, account_id: uuid.UUID) -> bool:
         return account_id in self._state().accounts
@@ -128,7 +139,7 @@ class FakeCredentials:
     async def live(self, api_key_hash: bytes, token_hash: bytes) -> list[Credential]:
         state = self._state()
         return [
-            Credential(a, k, h, state.rate_limits.get(a))
+            Credential(a, k, h, state.rate_limits.get(a), state.accounts[a].pin_format)
             for a, k, h, e in state.credentials
             if h in (api_key_hash, token_hash)
             and (e is None or e > _now())

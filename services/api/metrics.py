@@ -10,6 +10,11 @@ ORDERS_ACCEPTED = Counter(
     "orders_accepted_total", "Instant orders accepted, by the answer given.", ["outcome"]
 )
 ORDERS_REJECTED = Counter("orders_rejected_total", "Instant orders refused, by error.", ["error"])
+PINS_NOT_INTEGER = Counter(
+    "codes_pin_not_integer_total",
+    "Get Codes refused with PIN_NOT_INTEGER: an account receiving integer PINs ordered a code "
+    "whose PIN an int32 cannot carry exactly (set the account's pin format to string).",
+)
 ORDERS_SHED = Counter(
     "orders_shed_total",
     "Instant orders refused with 503 before anything was charged, because this api process "

@@ -1,5 +1,5 @@
-"""`accounts create | credit | rotate-token | revoke-token | disable | enable | show`: wrap the
-api service's admin endpoints."""
+"""`accounts create | credit | set-pin-format | rotate-token | revoke-token | disable | enable |
+show`: wrap the api service's admin endpoints."""
 
 import argparse
 import uuid
@@ -29,7 +29,19 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         metavar="PER_SECOND",
         help="this account's request rate limit (default: the service's)",
     )
+    create.add_argument(
+        "--pin-format",
+        choices=PIN_FORMATS,
+        help=PIN_FORMAT_HELP + " (default: integer)",
+    )
     create.set_defaults(func=cmd_create)
+
+    pin = actions.add_parser(
+        "set-pin-format", help="how Get Codes sends this account's PINs: " + PIN_FORMAT_HELP
+    )
+    pin.add_argument("account_id")
+    pin.add_argument("pin_format", choices=PIN_FORMATS)
+    pin.set_defaults(func=cmd_set_pin_format)
 
     credit = actions.add_parser(
         "credit",
@@ -76,6 +88,14 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     show.set_defaults(func=cmd_show)
 
 
+PIN_FORMATS = ("integer", "string")
+PIN_FORMAT_HELP = (
+    "'integer' sends pinCode as EZ's 32-bit integer (a PIN an integer cannot carry exactly, "
+    "like 0042, is refused by Get Codes with PIN_NOT_INTEGER), 'string' sends every PIN exactly "
+    "as stocked"
+)
+
+
 def _amount(text: str) -> str:
     try:
         value = Decimal(text)
@@ -106,6 +126,8 @@ def cmd_create(args: argparse.Namespace) -> None:
         if args.rate_limit <= 0:
             fail("--rate-limit must be a positive number of requests per second")
         body["rateLimitPerSecond"] = str(round(args.rate_limit, 2))
+    if args.pin_format is not None:
+        body["pinFormat"] = args.pin_format
     emit(AdminClient("api").call("POST", "/admin/accounts", json=body))
 
 
@@ -127,6 +149,16 @@ def cmd_credit(args: argparse.Namespace) -> None:
     emit(done)
     if done["replayed"]:
         progress("This credit was applied before, with this key: nothing was added now.")
+
+
+def cmd_set_pin_format(args: argparse.Namespace) -> None:
+    emit(
+        AdminClient("api").call(
+            "PUT",
+            f"/admin/accounts/{args.account_id}/pin-format",
+            json={"pinFormat": args.pin_format},
+        )
+    )
 
 
 def cmd_rotate(args: argparse.Namespace) -> None:

@@ -3,7 +3,7 @@
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -18,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from shared import topics
 from shared.contracts import new_transaction_id
+from tests import contract_recording
 from tests.conftest import Stack
 from tests.helpers import unique, wait_until
 
@@ -37,6 +38,16 @@ def urls(stack: Stack) -> Stack:
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
     return stack
+
+
+@pytest.fixture(scope="session", autouse=True)
+def record_v2_exchanges(stack: Stack) -> Iterator[None]:
+    """Every /v2 answer of the session, for the strict-client and OpenAPI checks."""
+    if stack.api_url is None or stack.api_admin_url is None:
+        yield
+        return
+    with contract_recording.recording(stack.api_url, stack.api_admin_url):
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)

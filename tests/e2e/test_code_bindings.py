@@ -21,7 +21,7 @@ async def completed_orders(
 ) -> tuple[Client, str, list[str]]:
     codes = [{"redeemCode": unique("BIND"), "pinCode": "0042"} for _ in range(count)]
     sku = await new_product(price="1.00", codes=codes)
-    client = await new_client(balance="10.00")
+    client = await new_client(balance="10.00", pinFormat="string")
     transaction_ids = []
     for _ in codes:
         response = await client.order(sku)

@@ -39,6 +39,7 @@ from services.api.domain.model import (
     OperatorCredit,
     Order,
     OrderHistory,
+    PinFormat,
     Product,
     rebalanced,
     split_evenly,
@@ -61,7 +62,10 @@ from shared.postgres_unit_of_work import ConnectionSource, roll_back
 
 _INSERT_ACCOUNT = compiled(
     insert(Account).values(
-        id=bindparam("id"), name=bindparam("name"), rate_limit_per_s=bindparam("rate_limit")
+        id=bindparam("id"),
+        name=bindparam("name"),
+        rate_limit_per_s=bindparam("rate_limit"),
+        pin_format=bindparam("pin_format"),
     )
 )
 
@@ -356,13 +360,23 @@ class PostgresAccounts:
     def __init__(self, conn: Conn) -> None:
         self._conn = conn
 
-    async def add(self, name: str, rate_limit_per_s: Decimal | None) -> uuid.UUID:
+    async def add(
+        self, name: str, rate_limit_per_s: Decimal | None, pin_format: PinFormat = "integer"
+    ) -> uuid.UUID:
         account_id = uuid.uuid4()
         await self._conn.execute(
             _INSERT_ACCOUNT.sql,
-            *_INSERT_ACCOUNT.args(id=account_id, name=name, rate_limit=rate_limit_per_s),
+            *_INSERT_ACCOUNT.args(
+                id=account_id, name=name, rate_limit=rate_limit_per_s, pin_format=pin_format
+            ),
         )
         return account_id
+
+    async def set_pin_format(self, account_id: uuid.UUID, pin_format: PinFormat) -> bool:
+        found = await self._conn.fetchval(
+            "UPDATE accounts SET pin_format = $2 WHERE id = $1 RETURNING 1", account_id, pin_format
+        )
+        return found is not None
 
     async def exists(self, account_id: uuid.UUID) -> bool:
         return bool(
@@ -371,11 +385,14 @@ class PostgresAccounts:
 
     async def get(self, account_id: uuid.UUID) -> AccountInfo | None:
         row = await self._conn.fetchrow(
-            "SELECT name, created_at, disabled_at FROM accounts WHERE id = $1", account_id
+            "SELECT name, created_at, disabled_at, pin_format FROM accounts WHERE id = $1",
+            account_id,
         )
         if row is None:
             return None
-        return AccountInfo(account_id, row["name"], row["created_at"], row["disabled_at"])
+        return AccountInfo(
+            account_id, row["name"], row["created_at"], row["disabled_at"], row["pin_format"]
+        )
 
     async def disable(self, account_id: uuid.UUID) -> datetime | None:
         disabled_at: datetime | None = await self._conn.fetchval(
@@ -436,7 +453,7 @@ class PostgresCredentials:
     async def live(self, api_key_hash: bytes, token_hash: bytes) -> list[Credential]:
         rows = await self._conn.fetch(
             """
-            SELECT c.account_id, c.kind, c.secret_hash, a.rate_limit_per_s
+            SELECT c.account_id, c.kind, c.secret_hash, a.rate_limit_per_s, a.pin_format
             FROM credentials c JOIN accounts a ON a.id = c.account_id
             WHERE c.secret_hash = ANY($1::bytea[])
               AND (c.expires_at IS NULL OR c.expires_at > now())
@@ -445,7 +462,9 @@ class PostgresCredentials:
             [api_key_hash, token_hash],
         )
         return [
-            Credential(r["account_id"], r["kind"], r["secret_hash"], r["rate_limit_per_s"])
+            Credential(
+                r["account_id"], r["kind"], r["secret_hash"], r["rate_limit_per_s"], r["pin_format"]
+            )
             for r in rows
         ]
 

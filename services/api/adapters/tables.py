@@ -42,6 +42,7 @@ class Account(ApiTable, table=True):
     __table_args__ = (
         CheckConstraint("length(name) BETWEEN 1 AND 200"),
         CheckConstraint("rate_limit_per_s > 0"),
+        CheckConstraint("pin_format IN ('integer', 'string')"),
     )
 
     id: uuid.UUID = Field(primary_key=True, sa_type=Uuid)
@@ -51,6 +52,11 @@ class Account(ApiTable, table=True):
     rate_limit_per_s: Decimal | None = Field(default=None, sa_type=Numeric(10, 2))
     # Set by an operator: no credential of the account authenticates (NULL: enabled).
     disabled_at: datetime | None = Field(default=None, sa_type=TIMESTAMP)
+    # How Get Codes sends this account's PINs (docs/api.md, "PIN format"). Accounts that
+    # existed before the choice keep `string`, what they had always received (migration 0012).
+    pin_format: str = Field(
+        default="integer", sa_type=Text, sa_column_kwargs={"server_default": "integer"}
+    )
 
 
 class Credential(ApiTable, table=True):

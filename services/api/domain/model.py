@@ -16,9 +16,27 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
+from typing import Literal
 from uuid import UUID
 
 from shared.contracts import CancelReason, OrderStatus
+
+# How an account receives PINs (docs/api.md, "PIN format"): `integer` is EZ's wire type (a
+# 32-bit integer in the public EZ v2 descriptions), `string` the PIN exactly as stocked.
+PinFormat = Literal["integer", "string"]
+PIN_FORMATS: tuple[PinFormat, ...] = ("integer", "string")
+INT32_MAX = 2**31 - 1
+
+
+def pin_as_integer(pin: str) -> int | None:
+    """The PIN as an int32 `pinCode` when an integer carries it exactly (its canonical decimal:
+    ASCII digits, no sign, no leading zero, at most 2^31-1); None when it cannot, because the
+    integer would be another PIN ("0042" would arrive as 42)."""
+    if not (pin.isascii() and pin.isdigit()) or (len(pin) > 1 and pin[0] == "0"):
+        return None
+    value = int(pin)
+    return value if value <= INT32_MAX else None
+
 
 CENT = Decimal("0.01")
 
@@ -187,6 +205,7 @@ class Credential:
     kind: str  # API_KEY | TOKEN
     secret_hash: bytes
     rate_limit_per_s: Decimal | None
+    pin_format: PinFormat = "integer"
 
 
 @dataclass(frozen=True)
@@ -196,6 +215,7 @@ class AccountInfo:
     created_at: datetime
     # While set, no credential of the account authenticates.
     disabled_at: datetime | None = None
+    pin_format: PinFormat = "integer"
 
 
 @dataclass(frozen=True)

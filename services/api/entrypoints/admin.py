@@ -18,6 +18,7 @@ from services.api.domain.model import (
     OperatorCredit,
     OrderHistory,
     OrderNotFound,
+    PinFormat,
 )
 from services.api.entrypoints.http import Services, iso_utc
 from services.api.service_layer import accounts, orders, read_model
@@ -41,6 +42,11 @@ class NewAccount(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     balances: list[MoneyIn] = Field(default_factory=list, max_length=20)
     rateLimitPerSecond: Decimal | None = Field(None, gt=0, le=100_000, decimal_places=2)
+    pinFormat: PinFormat = "integer"
+
+
+class PinFormatIn(BaseModel):
+    pinFormat: PinFormat
 
 
 class Rotation(BaseModel):
@@ -67,6 +73,7 @@ async def create_account(body: NewAccount, request: Request, svc: Services) -> d
         [(b.currency, b.amount) for b in body.balances],
         _slots(request),
         body.rateLimitPerSecond,
+        body.pinFormat,
     )
     return ok(
         {
@@ -74,6 +81,7 @@ async def create_account(body: NewAccount, request: Request, svc: Services) -> d
             "name": body.name,
             "apiKey": issued.api_key,
             "accessToken": issued.access_token,
+            "pinFormat": body.pinFormat,
             "balances": _balances(balances),
         }
     )
@@ -91,7 +99,27 @@ async def get_account(account_id: uuid.UUID, svc: Services) -> dict[str, Any]:
             "name": found.account.name,
             "createdAt": iso_utc(found.account.created_at),
             "disabledAt": _iso_or_none(found.account.disabled_at),
+            "pinFormat": found.account.pin_format,
             "balances": _balances(found.balances),
+        }
+    )
+
+
+@router.put("/accounts/{account_id}/pin-format")
+async def set_pin_format(
+    account_id: uuid.UUID, body: PinFormatIn, request: Request, svc: Services
+) -> dict[str, Any]:
+    """How Get Codes sends the account's PINs (docs/api.md, "PIN format")."""
+    try:
+        await accounts.set_pin_format(svc.new_uow(), account_id, body.pinFormat)
+    except AccountNotFound:
+        raise ACCOUNT_NOT_FOUND from None
+    log.info("account %s: pin format set to %s by an operator", account_id, body.pinFormat)
+    return ok(
+        {
+            "accountId": str(account_id),
+            "pinFormat": body.pinFormat,
+            "effectiveWithinSeconds": _effective_within_s(request),
         }
     )
 

@@ -1,6 +1,7 @@
 """The public EZ-Cards-v2-compatible API (../docs/api.md). Thin: parse, call a use case,
 shape the answer."""
 
+import hashlib
 import logging
 import math
 import time
@@ -26,15 +27,20 @@ from services.api.domain.model import (
     InsufficientBalance,
     Order,
     Overloaded,
+    PinFormat,
     PipelineUnavailable,
     ProductNotFound,
     ProductNotInstant,
     UnsupportedCurrency,
+    pin_as_integer,
 )
+from services.api.entrypoints import schemas
+from services.api.entrypoints.schemas import answers
 from services.api.service_layer import read_model
 from services.api.service_layer.accounts import (
     AuthenticationBusy,
     Authenticator,
+    Caller,
     LoginsThrottled,
 )
 from services.api.service_layer.orders import OrderDesk
@@ -99,13 +105,17 @@ UNAUTHORIZED = ApiError(
 API_KEY_MAX, AUTHORIZATION_MAX = 200, 300
 
 
-async def current_account(
+async def current_caller(
     request: Request,
     svc: Services,
     x_api_key: Annotated[str | None, Header(max_length=API_KEY_MAX)] = None,
     authorization: Annotated[str | None, Header(max_length=AUTHORIZATION_MAX)] = None,
-) -> uuid.UUID:
-    return await authenticate(svc, x_api_key, authorization, request.scope)
+) -> Caller:
+    return await authenticate_caller(svc, x_api_key, authorization, request.scope)
+
+
+async def current_account(caller: Annotated[Caller, Depends(current_caller)]) -> uuid.UUID:
+    return caller.account_id
 
 
 def logins_throttled(exc: LoginsThrottled) -> ApiError:
@@ -129,8 +139,15 @@ AUTHENTICATION_BUSY = ApiError(
 async def authenticate(
     svc: ApiServices, x_api_key: str | None, authorization: str | None, scope: Scope
 ) -> uuid.UUID:
-    """The caller's account, from its credentials; 401, 429 or 503 otherwise. The client's
-    address (in the ASGI `scope`) is read only when the credentials are not cached."""
+    caller = await authenticate_caller(svc, x_api_key, authorization, scope)
+    return caller.account_id
+
+
+async def authenticate_caller(
+    svc: ApiServices, x_api_key: str | None, authorization: str | None, scope: Scope
+) -> Caller:
+    """The caller, from its credentials; 401, 429 or 503 otherwise. The client's address (in
+    the ASGI `scope`) is read only when the credentials are not cached."""
     scheme, _, token = (authorization or "").partition(" ")
     if not x_api_key or scheme.lower() != "bearer" or not token.strip():
         metrics.AUTH_MISSING.inc()
@@ -154,10 +171,11 @@ async def authenticate(
             "Too many requests for this account: slow down and retry after the delay given.",
             headers={"Retry-After": str(max(1, math.ceil(wait)))},
         )
-    return caller.account_id
+    return caller
 
 
 CurrentAccount = Annotated[uuid.UUID, Depends(current_account)]
+CurrentCaller = Annotated[Caller, Depends(current_caller)]
 
 
 def iso_utc(moment: datetime) -> str:
@@ -168,10 +186,18 @@ def money(amount: Any, currency: str) -> dict[str, str]:
     return MoneyOut.of(amount, currency).model_dump()
 
 
+def ez_order_number(transaction_id: str) -> int:
+    """EZ's order number, which clients read: a positive int32 derived from the transactionId,
+    so it is the same on every answer about the order and needs no column (docs/api.md)."""
+    digest = hashlib.blake2b(transaction_id.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") % (2**31 - 1) + 1
+
+
 def order_out(order: Order) -> dict[str, Any]:
     unit = money(order.unit_price, order.currency)
     return {
         "transactionId": order.transaction_id,
+        "ezOrderNumber": ez_order_number(order.transaction_id),
         "clientOrderNumber": order.client_order_number,
         "grandTotal": money(order.grand_total, order.currency),
         "createdAt": iso_utc(order.created_at),
@@ -289,7 +315,7 @@ INSTANT_ORDER_OPENAPI: dict[str, Any] = {
     "/orders/instant",
     response_model=None,
     openapi_extra=INSTANT_ORDER_OPENAPI,
-    responses=error_responses(409, 422),
+    responses=answers(schemas.OrderEnvelope, 409, 422),
 )
 async def create_instant_order(request: Request) -> Response:
     """The hot path. It parses its own body and headers (the same model, bounds and errors as
@@ -322,7 +348,7 @@ async def create_instant_order(request: Request) -> Response:
     return JSONResponse(ok(order_out(order)))
 
 
-@router.get("/orders")
+@router.get("/orders", response_model=None, responses=answers(schemas.OrderPageEnvelope))
 async def get_orders(
     account_id: CurrentAccount,
     svc: Services,
@@ -358,7 +384,9 @@ async def owned_order(svc: ApiServices, account_id: uuid.UUID, transaction_id: s
     return order
 
 
-@router.get("/orders/{transactionId}", responses=error_responses(404))
+@router.get(
+    "/orders/{transactionId}", response_model=None, responses=answers(schemas.OrderEnvelope, 404)
+)
 async def get_order(
     transactionId: str, account_id: CurrentAccount, svc: Services
 ) -> dict[str, Any]:
@@ -394,16 +422,20 @@ def open_code(vault: CodeVault, order: Order) -> Code:
         raise CODE_UNAVAILABLE from None
 
 
-@router.get("/orders/{transactionId}/codes", responses=error_responses(404))
+@router.get(
+    "/orders/{transactionId}/codes",
+    response_model=None,
+    responses=answers(schemas.CodesEnvelope, 404, 409),
+)
 async def get_codes(
     transactionId: str,
-    account_id: CurrentAccount,
+    caller: CurrentCaller,
     svc: Services,
     sku: Annotated[str | None, Query(max_length=64)] = None,
     stockIds: Annotated[str | None, Query(max_length=2000, pattern=r"^[0-9]+(,[0-9]+)*$")] = None,
     status: Literal["PROCESSING", "COMPLETED", "CANCELLED"] | None = None,
 ) -> dict[str, Any]:
-    order = await owned_order(svc, account_id, transactionId)
+    order = await owned_order(svc, caller.account_id, transactionId)
     if sku is not None and sku != order.sku:
         return ok([])
     code: dict[str, Any] = {
@@ -412,14 +444,46 @@ async def get_codes(
         "redeemCode": None,
         "pinCode": None,
     }
-    if order.status == "COMPLETED" and order.sealed_code is not None:
-        opened = open_code(svc.vault, order)
-        code["redeemCode"], code["pinCode"] = opened.redeem_code, opened.pin_code
     wanted = {int(s) for s in stockIds.split(",")} if stockIds else None
     keep = (status is None or status == code["status"]) and (
         wanted is None or code["stockId"] in wanted
     )
+    if keep and order.status == "COMPLETED" and order.sealed_code is not None:
+        opened = open_code(svc.vault, order)
+        code["redeemCode"] = opened.redeem_code
+        code["pinCode"] = pin_out(opened.pin_code, caller.pin_format, order)
     return ok([{"sku": order.sku, "quantity": order.quantity, "codes": [code] if keep else []}])
+
+
+def pin_not_integer(order: Order) -> ApiError:
+    return ApiError(
+        409,
+        "PIN_NOT_INTEGER",
+        "This code's PIN cannot be sent as the integer pinCode your account receives: as an "
+        "integer it would be another PIN (a leading zero, letters, or past 2147483647). The "
+        "order and its code are kept: ask your operator to set your account's pinFormat to "
+        "string, then fetch the codes again.",
+        extra={"transactionId": order.transaction_id},
+    )
+
+
+def pin_out(pin: str | None, pin_format: PinFormat, order: Order) -> int | str | None:
+    """The PIN as the account receives it, never altered: as an int32 (`integer`) only when
+    the integer is exactly the PIN, else PIN_NOT_INTEGER; as stocked (`string`)."""
+    if pin is None or pin_format == "string":
+        return pin
+    as_integer = pin_as_integer(pin)
+    if as_integer is None:
+        metrics.PINS_NOT_INTEGER.inc()
+        log.warning(
+            "order %s: its PIN is not an int32 and account %s receives integer PINs "
+            "(instant-orders accounts set-pin-format %s string)",
+            order.transaction_id,
+            order.account_id,
+            order.account_id,
+        )
+        raise pin_not_integer(order)
+    return as_integer
 
 
 def product_out(record: dict[str, Any]) -> dict[str, Any]:
@@ -441,7 +505,7 @@ def product_out(record: dict[str, Any]) -> dict[str, Any]:
     return shown
 
 
-@router.get("/products")
+@router.get("/products", response_model=None, responses=answers(schemas.ProductPageEnvelope))
 async def get_products(
     _: CurrentAccount,
     svc: Services,
@@ -461,7 +525,7 @@ async def get_products(
     return ok(paged(total, page, limit, [product_out(r) for r in records]))
 
 
-@router.get("/balances")
+@router.get("/balances", response_model=None, responses=answers(schemas.BalancesEnvelope))
 async def get_balances(
     account_id: CurrentAccount,
     svc: Services,

@@ -19,6 +19,7 @@ from services.api.domain.model import (
     AccountNotFound,
     IdempotencyKeyReused,
     OperatorCredit,
+    PinFormat,
 )
 from services.api.service_layer.throttling import FailureThrottle, client_network, key_prefix
 from services.api.service_layer.unit_of_work import UnitOfWork
@@ -33,6 +34,7 @@ T = TypeVar("T")
 class Caller:
     account_id: uuid.UUID
     rate_limit_per_s: float | None  # None: the service's default
+    pin_format: PinFormat = "integer"
 
 
 @dataclass(frozen=True)
@@ -54,11 +56,12 @@ async def create_account(
     opening: list[tuple[str, Decimal]],
     slots: int,
     rate_limit_per_s: Decimal | None = None,
+    pin_format: PinFormat = "integer",
 ) -> tuple[IssuedCredentials, list[tuple[str, Decimal]]]:
     """The new account, its credentials (shown once) and its opening balances."""
     api_key, token = new_secret("ak"), new_secret("tk")
     async with uow, uow.transaction():
-        account_id = await uow.accounts.add(name, rate_limit_per_s)
+        account_id = await uow.accounts.add(name, rate_limit_per_s, pin_format)
         await uow.credentials.add(account_id, "API_KEY", hash_secret(api_key), None)
         await uow.credentials.add(account_id, "TOKEN", hash_secret(token), None)
         for currency, amount in opening:
@@ -66,6 +69,15 @@ async def create_account(
         balances = await uow.wallets.balances(account_id)
         await uow.commit()
     return IssuedCredentials(account_id, api_key, token), balances
+
+
+async def set_pin_format(uow: UnitOfWork, account_id: uuid.UUID, pin_format: PinFormat) -> None:
+    """Takes effect for the account's next credential check (within the api's credential
+    cache TTL on every instance)."""
+    async with uow, uow.transaction():
+        if not await uow.accounts.set_pin_format(account_id, pin_format):
+            raise AccountNotFound()
+        await uow.commit()
 
 
 async def account(uow: UnitOfWork, account_id: uuid.UUID) -> AccountView:
@@ -324,9 +336,11 @@ class Authenticator:
         finally:
             slots.release()
         key_owner = token_owner = limit = None
+        pin_format: PinFormat = "integer"
         for found in live:
             if found.kind == "API_KEY" and hmac.compare_digest(found.secret_hash, key_hash):
                 key_owner, limit = found.account_id, found.rate_limit_per_s
+                pin_format = found.pin_format
             elif found.kind == "TOKEN" and hmac.compare_digest(found.secret_hash, token_hash):
                 token_owner = found.account_id
         # Entries expire `ttl` after the lookup began: nothing it saw is kept longer than that.
@@ -339,7 +353,7 @@ class Authenticator:
             self._cache.pop(cache_key, None)  # no longer a pair to renew
             self._count_failure(check.prefix, check.network, key_owner)
             return refused
-        caller = Caller(key_owner, float(limit) if limit is not None else None)
+        caller = Caller(key_owner, float(limit) if limit is not None else None, pin_format)
         _remember(self._cache, cache_key, (caller, until), self._max)
         return caller
 

@@ -27,6 +27,7 @@ from services.api.domain.model import (
     OperatorCredit,
     Order,
     OrderHistory,
+    PinFormat,
     Product,
 )
 from shared.audit import AdminAction
@@ -46,7 +47,13 @@ class TransactionConflict(Exception):
 
 
 class Accounts(Protocol):
-    async def add(self, name: str, rate_limit_per_s: Decimal | None) -> uuid.UUID: ...
+    async def add(
+        self, name: str, rate_limit_per_s: Decimal | None, pin_format: PinFormat = "integer"
+    ) -> uuid.UUID: ...
+
+    async def set_pin_format(self, account_id: uuid.UUID, pin_format: PinFormat) -> bool:
+        """False: no such account."""
+        ...
 
     async def exists(self, account_id: uuid.UUID) -> bool: ...
 

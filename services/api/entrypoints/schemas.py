@@ -1,0 +1,134 @@
+"""The success bodies of the /v2 operations, for the OpenAPI document only: the routes build
+plain dicts (serialising through these models would cost CPU on the hot path), and
+tests/e2e/test_zzz_contract_conformance.py validates every body the e2e suite receives
+against the schemas declared here."""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from shared.web import error_responses
+
+Status = Literal["PROCESSING", "COMPLETED", "CANCELLED"]
+
+
+class Money(BaseModel):
+    amount: str = Field(pattern=r"^-?[0-9]+\.[0-9]{2}$")
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+
+
+class OrderLine(BaseModel):
+    sku: str
+    quantity: int
+    unitPrice: Money
+    totalPrice: Money
+    status: Status
+
+
+class OrderOut(BaseModel):
+    transactionId: str
+    ezOrderNumber: int = Field(
+        ge=1,
+        le=2**31 - 1,
+        description="A stable number derived from the transactionId, for display and "
+        "reconciliation; the order's identity is transactionId (docs/api.md).",
+    )
+    clientOrderNumber: str
+    grandTotal: Money
+    createdAt: str
+    status: Status
+    products: list[OrderLine]
+
+
+class OrderPage(BaseModel):
+    total: int
+    page: int
+    pageSize: int
+    totalPage: int
+    items: list[OrderOut]
+
+
+class CodeOut(BaseModel):
+    stockId: int | None
+    status: Status
+    redeemCode: str | None
+    pinCode: int | str | None = Field(
+        description="An int32 for an account whose pinFormat is `integer` (the default), "
+        "the exact PIN as a string for `string`; null while the code is not delivered or "
+        "when the product has no PIN (docs/api.md, PIN format)."
+    )
+
+
+class CodesLine(BaseModel):
+    sku: str
+    quantity: int
+    codes: list[CodeOut]
+
+
+class Price(BaseModel):
+    price: str
+    fromQuantity: int
+    toQuantity: int
+
+
+class ProductOut(BaseModel):
+    sku: str
+    name: str
+    brand: str
+    brandCategory: str
+    brandSubCategory: str
+    types: list[str]
+    format: Literal["D", "P"]
+    country: str
+    currency: str
+    imageUrl: str
+    prices: list[Price]
+    faceValue: str
+    percentageOffFaceValue: str
+    isInstantDeliverySupported: bool
+    descriptions: list[str]
+    instructions: list[str]
+    termConditions: list[str]
+
+
+class ProductPage(BaseModel):
+    total: int
+    page: int
+    pageSize: int
+    totalPage: int
+    items: list[ProductOut]
+
+
+class BalanceOut(BaseModel):
+    balance: str
+    currency: str
+
+
+class OrderEnvelope(BaseModel):
+    requestId: str
+    data: OrderOut
+
+
+class OrderPageEnvelope(BaseModel):
+    requestId: str
+    data: OrderPage
+
+
+class CodesEnvelope(BaseModel):
+    requestId: str
+    data: list[CodesLine]
+
+
+class ProductPageEnvelope(BaseModel):
+    requestId: str
+    data: ProductPage
+
+
+class BalancesEnvelope(BaseModel):
+    requestId: str
+    data: list[BalanceOut]
+
+
+def answers(success: type[BaseModel], *errors: int) -> dict[int | str, dict[str, Any]]:
+    """An operation's OpenAPI `responses`: its 200 body and its own error statuses."""
+    return {200: {"model": success, "description": "Success"}, **error_responses(*errors)}
