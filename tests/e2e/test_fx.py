@@ -53,7 +53,8 @@ async def test_an_fx_order_is_charged_converted_and_refunded_as_charged_after_a_
     assert await client.balance(pay) == Decimal("40.80")
     assert await client.balance("USD") == Decimal("50.00")
     listed_order = await client.get_order(created["transactionId"])
-    assert "fxSummary" not in listed_order and listed_order["grandTotal"]["currency"] == pay
+    assert "fxSummary" not in listed_order
+    assert listed_order["grandTotal"]["currency"] == pay
 
     await cli("fx", "set", "--base", "USD", "--quote", pay, "--rate", "2")
     await cli("orders", "cancel", created["transactionId"])
@@ -75,7 +76,8 @@ async def test_exchange_rates_filter_by_pairs_base_and_quote(new_client: NewClie
         response = await client.http.get("/v2/exchange-rates", params=params)
         assert response.status_code == 200, response.text
         data = response.json()["data"]
-        assert "USD" in data["productCurrencies"] and data["updatedAt"]
+        assert "USD" in data["productCurrencies"]
+        assert data["updatedAt"]
         return {r["pair"] for r in data["rates"] if a in r["pair"] or b in r["pair"]}
 
     response = await client.http.get("/v2/exchange-rates", params={"pairs": f"USD{a}"})
@@ -99,7 +101,8 @@ async def test_a_bad_pair_or_currency_is_400_naming_it(
     response = await client.http.get("/v2/exchange-rates", params=params)
     assert response.status_code == 400
     body = response.json()
-    assert body["error"] == "INVALID_REQUEST" and repr(named) in body["message"]
+    assert body["error"] == "INVALID_REQUEST"
+    assert repr(named) in body["message"]
 
 
 async def test_an_order_in_a_pair_without_rate_is_422_and_charges_nothing(
