@@ -234,8 +234,28 @@ class MoneyOut(Message):
         return cls(amount=f"{amount:.2f}", currency=currency)
 
 
+def rate_out(rate: Decimal) -> str:
+    """An exchange rate as shown: exact, with at least 4 decimals ("0.9150", "1.234567")."""
+    exponent = rate.normalize().as_tuple().exponent
+    decimals = max(4, -exponent if isinstance(exponent, int) else 0)
+    return f"{rate:.{decimals}f}"
+
+
+class FxOut(Message):
+    """How an order paid in another currency than its product's was converted: `pair` is
+    PRODUCT+PAID currency, 1 unit of the product's currency = `rate` units of the paid one,
+    as set at `asOf`; `unitPriceOriginal` is the product's own price."""
+
+    pair: str
+    rate: str
+    as_of: datetime
+    unit_price_original: MoneyOut
+
+
 class OrderEvent(Event):
-    """Version 1 of the public order event. Consumers deduplicate by eventId."""
+    """Version 1 of the public order event. Consumers deduplicate by eventId. `unitPrice`,
+    `grandTotal` are in the currency charged; `fx` (added, null for orders paid in the
+    product's currency) says how an order paid in another currency was converted."""
 
     type: OrderEventType
     schema_version: Literal[1] = 1
@@ -248,3 +268,4 @@ class OrderEvent(Event):
     grand_total: MoneyOut
     status: OrderStatus
     reason: CancelReason | None = None
+    fx: FxOut | None = None

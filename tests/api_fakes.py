@@ -19,6 +19,7 @@ from typing import Any
 from services.api.domain.model import (
     AccountInfo,
     Credential,
+    ExchangeRate,
     MoneyMove,
     OperatorCredit,
     Order,
@@ -59,6 +60,7 @@ class State:
     outbox: list[OutboxRow] = field(default_factory=list)
     credits: dict[str, OperatorCredit] = field(default_factory=dict)
     admin_audit: list[AdminAction] = field(default_factory=list)
+    fx_rates: dict[str, ExchangeRate] = field(default_factory=dict)
 
 
 Current = Callable[[], State]
@@ -244,6 +246,22 @@ class FakeProducts:
             if record["active"] and (skus is None or sku in skus)
         ]
         return len(shown), shown[offset : offset + limit]
+
+    async def currencies(self) -> list[str]:
+        return sorted({r["currency"] for r, _ in self._state().products.values() if r["active"]})
+
+
+class FakeExchangeRates:
+    def __init__(self, state: Current) -> None:
+        self._state = state
+
+    async def all(self) -> list[ExchangeRate]:
+        return list(self._state().fx_rates.values())
+
+    async def put(self, base: str, quote: str, rate: Decimal) -> ExchangeRate:
+        stored = ExchangeRate(base, quote, rate.quantize(Decimal("0.000001")), _now())
+        self._state().fx_rates[stored.pair] = stored
+        return stored
 
 
 class FakeOrders:
@@ -501,6 +519,7 @@ class FakeUnitOfWork(UnitOfWork):
         self.products = FakeProducts(self._current)
         self.orders = FakeOrders(self._current)
         self.admin_audit = FakeAdminAudit(self._current)
+        self.fx_rates = FakeExchangeRates(self._current)
 
     async def _begin(self, lock_timeout_s: float | None) -> None:
         self._working = copy.deepcopy(self._store.state)

@@ -14,6 +14,7 @@ from services.api.entrypoints import admin, consumers, http
 from services.api.entrypoints import audit as audit_routes
 from services.api.service_layer import audit, read_model
 from services.api.service_layer.accounts import Authenticator
+from services.api.service_layer.fx import CachedRates, OperatorRates
 from services.api.service_layer.orders import OrderDesk, ask_again_about_undecided
 from shared import topics
 from shared.audit import AdminAudit
@@ -79,6 +80,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 health=health,
                 decision_window_s=settings.decision_window_ms / 1000,
                 max_in_flight=settings.max_in_flight,
+                rates=CachedRates(OperatorRates(new_uow)),
             ),
             auth=Authenticator(
                 new_uow,

@@ -3,18 +3,18 @@
 import argparse
 import sys
 
-from shared.cli import accounts, audit, catalog, demo, infra, orders
+from shared.cli import accounts, audit, catalog, demo, fx, infra, orders
 from shared.cli.common import CliError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="instant-orders",
-        description="Operate an instant-orders stack: accounts, products, stock, orders, set-up, "
-        "the audit of admin actions.",
+        description="Operate an instant-orders stack: accounts, products, stock, orders, exchange "
+        "rates, set-up, the audit of admin actions.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (accounts, catalog, demo, infra, orders, audit):
+    for module in (accounts, catalog, demo, infra, orders, fx, audit):
         module.register(sub)
     return parser
 

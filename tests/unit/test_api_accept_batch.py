@@ -54,6 +54,7 @@ async def test_orders_recorded_in_one_statement_survive_a_failing_rest(
         replies=cast(Any, SimpleNamespace(topic="orders.replies")),
         health=cast(Any, SimpleNamespace(accepting=True)),
         decision_window_s=0.5,
+        rates=cast(Any, None),  # same-currency orders read no rates
     )
     monkeypatch.setattr(orders, "_accept_in_a_transaction", general_path)
 

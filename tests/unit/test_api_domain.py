@@ -51,6 +51,5 @@ def test_pay_with_a_currency_the_account_does_not_hold_is_refused():
         settlement_currency(GIFT, "GBP", {"USD"})
 
 
-def test_pay_with_another_currency_is_refused_until_exchange_rates_exist():
-    with pytest.raises(UnsupportedCurrency, match="exchange rates"):
-        settlement_currency(GIFT, "EUR", {"USD", "EUR"})
+def test_pay_with_another_balance_currency_settles_in_it():
+    assert settlement_currency(GIFT, "EUR", {"USD", "EUR"}) == "EUR"

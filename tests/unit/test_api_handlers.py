@@ -24,6 +24,7 @@ from services.api.domain.model import (
     OrderNotFound,
 )
 from services.api.service_layer import accounts, orders
+from services.api.service_layer.fx import OperatorRates
 from services.api.service_layer.orders import BrokerUnavailable, OrderDesk
 from shared import topics
 from shared.contracts import (
@@ -103,6 +104,7 @@ def desk(store: FakeStore, **kw: Any) -> OrderDesk:
         replies=kw.get("replies", Replies()),
         health=kw.get("health", Health()),
         decision_window_s=kw.get("window", 0.5),
+        rates=kw.get("rates", OperatorRates(store.uow)),
     )
 
 

@@ -58,6 +58,7 @@ def orders_with(
         replies=cast(Any, SimpleNamespace(topic="api.replies.test")),
         health=cast(Any, SimpleNamespace(accepting=True)),
         decision_window_s=1.0,
+        rates=cast(Any, None),
         max_in_flight=max_in_flight,
     )
     monkeypatch.setattr(orders._accepting, "submit", acceptance.submit)

@@ -35,6 +35,8 @@ from services.api.adapters.tables import Product as ProductRow
 from services.api.domain.model import (
     AccountInfo,
     Credential,
+    ExchangeRate,
+    FxApplied,
     MoneyMove,
     OperatorCredit,
     Order,
@@ -107,18 +109,22 @@ RECORD_ORDERS = """
 new_orders AS (
     SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::integer[],
                          $6::numeric[], $7::text[], $8::numeric[], $9::timestamptz[],
-                         $10::bytea[]) WITH ORDINALITY
+                         $10::text[], $11::numeric[], $12::numeric[], $13::timestamptz[],
+                         $14::bytea[]) WITH ORDINALITY
         AS o (transaction_id, account_id, client_order_number, sku, quantity, unit_price,
-              currency, grand_total, created_at, event, n)
+              currency, grand_total, created_at, product_currency, unit_price_original,
+              fx_rate, fx_as_of, event, n)
     {paid_only}
 ), ledger_rows AS (
     INSERT INTO ledger (transaction_id, account_id, currency, amount, kind)
     SELECT transaction_id, account_id, currency, -grand_total, 'DEBIT' FROM new_orders
 ), order_rows AS (
     INSERT INTO orders (transaction_id, account_id, client_order_number, sku, quantity,
-                        unit_price, currency, grand_total, status, created_at)
+                        unit_price, currency, grand_total, status, created_at,
+                        product_currency, unit_price_original, fx_rate, fx_as_of)
     SELECT transaction_id, account_id, client_order_number, sku, quantity, unit_price,
-           currency, grand_total, 'PROCESSING', created_at
+           currency, grand_total, 'PROCESSING', created_at,
+           product_currency, unit_price_original, fx_rate, fx_as_of
     FROM new_orders
 )
 
@@ -126,7 +132,7 @@ new_orders AS (
 INSERT INTO outbox (topic, key, payload, headers)
 
 
-SELECT $11, transaction_id, event, jsonb_build_object('x-type', 'OrderAccepted')
+SELECT $15, transaction_id, event, jsonb_build_object('x-type', 'OrderAccepted')
 
 
 FROM new_orders ORDER BY n
@@ -136,7 +142,7 @@ RETURNING key
 """
 
 
-# Pays each wallet ($12 account, $13 currency, $14 amount) from one slot that holds the amount
+# Pays each wallet ($16 account, $17 currency, $18 amount) from one slot that holds the amount
 
 
 # and is not locked by another transaction; a wallet with no such slot is not paid.
@@ -146,7 +152,7 @@ PAY_FROM_FREE_SLOTS = """
 
 
 WITH wanted AS (
-    SELECT * FROM unnest($12::uuid[], $13::text[], $14::numeric[])
+    SELECT * FROM unnest($16::uuid[], $17::text[], $18::numeric[])
         AS w (account_id, currency, amount)
 ), picked AS (
     SELECT w.account_id, w.currency, w.amount, free.slot
@@ -175,6 +181,10 @@ def _order_arrays(orders: Sequence[Order], events: Sequence[bytes]) -> list[Any]
         [o.currency for o in orders],
         [o.grand_total for o in orders],
         [o.created_at for o in orders],
+        [o.fx.product_currency if o.fx else None for o in orders],
+        [o.fx.unit_price_original if o.fx else None for o in orders],
+        [o.fx.rate if o.fx else None for o in orders],
+        [o.fx.as_of if o.fx else None for o in orders],
         list(events),
     ]
 
@@ -235,6 +245,10 @@ _ORDER_FIELDS = [
         "sealed_code",
         "backordered_at",
         "cancel_reason",
+        "product_currency",
+        "unit_price_original",
+        "fx_rate",
+        "fx_as_of",
     )
 ]
 
@@ -258,6 +272,14 @@ def _order(row: asyncpg.Record) -> Order:
         sealed_code=row["sealed_code"],
         backordered_at=row["backordered_at"],
         cancel_reason=row["cancel_reason"],
+        fx=None
+        if row["product_currency"] is None
+        else FxApplied(
+            product_currency=row["product_currency"].strip(),
+            unit_price_original=row["unit_price_original"],
+            rate=row["fx_rate"],
+            as_of=row["fx_as_of"],
+        ),
     )
 
 
@@ -664,6 +686,36 @@ class PostgresProducts:
         )
         return int(total), [r["record"] for r in rows]
 
+    async def currencies(self) -> list[str]:
+        rows = await self._conn.fetch("SELECT DISTINCT currency FROM products WHERE active")
+        return [r["currency"].strip() for r in rows]
+
+
+def _rate(row: asyncpg.Record) -> ExchangeRate:
+    return ExchangeRate(row["base"].strip(), row["quote"].strip(), row["rate"], row["updated_at"])
+
+
+class PostgresExchangeRates:
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+
+    async def all(self) -> list[ExchangeRate]:
+        return [_rate(r) for r in await self._conn.fetch("SELECT * FROM fx_rates")]
+
+    async def put(self, base: str, quote: str, rate: Decimal) -> ExchangeRate:
+        row = await self._conn.fetchrow(
+            """
+            INSERT INTO fx_rates (base, quote, rate) VALUES ($1, $2, $3)
+            ON CONFLICT (base, quote) DO UPDATE SET rate = EXCLUDED.rate, updated_at = now()
+            RETURNING *
+            """,
+            base,
+            quote,
+            rate,
+        )
+        assert row is not None
+        return _rate(row)
+
 
 class PostgresOrders:
     def __init__(self, conn: Conn) -> None:
@@ -940,6 +992,7 @@ class PostgresUnitOfWork(UnitOfWork):
         self.products = PostgresProducts(conn)
         self.orders = PostgresOrders(conn)
         self.admin_audit = PostgresAdminAudit(conn)
+        self.fx_rates = PostgresExchangeRates(conn)
 
     async def _begin(self, lock_timeout_s: float | None) -> None:
         if self._source.given is not None:

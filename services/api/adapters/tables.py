@@ -32,6 +32,9 @@ from shared.tables import (
     outbox_indexes,
 )
 
+# An exchange rate, stored exactly: up to 12 digits before the point and 6 after.
+RATE = Numeric(18, 6)
+
 
 class ApiTable(SQLModel, registry=registry()):
     """Base of the api database's tables: `ApiTable.metadata` holds them all."""
@@ -196,6 +199,30 @@ class Order(ApiTable, table=True):
     cancel_reason: str | None = Field(default=None, sa_type=Text)
     # When the api last asked inventory again about an order it heard nothing of.
     nudged_at: datetime | None = Field(default=None, sa_type=TIMESTAMP)
+    # Set for an order paid in another currency than the product's (all or none of them):
+    # the product's price and currency, and the rate (product_currency→currency) and its
+    # time, as in force at acceptance. unit_price, grand_total and currency are what was
+    # charged, and what a refund gives back.
+    product_currency: str | None = Field(default=None, sa_type=CURRENCY)
+    unit_price_original: Decimal | None = Field(default=None, sa_type=MONEY)
+    fx_rate: Decimal | None = Field(default=None, sa_type=RATE)
+    fx_as_of: datetime | None = Field(default=None, sa_type=TIMESTAMP)
+
+
+class ExchangeRate(ApiTable, table=True):
+    """An operator-set rate: 1 unit of `base` = `rate` units of `quote`, since `updated_at`."""
+
+    __tablename__ = "fx_rates"
+    __table_args__ = (
+        CheckConstraint("rate > 0"),
+        CheckConstraint("base <> quote"),
+        CheckConstraint("base ~ '^[A-Z]{3}$' AND quote ~ '^[A-Z]{3}$'"),
+    )
+
+    base: str = Field(primary_key=True, sa_type=CURRENCY)
+    quote: str = Field(primary_key=True, sa_type=CURRENCY)
+    rate: Decimal = Field(sa_type=RATE)
+    updated_at: datetime = defaults_to_now()
 
 
 class AdminAuditEntry(ApiTable, table=True):

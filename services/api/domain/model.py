@@ -15,7 +15,7 @@ account paying at the same time take different rows: see `Wallet`.
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 from typing import Literal
 from uuid import UUID
 
@@ -63,6 +63,18 @@ class UnsupportedCurrency(DomainError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class NoExchangeRate(UnsupportedCurrency):
+    """No rate is set for the pair an order paid in another currency needs."""
+
+    def __init__(self, pair: str) -> None:
+        super().__init__(
+            f"No exchange rate {pair} is set, so this product cannot be paid in "
+            f"{pair[3:]}: pay with {pair[:3]}, or ask for the rate {pair} to be set "
+            "(GET /v2/exchange-rates lists the rates offered)."
+        )
+        self.pair = pair
 
 
 class DuplicateClientOrderNumber(DomainError):
@@ -124,6 +136,34 @@ class CreateInstantOrder:
 
 
 @dataclass(frozen=True)
+class ExchangeRate:
+    """1 unit of `base` buys `rate` units of `quote`, as an operator set it at `as_of`."""
+
+    base: str
+    quote: str
+    rate: Decimal
+    as_of: datetime
+
+    @property
+    def pair(self) -> str:
+        return self.base + self.quote
+
+
+@dataclass(frozen=True)
+class FxApplied:
+    """What an order paid in another currency was converted with, kept on the order: the
+    product's own price and currency, and the rate in force when it was accepted."""
+
+    product_currency: str
+    unit_price_original: Decimal
+    rate: Decimal
+    as_of: datetime
+
+    def pair(self, pay_currency: str) -> str:
+        return self.product_currency + pay_currency
+
+
+@dataclass(frozen=True)
 class Order:
     transaction_id: str
     account_id: UUID
@@ -139,6 +179,9 @@ class Order:
     sealed_code: str | None = None
     backordered_at: datetime | None = None
     cancel_reason: str | None = None
+    # Set when the order was paid in another currency than the product's: `unit_price`,
+    # `grand_total` and `currency` are then what was charged (and what a refund gives back).
+    fx: FxApplied | None = None
 
     @property
     def backordered(self) -> bool:
@@ -248,17 +291,14 @@ def check_orderable(product: Product | None) -> Product:
 
 
 def settlement_currency(product: Product, pay_with: str | None, wallets: set[str]) -> str:
-    """The wallet an order is paid from. Without exchange rates, only the product's currency."""
+    """The wallet an order is paid from: `payWithCurrency` if given (one of the account's
+    balance currencies), else the product's currency, which the account must then hold.
+    Another currency than the product's is converted (`price_in`)."""
     if pay_with is not None:
         if pay_with not in wallets:
             raise UnsupportedCurrency(
                 f"payWithCurrency {pay_with} is not one of this account's balance currencies "
                 f"({', '.join(sorted(wallets)) or 'none'})."
-            )
-        if pay_with != product.currency:
-            raise UnsupportedCurrency(
-                f"This product is priced in {product.currency}; paying in {pay_with} needs "
-                f"exchange rates, which are not offered yet. Pay with {product.currency}."
             )
         return pay_with
     if product.currency not in wallets:
@@ -268,6 +308,64 @@ def settlement_currency(product: Product, pay_with: str | None, wallets: set[str
             f"{product.currency} balance."
         )
     return product.currency
+
+
+# Digits after the point of a currency's minor unit (ISO 4217), where it is not 2. Amounts are
+# held with 2 decimals everywhere; in these currencies a converted price is whole.
+MINOR_UNIT_DIGITS = {
+    "BIF": 0, "CLP": 0, "DJF": 0, "GNF": 0, "ISK": 0, "JPY": 0, "KMF": 0, "KRW": 0,
+    "PYG": 0, "RWF": 0, "UGX": 0, "UYI": 0, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0,
+}  # fmt: skip
+
+
+def minor_unit(currency: str) -> Decimal:
+    return Decimal(1).scaleb(-MINOR_UNIT_DIGITS.get(currency, 2))
+
+
+@dataclass(frozen=True)
+class Priced:
+    """An order's unit price in the currency it is paid in, and the conversion (if any)."""
+
+    unit_price: Decimal
+    fx: FxApplied | None = None
+
+
+def price_in(
+    price: Decimal, product_currency: str, pay_currency: str, rates: dict[str, ExchangeRate]
+) -> Priced:
+    """The one conversion of a product's price into the currency it is paid in: price x the
+    rate of the pair PRODUCT+PAY (1 unit of the product's currency = rate units of the pay
+    currency), rounded half-even to the pay currency's minor unit. Only that pair is read:
+    its inverse is never inverted (NoExchangeRate when the pair is not set)."""
+    if pay_currency == product_currency:
+        return Priced(price)
+    rate = rates.get(product_currency + pay_currency)
+    if rate is None:
+        raise NoExchangeRate(product_currency + pay_currency)
+    charged = (price * rate.rate).quantize(minor_unit(pay_currency), rounding=ROUND_HALF_EVEN)
+    return Priced(charged, FxApplied(product_currency, price, rate.rate, rate.as_of))
+
+
+# Bounds of an operator-set rate: positive, at most 6 decimals and 12 digits before the point.
+RATE_DECIMALS = 6
+RATE_MAX = Decimal("1e12")
+
+
+def check_rate(base: str, quote: str, rate: Decimal) -> None:
+    """Refuses a rate that could not be stored exactly or would make no sense."""
+    if base == quote:
+        raise InvalidRate(f"base and quote are both {base}: a rate needs two currencies.")
+    if not rate.is_finite() or rate <= 0 or rate >= RATE_MAX:
+        raise InvalidRate(f"rate {rate} must be positive and below {RATE_MAX:,.0f}.")
+    exponent = rate.normalize().as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -RATE_DECIMALS:
+        raise InvalidRate(f"rate {rate} has more than {RATE_DECIMALS} decimals.")
+
+
+class InvalidRate(DomainError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 def split_evenly(amount: Decimal, parts: int) -> list[Decimal]:

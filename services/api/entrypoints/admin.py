@@ -13,15 +13,18 @@ from pydantic import BaseModel, Field
 
 from services.api.domain.model import (
     AccountNotFound,
+    ExchangeRate,
     IdempotencyKeyReused,
     IllegalTransition,
+    InvalidRate,
     OperatorCredit,
     OrderHistory,
     OrderNotFound,
     PinFormat,
 )
-from services.api.entrypoints.http import Services, iso_utc
-from services.api.service_layer import accounts, orders, read_model
+from services.api.entrypoints.http import Services, iso_utc, rate_shown
+from services.api.service_layer import accounts, fx, orders, read_model
+from shared.contracts import rate_out
 from shared.settings import ApiSettings
 from shared.web import ApiError, admin_only, ok
 
@@ -344,3 +347,35 @@ async def cancel_order(
             "PROCESSING can be cancelled.",
         ) from None
     return ok({"transactionId": order.transaction_id, "cancelRequested": True})
+
+
+class RateIn(BaseModel):
+    rate: Decimal = Field(gt=0, max_digits=18, decimal_places=6)
+
+
+def _rate_out(rate: ExchangeRate) -> dict[str, Any]:
+    """As GET /v2/exchange-rates shows it, with the rate exact and when it was set."""
+    return {**rate_shown(rate), "rate": rate_out(rate.rate), "updatedAt": iso_utc(rate.as_of)}
+
+
+@router.put("/fx-rates/{base}/{quote}")
+async def set_fx_rate(
+    base: Annotated[str, Path(pattern=r"^[A-Z]{3}$")],
+    quote: Annotated[str, Path(pattern=r"^[A-Z]{3}$")],
+    body: RateIn,
+    svc: Services,
+) -> dict[str, Any]:
+    """Sets 1 BASE = rate QUOTE for orders accepted from now on (within the rates cache,
+    services/api/service_layer/fx.py); orders accepted before keep their rate."""
+    try:
+        stored = await fx.set_rate(svc.new_uow(), base, quote, body.rate)
+    except InvalidRate as exc:
+        raise ApiError(400, "INVALID_REQUEST", exc.message) from None
+    log.info("exchange rate %s set to %s by an operator", stored.pair, stored.rate)
+    return ok(_rate_out(stored))
+
+
+@router.get("/fx-rates")
+async def list_fx_rates(svc: Services) -> dict[str, Any]:
+    rates, _ = await fx.rates_and_product_currencies(svc.new_uow())
+    return ok({"rates": [_rate_out(r) for r in rates]})

@@ -24,6 +24,7 @@ from services.api.domain.model import (
     CreateInstantOrder,
     DomainError,
     DuplicateClientOrderNumber,
+    ExchangeRate,
     InsufficientBalance,
     Order,
     Overloaded,
@@ -36,7 +37,7 @@ from services.api.domain.model import (
 )
 from services.api.entrypoints import schemas
 from services.api.entrypoints.schemas import answers
-from services.api.service_layer import read_model
+from services.api.service_layer import fx, read_model
 from services.api.service_layer.accounts import (
     AuthenticationBusy,
     Authenticator,
@@ -45,7 +46,7 @@ from services.api.service_layer.accounts import (
 )
 from services.api.service_layer.orders import OrderDesk
 from services.api.service_layer.unit_of_work import UnitOfWork
-from shared.contracts import MoneyOut
+from shared.contracts import MoneyOut, rate_out, utcnow
 from shared.crypto import Code, CodeVault, KeyConfigError, SealedCode
 from shared.web import ApiError, error_responses, ok, paged
 
@@ -214,6 +215,23 @@ def order_out(order: Order) -> dict[str, Any]:
     }
 
 
+def created_order_out(order: Order) -> dict[str, Any]:
+    """The create response: an order paid in another currency than its product's also says
+    how it was converted (Get Orders items do not)."""
+    out = order_out(order)
+    if order.fx is not None:
+        out["payWithCurrency"] = order.currency
+        out["unitPriceOriginal"] = money(order.fx.unit_price_original, order.fx.product_currency)
+        out["fxSummary"] = [
+            {
+                "pair": order.fx.pair(order.currency),
+                "rate": rate_out(order.fx.rate),
+                "asOfDate": iso_utc(order.fx.as_of),
+            }
+        ]
+    return out
+
+
 class CreateInstantOrderIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -315,7 +333,7 @@ INSTANT_ORDER_OPENAPI: dict[str, Any] = {
     "/orders/instant",
     response_model=None,
     openapi_extra=INSTANT_ORDER_OPENAPI,
-    responses=answers(schemas.OrderEnvelope, 409, 422),
+    responses=answers(schemas.CreatedOrderEnvelope, 409, 422),
 )
 async def create_instant_order(request: Request) -> Response:
     """The hot path. It parses its own body and headers (the same model, bounds and errors as
@@ -345,7 +363,7 @@ async def create_instant_order(request: Request) -> Response:
         error = as_api_error(exc)
         metrics.ORDERS_REJECTED.labels(error.error).inc()
         raise error from None
-    return JSONResponse(ok(order_out(order)))
+    return JSONResponse(ok(created_order_out(order)))
 
 
 @router.get("/orders", response_model=None, responses=answers(schemas.OrderPageEnvelope))
@@ -538,4 +556,70 @@ async def get_balances(
             for cur, amount in rows
             if currency is None or cur == currency
         ]
+    )
+
+
+def rate_shown(rate: ExchangeRate) -> dict[str, str]:
+    return {
+        "pair": rate.pair,
+        "base": rate.base,
+        "quote": rate.quote,
+        "rate": f"{rate.rate.quantize(Decimal('0.0001'), ROUND_HALF_EVEN):.4f}",
+    }
+
+
+def _bad(field: str, message: str) -> ApiError:
+    return ApiError(
+        400, "INVALID_REQUEST", message, extra={"details": [{"field": field, "issue": message}]}
+    )
+
+
+def _currency(field: str, value: str | None) -> str | None:
+    if value is not None and not (len(value) == 3 and value.isascii() and value.isupper()):
+        raise _bad(field, f"{field} {value!r} is not a currency code: use 3 capitals (USD).")
+    return value
+
+
+@router.get(
+    "/exchange-rates", response_model=None, responses=answers(schemas.ExchangeRatesEnvelope)
+)
+async def get_exchange_rates(
+    _: CurrentAccount,
+    svc: Services,
+    pairs: Annotated[str | None, Query(max_length=700)] = None,
+    base: Annotated[str | None, Query(max_length=20)] = None,
+    quote: Annotated[str | None, Query(max_length=20)] = None,
+) -> dict[str, Any]:
+    """The rates set (1 unit of base = rate units of quote, 4 decimals), narrowed to `pairs`
+    (BASEQUOTE,...; then base and quote are not used) or to `base` and/or `quote`."""
+    wanted: set[str] | None = None
+    if pairs is not None:
+        wanted = set()
+        for pair in (p.strip() for p in pairs.split(",")):
+            if not (len(pair) == 6 and pair.isascii() and pair.isupper() and pair.isalpha()):
+                raise _bad(
+                    "pairs", f"pair {pair!r} is not BASEQUOTE of two currency codes (USDEUR)."
+                )
+            wanted.add(pair)
+        if len(wanted) > 100:
+            raise _bad("pairs", "Ask for at most 100 pairs at once.")
+    else:
+        _currency("base", base)
+        _currency("quote", quote)
+    rates, currencies = await fx.rates_and_product_currencies(svc.new_uow())
+    shown = [
+        r
+        for r in rates
+        if (r.pair in wanted if wanted is not None else True)
+        and (wanted is not None or base is None or r.base == base)
+        and (wanted is not None or quote is None or r.quote == quote)
+    ]
+    updated = max((r.as_of for r in rates), default=None)
+    return ok(
+        {
+            # the newest rate's time; with no rate set, now (the field is not nullable)
+            "updatedAt": iso_utc(updated or utcnow()),
+            "productCurrencies": currencies,
+            "rates": [rate_shown(r) for r in shown],
+        }
     )

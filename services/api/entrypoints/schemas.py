@@ -40,6 +40,23 @@ class OrderOut(BaseModel):
     products: list[OrderLine]
 
 
+class FxSummary(BaseModel):
+    pair: str = Field(
+        pattern=r"^[A-Z]{6}$", description="BASEQUOTE: product currency, then the currency paid"
+    )
+    rate: str = Field(pattern=r"^[0-9]+\.[0-9]{4,}$")
+    asOfDate: str
+
+
+class CreatedOrderOut(OrderOut):
+    """The create response: an order paid in another currency than its product's also
+    carries how it was converted; the three fields are absent for a same-currency order."""
+
+    payWithCurrency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
+    unitPriceOriginal: Money | None = None
+    fxSummary: list[FxSummary] | None = None
+
+
 class OrderPage(BaseModel):
     total: int
     page: int
@@ -102,6 +119,29 @@ class ProductPage(BaseModel):
 class BalanceOut(BaseModel):
     balance: str
     currency: str
+
+
+class Rate(BaseModel):
+    pair: str = Field(pattern=r"^[A-Z]{6}$")
+    base: str = Field(pattern=r"^[A-Z]{3}$")
+    quote: str = Field(pattern=r"^[A-Z]{3}$")
+    rate: str = Field(pattern=r"^[0-9]+\.[0-9]{4}$")
+
+
+class ExchangeRates(BaseModel):
+    updatedAt: str
+    productCurrencies: list[str]
+    rates: list[Rate]
+
+
+class ExchangeRatesEnvelope(BaseModel):
+    requestId: str
+    data: ExchangeRates
+
+
+class CreatedOrderEnvelope(BaseModel):
+    requestId: str
+    data: CreatedOrderOut
 
 
 class OrderEnvelope(BaseModel):

@@ -22,10 +22,13 @@ from services.api.domain.model import (
     OrderNotFound,
     Overloaded,
     PipelineUnavailable,
+    Priced,
     Product,
     check_orderable,
+    price_in,
     settlement_currency,
 )
+from services.api.service_layer.fx import RateSource
 from services.api.service_layer.unit_of_work import (
     Allocation,
     LockTimeout,
@@ -40,6 +43,7 @@ from shared.contracts import (
     CancelBackorder,
     CancelReason,
     Decision,
+    FxOut,
     InventoryEvent,
     MoneyOut,
     OrderBackordered,
@@ -48,6 +52,7 @@ from shared.contracts import (
     OrderReserved,
     PlaceOrder,
     new_transaction_id,
+    rate_out,
     utcnow,
 )
 from shared.logs import transaction_id_var
@@ -102,6 +107,7 @@ def accepted_event(order: Order) -> OrderEvent:
 def order_event(
     kind: OrderEventType, order: Order, reason: CancelReason | None = None
 ) -> OrderEvent:
+    fx = order.fx
     return OrderEvent(
         type=kind,
         transaction_id=order.transaction_id,
@@ -113,6 +119,14 @@ def order_event(
         grand_total=MoneyOut.of(order.grand_total, order.currency),
         status=order.status,
         reason=reason,
+        fx=None
+        if fx is None
+        else FxOut(
+            pair=fx.pair(order.currency),
+            rate=rate_out(fx.rate),
+            as_of=fx.as_of,
+            unit_price_original=MoneyOut.of(fx.unit_price_original, fx.product_currency),
+        ),
     )
 
 
@@ -132,6 +146,7 @@ class OrderDesk:
     replies: Replies
     health: BrokerHealth
     decision_window_s: float
+    rates: RateSource
     max_in_flight: int = 256
     _in_flight: int = 0
     _accepting: GroupCommit[CreateInstantOrder, Any] = field(init=False)
@@ -206,7 +221,7 @@ class OrderDesk:
             products, wallets = await uow.products.for_orders(
                 sorted({c.sku for c in cmds}), list({c.account_id for c in cmds})
             )
-            orders: list[tuple[int, Order]] = []
+            settled: list[tuple[int, Product, str]] = []
             for i, cmd in enumerate(cmds):
                 try:
                     product = check_orderable(products.get(cmd.sku))
@@ -216,7 +231,18 @@ class OrderDesk:
                 except DomainError as exc:
                     results[i] = exc
                     continue
-                orders.append((i, new_order(cmd, product, currency, placed_at)))
+                settled.append((i, product, currency))
+            # Rates are read (cached) only when an order of the batch is paid in another
+            # currency than its product's.
+            rates = await self.rates.rates() if any(p.currency != c for _, p, c in settled) else {}
+            orders: list[tuple[int, Order]] = []
+            for i, product, currency in settled:
+                try:
+                    priced = price_in(product.price, product.currency, currency, rates)
+                except DomainError as exc:
+                    results[i] = exc
+                    continue
+                orders.append((i, new_order(cmds[i], product, currency, priced, placed_at)))
             rest = orders
             if orders and not any(dup_checked(cmds[i]) for i, _ in orders):
                 recorded = await uow.orders.pay_and_record(
@@ -416,19 +442,21 @@ def dup_checked(cmd: CreateInstantOrder) -> bool:
 
 
 def new_order(
-    cmd: CreateInstantOrder, product: Product, currency: str, placed_at: datetime
+    cmd: CreateInstantOrder, product: Product, currency: str, priced: Priced, placed_at: datetime
 ) -> Order:
+    """One unit of `product`, charged `priced.unit_price` in `currency` (`price_in`)."""
     return Order(
         transaction_id=new_transaction_id(),
         account_id=cmd.account_id,
         client_order_number=cmd.client_order_number or "",
         sku=product.sku,
         quantity=1,
-        unit_price=product.price,
+        unit_price=priced.unit_price,
         currency=currency,
-        grand_total=product.price,
+        grand_total=priced.unit_price,
         status="PROCESSING",
         created_at=placed_at,
+        fx=priced.fx,
     )
 
 
@@ -484,7 +512,9 @@ async def record_backorder(uow: UnitOfWork, transaction_id: str) -> None:
 async def record_cancellation(
     uow: UnitOfWork, transaction_id: str, reason: CancelReason, wallet_slots: int
 ) -> None:
-    """Order.cancel and the refund of its grand total, in one transaction, exactly once."""
+    """Order.cancel and the refund of its grand total, in one transaction, exactly once: the
+    amount and currency charged at acceptance (stored on the order), whatever the exchange
+    rates are by now."""
     order = await uow.orders.cancel(transaction_id, reason)
     if order is None:
         return

@@ -24,6 +24,7 @@ from typing import Any, Protocol, Self
 from services.api.domain.model import (
     AccountInfo,
     Credential,
+    ExchangeRate,
     OperatorCredit,
     Order,
     OrderHistory,
@@ -155,6 +156,18 @@ class Products(Protocol):
         """Active products only, by SKU; `skus` narrows the list."""
         ...
 
+    async def currencies(self) -> list[str]:
+        """The currencies active products are priced in."""
+        ...
+
+
+class ExchangeRates(Protocol):
+    async def all(self) -> list[ExchangeRate]: ...
+
+    async def put(self, base: str, quote: str, rate: Decimal) -> ExchangeRate:
+        """Sets the rate of base→quote (as of now), replacing the one set before."""
+        ...
+
 
 class Orders(Protocol):
     async def pay_and_record(
@@ -271,6 +284,7 @@ class UnitOfWork(abc.ABC):
     products: Products
     orders: Orders
     admin_audit: AdminAudit
+    fx_rates: ExchangeRates
 
     def __init__(self) -> None:
         self._pending: list[tuple[str, str, Message]] = []

@@ -8,7 +8,7 @@ Revision ID: 0012
 from shared.db import run_script
 
 revision = "0012"
-down_revision = "0009"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
