@@ -37,7 +37,8 @@ class OrderProduct(Strict):
 
 class OrderResponse(Strict):
     transactionId: str
-    ezOrderNumber: int = Int32
+    # A string in the public EZ v2 descriptions (optional there; we always send it).
+    ezOrderNumber: str = Field(pattern=r"^[0-9]+$")
     clientOrderNumber: str
     grandTotal: Money
     createdAt: str

@@ -30,6 +30,14 @@ CODE_CLAIMS = Counter(
 BACKORDERS_CREATED = Counter(
     "inventory_backorders_created_total", "Orders that had to wait for stock."
 )
+SUPPLIER_CODES_REFUSED = Counter(
+    "inventory_supplier_codes_refused_total",
+    "Codes of a supplier's delivery left out because an operator could not stock them either "
+    "(shared.crypto.code_problem), by the field at fault; each is also logged by delivery id "
+    "and position, never by its value. Counted each time a delivery is handled (a "
+    "redelivered delivery counts its refusals again).",
+    ["field"],
+)
 DECISION_SECONDS = Histogram(
     "inventory_decision_seconds",
     "Time from taking a batch of commands off the topic to its commit, per command.",
@@ -38,6 +46,8 @@ DECISION_SECONDS = Histogram(
 
 for _outcome in ("reserved", "allocated"):
     CODE_CLAIMS.labels(_outcome)
+for _field in ("redeemCode", "pinCode"):
+    SUPPLIER_CODES_REFUSED.labels(_field)
 
 
 def observe_committed(messages: Iterable[Message]) -> None:

@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 from cryptography.exceptions import InvalidTag
+from prometheus_client import REGISTRY
 
 from services.inventory.domain.model import DecisionState, Refingerprinted
 from services.inventory.service_layer import catalog
@@ -419,9 +420,42 @@ async def test_a_stocked_code_opens_only_as_its_own_stock_item(store: FakeStore)
         opened(reply.decision)
 
 
-def delivery(*redeem_codes: str, delivery_id: str = "d-1") -> DeliverStock:
-    sealed = [VAULT.seal_to_sku(Code(c, "7"), SKU).to_wire() for c in redeem_codes]
+def delivery(
+    *redeem_codes: str, delivery_id: str = "d-1", pin_code: str | None = "7"
+) -> DeliverStock:
+    sealed = [VAULT.seal_to_sku(Code(c, pin_code), SKU).to_wire() for c in redeem_codes]
     return DeliverStock(delivery_id=delivery_id, sku=SKU, sealed_codes=sealed)
+
+
+def refused(field: str) -> float:
+    labels = {"field": field}
+    return REGISTRY.get_sample_value("inventory_supplier_codes_refused_total", labels) or 0.0
+
+
+async def test_codes_a_delivery_leaves_out_are_counted_and_logged_without_their_value(
+    store: FakeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    await create_product(store)
+    before = {field: refused(field) for field in ("redeemCode", "pinCode")}
+    bad_pin = "12\u200b34"
+
+    with caplog.at_level(logging.WARNING):
+        await handle_commands(
+            [
+                delivery("SECRET\u200b-REDEEM-1", "GOOD-1", delivery_id="d-bad-redeem"),
+                delivery("SECRET-REDEEM-2", delivery_id="d-bad-pin", pin_code=bad_pin),
+            ],
+            store.uow(),
+            VAULT,
+        )
+
+    assert refused("redeemCode") - before["redeemCode"] == 1
+    assert refused("pinCode") - before["pinCode"] == 1
+    assert "delivery d-bad-redeem: code 1 left out: redeemCode" in caplog.text
+    assert "delivery d-bad-pin: code 1 left out: pinCode" in caplog.text
+    assert "SECRET" not in caplog.text
+    assert bad_pin not in caplog.text
+    assert len(store.state.codes) == 1  # GOOD-1
 
 
 async def test_a_delivery_is_stocked_sealed_to_its_stock_items_without_duplicates(

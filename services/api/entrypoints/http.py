@@ -187,11 +187,12 @@ def money(amount: Any, currency: str) -> dict[str, str]:
     return MoneyOut.of(amount, currency).model_dump()
 
 
-def ez_order_number(transaction_id: str) -> int:
-    """EZ's order number, which clients read: a positive int32 derived from the transactionId,
-    so it is the same on every answer about the order and needs no column (docs/api.md)."""
+def ez_order_number(transaction_id: str) -> str:
+    """EZ's order number, which clients read: the decimal digits of a positive int32 derived
+    from the transactionId, so it is the same on every answer about the order and needs no
+    column. A string, as the public EZ v2 descriptions type it (docs/api.md)."""
     digest = hashlib.blake2b(transaction_id.encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "big") % (2**31 - 1) + 1
+    return str(int.from_bytes(digest, "big") % (2**31 - 1) + 1)
 
 
 def order_out(order: Order) -> dict[str, Any]:

@@ -27,11 +27,11 @@ class OrderLine(BaseModel):
 
 class OrderOut(BaseModel):
     transactionId: str
-    ezOrderNumber: int = Field(
-        ge=1,
-        le=2**31 - 1,
-        description="A stable number derived from the transactionId, for display and "
-        "reconciliation; the order's identity is transactionId (docs/api.md).",
+    ezOrderNumber: str = Field(
+        pattern=r"^[1-9][0-9]{0,9}$",
+        description="A stable number (decimal digits, a string as in the public EZ v2 "
+        "descriptions) derived from the transactionId, for display and reconciliation; the "
+        "order's identity is transactionId (docs/api.md).",
     )
     clientOrderNumber: str
     grandTotal: Money

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 
+from services.inventory import metrics
 from services.inventory.domain import model
 from services.inventory.domain.model import (
     CodeStatus,
@@ -145,12 +146,14 @@ async def stock_delivery(command: DeliverStock, uow: UnitOfWork, vault: CodeVaul
     left). Codes already known are skipped, so a redelivered delivery adds nothing; stock
     that arrived is announced like an operator's. The codes come sealed to their SKU; each
     is sealed again to the stock item it becomes. A code an operator could not stock
-    (code_problem) is left out, logged by position and kind of problem."""
+    (code_problem) is left out, logged by position and kind of problem and counted
+    (inventory_supplier_codes_refused_total), never quoted."""
     codes = []
     for position, wire in enumerate(command.sealed_codes, start=1):
         code = vault.open(SealedCode.from_wire(wire), command.sku, None)
         if problem := code_problem(code.redeem_code, code.pin_code):
             log.warning("delivery %s: code %d left out: %s", command.delivery_id, position, problem)
+            metrics.SUPPLIER_CODES_REFUSED.labels(problem.split(" ", 1)[0]).inc()
             continue
         codes.append(code)
     stock_ids = await uow.codes.new_ids(len(codes)) if codes else []
