@@ -155,11 +155,19 @@ class Runtime:
         return {"database": database, "kafka": broker, "background": self.background.check()}
 
 
-async def every(interval_s: float, name: str, step: Callable[[], Awaitable[object]]) -> None:
+async def every(
+    interval_s: float,
+    name: str,
+    step: Callable[[], Awaitable[object]],
+    *,
+    escalate: tuple[type[Exception], ...] = (),
+) -> None:
     """Run `step` forever, `interval_s` apart (a background refresh of gauges, for instance).
 
     A failing step is logged once, with the error's type, and again when it works again; the
-    loop goes on either way.
+    loop goes on either way. An error of a type in `escalate` (one an operator must act on,
+    whose message is safe to log) ends the loop instead: its supervisor (`Background`) logs
+    it in full, reports the task down (metric, /readyz) and starts it again after a backoff.
     """
     failing = False
     while True:
@@ -168,6 +176,8 @@ async def every(interval_s: float, name: str, step: Callable[[], Awaitable[objec
             if failing:
                 log.info("%s works again", name)
             failing = False
+        except escalate:
+            raise
         except Exception as exc:
             if not failing:
                 log.warning(

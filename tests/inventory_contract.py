@@ -433,6 +433,57 @@ class RepositoryContract:
             assert await uow.codes.any_old_fingerprints()
             assert await uow.codes.claim({sku: [unique("tx")]}) == {}  # nothing on sale
 
+    async def test_a_sold_code_that_does_not_open_stops_re_fingerprinting_closed(
+        self, new_uow: NewUow, stock_room: StockRoom, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        # Third review: a SOLD code whose ciphertext is damaged would lose its fingerprint,
+        # and a copy of it could be stocked and sold again. Nothing is touched.
+        sku, p = unique("SKU"), unique("DMG")
+        await catalog.put_product(product(sku), new_uow())
+        good = VAULT.seal_to_sku(Code(f"{p}-S", None), sku)
+        damaged = SealedCode(good.key_id, good.blob[:-1] + bytes([good.blob[-1] ^ 1]), good.binding)
+        ids = await stock_room.stock_the_old_way(
+            sku, [OldCode(f"{p}-S", sold_to=unique("tx"), sealed=damaged), OldCode(f"{p}-s")]
+        )
+        with (
+            caplog.at_level(logging.INFO),
+            pytest.raises(catalog.RefingerprintSoldCodeUnreadable, match=f"stock id {ids[0]} "),
+        ):
+            await catalog.refingerprint_stock(new_uow, VAULT)
+        rows = await stock_room.rows(ids)
+        assert {i: (r.status, r.fingerprint_version) for i, r in rows.items()} == {
+            ids[0]: (CodeStatus.SOLD, 1),
+            ids[1]: (CodeStatus.AVAILABLE, 1),
+        }
+        async with new_uow() as uow:
+            assert await uow.codes.claim({sku: [unique("tx")]}) == {}  # nothing on sale
+        assert p not in caplog.text
+
+    async def test_many_codes_that_do_not_open_set_none_aside(
+        self, new_uow: NewUow, stock_room: StockRoom
+    ) -> None:
+        # Third review: a wrong key under a known key id makes every code of it fail to open;
+        # setting them all aside would take the stock off sale for good. Nothing is touched.
+        sku, p = unique("SKU"), unique("BURST")
+        await catalog.put_product(product(sku), new_uow())
+        wrong = CodeVault(
+            f"{VAULT.key_ids.copy().pop()}:{base64.b64encode(os.urandom(32)).decode()}"
+        )
+        n = catalog.REFINGERPRINT_UNREADABLE_MAX + 1
+        ids = await stock_room.stock_the_old_way(
+            sku,
+            [
+                OldCode(f"{p}-{i}", sealed=wrong.seal_to_sku(Code(f"{p}-{i}", None), sku))
+                for i in range(n)
+            ],
+        )
+        with pytest.raises(catalog.RefingerprintUnreadableBurst):
+            await catalog.refingerprint_stock(new_uow, VAULT)
+        rows = await stock_room.rows(ids)
+        assert {(r.status, r.fingerprint_version) for r in rows.values()} == {
+            (CodeStatus.AVAILABLE, 1)
+        }
+
     async def test_a_delivery_waits_in_the_batch_while_old_fingerprints_are_left(
         self, new_uow: NewUow, stock_room: StockRoom
     ) -> None:

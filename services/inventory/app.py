@@ -55,6 +55,7 @@ def create_app(settings: InventorySettings | None = None) -> FastAPI:
                 REFINGERPRINT_INTERVAL_S,
                 "re-fingerprinting the stock",
                 lambda: catalog.refingerprint_stock(new_uow, vault),
+                escalate=(catalog.RefingerprintBlocked,),
             ),
         )
         runtime.background.start(

@@ -6,7 +6,7 @@ import asyncio
 import pytest
 
 from shared import metrics
-from shared.runtime import Background
+from shared.runtime import Background, every
 from shared.web import NotReady
 from tests.helpers import wait_until
 
@@ -76,3 +76,39 @@ async def test_a_task_that_returns_is_not_restarted_and_stop_cancels_the_rest() 
     assert cancelled.is_set()
     assert background.down == {}
     assert restarts("once") == 0
+
+
+class MustAct(Exception):
+    pass
+
+
+async def test_every_goes_on_after_an_error_but_escalates_one_an_operator_must_act_on() -> None:
+    calls: list[str] = []
+
+    async def step() -> None:
+        calls.append("step")
+        if len(calls) < 3:
+            raise ValueError("transient")
+        raise MustAct("key ids k9 missing")
+
+    # transient errors are retried in the loop; the escalated one ends it, for the
+    # supervisor to log in full and show the task down
+    with pytest.raises(MustAct, match="k9"):
+        await asyncio.wait_for(every(0.01, "unit step", step, escalate=(MustAct,)), 5)
+    assert len(calls) == 3
+
+
+async def test_a_task_whose_step_escalates_is_shown_down() -> None:
+    background = Background("unit")
+    background.RESTART_DELAYS_S = (30.0,)
+
+    async def step() -> None:
+        raise MustAct("act")
+
+    background.start("escalating", lambda: every(0.01, "unit", step, escalate=(MustAct,)))
+    try:
+        await wait_until(lambda: up("escalating") == 0, timeout=5)
+        with pytest.raises(NotReady):
+            await background.check()()
+    finally:
+        await background.stop()

@@ -194,11 +194,15 @@ def plan_refingerprinting(
     plan = RefingerprintPlan(keep=[], duplicates=[], sold_twice=[])
     for fingerprint, sharing in by_fingerprint.items():
         holder = holders.get(fingerprint)
-        candidates = [*([holder] if holder else []), *(c.code for c in sharing)]
+        candidates = [c.code for c in sharing]
+        # The holder can be a row of this batch itself (given its version 2 fingerprint
+        # before, then marked for another pass): it is one code, not its own duplicate.
+        if holder is not None and all(c.stock_id != holder.stock_id for c in candidates):
+            candidates.insert(0, holder)
         kept = min(candidates, key=lambda c: (c.status is not CodeStatus.SOLD, c.stock_id))
-        plan.keep.extend(c for c in sharing if c.code is kept)
+        plan.keep.extend(c for c in sharing if c.code.stock_id == kept.stock_id)
         for other in candidates:
-            if other is kept:
+            if other.stock_id == kept.stock_id:
                 continue
             plan.duplicates.append(other)
             if other.status is CodeStatus.SOLD and kept.status is CodeStatus.SOLD:

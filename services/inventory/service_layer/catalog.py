@@ -30,6 +30,8 @@ REFINGERPRINT_TASK = "stock-refingerprint"
 # Batches in a row that may clash with concurrent writes before the pass gives up (the loop
 # runs it again).
 REFINGERPRINT_CONFLICTS = 5
+# More codes of one batch than this that do not open: a wrong key is likelier than damage.
+REFINGERPRINT_UNREADABLE_MAX = 5
 
 
 class ProductNotFound(Exception):
@@ -189,7 +191,23 @@ class RefingerprintConflicts(Exception):
     """Batches of re-fingerprinting kept clashing with concurrent writes."""
 
 
-class RefingerprintKeysMissing(Exception):
+class RefingerprintBlocked(Exception):
+    """Re-fingerprinting cannot go on safely until an operator acts (docs/runbook.md); the
+    message says why and names no code, only stock ids and key ids."""
+
+
+class RefingerprintSoldCodeUnreadable(RefingerprintBlocked):
+    """A sold code to re-fingerprint does not open. It cannot be given a fingerprint of its
+    normal form, and without one a copy of it could be stocked and sold again: nothing is
+    touched until its ciphertext (or the right key) is back, or an operator decides."""
+
+
+class RefingerprintUnreadableBurst(RefingerprintBlocked):
+    """Many codes of one batch do not open: more likely a wrong key under a known key id than
+    damaged rows, so none is set aside."""
+
+
+class RefingerprintKeysMissing(RefingerprintBlocked):
     """Codes to re-fingerprint are sealed with keys inventory does not have. Nothing is done
     until they are configured: a sold code that cannot be opened has no fingerprint, so a
     duplicate of it could not be found and would be sold again (fail closed)."""
@@ -342,7 +360,21 @@ def _refingerprinted(
                 f"stock id {code.stock_id} is sealed with a key not in CODE_ENCRYPTION_KEYS"
             ) from None
         except (InvalidTag, ValueError):
+            if code.status is CodeStatus.SOLD:
+                raise RefingerprintSoldCodeUnreadable(
+                    f"sold stock id {code.stock_id} ({code.sku}, key id {code.sealed.key_id}) "
+                    "does not open, so a copy of it could not be recognised: put back its "
+                    "ciphertext or the right key (docs/runbook.md); nothing is re-fingerprinted "
+                    "until then"
+                ) from None
             unreadable.append((code, "its ciphertext does not open"))
+            if len(unreadable) > REFINGERPRINT_UNREADABLE_MAX:
+                raise RefingerprintUnreadableBurst(
+                    f"more than {REFINGERPRINT_UNREADABLE_MAX} codes of one batch do not open "
+                    f"(stock ids {', '.join(str(c.stock_id) for c, _ in unreadable)}): is the "
+                    "key under their key id the right one? Nothing is set aside until this "
+                    "is resolved (docs/runbook.md)"
+                ) from None
             continue
         sealed = code.sealed
         if code.status.for_sale and sealed.binding is Binding.SKU:
