@@ -14,7 +14,7 @@ from faststream.specification import AsyncAPI
 from shared import topics
 from shared.contracts import OrderEvent
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 
 
 def public_spec() -> AsyncAPI:
@@ -29,7 +29,9 @@ def public_spec() -> AsyncAPI:
             f"{topics.ORDER_EVENTS.doc} Key: the transactionId, so one order's events are in "
             "order on one partition. At-least-once: deduplicate by eventId. Types: "
             "OrderAccepted, OrderBackordered, OrderCompleted, OrderCancelled; status is the "
-            "order's status after the event."
+            "order's status after the event. A bulk order's events are its units' (one code "
+            "each): transactionId is the unit's, bulkTransactionId and the key the bulk "
+            "order's, status the unit's."
         ),
         schema=OrderEvent,
     )

@@ -269,3 +269,6 @@ class OrderEvent(Event):
     status: OrderStatus
     reason: CancelReason | None = None
     fx: FxOut | None = None
+    # Set on the events of one unit of a bulk order (transactionId is then the unit's): the
+    # bulk order's transactionId, which is also the events' key. Absent on instant orders.
+    bulk_transaction_id: str | None = None

@@ -18,6 +18,7 @@ from typing import Any
 
 from services.api.domain.model import (
     AccountInfo,
+    BulkOrder,
     Credential,
     ExchangeRate,
     MoneyMove,
@@ -27,6 +28,7 @@ from services.api.domain.model import (
     PinFormat,
     Product,
     Wallet,
+    unit_number,
 )
 from services.api.service_layer.unit_of_work import Allocation, UnitOfWork
 from shared import topics
@@ -56,6 +58,7 @@ class State:
     ledger: dict[tuple[str, str], Decimal] = field(default_factory=dict)
     products: dict[str, tuple[dict[str, Any], int]] = field(default_factory=dict)
     orders: dict[str, Order] = field(default_factory=dict)
+    bulk_orders: dict[str, BulkOrder] = field(default_factory=dict)
     nudged_at: dict[str, datetime] = field(default_factory=dict)
     outbox: list[OutboxRow] = field(default_factory=list)
     credits: dict[str, OperatorCredit] = field(default_factory=dict)
@@ -268,7 +271,7 @@ class FakeOrders:
     def __init__(self, state: Current) -> None:
         self._state = state
 
-    def _add(self, orders: Sequence[Order], events: Sequence[bytes]) -> None:
+    def _add(self, orders: Sequence[Order], events: Sequence[bytes], key: str = "") -> None:
         state = self._state()
         for order in orders:
             if order.transaction_id in state.orders or (
@@ -279,7 +282,9 @@ class FakeOrders:
             state.ledger[order.transaction_id, "DEBIT"] = -order.grand_total
             state.orders[order.transaction_id] = order
             state.outbox.append(
-                OutboxRow(topics.ORDER_EVENTS.name, order.transaction_id, "OrderAccepted", event)
+                OutboxRow(
+                    topics.ORDER_EVENTS.name, key or order.transaction_id, "OrderAccepted", event
+                )
             )
 
     async def pay_and_record(
@@ -308,6 +313,20 @@ class FakeOrders:
     async def record(self, orders: Sequence[Order], accepted_events: Sequence[bytes]) -> None:
         self._add(orders, accepted_events)
 
+    async def record_bulk(self, bulk: BulkOrder, accepted_events: Sequence[bytes]) -> None:
+        state = self._state()
+        if bulk.transaction_id in state.bulk_orders:
+            raise UniqueViolation("duplicate key: bulk_orders_pkey")
+        self._add(bulk.units, accepted_events, key=bulk.transaction_id)
+        state.bulk_orders[bulk.transaction_id] = replace(bulk, units=())
+
+    async def get_bulk(self, account_id: uuid.UUID, transaction_id: str) -> BulkOrder | None:
+        bulk = self._state().bulk_orders.get(transaction_id)
+        if bulk is None or bulk.account_id != account_id:
+            return None
+        units = [o for o in self._state().orders.values() if o.bulk_id == transaction_id]
+        return replace(bulk, units=tuple(sorted(units, key=unit_number)))
+
     async def lock_client_order_numbers(self, wanted: Sequence[tuple[uuid.UUID, str]]) -> None:
         return None  # one fake unit of work runs at a time
 
@@ -315,8 +334,9 @@ class FakeOrders:
         self, wanted: Sequence[tuple[uuid.UUID, str]]
     ) -> dict[tuple[uuid.UUID, str], str]:
         found: dict[tuple[uuid.UUID, str], str] = {}
-        for tx in sorted(self._state().orders):
-            order = self._state().orders[tx]
+        both: dict[str, Order | BulkOrder] = {**self._state().orders, **self._state().bulk_orders}
+        for tx in sorted(both):
+            order = both[tx]
             key = (order.account_id, order.client_order_number)
             if order.client_order_number and key in wanted:
                 found.setdefault(key, tx)
@@ -383,6 +403,7 @@ class FakeOrders:
             o
             for tx, o in sorted(self._state().orders.items(), reverse=True)
             if o.account_id == account_id
+            and o.bulk_id is None
             and transaction_id in (None, tx)
             and client_order_number in (None, o.client_order_number)
             and status in (None, o.status)

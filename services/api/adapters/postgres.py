@@ -34,6 +34,7 @@ from services.api.adapters.tables import Order as OrderRow
 from services.api.adapters.tables import Product as ProductRow
 from services.api.domain.model import (
     AccountInfo,
+    BulkOrder,
     Credential,
     ExchangeRate,
     FxApplied,
@@ -45,6 +46,7 @@ from services.api.domain.model import (
     Product,
     rebalanced,
     split_evenly,
+    unit_number,
 )
 from services.api.service_layer.unit_of_work import (
     Allocation,
@@ -249,6 +251,7 @@ _ORDER_FIELDS = [
         "unit_price_original",
         "fx_rate",
         "fx_as_of",
+        "bulk_id",
     )
 ]
 
@@ -280,7 +283,34 @@ def _order(row: asyncpg.Record) -> Order:
             rate=row["fx_rate"],
             as_of=row["fx_as_of"],
         ),
+        bulk_id=row["bulk_id"],
     )
+
+
+# The bulk order ($5 id, $6 account, $7 client order number, $8 currency, $9 grand total,
+# $10 placed at) and its units ($1 ids, $2 SKUs, $3 prices, $4 OrderAccepted events; topic
+# $11): one DEBIT ledger row per unit (so "debited once, refunded once" holds per unit, and
+# the units' debits sum to the grand total), the unit rows, their events.
+RECORD_BULK = """
+WITH bulk_row AS (
+    INSERT INTO bulk_orders (transaction_id, account_id, client_order_number, currency,
+                             grand_total, created_at)
+    VALUES ($5, $6, $7, $8, $9, $10)
+), units AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::numeric[], $4::bytea[]) WITH ORDINALITY
+        AS u (transaction_id, sku, price, event, n)
+), ledger_rows AS (
+    INSERT INTO ledger (transaction_id, account_id, currency, amount, kind)
+    SELECT transaction_id, $6, $8, -price, 'DEBIT' FROM units
+), order_rows AS (
+    INSERT INTO orders (transaction_id, account_id, client_order_number, sku, quantity,
+                        unit_price, currency, grand_total, status, created_at, bulk_id)
+    SELECT transaction_id, $6, '', sku, 1, price, $8, price, 'PROCESSING', $10, $5
+    FROM units
+)
+INSERT INTO outbox (topic, key, payload, headers)
+SELECT $11, $5, event, jsonb_build_object('x-type', 'OrderAccepted') FROM units ORDER BY n
+"""
 
 
 def client_number_key(account_id: uuid.UUID, number: str) -> str:
@@ -292,6 +322,11 @@ _ORDER_OF_ACCOUNT = compiled(
         col(OrderRow.transaction_id) == bindparam("transaction_id"),
         col(OrderRow.account_id) == bindparam("account_id"),
     )
+)
+
+
+_UNITS_OF_BULK = compiled(
+    select(*_ORDER_FIELDS).where(col(OrderRow.bulk_id) == bindparam("bulk_id"))
 )
 
 
@@ -365,7 +400,8 @@ _ORDER_FILTERS = ("transaction_id", "client_order_number", "status")
 def _order_listing(filters: tuple[str, ...]) -> tuple[Query, Query]:
     """Count and page of one account's orders, newest first, narrowed by equality on the
     `filters` given (one compiled pair per combination)."""
-    where = [_ORDERS.c.account_id == bindparam("account_id")]
+    # A bulk order's units are not orders of their own in the listing.
+    where = [_ORDERS.c.account_id == bindparam("account_id"), _ORDERS.c.bulk_id.is_(None)]
     where += [_ORDERS.c[name] == bindparam(name) for name in filters]
     count = select(func.count()).select_from(_ORDERS).where(*where)
     page = (
@@ -751,6 +787,44 @@ class PostgresOrders:
         )
         return {row["key"] for row in rows}
 
+    async def record_bulk(self, bulk: BulkOrder, accepted_events: Sequence[bytes]) -> None:
+        await self._conn.execute(
+            RECORD_BULK,
+            [u.transaction_id for u in bulk.units],
+            [u.sku for u in bulk.units],
+            [u.unit_price for u in bulk.units],
+            list(accepted_events),
+            bulk.transaction_id,
+            bulk.account_id,
+            bulk.client_order_number,
+            bulk.currency,
+            bulk.grand_total,
+            bulk.created_at,
+            topics.ORDER_EVENTS.name,
+        )
+
+    async def get_bulk(self, account_id: uuid.UUID, transaction_id: str) -> BulkOrder | None:
+        row = await self._conn.fetchrow(
+            "SELECT transaction_id, account_id, client_order_number, currency, grand_total, "
+            "created_at FROM bulk_orders WHERE transaction_id = $1 AND account_id = $2",
+            transaction_id,
+            account_id,
+        )
+        if row is None:
+            return None
+        units = await self._conn.fetch(
+            _UNITS_OF_BULK.sql, *_UNITS_OF_BULK.args(bulk_id=transaction_id)
+        )
+        return BulkOrder(
+            transaction_id=row["transaction_id"],
+            account_id=row["account_id"],
+            client_order_number=row["client_order_number"],
+            currency=row["currency"].strip(),
+            grand_total=row["grand_total"],
+            created_at=row["created_at"],
+            units=tuple(sorted((_order(u) for u in units), key=unit_number)),
+        )
+
     async def lock_client_order_numbers(self, wanted: Sequence[tuple[uuid.UUID, str]]) -> None:
         # Taken in hash order in one statement: two batches never wait for each other in a cycle.
         await self._conn.execute(
@@ -771,8 +845,11 @@ class PostgresOrders:
             SELECT DISTINCT ON (o.account_id, o.client_order_number)
                    o.account_id, o.client_order_number, o.transaction_id
             FROM unnest($1::uuid[], $2::text[]) AS w (account_id, number)
-            JOIN orders o ON o.account_id = w.account_id AND o.client_order_number = w.number
-                         AND o.client_order_number <> ''  -- the partial index's predicate
+            JOIN (SELECT account_id, client_order_number, transaction_id FROM orders
+                  UNION ALL
+                  SELECT account_id, client_order_number, transaction_id FROM bulk_orders) o
+              ON o.account_id = w.account_id AND o.client_order_number = w.number
+             AND o.client_order_number <> ''  -- the partial indexes' predicate
             ORDER BY o.account_id, o.client_order_number, o.transaction_id
             """,
             [a for a, _ in wanted],

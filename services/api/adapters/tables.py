@@ -175,6 +175,7 @@ class Order(ApiTable, table=True):
             "created_at",
             postgresql_where=text("status = 'PROCESSING' AND backordered_at IS NULL"),
         ),
+        Index("orders_units_of_bulk", "bulk_id", postgresql_where=text("bulk_id IS NOT NULL")),
     )
 
     transaction_id: str = Field(primary_key=True, sa_type=Text)
@@ -207,6 +208,10 @@ class Order(ApiTable, table=True):
     unit_price_original: Decimal | None = Field(default=None, sa_type=MONEY)
     fx_rate: Decimal | None = Field(default=None, sa_type=RATE)
     fx_as_of: datetime | None = Field(default=None, sa_type=TIMESTAMP)
+    # Set on the units of a bulk order: the bulk order's transactionId.
+    bulk_id: str | None = Field(
+        default=None, foreign_key="bulk_orders.transaction_id", sa_type=Text
+    )
 
 
 class ExchangeRate(ApiTable, table=True):
@@ -223,6 +228,31 @@ class ExchangeRate(ApiTable, table=True):
     quote: str = Field(primary_key=True, sa_type=CURRENCY)
     rate: Decimal = Field(sa_type=RATE)
     updated_at: datetime = defaults_to_now()
+
+
+class BulkOrder(ApiTable, table=True):
+    """A bulk order: what the client asked and paid. Its units are rows of `orders` (one per
+    code, `bulk_id` this order's transactionId); its statuses are rolled up from them."""
+
+    __tablename__ = "bulk_orders"
+    __table_args__ = (
+        Index("bulk_orders_account_newest", "account_id", text("transaction_id DESC")),
+        Index(
+            "bulk_orders_account_client_number",
+            "account_id",
+            "client_order_number",
+            postgresql_where=text("client_order_number <> ''"),
+        ),
+    )
+
+    transaction_id: str = Field(primary_key=True, sa_type=Text)
+    account_id: uuid.UUID = Field(foreign_key="accounts.id", sa_type=Uuid)
+    client_order_number: str = Field(
+        default="", sa_type=Text, sa_column_kwargs={"server_default": ""}
+    )
+    currency: str = Field(sa_type=CURRENCY)
+    grand_total: Decimal = Field(sa_type=MONEY)
+    created_at: datetime = defaults_to_now()
 
 
 class AdminAuditEntry(ApiTable, table=True):

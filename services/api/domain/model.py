@@ -53,6 +53,15 @@ class ProductNotInstant(DomainError):
     pass
 
 
+class InvalidBulkOrder(DomainError):
+    """A bulk order's lines break a rule the request model cannot state (its size, its SKUs
+    repeated, its currencies mixed)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 class InsufficientBalance(DomainError):
     def __init__(self, currency: str) -> None:
         super().__init__(currency)
@@ -182,6 +191,8 @@ class Order:
     # Set when the order was paid in another currency than the product's: `unit_price`,
     # `grand_total` and `currency` are then what was charged (and what a refund gives back).
     fx: FxApplied | None = None
+    # The bulk order this order is one unit of (None: an instant order).
+    bulk_id: str | None = None
 
     @property
     def backordered(self) -> bool:
@@ -282,10 +293,36 @@ class OperatorCredit:
         )
 
 
-def check_orderable(product: Product | None) -> Product:
+def one_code_order(
+    transaction_id: str,
+    account_id: UUID,
+    client_order_number: str,
+    product: Product,
+    currency: str,
+    placed_at: datetime,
+) -> Order:
+    """A new order of one code of `product`, PROCESSING: an instant order, or a unit of a
+    bulk order."""
+    return Order(
+        transaction_id=transaction_id,
+        account_id=account_id,
+        client_order_number=client_order_number,
+        sku=product.sku,
+        quantity=1,
+        unit_price=product.price,
+        currency=currency,
+        grand_total=product.price,
+        status="PROCESSING",
+        created_at=placed_at,
+    )
+
+
+def check_orderable(product: Product | None, instant: bool = True) -> Product:
+    """The product an order may buy. `isInstantDeliverySupported` is about the instant
+    endpoint only: a bulk order (`instant=False`) may buy any active product."""
     if product is None or not product.active:
         raise ProductNotFound()
-    if not product.is_instant:
+    if instant and not product.is_instant:
         raise ProductNotInstant()
     return product
 
@@ -434,3 +471,135 @@ class Wallet:
         """One slot if one holds `amount`, else all of them; InsufficientBalance otherwise."""
         if not (self.take_from_one_slot(amount, choose) or self.take_from_all_slots(amount)):
             raise InsufficientBalance(self.currency)
+
+
+# --- bulk orders ------------------------------------------------------------------------------
+
+# The most units one bulk order may ask for, over all its lines (each line asks 1..10,000).
+BULK_MAX_UNITS = 10_000
+
+
+@dataclass(frozen=True)
+class BulkLine:
+    sku: str
+    quantity: int
+
+
+@dataclass(frozen=True)
+class CreateBulkOrder:
+    account_id: UUID
+    lines: tuple[BulkLine, ...]
+    client_order_number: str | None
+    dup_check: bool
+    pay_with_currency: str | None
+
+
+def check_bulk_lines(lines: Sequence[BulkLine]) -> None:
+    """A SKU appears on one line only (ask for its total quantity once), and the order asks
+    for at most BULK_MAX_UNITS units."""
+    seen: set[str] = set()
+    for line in lines:
+        if line.sku in seen:
+            raise InvalidBulkOrder(
+                f"SKU {line.sku} appears on more than one line: put its whole quantity on one line."
+            )
+        seen.add(line.sku)
+    total = sum(line.quantity for line in lines)
+    if total > BULK_MAX_UNITS:
+        raise InvalidBulkOrder(
+            f"This order asks for {total} units; one bulk order takes at most "
+            f"{BULK_MAX_UNITS}: split it into several orders."
+        )
+
+
+def bulk_currency(products: Sequence[Product]) -> str:
+    """The one currency every product of a bulk order is priced in."""
+    currencies = sorted({p.currency for p in products})
+    if len(currencies) > 1:
+        raise InvalidBulkOrder(
+            f"The products of one bulk order must share one currency; these are priced in "
+            f"{', '.join(currencies)}: place one order per currency."
+        )
+    return currencies[0]
+
+
+def unit_id(bulk_id: str, n: int) -> str:
+    """The transactionId of the n-th unit (from 1) of a bulk order."""
+    return f"{bulk_id}-{n}"
+
+
+def unit_number(unit: Order) -> int:
+    """n of a unit whose transactionId is `unit_id(bulk_id, n)`: units sort by it."""
+    return int(unit.transaction_id.rsplit("-", 1)[1])
+
+
+def rolled_up(statuses: Sequence[OrderStatus]) -> OrderStatus:
+    """The status of a line (of its units) or of an order (of its lines): PROCESSING while
+    any is; then COMPLETED if at least one was delivered (the rest cancelled and refunded);
+    CANCELLED when none was."""
+    if "PROCESSING" in statuses:
+        return "PROCESSING"
+    return "COMPLETED" if "COMPLETED" in statuses else "CANCELLED"
+
+
+@dataclass(frozen=True)
+class BulkOrder:
+    """An order of several units: each unit is an Order of its own (`bulk_id` set, its
+    transactionId `unit_id(...)`) that inventory decides like an instant order; the bulk
+    order's statuses are rolled up from them."""
+
+    transaction_id: str
+    account_id: UUID
+    client_order_number: str
+    currency: str
+    grand_total: Decimal
+    created_at: datetime
+    units: tuple[Order, ...]
+
+    @property
+    def lines(self) -> list[tuple[str, list[Order]]]:
+        """(sku, its units in unit order) per line, in the order the request gave them."""
+        by_sku: dict[str, list[Order]] = {}
+        for unit in self.units:
+            by_sku.setdefault(unit.sku, []).append(unit)
+        return list(by_sku.items())
+
+    @property
+    def status(self) -> OrderStatus:
+        return rolled_up([rolled_up([u.status for u in units]) for _, units in self.lines])
+
+    @property
+    def refunded(self) -> Decimal:
+        """What the cancelled units gave back: each its own price, once."""
+        return sum((u.grand_total for u in self.units if u.status == "CANCELLED"), Decimal(0))
+
+
+def new_bulk_order(
+    cmd: CreateBulkOrder,
+    transaction_id: str,
+    products: dict[str, Product],
+    currency: str,
+    placed_at: datetime,
+) -> BulkOrder:
+    units: list[Order] = []
+    for line in cmd.lines:
+        product = products[line.sku]
+        for _ in range(line.quantity):
+            unit = one_code_order(
+                unit_id(transaction_id, len(units) + 1),
+                cmd.account_id,
+                "",
+                product,
+                currency,
+                placed_at,
+            )
+            units.append(replace(unit, bulk_id=transaction_id))
+    return BulkOrder(
+        transaction_id=transaction_id,
+        account_id=cmd.account_id,
+        client_order_number=cmd.client_order_number or "",
+        currency=currency,
+        grand_total=sum((u.grand_total for u in units), Decimal(0)),
+        created_at=placed_at,
+        units=tuple(units),
+    )

@@ -21,11 +21,16 @@ from starlette.types import Scope
 
 from services.api import metrics
 from services.api.domain.model import (
+    BULK_MAX_UNITS,
+    BulkLine,
+    BulkOrder,
+    CreateBulkOrder,
     CreateInstantOrder,
     DomainError,
     DuplicateClientOrderNumber,
     ExchangeRate,
     InsufficientBalance,
+    InvalidBulkOrder,
     Order,
     Overloaded,
     PinFormat,
@@ -34,6 +39,7 @@ from services.api.domain.model import (
     ProductNotInstant,
     UnsupportedCurrency,
     pin_as_integer,
+    rolled_up,
 )
 from services.api.entrypoints import schemas
 from services.api.entrypoints.schemas import answers
@@ -44,8 +50,8 @@ from services.api.service_layer.accounts import (
     Caller,
     LoginsThrottled,
 )
-from services.api.service_layer.orders import OrderDesk
-from services.api.service_layer.unit_of_work import UnitOfWork
+from services.api.service_layer.orders import OrderDesk, bulk_order, place_bulk
+from services.api.service_layer.unit_of_work import LockTimeout, UnitOfWork
 from shared.contracts import MoneyOut, rate_out, utcnow
 from shared.crypto import Code, CodeVault, KeyConfigError, SealedCode
 from shared.web import ApiError, error_responses, ok, paged
@@ -262,11 +268,13 @@ def as_api_error(exc: DomainError) -> ApiError:
             return ApiError(
                 400,
                 "INSUFFICIENT_BALANCE",
-                f"Your {exc.currency} balance is below the price of this product: "
+                f"Your {exc.currency} balance is below the price of this order: "
                 "top it up, then retry.",
             )
         case UnsupportedCurrency():
             return ApiError(422, "UNSUPPORTED_CURRENCY", exc.message)
+        case InvalidBulkOrder():
+            return ApiError(400, "INVALID_REQUEST", exc.message)
         case DuplicateClientOrderNumber():
             return ApiError(
                 409,
@@ -367,6 +375,75 @@ async def create_instant_order(request: Request) -> Response:
     return JSONResponse(ok(created_order_out(order)))
 
 
+class BulkLineIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    sku: str = Field(min_length=1, max_length=64)
+    quantity: int = Field(ge=1, le=BULK_MAX_UNITS)
+
+
+class CreateBulkOrderIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    clientOrderNumber: str | None = Field(None, min_length=1, max_length=100)
+    enableClientOrderNumberDupCheck: StrictBool = False
+    products: list[BulkLineIn] = Field(min_length=1, max_length=50)
+    payWithCurrency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
+
+
+def bulk_order_out(bulk: BulkOrder) -> dict[str, Any]:
+    """The EZ OrderResponse of a bulk order, one `products[]` line per SKU, plus (ours)
+    `refundedTotal`: what the cancelled units gave back (grandTotal stays what was paid)."""
+    lines = []
+    for sku, units in bulk.lines:
+        unit_price = units[0].unit_price
+        lines.append(
+            {
+                "sku": sku,
+                "quantity": len(units),
+                "unitPrice": money(unit_price, bulk.currency),
+                "totalPrice": money(unit_price * len(units), bulk.currency),
+                "status": rolled_up([u.status for u in units]),
+            }
+        )
+    return {
+        "transactionId": bulk.transaction_id,
+        "ezOrderNumber": ez_order_number(bulk.transaction_id),
+        "clientOrderNumber": bulk.client_order_number,
+        "grandTotal": money(bulk.grand_total, bulk.currency),
+        "refundedTotal": money(bulk.refunded, bulk.currency),
+        "createdAt": iso_utc(bulk.created_at),
+        "status": bulk.status,
+        "products": lines,
+    }
+
+
+@router.post("/orders", response_model=None, responses=answers(schemas.OrderEnvelope, 409, 422))
+async def create_bulk_order(
+    body: CreateBulkOrderIn, account_id: CurrentAccount, svc: Services
+) -> dict[str, Any]:
+    """Always asynchronous: answers PROCESSING at once, with the whole grandTotal paid."""
+    try:
+        bulk = await place_bulk(
+            svc.new_uow(),
+            CreateBulkOrder(
+                account_id=account_id,
+                lines=tuple(BulkLine(p.sku, p.quantity) for p in body.products),
+                client_order_number=body.clientOrderNumber,
+                dup_check=body.enableClientOrderNumberDupCheck,
+                pay_with_currency=body.payWithCurrency,
+            ),
+            lock_timeout_s=BULK_LOCK_TIMEOUT_S,
+        )
+    except LockTimeout:
+        raise as_api_error(Overloaded()) from None
+    except DomainError as exc:
+        error = as_api_error(exc)
+        metrics.ORDERS_REJECTED.labels(error.error).inc()
+        raise error from None
+    return ok(bulk_order_out(bulk))
+
+
 @router.get("/orders", response_model=None, responses=answers(schemas.OrderPageEnvelope))
 async def get_orders(
     account_id: CurrentAccount,
@@ -389,6 +466,9 @@ async def get_orders(
     return ok(paged(total, page, limit, [order_out(o) for o in orders]))
 
 
+# The longest a bulk order waits for its wallet or dup-check lock before a 503.
+BULK_LOCK_TIMEOUT_S = 5.0
+
 ORDER_NOT_FOUND = ApiError(
     404, "ORDER_NOT_FOUND", "No order of yours has this transactionId: check the id."
 )
@@ -403,12 +483,23 @@ async def owned_order(svc: ApiServices, account_id: uuid.UUID, transaction_id: s
     return order
 
 
+async def owned_bulk_order(
+    svc: ApiServices, account_id: uuid.UUID, transaction_id: str
+) -> BulkOrder | None:
+    if len(transaction_id) > 64:
+        return None
+    return await bulk_order(svc.new_uow(), account_id, transaction_id)
+
+
 @router.get(
     "/orders/{transactionId}", response_model=None, responses=answers(schemas.OrderEnvelope, 404)
 )
 async def get_order(
     transactionId: str, account_id: CurrentAccount, svc: Services
 ) -> dict[str, Any]:
+    bulk = await owned_bulk_order(svc, account_id, transactionId)
+    if bulk is not None:
+        return ok(bulk_order_out(bulk))
     return ok(order_out(await owned_order(svc, account_id, transactionId)))
 
 
@@ -454,24 +545,39 @@ async def get_codes(
     stockIds: Annotated[str | None, Query(max_length=2000, pattern=r"^[0-9]+(,[0-9]+)*$")] = None,
     status: Literal["PROCESSING", "COMPLETED", "CANCELLED"] | None = None,
 ) -> dict[str, Any]:
-    order = await owned_order(svc, caller.account_id, transactionId)
-    if sku is not None and sku != order.sku:
-        return ok([])
+    bulk = await owned_bulk_order(svc, caller.account_id, transactionId)
+    lines = (
+        bulk.lines
+        if bulk is not None
+        else [((order := await owned_order(svc, caller.account_id, transactionId)).sku, [order])]
+    )
+    wanted = {int(s) for s in stockIds.split(",")} if stockIds else None
+    out = []
+    for line_sku, units in lines:
+        if sku is not None and sku != line_sku:
+            continue
+        kept = [
+            u
+            for u in units
+            if (status is None or status == u.status) and (wanted is None or u.stock_id in wanted)
+        ]
+        codes = [code_out(svc.vault, u, caller.pin_format) for u in kept]
+        out.append({"sku": line_sku, "quantity": len(units), "codes": codes})
+    return ok(out)
+
+
+def code_out(vault: CodeVault, unit: Order, pin_format: PinFormat) -> dict[str, Any]:
     code: dict[str, Any] = {
-        "stockId": order.stock_id,
-        "status": order.status,
+        "stockId": unit.stock_id,
+        "status": unit.status,
         "redeemCode": None,
         "pinCode": None,
     }
-    wanted = {int(s) for s in stockIds.split(",")} if stockIds else None
-    keep = (status is None or status == code["status"]) and (
-        wanted is None or code["stockId"] in wanted
-    )
-    if keep and order.status == "COMPLETED" and order.sealed_code is not None:
-        opened = open_code(svc.vault, order)
+    if unit.status == "COMPLETED" and unit.sealed_code is not None:
+        opened = open_code(vault, unit)
         code["redeemCode"] = opened.redeem_code
-        code["pinCode"] = pin_out(opened.pin_code, caller.pin_format, order)
-    return ok([{"sku": order.sku, "quantity": order.quantity, "codes": [code] if keep else []}])
+        code["pinCode"] = pin_out(opened.pin_code, pin_format, unit)
+    return code
 
 
 def pin_not_integer(order: Order) -> ApiError:

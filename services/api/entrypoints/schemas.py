@@ -38,6 +38,11 @@ class OrderOut(BaseModel):
     createdAt: str
     status: Status
     products: list[OrderLine]
+    refundedTotal: Money | None = Field(
+        None,
+        description="(ours) Bulk orders only: what their cancelled units gave back; "
+        "grandTotal stays what was paid (docs/api.md).",
+    )
 
 
 class FxSummary(BaseModel):

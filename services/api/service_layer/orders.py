@@ -12,6 +12,8 @@ from uuid import UUID
 
 from services.api import metrics
 from services.api.domain.model import (
+    BulkOrder,
+    CreateBulkOrder,
     CreateInstantOrder,
     DomainError,
     DuplicateClientOrderNumber,
@@ -24,7 +26,11 @@ from services.api.domain.model import (
     PipelineUnavailable,
     Priced,
     Product,
+    UnsupportedCurrency,
+    bulk_currency,
+    check_bulk_lines,
     check_orderable,
+    new_bulk_order,
     price_in,
     settlement_currency,
 )
@@ -127,7 +133,14 @@ def order_event(
             as_of=fx.as_of,
             unit_price_original=MoneyOut.of(fx.unit_price_original, fx.product_currency),
         ),
+        bulk_transaction_id=order.bulk_id,
     )
+
+
+def event_key(order: Order) -> str:
+    """orders.events' key: the order's transactionId, the bulk order's for one of its units
+    (so that one bulk order's events stay in order)."""
+    return order.bulk_id or order.transaction_id
 
 
 # Identical dup-checked requests in one batch: the later ones are accepted in the next batch,
@@ -460,6 +473,64 @@ def new_order(
     )
 
 
+# --- the bulk order ---------------------------------------------------------------------------
+
+
+async def place_bulk(uow: UnitOfWork, cmd: CreateBulkOrder, lock_timeout_s: float) -> BulkOrder:
+    """Accepts a bulk order: checks it, pays its grand total and records it with one unit per
+    code asked for, in one transaction. Each unit is an order of its own that inventory
+    decides as it does an instant one (a PlaceOrder through the outbox, with the bulk order's
+    placed_at, so FIFO per SKU holds across instant and bulk orders); the api follows each
+    unit's outcome with the instant orders' code (`follow_inventory`), and so the nudges,
+    deadlines and the refund once per cancelled unit apply to units unchanged."""
+    check_bulk_lines(cmd.lines)
+    placed_at = utcnow()
+    async with uow:
+        skus = [line.sku for line in cmd.lines]
+        products, wallets = await uow.products.for_orders(sorted(skus), [cmd.account_id])
+        ordered = {sku: check_orderable(products.get(sku), instant=False) for sku in skus}
+        first = ordered[skus[0]]
+        bulk_currency(list(ordered.values()))
+        # Through the instant path's rule; converting (price_in) is not wired into bulk
+        # orders yet, so one paid in another currency than its products' is refused: it
+        # would otherwise be charged the product's price in the wrong currency.
+        currency = settlement_currency(
+            first, cmd.pay_with_currency, wallets.get(cmd.account_id, set())
+        )
+        if currency != first.currency:
+            raise UnsupportedCurrency(
+                f"A bulk order is paid in its products' currency ({first.currency}) for now: "
+                f"leave payWithCurrency out or set it to {first.currency}, or order in "
+                f"{currency} with instant orders."
+            )
+        bulk = new_bulk_order(cmd, new_transaction_id(), ordered, currency, placed_at)
+        dup_key = (cmd.account_id, bulk.client_order_number)
+        async with uow.transaction(lock_timeout_s=lock_timeout_s):
+            if cmd.dup_check and bulk.client_order_number:
+                await uow.orders.lock_client_order_numbers([dup_key])
+                existing = await uow.orders.find_by_client_order_numbers([dup_key])
+                if dup_key in existing:
+                    raise DuplicateClientOrderNumber(dup_key[1], existing[dup_key])
+            total = bulk.grand_total
+            if not (
+                await uow.wallets.take_from_one_slot(cmd.account_id, currency, total)
+                or await uow.wallets.take_from_all_slots(cmd.account_id, currency, total)
+            ):
+                raise InsufficientBalance(currency)
+            await uow.orders.record_bulk(bulk, [accepted_event(u).to_bytes() for u in bulk.units])
+            for unit in bulk.units:
+                uow.publish(topics.INVENTORY_COMMANDS.name, unit.sku, place_order(unit, None))
+            await uow.commit()
+    metrics.ORDERS_ACCEPTED.labels("processing").inc()
+    return bulk
+
+
+async def bulk_order(uow: UnitOfWork, account_id: UUID, transaction_id: str) -> BulkOrder | None:
+    """The account's bulk order with its units; another account's is None."""
+    async with uow:
+        return await uow.orders.get_bulk(account_id, transaction_id)
+
+
 # --- applying inventory's outcomes (from the reply or from inventory.events) ----------------
 
 
@@ -495,7 +566,7 @@ async def record_allocations(uow: UnitOfWork, allocations: Sequence[Allocation])
     completed = await uow.orders.complete(allocations)
     for order in completed:
         uow.publish(
-            topics.ORDER_EVENTS.name, order.transaction_id, order_event("OrderCompleted", order)
+            topics.ORDER_EVENTS.name, event_key(order), order_event("OrderCompleted", order)
         )
     metrics.ORDER_TRANSITIONS.labels("COMPLETED").inc(len(completed))
     return completed
@@ -505,7 +576,7 @@ async def record_backorder(uow: UnitOfWork, transaction_id: str) -> None:
     order = await uow.orders.backorder(transaction_id)
     if order is not None:
         uow.publish(
-            topics.ORDER_EVENTS.name, transaction_id, order_event("OrderBackordered", order)
+            topics.ORDER_EVENTS.name, event_key(order), order_event("OrderBackordered", order)
         )
 
 
@@ -529,7 +600,7 @@ async def record_cancellation(
     if refunded:
         metrics.REFUNDS.labels(order.currency).inc()
     uow.publish(
-        topics.ORDER_EVENTS.name, transaction_id, order_event("OrderCancelled", order, reason)
+        topics.ORDER_EVENTS.name, event_key(order), order_event("OrderCancelled", order, reason)
     )
     metrics.ORDER_TRANSITIONS.labels("CANCELLED").inc()
 

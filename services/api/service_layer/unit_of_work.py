@@ -23,6 +23,7 @@ from typing import Any, Protocol, Self
 
 from services.api.domain.model import (
     AccountInfo,
+    BulkOrder,
     Credential,
     ExchangeRate,
     OperatorCredit,
@@ -184,6 +185,16 @@ class Orders(Protocol):
         this transaction. A second DEBIT of an order is refused by the database."""
         ...
 
+    async def record_bulk(self, bulk: BulkOrder, accepted_events: Sequence[bytes]) -> None:
+        """The bulk order's row, and for each of its units (paid for already in this
+        transaction) a DEBIT ledger row of its price, its order row and its OrderAccepted
+        event (keyed by the bulk order's transactionId)."""
+        ...
+
+    async def get_bulk(self, account_id: uuid.UUID, transaction_id: str) -> BulkOrder | None:
+        """The account's bulk order with its units in unit order; another account's is None."""
+        ...
+
     async def lock_client_order_numbers(self, wanted: Sequence[tuple[uuid.UUID, str]]) -> None:
         """Holds these (account, clientOrderNumber) pairs until the transaction ends, so that
         identical dup-checked requests in other transactions wait for this one."""
@@ -192,7 +203,7 @@ class Orders(Protocol):
     async def find_by_client_order_numbers(
         self, wanted: Sequence[tuple[uuid.UUID, str]]
     ) -> dict[tuple[uuid.UUID, str], str]:
-        """The first order (by transactionId) of each pair that has one."""
+        """The first order (by transactionId), instant or bulk, of each pair that has one."""
         ...
 
     async def complete_and_announce(

@@ -8,7 +8,7 @@ Revision ID: 0012
 from shared.db import run_script
 
 revision = "0012"
-down_revision = "0010"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
