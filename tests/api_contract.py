@@ -17,6 +17,7 @@ from services.api.domain.model import OperatorCredit, Order, Product
 from services.api.service_layer.orders import accepted_event, order_event
 from services.api.service_layer.unit_of_work import UnitOfWork
 from shared.audit import AdminAction
+from shared.contracts import ProductSnapshot
 from tests.helpers import unique
 
 NewUow = Callable[[], UnitOfWork]
@@ -34,13 +35,11 @@ def completed_event(order: Order, stock: int) -> bytes:
 
 
 def product_record(sku: str, price: str = "9.75", **fields: Any) -> dict[str, Any]:
+    """A product as the catalog publishes it: every field a snapshot has (these rows are
+    real products of the api's database, which Get Products then shows to every account)."""
+    snapshot = ProductSnapshot(sku=sku, name=f"Card {sku}", currency="USD", price=Decimal(price))
     return {
-        "sku": sku,
-        "name": f"Card {sku}",
-        "currency": "USD",
-        "price": price,
-        "isInstantDeliverySupported": True,
-        "active": True,
+        **snapshot.model_dump(mode="json", by_alias=True, exclude={"version"}),
         **fields,
     }
 

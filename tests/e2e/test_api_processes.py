@@ -17,6 +17,15 @@ from tests.e2e.conftest import Client, NewClient, NewProduct, order_retrying_503
 from tests.helpers import wait_until
 
 
+def has_exited(pid: int) -> bool:
+    """The process is gone, or a zombie: its sockets are closed either way."""
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
 def api_workers() -> list[int]:
     """The api supervisor's worker processes (its children running services.api)."""
     supervisor = (run_dir() / "pids" / "api.pid").read_text().split()[0]
@@ -138,6 +147,10 @@ async def serve_on_after_the_kill(
     stack: Stack, client: Client, sku: str, before: list[httpx.Response], killed: int
 ) -> None:
     """The other worker serves on; the supervisor starts a new one in the killed one's place."""
+    # kill() returns before the worker is gone: until then a new connection can still land
+    # on its listening socket (SO_REUSEPORT) and be reset. Once it has exited, the other
+    # worker alone takes connections.
+    await wait_until(lambda: has_exited(killed), timeout=10, message="the killed worker gone")
     assert (await client.http.get("/readyz")).status_code == 200
     await wait_until(
         lambda: killed not in api_workers() and all_listening(stack),

@@ -45,7 +45,9 @@ async def test_tour_calls_every_operation(new_client: NewClient, new_product: Ne
     order = (await client.order(sku)).json()["data"]
     assert (await client.get_order(order["transactionId"]))["transactionId"]
     assert await client.codes(order["transactionId"])
-    for path in ("/v2/orders", "/v2/products", "/v2/balances"):
+    bulk = await client.http.post("/v2/orders", json={"products": [{"sku": sku, "quantity": 1}]})
+    assert bulk.status_code == 200, bulk.text
+    for path in ("/v2/orders", "/v2/products", "/v2/balances", "/v2/exchange-rates"):
         assert (await client.http.get(path)).status_code == 200
 
 
