@@ -90,7 +90,7 @@ async def test_a_bulk_order_is_paid_in_full_and_sent_to_inventory_unit_by_unit()
         for r in store.events(topics.INVENTORY_COMMANDS.name)
     ]
     assert [c.transaction_id for c in commands] == [
-        f"{order.transaction_id}-{n}" for n in range(1, 6)
+        f"{order.transaction_id}-{n:05d}" for n in range(1, 6)
     ]
     assert {c.placed_at for c in commands} == {order.created_at}
     accepted = store.events(topics.ORDER_EVENTS.name)
@@ -194,13 +194,17 @@ async def test_units_delivered_and_cancelled_roll_up_and_each_cancelled_unit_is_
     order = await place(store, bulk(account_id, ("A", 2), ("B", 2)))
     tx = order.transaction_id
     outcomes = [
-        reserved(f"{tx}-1", account_id, "A", 11),
-        cancelled(f"{tx}-2", account_id, "A"),
-        cancelled(f"{tx}-3", account_id, "B"),
-        cancelled(f"{tx}-4", account_id, "B"),
+        reserved(f"{tx}-00001", account_id, "A", 11),
+        cancelled(f"{tx}-00002", account_id, "A"),
+        cancelled(f"{tx}-00003", account_id, "B"),
+        cancelled(f"{tx}-00004", account_id, "B"),
         # late, after the cancellation: changes nothing
         BackorderAllocated(
-            transaction_id=f"{tx}-4", account_id=account_id, sku="B", stock_id=12, sealed_code="c"
+            transaction_id=f"{tx}-00004",
+            account_id=account_id,
+            sku="B",
+            stock_id=12,
+            sealed_code="c",
         ),
     ]
 

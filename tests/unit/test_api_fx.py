@@ -179,3 +179,12 @@ async def test_an_order_in_a_pair_without_rate_is_refused_and_charged_nothing() 
     with pytest.raises(NoExchangeRate, match="No exchange rate USDEUR"):
         await desk(store).place_instant(paid_in(account_id, "EUR"))
     assert await balances(store, account_id) == {"USD": Decimal("10.00"), "EUR": Decimal("10.00")}
+
+
+def test_a_price_that_converts_to_less_than_one_minor_unit_is_refused() -> None:
+    # Review: 5 KRW at 0.00073 is 0.00365 USD, 0.00 once rounded: never a code for nothing.
+    with pytest.raises(UnsupportedCurrency, match=r"less than one 0\.01 USD"):
+        price_in(Decimal("5.00"), "KRW", "USD", rates(KRWUSD="0.00073"))
+    assert price_in(Decimal("7.00"), "KRW", "USD", rates(KRWUSD="0.00073")).unit_price == Decimal(
+        "0.01"
+    )

@@ -380,6 +380,13 @@ def price_in(
     if rate is None:
         raise NoExchangeRate(product_currency + pay_currency)
     charged = (price * rate.rate).quantize(minor_unit(pay_currency), rounding=ROUND_HALF_EVEN)
+    if charged <= 0:
+        # never a code for nothing: a price that converts to less than one minor unit
+        raise UnsupportedCurrency(
+            f"At the rate {product_currency}{pay_currency} {rate.rate}, this product's price "
+            f"{price} {product_currency} is less than one {minor_unit(pay_currency)} "
+            f"{pay_currency}: pay with {product_currency}, or in another currency."
+        )
     return Priced(charged, FxApplied(product_currency, price, rate.rate, rate.as_of))
 
 
@@ -525,7 +532,9 @@ def bulk_currency(products: Sequence[Product]) -> str:
 
 def unit_id(bulk_id: str, n: int) -> str:
     """The transactionId of the n-th unit (from 1) of a bulk order."""
-    return f"{bulk_id}-{n}"
+    # zero-padded (at most BULK_MAX_UNITS): units waiting with one placed_at are served in
+    # the order of their ids, so -00002 before -00010
+    return f"{bulk_id}-{n:05d}"
 
 
 def unit_number(unit: Order) -> int:

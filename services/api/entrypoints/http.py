@@ -51,7 +51,7 @@ from services.api.service_layer.accounts import (
     LoginsThrottled,
 )
 from services.api.service_layer.orders import OrderDesk, bulk_order, place_bulk
-from services.api.service_layer.unit_of_work import LockTimeout, UnitOfWork
+from services.api.service_layer.unit_of_work import LockTimeout, TransactionConflict, UnitOfWork
 from shared.contracts import MoneyOut, rate_out, utcnow
 from shared.crypto import Code, CodeVault, KeyConfigError, SealedCode
 from shared.web import ApiError, error_responses, ok, paged
@@ -423,25 +423,26 @@ async def create_bulk_order(
     body: CreateBulkOrderIn, account_id: CurrentAccount, svc: Services
 ) -> dict[str, Any]:
     """Always asynchronous: answers PROCESSING at once, with the whole grandTotal paid."""
-    try:
-        bulk = await place_bulk(
-            svc.new_uow(),
-            CreateBulkOrder(
-                account_id=account_id,
-                lines=tuple(BulkLine(p.sku, p.quantity) for p in body.products),
-                client_order_number=body.clientOrderNumber,
-                dup_check=body.enableClientOrderNumberDupCheck,
-                pay_with_currency=body.payWithCurrency,
-            ),
-            lock_timeout_s=BULK_LOCK_TIMEOUT_S,
-        )
-    except LockTimeout:
-        raise as_api_error(Overloaded()) from None
-    except DomainError as exc:
-        error = as_api_error(exc)
-        metrics.ORDERS_REJECTED.labels(error.error).inc()
-        raise error from None
-    return ok(bulk_order_out(bulk))
+    cmd = CreateBulkOrder(
+        account_id=account_id,
+        lines=tuple(BulkLine(p.sku, p.quantity) for p in body.products),
+        client_order_number=body.clientOrderNumber,
+        dup_check=body.enableClientOrderNumberDupCheck,
+        pay_with_currency=body.payWithCurrency,
+    )
+    for _ in range(BULK_ATTEMPTS):
+        try:
+            bulk = await place_bulk(svc.new_uow(), cmd, lock_timeout_s=BULK_LOCK_TIMEOUT_S)
+        except TransactionConflict:
+            continue  # lost a deadlock on the wallet to other orders: rolled back, try again
+        except LockTimeout:
+            raise as_api_error(Overloaded()) from None
+        except DomainError as exc:
+            error = as_api_error(exc)
+            metrics.ORDERS_REJECTED.labels(error.error).inc()
+            raise error from None
+        return ok(bulk_order_out(bulk))
+    raise as_api_error(Overloaded())
 
 
 @router.get("/orders", response_model=None, responses=answers(schemas.OrderPageEnvelope))
@@ -467,6 +468,8 @@ async def get_orders(
 
 
 # The longest a bulk order waits for its wallet or dup-check lock before a 503.
+# A bulk order that loses a deadlock on the wallet is tried again, then answered 503.
+BULK_ATTEMPTS = 3
 BULK_LOCK_TIMEOUT_S = 5.0
 
 ORDER_NOT_FOUND = ApiError(
