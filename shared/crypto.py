@@ -205,6 +205,9 @@ def random_code(prefix: str, *, group_length: int, pin_digits: int) -> Code:
     )
 
 
+MAX_NAMED_KEY_ID = 24
+
+
 class CodeVault:
     def __init__(self, keys_spec: str, fingerprint_key: str | None = None) -> None:
         """`fingerprint_key` (base64, 32 bytes) keys the duplicate detection. It must stay
@@ -218,8 +221,11 @@ class CodeVault:
                 continue
             kid, sep, b64 = part.partition(":")
             # Errors name an entry by its position (and its id when it has one), never by its
-            # text: without the separator the whole entry is key material.
-            entry = f"entry {position}" + (f" (key id {kid!r})" if sep and kid else "")
+            # text: without the separator the whole entry is key material, and an entry written
+            # key first ('base64:kid') has its key where the id should be, so an id longer than
+            # any id is not named either (a 32-byte key is 44 characters of base64).
+            named = sep and kid and len(kid) <= MAX_NAMED_KEY_ID
+            entry = f"entry {position}" + (f" (key id {kid!r})" if named else "")
             try:
                 raw = base64.b64decode(b64, validate=True)
             except ValueError as exc:

@@ -113,6 +113,16 @@ def test_bad_key_configuration_is_refused_with_a_message(spec: str):
         CodeVault(spec)
 
 
+def test_a_key_written_before_its_id_is_not_quoted_in_the_error():
+    # Third review: 'base64key:kid' puts the key where the id goes; the message names the
+    # entry by position only.
+    key = base64.b64encode(os.urandom(32)).decode()
+    with pytest.raises(KeyConfigError) as refused:
+        CodeVault(f"{key}:k1")
+    assert key not in str(refused.value)
+    assert "entry 1" in str(refused.value)
+
+
 def test_codes_never_show_in_repr():
     assert "SECRET" not in repr(Code("SECRET", "SECRET")) + str(Code("SECRET", None))
 
