@@ -398,12 +398,18 @@ class FakeOrders:
         status: str | None,
         limit: int,
         offset: int,
-    ) -> tuple[int, list[Order]]:
+    ) -> tuple[int, list[Order | BulkOrder]]:
+        everything: dict[str, Order | BulkOrder] = {
+            tx: o for tx, o in self._state().orders.items() if o.bulk_id is None
+        }
+        for tx in self._state().bulk_orders:
+            bulk = await self.get_bulk(account_id, tx)
+            if bulk is not None:
+                everything[tx] = bulk
         shown = [
             o
-            for tx, o in sorted(self._state().orders.items(), reverse=True)
+            for tx, o in sorted(everything.items(), reverse=True)
             if o.account_id == account_id
-            and o.bulk_id is None
             and transaction_id in (None, tx)
             and client_order_number in (None, o.client_order_number)
             and status in (None, o.status)

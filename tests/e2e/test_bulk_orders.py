@@ -239,3 +239,40 @@ async def test_no_code_is_sold_twice_across_concurrent_bulk_and_instant_orders(
     finally:
         await api_db.close()
     assert len({r["stock_id"] for r in stock_ids}) == len(stock_ids) == 20
+
+
+async def test_get_orders_lists_bulk_orders_with_instant_ones_newest_first(
+    new_client: NewClient, new_product: NewProduct
+) -> None:
+    sku = await new_product(price="1.00", stock=2)
+    client = await new_client(balance="100.00")
+    number = unique("PO")
+    first = (await client.order(sku)).json()["data"]
+    order = await placed(client, [(sku, 3)], clientOrderNumber=number)  # 2 in stock: 1 waits
+    tx = order["transactionId"]
+
+    async def listed(**params: str) -> dict[str, Any]:
+        response = await client.http.get("/v2/orders", params=params)
+        assert response.status_code == 200, response.text
+        data: dict[str, Any] = response.json()["data"]
+        return data
+
+    page = await listed()
+    # the bulk order once (not its units), newest first, before the instant order
+    assert [i["transactionId"] for i in page["items"]] == [tx, first["transactionId"]]
+    assert page["total"] == 2
+    item = page["items"][0]
+    assert [(p["sku"], p["quantity"]) for p in item["products"]] == [(sku, 3)]
+    assert item["grandTotal"] == {"amount": "3.00", "currency": "USD"}
+    assert [i["transactionId"] for i in (await listed(clientOrderNumber=number))["items"]] == [tx]
+    assert [i["transactionId"] for i in (await listed(transactionId=tx))["items"]] == [tx]
+
+    async def bulk_waits() -> bool:
+        return await count_by_status(client, tx) == {"COMPLETED": 1, "PROCESSING": 2} or (
+            await count_by_status(client, tx) == {"COMPLETED": 2, "PROCESSING": 1}
+        )
+
+    await wait_until(bulk_waits, timeout=20, message="the bulk order partly delivered")
+    assert [i["transactionId"] for i in (await listed(status="PROCESSING"))["items"]] == [tx]
+    completed = [i["transactionId"] for i in (await listed(status="COMPLETED"))["items"]]
+    assert tx not in completed

@@ -241,3 +241,22 @@ async def test_another_accounts_bulk_order_is_not_found() -> None:
     order = await place(store, bulk(account_id, ("A", 1)))
 
     assert await orders.bulk_order(store.uow(), uuid.uuid4(), order.transaction_id) is None
+
+
+async def test_the_listing_shows_a_bulk_order_once_and_not_its_units() -> None:
+    store = FakeStore()
+    account_id = await funded(store, "50.00")
+    first = await place(store, bulk(account_id, ("A", 2), number="PO-7"))
+
+    async with store.uow() as uow:
+        total, listed = await uow.orders.listing(
+            account_id,
+            transaction_id=None,
+            client_order_number="PO-7",
+            status="PROCESSING",
+            limit=10,
+            offset=0,
+        )
+    assert total == 1
+    assert [o.transaction_id for o in listed] == [first.transaction_id]
+    assert isinstance(listed[0], BulkOrder)

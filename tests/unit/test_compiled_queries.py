@@ -38,5 +38,7 @@ def test_each_combination_of_order_filters_has_its_own_statement() -> None:
     assert count.params == ("account_id", "status")
     assert page.params == ("account_id", "status", "limit", "offset")
     assert "orders.status = $2" in page.sql
-    assert "ORDER BY orders.transaction_id DESC" in page.sql
+    assert "UNION ALL" in page.sql
+    assert "bulk_orders" in page.sql
+    assert "ORDER BY entries.transaction_id DESC" in page.sql
     assert repository._order_listing(())[1].params == ("account_id", "limit", "offset")

@@ -21,15 +21,20 @@ from sqlalchemy import (
     Text,
     any_,
     bindparam,
+    case,
+    false,
     func,
     insert,
     literal_column,
     or_,
     select,
+    true,
+    union_all,
 )
 from sqlmodel import col
 
 from services.api.adapters.tables import Account, AdminAuditEntry, LedgerEntry
+from services.api.adapters.tables import BulkOrder as BulkOrderRow
 from services.api.adapters.tables import Order as OrderRow
 from services.api.adapters.tables import Product as ProductRow
 from services.api.domain.model import (
@@ -228,6 +233,7 @@ _PAGE_OF_PRODUCTS = compiled(
 
 
 _ORDERS: Table = OrderRow.__table__  # type: ignore[attr-defined]
+_BULK_ORDERS: Table = BulkOrderRow.__table__  # type: ignore[attr-defined]
 
 
 _ORDER_FIELDS = [
@@ -398,20 +404,51 @@ _ORDER_FILTERS = ("transaction_id", "client_order_number", "status")
 
 @functools.cache
 def _order_listing(filters: tuple[str, ...]) -> tuple[Query, Query]:
-    """Count and page of one account's orders, newest first, narrowed by equality on the
-    `filters` given (one compiled pair per combination)."""
-    # A bulk order's units are not orders of their own in the listing.
-    where = [_ORDERS.c.account_id == bindparam("account_id"), _ORDERS.c.bulk_id.is_(None)]
-    where += [_ORDERS.c[name] == bindparam(name) for name in filters]
-    count = select(func.count()).select_from(_ORDERS).where(*where)
+    """Count and page of one account's orders, instant and bulk, newest first, narrowed by
+    equality on the `filters` given (one compiled pair per combination). A page is a list of
+    (transactionId, is a bulk order): the two index scans merge in transactionId order."""
+    # A bulk order's units are not orders of their own in the listing: the bulk order is.
+    instant = [_ORDERS.c.account_id == bindparam("account_id"), _ORDERS.c.bulk_id.is_(None)]
+    instant += [_ORDERS.c[name] == bindparam(name) for name in filters]
+    bulk = [_BULK_ORDERS.c.account_id == bindparam("account_id")]
+    bulk += [
+        _bulk_status() == bindparam(name)
+        if name == "status"
+        else _BULK_ORDERS.c[name] == bindparam(name)
+        for name in filters
+    ]
+    entries = union_all(
+        select(_ORDERS.c.transaction_id, false().label("bulk")).where(*instant),
+        select(_BULK_ORDERS.c.transaction_id, true().label("bulk")).where(*bulk),
+    ).subquery("entries")
+    count = select(func.count()).select_from(entries)
     page = (
-        select(*_ORDER_FIELDS)
-        .where(*where)
-        .order_by(col(OrderRow.transaction_id).desc())
+        select(entries.c.transaction_id, entries.c.bulk)
+        .order_by(entries.c.transaction_id.desc())
         .limit(bindparam("limit"))
         .offset(bindparam("offset"))
     )
     return compiled(count), compiled(page)
+
+
+def _bulk_status() -> Any:
+    """A bulk order's status rolled up from its units (domain.model.rolled_up): PROCESSING
+    while any is, else COMPLETED if any unit was delivered, else CANCELLED."""
+    unit = _ORDERS.alias("unit")
+    processing: Any = literal_column("'PROCESSING'")
+    completed: Any = literal_column("'COMPLETED'")
+    cancelled: Any = literal_column("'CANCELLED'")
+    return (
+        select(
+            case(
+                (func.bool_or(unit.c.status == processing), processing),
+                (func.bool_or(unit.c.status == completed), completed),
+                else_=cancelled,
+            )
+        )
+        .where(unit.c.bulk_id == _BULK_ORDERS.c.transaction_id)
+        .scalar_subquery()
+    )
 
 
 class PostgresAccounts:
@@ -962,7 +999,7 @@ class PostgresOrders:
         status: str | None,
         limit: int,
         offset: int,
-    ) -> tuple[int, list[Order]]:
+    ) -> tuple[int, list[Order | BulkOrder]]:
         given = {
             name: value
             for name, value in zip(
@@ -975,7 +1012,17 @@ class PostgresOrders:
         rows = await self._conn.fetch(
             page.sql, *page.args(account_id=account_id, limit=limit, offset=offset, **given)
         )
-        return int(total), [_order(r) for r in rows]
+        instant = {
+            o.transaction_id: o
+            for o in await self.get_many([r["transaction_id"] for r in rows if not r["bulk"]])
+        }
+        listed: list[Order | BulkOrder] = []
+        for row in rows:
+            tx = row["transaction_id"]
+            found = await self.get_bulk(account_id, tx) if row["bulk"] else instant.get(tx)
+            if found is not None:
+                listed.append(found)
+        return int(total), listed
 
     async def take_undecided(
         self, older_than_s: float, again_after_s: float, limit: int

@@ -464,7 +464,14 @@ async def get_orders(
         limit=limit,
         offset=(page - 1) * limit,
     )
-    return ok(paged(total, page, limit, [order_out(o) for o in orders]))
+    return ok(
+        paged(
+            total,
+            page,
+            limit,
+            [bulk_order_out(o) if isinstance(o, BulkOrder) else order_out(o) for o in orders],
+        )
+    )
 
 
 # The longest a bulk order waits for its wallet or dup-check lock before a 503.

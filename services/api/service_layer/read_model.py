@@ -6,7 +6,7 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from services.api.domain.model import Order
+from services.api.domain.model import BulkOrder, Order
 from services.api.service_layer.unit_of_work import UnitOfWork
 from shared.contracts import ProductSnapshot
 
@@ -41,7 +41,7 @@ async def orders(
     status: str | None,
     limit: int,
     offset: int,
-) -> tuple[int, list[Order]]:
+) -> tuple[int, list[Order | BulkOrder]]:
     async with uow:
         return await uow.orders.listing(
             account_id,

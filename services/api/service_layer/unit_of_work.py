@@ -242,7 +242,7 @@ class Orders(Protocol):
         status: str | None,
         limit: int,
         offset: int,
-    ) -> tuple[int, list[Order]]:
+    ) -> tuple[int, list[Order | BulkOrder]]:
         """One account's orders, newest first, narrowed by the filters given."""
         ...
 
