@@ -118,3 +118,32 @@ async def test_an_order_in_a_pair_without_rate_is_422_and_charges_nothing(
     assert response.json()["error"] == "UNSUPPORTED_CURRENCY"
     assert f"USD{pay}" in response.json()["message"]
     assert await client.balance(pay) == Decimal("5.00")
+
+
+async def test_a_bulk_order_paid_in_another_currency_is_charged_converted_per_unit(
+    new_client: NewClient, new_product: NewProduct
+) -> None:
+    pay = new_currency()
+    await cli("fx", "set", "--base", "USD", "--quote", pay, "--rate", "0.9155")
+    sku = await new_product(price="2.00", stock=1)  # one unit delivered, two wait
+    client = await new_client(
+        balances=[{"currency": "USD", "amount": "50.00"}, {"currency": pay, "amount": "50.00"}]
+    )
+    body = {"products": [{"sku": sku, "quantity": 3}], "payWithCurrency": pay}
+
+    async def accepted() -> httpx.Response | None:
+        response = await client.http.post("/v2/orders", json=body)
+        return response if response.status_code == 200 else None
+
+    created = (await wait_until(accepted, timeout=10)).json()["data"]
+    # 2.00 x 0.9155 = 1.831 -> 1.83 a unit, 5.49 in all, from the pay-currency balance
+    assert created["grandTotal"] == {"amount": "5.49", "currency": pay}
+    assert created["products"][0]["unitPrice"] == {"amount": "1.83", "currency": pay}
+    assert created["products"][0]["unitPriceOriginal"] == {"amount": "2.00", "currency": "USD"}
+    assert created["payWithCurrency"] == pay
+    assert [s["pair"] for s in created["fxSummary"]] == [f"USD{pay}"]
+    assert await client.balance(pay) == Decimal("44.51")
+    assert await client.balance("USD") == Decimal("50.00")
+    shown = await client.get_order(created["transactionId"])
+    assert shown["grandTotal"] == {"amount": "5.49", "currency": pay}
+    assert "fxSummary" not in shown

@@ -22,6 +22,7 @@ from services.api.domain.model import (
     rolled_up,
 )
 from services.api.service_layer import accounts, orders
+from services.api.service_layer.fx import OperatorRates
 from shared import topics
 from shared.contracts import (
     BackorderAllocated,
@@ -69,7 +70,9 @@ async def balance(store: FakeStore, account_id: uuid.UUID) -> Decimal:
 
 
 async def place(store: FakeStore, cmd: CreateBulkOrder) -> BulkOrder:
-    return await orders.place_bulk(store.uow(), cmd, lock_timeout_s=1.0)
+    return await orders.place_bulk(
+        store.uow(), cmd, lock_timeout_s=1.0, rates=OperatorRates(store.uow)
+    )
 
 
 async def test_a_bulk_order_is_paid_in_full_and_sent_to_inventory_unit_by_unit() -> None:
@@ -141,25 +144,36 @@ async def test_paying_in_another_currency_follows_the_instant_rule() -> None:
         await place(store, bulk(account_id, ("A", 1), pay_with="EUR"))
 
 
-async def test_a_bulk_order_paid_in_another_balance_currency_is_refused_not_misconverted() -> None:
-    # Converting is not wired into bulk orders: a USD product paid from the EUR balance would
-    # otherwise be charged its USD price as euros. Refused, nothing debited.
+async def test_a_bulk_order_paid_in_another_currency_is_converted_and_refunded_as_charged() -> None:
+    # The instant path's conversion (price_in), per line: 2.00 USD at USDEUR 0.9155 is 1.83
+    # EUR (half-even); the whole total comes from the EUR balance, and a cancelled unit gives
+    # back what it was charged, whatever the rate is by then.
     store = FakeStore()
     issued, _ = await accounts.create_account(
         store.uow(), "Acme", [("USD", Decimal("50.00")), ("EUR", Decimal("50.00"))], SLOTS
     )
     async with store.uow() as uow:
         await uow.products.apply(product_record("A", price="2.00"), 1)
+        await uow.fx_rates.put("USD", "EUR", Decimal("0.9155"))
 
-    with pytest.raises(UnsupportedCurrency, match="products' currency"):
-        await place(store, bulk(issued.account_id, ("A", 1), pay_with="EUR"))
+    order = await place(store, bulk(issued.account_id, ("A", 3), pay_with="EUR"))
 
+    assert (order.currency, order.grand_total) == ("EUR", Decimal("5.49"))
+    assert {(u.unit_price, u.currency) for u in order.units} == {(Decimal("1.83"), "EUR")}
+    assert all(
+        u.fx is not None and u.fx.unit_price_original == Decimal("2.00") for u in order.units
+    )
     async with store.uow() as uow:
+        await uow.fx_rates.put("USD", "EUR", Decimal("2.0"))
         assert dict(await uow.wallets.balances(issued.account_id)) == {
             "USD": Decimal("50.00"),
-            "EUR": Decimal("50.00"),
+            "EUR": Decimal("44.51"),
         }
-    assert store.events() == []
+    unit = order.units[0].transaction_id
+    for _ in range(2):  # redelivered: refunded once
+        await orders.follow_inventory(store.uow(), [cancelled(unit, issued.account_id, "A")], SLOTS)
+    async with store.uow() as uow:
+        assert dict(await uow.wallets.balances(issued.account_id))["EUR"] == Decimal("46.34")
 
 
 async def test_the_dup_check_is_shared_with_instant_orders() -> None:

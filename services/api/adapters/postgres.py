@@ -303,15 +303,19 @@ WITH bulk_row AS (
                              grand_total, created_at)
     VALUES ($5, $6, $7, $8, $9, $10)
 ), units AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::numeric[], $4::bytea[]) WITH ORDINALITY
-        AS u (transaction_id, sku, price, event, n)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::numeric[], $4::bytea[], $12::text[],
+                         $13::numeric[], $14::numeric[], $15::timestamptz[]) WITH ORDINALITY
+        AS u (transaction_id, sku, price, event, product_currency, unit_price_original,
+              fx_rate, fx_as_of, n)
 ), ledger_rows AS (
     INSERT INTO ledger (transaction_id, account_id, currency, amount, kind)
     SELECT transaction_id, $6, $8, -price, 'DEBIT' FROM units
 ), order_rows AS (
     INSERT INTO orders (transaction_id, account_id, client_order_number, sku, quantity,
-                        unit_price, currency, grand_total, status, created_at, bulk_id)
-    SELECT transaction_id, $6, '', sku, 1, price, $8, price, 'PROCESSING', $10, $5
+                        unit_price, currency, grand_total, status, created_at, bulk_id,
+                        product_currency, unit_price_original, fx_rate, fx_as_of)
+    SELECT transaction_id, $6, '', sku, 1, price, $8, price, 'PROCESSING', $10, $5,
+           product_currency, unit_price_original, fx_rate, fx_as_of
     FROM units
 )
 INSERT INTO outbox (topic, key, payload, headers)
@@ -838,6 +842,11 @@ class PostgresOrders:
             bulk.grand_total,
             bulk.created_at,
             topics.ORDER_EVENTS.name,
+            # what a unit paid in another currency than its product's was converted from
+            [u.fx.product_currency if u.fx else None for u in bulk.units],
+            [u.fx.unit_price_original if u.fx else None for u in bulk.units],
+            [u.fx.rate if u.fx else None for u in bulk.units],
+            [u.fx.as_of if u.fx else None for u in bulk.units],
         )
 
     async def get_bulk(self, account_id: uuid.UUID, transaction_id: str) -> BulkOrder | None:

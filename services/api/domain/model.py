@@ -588,11 +588,14 @@ def new_bulk_order(
     transaction_id: str,
     products: dict[str, Product],
     currency: str,
+    priced: dict[str, Priced],
     placed_at: datetime,
 ) -> BulkOrder:
+    """The bulk order and its units, each unit charged its SKU's `priced` unit price in
+    `currency` (`price_in`: converted when paid in another currency than the product's)."""
     units: list[Order] = []
     for line in cmd.lines:
-        product = products[line.sku]
+        product, price = products[line.sku], priced[line.sku]
         for _ in range(line.quantity):
             unit = one_code_order(
                 unit_id(transaction_id, len(units) + 1),
@@ -602,7 +605,15 @@ def new_bulk_order(
                 currency,
                 placed_at,
             )
-            units.append(replace(unit, bulk_id=transaction_id))
+            units.append(
+                replace(
+                    unit,
+                    unit_price=price.unit_price,
+                    grand_total=price.unit_price,
+                    fx=price.fx,
+                    bulk_id=transaction_id,
+                )
+            )
     return BulkOrder(
         transaction_id=transaction_id,
         account_id=cmd.account_id,

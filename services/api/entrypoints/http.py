@@ -418,7 +418,31 @@ def bulk_order_out(bulk: BulkOrder) -> dict[str, Any]:
     }
 
 
-@router.post("/orders", response_model=None, responses=answers(schemas.OrderEnvelope, 409, 422))
+def created_bulk_order_out(bulk: BulkOrder) -> dict[str, Any]:
+    """The create response: a bulk order paid in another currency than its products' also
+    says how it was converted (one pair: its products share one currency), and each line its
+    product's own price (Get Orders items do not)."""
+    out = bulk_order_out(bulk)
+    fx = bulk.units[0].fx
+    if fx is not None:
+        out["payWithCurrency"] = bulk.currency
+        out["fxSummary"] = [
+            {
+                "pair": fx.pair(bulk.currency),
+                "rate": rate_out(fx.rate),
+                "asOfDate": iso_utc(fx.as_of),
+            }
+        ]
+        for line, (_, units) in zip(out["products"], bulk.lines, strict=True):
+            unit_fx = units[0].fx
+            assert unit_fx is not None
+            line["unitPriceOriginal"] = money(unit_fx.unit_price_original, unit_fx.product_currency)
+    return out
+
+
+@router.post(
+    "/orders", response_model=None, responses=answers(schemas.CreatedOrderEnvelope, 409, 422)
+)
 async def create_bulk_order(
     body: CreateBulkOrderIn, account_id: CurrentAccount, svc: Services
 ) -> dict[str, Any]:
@@ -432,7 +456,9 @@ async def create_bulk_order(
     )
     for _ in range(BULK_ATTEMPTS):
         try:
-            bulk = await place_bulk(svc.new_uow(), cmd, lock_timeout_s=BULK_LOCK_TIMEOUT_S)
+            bulk = await place_bulk(
+                svc.new_uow(), cmd, lock_timeout_s=BULK_LOCK_TIMEOUT_S, rates=svc.order_desk.rates
+            )
         except TransactionConflict:
             continue  # lost a deadlock on the wallet to other orders: rolled back, try again
         except LockTimeout:
@@ -441,7 +467,7 @@ async def create_bulk_order(
             error = as_api_error(exc)
             metrics.ORDERS_REJECTED.labels(error.error).inc()
             raise error from None
-        return ok(bulk_order_out(bulk))
+        return ok(created_bulk_order_out(bulk))
     raise as_api_error(Overloaded())
 
 

@@ -23,6 +23,11 @@ class OrderLine(BaseModel):
     unitPrice: Money
     totalPrice: Money
     status: Status
+    unitPriceOriginal: Money | None = Field(
+        None,
+        description="(ours) The create response of a bulk order paid in another currency "
+        "than its products': this line's product price, in its own currency.",
+    )
 
 
 class OrderOut(BaseModel):

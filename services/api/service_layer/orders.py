@@ -26,7 +26,6 @@ from services.api.domain.model import (
     PipelineUnavailable,
     Priced,
     Product,
-    UnsupportedCurrency,
     bulk_currency,
     check_bulk_lines,
     check_orderable,
@@ -476,7 +475,9 @@ def new_order(
 # --- the bulk order ---------------------------------------------------------------------------
 
 
-async def place_bulk(uow: UnitOfWork, cmd: CreateBulkOrder, lock_timeout_s: float) -> BulkOrder:
+async def place_bulk(
+    uow: UnitOfWork, cmd: CreateBulkOrder, lock_timeout_s: float, rates: RateSource
+) -> BulkOrder:
     """Accepts a bulk order: checks it, pays its grand total and records it with one unit per
     code asked for, in one transaction. Each unit is an order of its own that inventory
     decides as it does an instant one (a PlaceOrder through the outbox, with the bulk order's
@@ -491,19 +492,16 @@ async def place_bulk(uow: UnitOfWork, cmd: CreateBulkOrder, lock_timeout_s: floa
         ordered = {sku: check_orderable(products.get(sku), instant=False) for sku in skus}
         first = ordered[skus[0]]
         bulk_currency(list(ordered.values()))
-        # Through the instant path's rule; converting (price_in) is not wired into bulk
-        # orders yet, so one paid in another currency than its products' is refused: it
-        # would otherwise be charged the product's price in the wrong currency.
+        # The instant path's rules: the wallet paid from, and one conversion (price_in).
         currency = settlement_currency(
             first, cmd.pay_with_currency, wallets.get(cmd.account_id, set())
         )
-        if currency != first.currency:
-            raise UnsupportedCurrency(
-                f"A bulk order is paid in its products' currency ({first.currency}) for now: "
-                f"leave payWithCurrency out or set it to {first.currency}, or order in "
-                f"{currency} with instant orders."
-            )
-        bulk = new_bulk_order(cmd, new_transaction_id(), ordered, currency, placed_at)
+        known = await rates.rates() if currency != first.currency else {}
+        priced = {
+            sku: price_in(product.price, product.currency, currency, known)
+            for sku, product in ordered.items()
+        }
+        bulk = new_bulk_order(cmd, new_transaction_id(), ordered, currency, priced, placed_at)
         dup_key = (cmd.account_id, bulk.client_order_number)
         async with uow.transaction(lock_timeout_s=lock_timeout_s):
             if cmd.dup_check and bulk.client_order_number:
