@@ -320,6 +320,10 @@ class FakeOrders:
         self._add(bulk.units, accepted_events, key=bulk.transaction_id)
         state.bulk_orders[bulk.transaction_id] = replace(bulk, units=())
 
+    async def bulk_account(self, transaction_id: str) -> uuid.UUID | None:
+        bulk = self._state().bulk_orders.get(transaction_id)
+        return None if bulk is None else bulk.account_id
+
     async def get_bulk(self, account_id: uuid.UUID, transaction_id: str) -> BulkOrder | None:
         bulk = self._state().bulk_orders.get(transaction_id)
         if bulk is None or bulk.account_id != account_id:

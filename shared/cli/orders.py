@@ -112,7 +112,16 @@ def cmd_cancel(args: argparse.Namespace) -> None:
     if args.wait_seconds < 0:
         fail("--wait-seconds must be 0 or more")
     api = AdminClient("api")
-    api.call("POST", f"/admin/orders/{path}/cancel")
+    asked = api.call("POST", f"/admin/orders/{path}/cancel")
+    if isinstance(asked, dict) and asked.get("bulk"):
+        # a bulk order: each waiting unit is cancelled and refunded on inventory's answer
+        emit(asked)
+        progress(
+            f"asked inventory to cancel the {asked['units']} unit(s) of bulk order "
+            f"{args.transaction_id} still waiting; each is refunded when inventory answers "
+            f"(GET /v2/orders/{args.transaction_id}/codes shows them CANCELLED)"
+        )
+        return
     if args.wait_seconds == 0:
         progress(
             f"asked inventory to cancel {args.transaction_id}; follow it with "

@@ -15,6 +15,7 @@ from shared import topics
 from shared.contracts import BackorderCancelled
 from tests.conftest import Stack
 from tests.e2e.conftest import Client, NewClient, NewProduct
+from tests.e2e.test_cli import cli
 from tests.e2e.test_fulfilment import _committed, add_stock
 from tests.helpers import unique, wait_until
 
@@ -276,3 +277,33 @@ async def test_get_orders_lists_bulk_orders_with_instant_ones_newest_first(
     assert [i["transactionId"] for i in (await listed(status="PROCESSING"))["items"]] == [tx]
     completed = [i["transactionId"] for i in (await listed(status="COMPLETED"))["items"]]
     assert tx not in completed
+
+
+async def test_an_operator_cancels_the_waiting_units_of_a_bulk_order_by_its_id(
+    new_client: NewClient, new_product: NewProduct
+) -> None:
+    sku = await new_product(price="2.00", stock=1)
+    client = await new_client(balance="100.00")
+    tx = (await placed(client, [(sku, 3)]))["transactionId"]
+
+    async def one_delivered() -> bool:
+        return await count_by_status(client, tx) == {"COMPLETED": 1, "PROCESSING": 2}
+
+    await wait_until(one_delivered, timeout=20, message="one unit delivered, two waiting")
+    asked, said = await cli("orders", "cancel", tx)
+    assert (asked["transactionId"], asked["bulk"], asked["units"]) == (tx, True, 2)
+    assert "2 unit(s)" in said
+
+    async def cancelled_and_refunded() -> bool:
+        return await count_by_status(client, tx) == {"COMPLETED": 1, "CANCELLED": 2} and (
+            await client.balance() == Decimal("98.00")  # 6.00 paid, 4.00 given back once
+        )
+
+    await wait_until(cancelled_and_refunded, timeout=20, message="two units cancelled, refunded")
+    shown = await client.get_order(tx)
+    assert (shown["status"], shown["refundedTotal"]) == (
+        "COMPLETED",
+        {"amount": "4.00", "currency": "USD"},
+    )
+    _, said = await cli("orders", "cancel", tx, expect_ok=False)  # nothing left to cancel
+    assert "COMPLETED" in said

@@ -849,6 +849,12 @@ class PostgresOrders:
             [u.fx.as_of if u.fx else None for u in bulk.units],
         )
 
+    async def bulk_account(self, transaction_id: str) -> uuid.UUID | None:
+        account_id: uuid.UUID | None = await self._conn.fetchval(
+            "SELECT account_id FROM bulk_orders WHERE transaction_id = $1", transaction_id
+        )
+        return account_id
+
     async def get_bulk(self, account_id: uuid.UUID, transaction_id: str) -> BulkOrder | None:
         row = await self._conn.fetchrow(
             "SELECT transaction_id, account_id, client_order_number, currency, grand_total, "

@@ -334,9 +334,10 @@ async def order_history(
 async def cancel_order(
     transaction_id: Annotated[str, Path(max_length=64)], svc: Services
 ) -> dict[str, Any]:
-    """Asks inventory to cancel the order; the refund follows its answer (poll the order)."""
+    """Asks inventory to cancel the order (every unit of a bulk order still waiting); the
+    refund follows its answer (poll the order)."""
     try:
-        order = await orders.cancel_by_operator(svc.new_uow(), transaction_id)
+        asked = await orders.cancel_by_operator(svc.new_uow(), transaction_id)
     except OrderNotFound:
         raise ADMIN_ORDER_NOT_FOUND from None
     except IllegalTransition as exc:
@@ -346,7 +347,15 @@ async def cancel_order(
             f"Order {exc.transaction_id} is {exc.status} already: only an order still "
             "PROCESSING can be cancelled.",
         ) from None
-    return ok({"transactionId": order.transaction_id, "cancelRequested": True})
+    bulk = any(order.bulk_id == transaction_id for order in asked)
+    return ok(
+        {
+            "transactionId": transaction_id,
+            "cancelRequested": True,
+            "bulk": bulk,
+            "units": len(asked),
+        }
+    )
 
 
 class RateIn(BaseModel):

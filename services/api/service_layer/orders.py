@@ -674,22 +674,38 @@ async def order_history(uow: UnitOfWork, transaction_id: str) -> OrderHistory:
     return history
 
 
-async def cancel_by_operator(uow: UnitOfWork, transaction_id: str) -> Order:
-    """Asks inventory to cancel an order still PROCESSING (refused for a final one). The
+async def cancel_by_operator(uow: UnitOfWork, transaction_id: str) -> list[Order]:
+    """Asks inventory to cancel an order still PROCESSING (refused for a final one), or every
+    unit of a bulk order still PROCESSING; returns the orders (units) asked about. The
     cancellation and its refund follow through inventory's answer, as at a deadline; an
-    order inventory has served meanwhile stays COMPLETED."""
+    order or unit inventory has served meanwhile stays COMPLETED."""
     async with uow, uow.transaction():
         found = await uow.orders.get_many([transaction_id])
-        if not found:
-            raise OrderNotFound()
-        [order] = found
-        if order.status != "PROCESSING":
-            raise IllegalTransition(transaction_id, order.status, "CANCELLED")
-        uow.publish(
-            topics.INVENTORY_COMMANDS.name,
-            order.sku,
-            cancel_undecided(order, "CANCELLED_BY_OPERATOR"),
-        )
+        if found:
+            [order] = found
+            waiting = [order] if order.status == "PROCESSING" else []
+            status = order.status
+        else:
+            account_id = await uow.orders.bulk_account(transaction_id)
+            bulk = (
+                None
+                if account_id is None
+                else await uow.orders.get_bulk(account_id, transaction_id)
+            )
+            if bulk is None:
+                raise OrderNotFound()
+            waiting = [u for u in bulk.units if u.status == "PROCESSING"]
+            status = bulk.status
+        if not waiting:
+            raise IllegalTransition(transaction_id, status, "CANCELLED")
+        for order in waiting:
+            uow.publish(
+                topics.INVENTORY_COMMANDS.name,
+                order.sku,
+                cancel_undecided(order, "CANCELLED_BY_OPERATOR"),
+            )
         await uow.commit()
-    log.warning("an operator asked inventory to cancel order %s", transaction_id)
-    return order
+    log.warning(
+        "an operator asked inventory to cancel order %s (%d unit(s))", transaction_id, len(waiting)
+    )
+    return waiting

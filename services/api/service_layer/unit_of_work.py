@@ -195,6 +195,10 @@ class Orders(Protocol):
         """The account's bulk order with its units in unit order; another account's is None."""
         ...
 
+    async def bulk_account(self, transaction_id: str) -> uuid.UUID | None:
+        """Whose bulk order this is (for operators); None when no bulk order has this id."""
+        ...
+
     async def lock_client_order_numbers(self, wanted: Sequence[tuple[uuid.UUID, str]]) -> None:
         """Holds these (account, clientOrderNumber) pairs until the transaction ends, so that
         identical dup-checked requests in other transactions wait for this one."""
