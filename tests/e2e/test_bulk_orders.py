@@ -9,14 +9,12 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from aiokafka import AIOKafkaProducer, TopicPartition
 
-from shared import topics
 from shared.contracts import BackorderCancelled
 from tests.conftest import Stack
 from tests.e2e.conftest import Client, NewClient, NewProduct
 from tests.e2e.test_cli import cli
-from tests.e2e.test_fulfilment import _committed, add_stock
+from tests.e2e.test_fulfilment import add_stock, redeliver_to_api, refunds_of
 from tests.helpers import unique, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -128,38 +126,17 @@ async def test_undelivered_units_are_cancelled_at_the_deadline_and_refunded_once
     # The cancellations delivered again change nothing.
     cancelled_units = await _units(stack, tx, "CANCELLED")
     assert len(cancelled_units) == 3
-    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
-    await producer.start()
-    try:
-        sent = [
-            await producer.send_and_wait(
-                topics.INVENTORY_EVENTS.name,
-                BackorderCancelled(
-                    transaction_id=unit,
-                    account_id=client.account_id,
-                    sku=late,
-                    reason="DEADLINE_PASSED",
-                ).to_bytes(),
-                key=late.encode(),
-            )
-            for unit in cancelled_units
-        ]
-    finally:
-        await producer.stop()
-    partition = TopicPartition(topics.INVENTORY_EVENTS.name, sent[-1].partition)
-
-    async def api_consumed_them() -> bool:
-        return await _committed(stack, "api", partition) > sent[-1].offset
-
-    await wait_until(api_consumed_them, timeout=15, message="api consumed the redeliveries")
-    api_db = await asyncpg.connect(stack.api_db_url)
-    try:
-        refunds = await api_db.fetchval(
-            "SELECT count(*) FROM ledger WHERE transaction_id = ANY($1) AND kind = 'REFUND'",
-            cancelled_units,
+    cancellations = [
+        BackorderCancelled(
+            transaction_id=unit,
+            account_id=client.account_id,
+            sku=late,
+            reason="DEADLINE_PASSED",
         )
-    finally:
-        await api_db.close()
+        for unit in cancelled_units
+    ]
+    await redeliver_to_api(stack, late, cancellations)
+    refunds = await refunds_of(stack, cancelled_units)
     assert refunds == 3
     assert await client.balance() == Decimal("92.00")
 

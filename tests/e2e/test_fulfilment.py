@@ -4,6 +4,7 @@ withdrawn, followed by downstream consumers on the public order-events topic."""
 import asyncio
 import json
 import sys
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared import topics
-from shared.contracts import BackorderCancelled
+from shared.contracts import BackorderCancelled, Message
 from tests.conftest import Stack
 from tests.e2e.conftest import Client, NewClient, NewProduct
 from tests.helpers import unique, wait_until
@@ -116,6 +117,16 @@ async def test_late_backorder_is_cancelled_and_refunded_once(
         sku=sku,
         reason="DEADLINE_PASSED",
     )
+    await redeliver_to_api(stack, sku, [event, event])
+    refunds = await refunds_of(stack, [transaction_id])
+    assert refunds == 1
+    assert await client.balance() == Decimal("50.00")
+    assert (await client.get_order(transaction_id))["status"] == "CANCELLED"
+
+
+async def redeliver_to_api(stack: Stack, sku: str, events: Sequence[Message]) -> None:
+    """Publishes `events` on inventory.events again (keyed by `sku`, as inventory does) and
+    waits until the api has consumed them."""
     producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
     await producer.start()
     try:
@@ -123,7 +134,7 @@ async def test_late_backorder_is_cancelled_and_refunded_once(
             await producer.send_and_wait(
                 topics.INVENTORY_EVENTS.name, event.to_bytes(), key=sku.encode()
             )
-            for _ in range(2)
+            for event in events
         ]
     finally:
         await producer.stop()
@@ -133,17 +144,19 @@ async def test_late_backorder_is_cancelled_and_refunded_once(
         return await _committed(stack, "api", partition) > sent[-1].offset
 
     await wait_until(api_consumed_them, timeout=15, message="api consumed the redeliveries")
+
+
+async def refunds_of(stack: Stack, transaction_ids: Sequence[str]) -> int:
+    """How many REFUND ledger rows these orders have, from the api's database."""
     api_db = await asyncpg.connect(stack.api_db_url)
     try:
-        refunds = await api_db.fetchval(
-            "SELECT count(*) FROM ledger WHERE transaction_id = $1 AND kind = 'REFUND'",
-            transaction_id,
+        count: int = await api_db.fetchval(
+            "SELECT count(*) FROM ledger WHERE transaction_id = ANY($1) AND kind = 'REFUND'",
+            list(transaction_ids),
         )
     finally:
         await api_db.close()
-    assert refunds == 1
-    assert await client.balance() == Decimal("50.00")
-    assert (await client.get_order(transaction_id))["status"] == "CANCELLED"
+    return count
 
 
 async def _committed(stack: Stack, group: str, partition: TopicPartition) -> int:

@@ -297,23 +297,25 @@ def one_code_order(
     transaction_id: str,
     account_id: UUID,
     client_order_number: str,
-    product: Product,
+    sku: str,
     currency: str,
+    priced: "Priced",
     placed_at: datetime,
 ) -> Order:
-    """A new order of one code of `product`, PROCESSING: an instant order, or a unit of a
-    bulk order."""
+    """A new order of one code of `sku`, PROCESSING, charged `priced` in `currency`
+    (`price_in`): an instant order, or a unit of a bulk order."""
     return Order(
         transaction_id=transaction_id,
         account_id=account_id,
         client_order_number=client_order_number,
-        sku=product.sku,
+        sku=sku,
         quantity=1,
-        unit_price=product.price,
+        unit_price=priced.unit_price,
         currency=currency,
-        grand_total=product.price,
+        grand_total=priced.unit_price,
         status="PROCESSING",
         created_at=placed_at,
+        fx=priced.fx,
     )
 
 
@@ -586,7 +588,6 @@ class BulkOrder:
 def new_bulk_order(
     cmd: CreateBulkOrder,
     transaction_id: str,
-    products: dict[str, Product],
     currency: str,
     priced: dict[str, Priced],
     placed_at: datetime,
@@ -595,25 +596,17 @@ def new_bulk_order(
     `currency` (`price_in`: converted when paid in another currency than the product's)."""
     units: list[Order] = []
     for line in cmd.lines:
-        product, price = products[line.sku], priced[line.sku]
         for _ in range(line.quantity):
             unit = one_code_order(
                 unit_id(transaction_id, len(units) + 1),
                 cmd.account_id,
                 "",
-                product,
+                line.sku,
                 currency,
+                priced[line.sku],
                 placed_at,
             )
-            units.append(
-                replace(
-                    unit,
-                    unit_price=price.unit_price,
-                    grand_total=price.unit_price,
-                    fx=price.fx,
-                    bulk_id=transaction_id,
-                )
-            )
+            units.append(replace(unit, bulk_id=transaction_id))
     return BulkOrder(
         transaction_id=transaction_id,
         account_id=cmd.account_id,

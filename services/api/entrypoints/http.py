@@ -510,21 +510,19 @@ ORDER_NOT_FOUND = ApiError(
 )
 
 
-async def owned_order(svc: ApiServices, account_id: uuid.UUID, transaction_id: str) -> Order:
+async def owned(svc: ApiServices, account_id: uuid.UUID, transaction_id: str) -> Order | BulkOrder:
+    """The account's order or bulk order. An instant order (the common case) is one query: a
+    bulk order is looked for only when no order has this id."""
     if len(transaction_id) > 64:
         raise ORDER_NOT_FOUND
-    order = await read_model.order(svc.new_uow(), account_id, transaction_id)
-    if order is None:
+    found: Order | BulkOrder | None = await read_model.order(
+        svc.new_uow(), account_id, transaction_id
+    )
+    if found is None:
+        found = await bulk_order(svc.new_uow(), account_id, transaction_id)
+    if found is None:
         raise ORDER_NOT_FOUND
-    return order
-
-
-async def owned_bulk_order(
-    svc: ApiServices, account_id: uuid.UUID, transaction_id: str
-) -> BulkOrder | None:
-    if len(transaction_id) > 64:
-        return None
-    return await bulk_order(svc.new_uow(), account_id, transaction_id)
+    return found
 
 
 @router.get(
@@ -533,10 +531,8 @@ async def owned_bulk_order(
 async def get_order(
     transactionId: str, account_id: CurrentAccount, svc: Services
 ) -> dict[str, Any]:
-    bulk = await owned_bulk_order(svc, account_id, transactionId)
-    if bulk is not None:
-        return ok(bulk_order_out(bulk))
-    return ok(order_out(await owned_order(svc, account_id, transactionId)))
+    found = await owned(svc, account_id, transactionId)
+    return ok(bulk_order_out(found) if isinstance(found, BulkOrder) else order_out(found))
 
 
 CODE_UNAVAILABLE = ApiError(
@@ -581,12 +577,8 @@ async def get_codes(
     stockIds: Annotated[str | None, Query(max_length=2000, pattern=r"^[0-9]+(,[0-9]+)*$")] = None,
     status: Literal["PROCESSING", "COMPLETED", "CANCELLED"] | None = None,
 ) -> dict[str, Any]:
-    bulk = await owned_bulk_order(svc, caller.account_id, transactionId)
-    lines = (
-        bulk.lines
-        if bulk is not None
-        else [((order := await owned_order(svc, caller.account_id, transactionId)).sku, [order])]
-    )
+    found = await owned(svc, caller.account_id, transactionId)
+    lines = found.lines if isinstance(found, BulkOrder) else [(found.sku, [found])]
     wanted = {int(s) for s in stockIds.split(",")} if stockIds else None
     out = []
     for line_sku, units in lines:

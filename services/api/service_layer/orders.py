@@ -30,6 +30,7 @@ from services.api.domain.model import (
     check_bulk_lines,
     check_orderable,
     new_bulk_order,
+    one_code_order,
     price_in,
     settlement_currency,
 )
@@ -457,18 +458,14 @@ def new_order(
     cmd: CreateInstantOrder, product: Product, currency: str, priced: Priced, placed_at: datetime
 ) -> Order:
     """One unit of `product`, charged `priced.unit_price` in `currency` (`price_in`)."""
-    return Order(
-        transaction_id=new_transaction_id(),
-        account_id=cmd.account_id,
-        client_order_number=cmd.client_order_number or "",
-        sku=product.sku,
-        quantity=1,
-        unit_price=priced.unit_price,
-        currency=currency,
-        grand_total=priced.unit_price,
-        status="PROCESSING",
-        created_at=placed_at,
-        fx=priced.fx,
+    return one_code_order(
+        new_transaction_id(),
+        cmd.account_id,
+        cmd.client_order_number or "",
+        product.sku,
+        currency,
+        priced,
+        placed_at,
     )
 
 
@@ -501,7 +498,7 @@ async def place_bulk(
             sku: price_in(product.price, product.currency, currency, known)
             for sku, product in ordered.items()
         }
-        bulk = new_bulk_order(cmd, new_transaction_id(), ordered, currency, priced, placed_at)
+        bulk = new_bulk_order(cmd, new_transaction_id(), currency, priced, placed_at)
         dup_key = (cmd.account_id, bulk.client_order_number)
         async with uow.transaction(lock_timeout_s=lock_timeout_s):
             if cmd.dup_check and bulk.client_order_number:
