@@ -16,15 +16,31 @@ GIFT = Product("SKU-1", "USD", Decimal("9.75"), is_instant=True, active=True)
 
 
 @pytest.mark.parametrize(
-    ("amount", "parts"),
-    [(Decimal("100.00"), 16), (Decimal("0.05"), 16), (Decimal("9.99"), 3), (Decimal("0"), 4)],
+    ("amount", "parts", "currency", "unit"),
+    [
+        (Decimal("100.00"), 16, "USD", Decimal("0.01")),
+        (Decimal("0.05"), 16, "USD", Decimal("0.01")),
+        (Decimal("9.99"), 3, "EUR", Decimal("0.01")),
+        (Decimal("0"), 4, "USD", Decimal("0.01")),
+        (Decimal("1000"), 16, "JPY", Decimal(1)),  # whole yen, never 62.50 JPY in a slot
+        (Decimal("7"), 16, "JPY", Decimal(1)),
+    ],
 )
-def test_split_evenly_keeps_every_cent_and_differs_by_at_most_one(amount: Decimal, parts: int):
-    shares = split_evenly(amount, parts)
+def test_split_evenly_keeps_every_minor_unit_and_differs_by_at_most_one(
+    amount: Decimal, parts: int, currency: str, unit: Decimal
+):
+    shares = split_evenly(amount, parts, currency)
     assert len(shares) == parts
     assert sum(shares) == amount
-    assert max(shares) - min(shares) <= Decimal("0.01")
-    assert all(s >= 0 and s == s.quantize(Decimal("0.01")) for s in shares)
+    assert max(shares) - min(shares) <= unit
+    assert all(s >= 0 and s == s.quantize(unit) for s in shares)
+
+
+def test_an_amount_finer_than_the_minor_unit_is_kept_whole():
+    shares = split_evenly(Decimal("1000.50"), 16, "JPY")
+    assert sum(shares) == Decimal("1000.50")
+    assert shares[0] == Decimal("63.50")
+    assert set(shares[1:]) <= {Decimal(62), Decimal(63)}
 
 
 def test_unknown_or_withdrawn_products_are_not_orderable():

@@ -95,4 +95,4 @@ def test_a_balance_never_goes_below_zero() -> None:
     assert wallet.slots == [Decimal(1), Decimal(1)]
     wallet.pay(Decimal(2))
     assert wallet.slots == [Decimal(0), Decimal(0)]
-    assert rebalanced([Decimal(0)], Decimal("0.01")) is None
+    assert rebalanced([Decimal(0)], Decimal("0.01"), "USD") is None

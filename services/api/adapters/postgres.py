@@ -654,7 +654,7 @@ class PostgresWallets:
             """,
             [
                 (account_id, currency, i, share)
-                for i, share in enumerate(split_evenly(amount, slots))
+                for i, share in enumerate(split_evenly(amount, slots, currency))
             ],
         )
         return True
@@ -683,7 +683,7 @@ class PostgresWallets:
             account_id,
             currency,
         )
-        shares = rebalanced([r["balance"] for r in rows], amount)
+        shares = rebalanced([r["balance"] for r in rows], amount, currency)
         if shares is None:
             return False
         await self._conn.executemany(

@@ -414,23 +414,28 @@ class InvalidRate(DomainError):
         self.message = message
 
 
-def split_evenly(amount: Decimal, parts: int) -> list[Decimal]:
-    """Cents spread over `parts` slots; the rounding remainder goes to the first slots."""
-    share = (amount / parts).quantize(CENT, rounding=ROUND_DOWN)
+def split_evenly(amount: Decimal, parts: int, currency: str) -> list[Decimal]:
+    """`amount` spread over `parts` slots in whole minor units of `currency` (cents; whole
+    yen); the rounding remainder goes to the first slots, one unit each, and what is left of
+    an amount not in whole minor units (a credit of 0.50 JPY) to the first slot: the shares
+    always sum to `amount` exactly."""
+    unit = minor_unit(currency)
+    share = (amount / parts).quantize(unit, rounding=ROUND_DOWN)
     shares = [share] * parts
-    remainder_cents = int((amount - share * parts) / CENT)
-    for i in range(remainder_cents):
-        shares[i] += CENT
+    remainder_units = int((amount - share * parts) // unit)
+    for i in range(remainder_units):
+        shares[i] += unit
+    shares[0] += amount - sum(shares, Decimal(0))
     return shares
 
 
-def rebalanced(balances: Sequence[Decimal], amount: Decimal) -> list[Decimal] | None:
+def rebalanced(balances: Sequence[Decimal], amount: Decimal, currency: str) -> list[Decimal] | None:
     """The slow path of a debit: the slots' sum pays `amount` and what is left is spread
     evenly over them again. None when the whole balance is below `amount`."""
     total = sum(balances, Decimal(0))
     if total < amount:
         return None
-    return split_evenly(total - amount, len(balances))
+    return split_evenly(total - amount, len(balances), currency)
 
 
 @dataclass
@@ -454,7 +459,7 @@ class Wallet:
 
     def credit(self, amount: Decimal, wallet_slots: int) -> None:
         self.slots += [Decimal(0)] * (wallet_slots - len(self.slots))
-        for i, share in enumerate(split_evenly(amount, wallet_slots)):
+        for i, share in enumerate(split_evenly(amount, wallet_slots, self.currency)):
             self.slots[i] += share
 
     def slots_that_pay(self, amount: Decimal) -> list[int]:
@@ -470,7 +475,7 @@ class Wallet:
         return True
 
     def take_from_all_slots(self, amount: Decimal) -> bool:
-        after = rebalanced(self.slots, amount)
+        after = rebalanced(self.slots, amount, self.currency)
         if after is None:
             return False
         self.slots = after
