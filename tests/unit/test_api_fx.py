@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from services.api.domain.model import (
     ExchangeRate,
     InvalidRate,
     NoExchangeRate,
+    Order,
     UnsupportedCurrency,
     check_rate,
     price_in,
@@ -169,6 +171,32 @@ async def test_a_same_currency_order_reads_no_rates_and_carries_no_fx() -> None:
     for currency in (None, "USD"):
         order = await desk(store, rates=NoReads()).place_instant(paid_in(account_id, currency))
         assert (order.currency, order.grand_total, order.fx) == ("USD", Decimal("2.05"), None)
+
+
+async def test_rates_that_cannot_be_read_fail_only_the_orders_that_need_them() -> None:
+    store = FakeStore()
+    account_id = await two_currency_account(store)
+
+    class Unreadable:
+        reads = 0
+
+        async def rates(self) -> dict[str, ExchangeRate]:
+            self.reads += 1
+            raise ConnectionError("rates table unreachable")
+
+    source = Unreadable()
+    one_desk = desk(store, rates=source, replies=Replies(silent=True), window=0.05)
+    # arriving together, the two orders share one batch (one accept transaction)
+    paid_in_eur, paid_in_usd = await asyncio.gather(
+        one_desk.place_instant(paid_in(account_id, "EUR")),
+        one_desk.place_instant(paid_in(account_id, "USD")),
+        return_exceptions=True,
+    )
+    assert isinstance(paid_in_eur, ConnectionError)
+    assert isinstance(paid_in_usd, Order)
+    assert paid_in_usd.grand_total == Decimal("2.05")
+    assert source.reads == 1
+    assert await balances(store, account_id) == {"USD": Decimal("7.95"), "EUR": Decimal("10.00")}
 
 
 async def test_an_order_in_a_pair_without_rate_is_refused_and_charged_nothing() -> None:

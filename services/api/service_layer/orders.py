@@ -17,6 +17,7 @@ from services.api.domain.model import (
     CreateInstantOrder,
     DomainError,
     DuplicateClientOrderNumber,
+    ExchangeRate,
     IllegalTransition,
     InsufficientBalance,
     Order,
@@ -245,9 +246,8 @@ class OrderDesk:
                     results[i] = exc
                     continue
                 settled.append((i, product, currency))
-            # Rates are read (cached) only when an order of the batch is paid in another
-            # currency than its product's.
-            rates = await self.rates.rates() if any(p.currency != c for _, p, c in settled) else {}
+            rates = await self._rates_for(settled, results)
+            settled = [s for s in settled if results[s[0]] is AGAIN]
             orders: list[tuple[int, Order]] = []
             for i, product, currency in settled:
                 try:
@@ -276,6 +276,28 @@ class OrderDesk:
                     for i, _ in rest:
                         results[i] = exc
         return results
+
+    async def _rates_for(
+        self,
+        settled: Sequence[tuple[int, Product, str]],
+        results: list[Accepted | DomainError | object],
+    ) -> dict[str, ExchangeRate]:
+        """The rates (cached), read only when an order of the batch is paid in another
+        currency than its product's. When they cannot be read, those orders fail with that
+        error and the others of the batch go on without rates."""
+        converted = [i for i, product, currency in settled if product.currency != currency]
+        if not converted:
+            return {}
+        try:
+            return await self.rates.rates()
+        except Exception as exc:
+            log.warning(
+                "exchange rates unreadable (%s): orders paid in another currency refused",
+                type(exc).__name__,
+            )
+            for i in converted:
+                results[i] = exc
+            return {}
 
     def _accepted(self, order: Order) -> Accepted:
         return order, place_order(order, self.replies.topic)
