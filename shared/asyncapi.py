@@ -30,8 +30,8 @@ def public_spec() -> AsyncAPI:
             "order on one partition. At-least-once: deduplicate by eventId. Types: "
             "OrderAccepted, OrderBackordered, OrderCompleted, OrderCancelled; status is the "
             "order's status after the event. A bulk order's events are its units' (one code "
-            "each): transactionId is the unit's, bulkTransactionId and the key the bulk "
-            "order's, status the unit's."
+            "each): transactionId is the unit's, bulkTransactionId, clientOrderNumber and "
+            "the key the bulk order's, status the unit's."
         ),
         schema=OrderEvent,
     )

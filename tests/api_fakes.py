@@ -342,7 +342,8 @@ class FakeOrders:
         for tx in sorted(both):
             order = both[tx]
             key = (order.account_id, order.client_order_number)
-            if order.client_order_number and key in wanted:
+            unit = isinstance(order, Order) and order.bulk_id is not None
+            if order.client_order_number and not unit and key in wanted:
                 found.setdefault(key, tx)
         return found
 

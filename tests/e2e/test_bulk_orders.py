@@ -14,7 +14,7 @@ from shared.contracts import BackorderCancelled
 from tests.conftest import Stack
 from tests.e2e.conftest import Client, NewClient, NewProduct
 from tests.e2e.test_cli import cli
-from tests.e2e.test_fulfilment import add_stock, redeliver_to_api, refunds_of
+from tests.e2e.test_fulfilment import add_stock, order_events, redeliver_to_api, refunds_of
 from tests.helpers import unique, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -47,6 +47,11 @@ async def count_by_status(client: Client, transaction_id: str) -> dict[str, int]
     return counts
 
 
+async def public_events_of(stack: Stack, bulk_id: str) -> list[dict[str, Any]]:
+    """The events on orders.events (all of it, as it stands) of the units of one bulk order."""
+    return [e for _, e in await order_events(stack) if e.get("bulkTransactionId") == bulk_id]
+
+
 async def test_a_bulk_order_is_delivered_as_stock_allows_then_oldest_first(
     new_client: NewClient,
     new_product: NewProduct,
@@ -58,7 +63,8 @@ async def test_a_bulk_order_is_delivered_as_stock_allows_then_oldest_first(
     c = await new_product(price="3.00", stock=0)
     client = await new_client(balance="100.00")
 
-    order = await placed(client, [(a, 5), (b, 5), (c, 5)], clientOrderNumber=unique("PO"))
+    number = unique("PO")
+    order = await placed(client, [(a, 5), (b, 5), (c, 5)], clientOrderNumber=number)
 
     assert order["status"] == "PROCESSING"
     assert order["grandTotal"] == {"amount": "30.00", "currency": "USD"}
@@ -78,6 +84,15 @@ async def test_a_bulk_order_is_delivered_as_stock_allows_then_oldest_first(
         f"/v2/orders/{tx}/codes", params={"sku": a, "status": "COMPLETED"}
     )
     assert [len(line["codes"]) for line in completed.json()["data"]] == [5]
+
+    async def seven_announced() -> bool:
+        kinds = [e["type"] for e in await public_events_of(stack, tx)]
+        return kinds.count("OrderCompleted") == 7
+
+    await wait_until(seven_announced, timeout=20, message="7 units' OrderCompleted published")
+    events = await public_events_of(stack, tx)
+    assert {e["clientOrderNumber"] for e in events} == {number}  # every unit names the bulk's
+    assert [e["type"] for e in events].count("OrderAccepted") == 15
 
     async def eight_backordered() -> bool:
         return len(await _units(stack, tx, "PROCESSING", backordered=True)) == 8

@@ -291,9 +291,9 @@ async def place_any(client: Client, sku: str, n: int) -> list[str]:
     return ids
 
 
-async def _rebuild_from_events(stack: Stack, account_id: str) -> dict[str, str]:
-    """What a downstream consumer does: read the topic from the start, dedupe by eventId,
-    keep the latest status per transactionId (the key keeps one order's events in order)."""
+async def order_events(stack: Stack) -> list[tuple[bytes | None, dict[str, Any]]]:
+    """All of orders.events as it stands, (key, event) in each partition's order: what a
+    downstream consumer reading the topic from the start sees."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=stack.kafka_bootstrap, group_id=None, enable_auto_commit=False
     )
@@ -306,22 +306,29 @@ async def _rebuild_from_events(stack: Stack, account_id: str) -> dict[str, str]:
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         end = await consumer.end_offsets(partitions)
-        seen: set[str] = set()
-        status: dict[str, str] = {}
+        found = []
         while any([await consumer.position(tp) < end[tp] for tp in partitions]):
             for records in (await consumer.getmany(timeout_ms=1000)).values():
-                for record in records:
-                    event = json.loads(record.value or b"{}")
-                    if event["eventId"] in seen or event["accountId"] != account_id:
-                        continue
-                    seen.add(event["eventId"])
-                    assert record.key == event["transactionId"].encode()
-                    assert "redeemCode" not in event
-                    assert "sealedCode" not in event
-                    status[event["transactionId"]] = event["status"]
-        return status
+                found += [(r.key, json.loads(r.value or b"{}")) for r in records]
+        return found
     finally:
         await consumer.stop()
+
+
+async def _rebuild_from_events(stack: Stack, account_id: str) -> dict[str, str]:
+    """What a downstream consumer does: read the topic from the start, dedupe by eventId,
+    keep the latest status per transactionId (the key keeps one order's events in order)."""
+    seen: set[str] = set()
+    status: dict[str, str] = {}
+    for key, event in await order_events(stack):
+        if event["eventId"] in seen or event["accountId"] != account_id:
+            continue
+        seen.add(event["eventId"])
+        assert key == event["transactionId"].encode()
+        assert "redeemCode" not in event
+        assert "sealedCode" not in event
+        status[event["transactionId"]] = event["status"]
+    return status
 
 
 async def test_simulated_supplier_completes_a_burst_of_backorders(

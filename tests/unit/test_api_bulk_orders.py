@@ -79,7 +79,7 @@ async def test_a_bulk_order_is_paid_in_full_and_sent_to_inventory_unit_by_unit()
     store = FakeStore()
     account_id = await funded(store, "20.00")
 
-    order = await place(store, bulk(account_id, ("A", 2), ("B", 3)))
+    order = await place(store, bulk(account_id, ("A", 2), ("B", 3), number="PO-1"))
 
     assert (order.status, order.grand_total, order.refunded) == (
         "PROCESSING",
@@ -98,8 +98,9 @@ async def test_a_bulk_order_is_paid_in_full_and_sent_to_inventory_unit_by_unit()
     assert {c.placed_at for c in commands} == {order.created_at}
     accepted = store.events(topics.ORDER_EVENTS.name)
     assert {r.key for r in accepted} == {order.transaction_id}
-    assert {OrderEvent.model_validate_json(r.payload).bulk_transaction_id for r in accepted} == {
-        order.transaction_id
+    events = [OrderEvent.model_validate_json(r.payload) for r in accepted]
+    assert {(e.bulk_transaction_id, e.client_order_number) for e in events} == {
+        (order.transaction_id, "PO-1")
     }
 
 

@@ -314,7 +314,7 @@ WITH bulk_row AS (
     INSERT INTO orders (transaction_id, account_id, client_order_number, sku, quantity,
                         unit_price, currency, grand_total, status, created_at, bulk_id,
                         product_currency, unit_price_original, fx_rate, fx_as_of)
-    SELECT transaction_id, $6, '', sku, 1, price, $8, price, 'PROCESSING', $10, $5,
+    SELECT transaction_id, $6, $7, sku, 1, price, $8, price, 'PROCESSING', $10, $5,
            product_currency, unit_price_original, fx_rate, fx_as_of
     FROM units
 )
@@ -898,6 +898,7 @@ class PostgresOrders:
                    o.account_id, o.client_order_number, o.transaction_id
             FROM unnest($1::uuid[], $2::text[]) AS w (account_id, number)
             JOIN (SELECT account_id, client_order_number, transaction_id FROM orders
+                  WHERE bulk_id IS NULL  -- a unit carries its bulk order's number
                   UNION ALL
                   SELECT account_id, client_order_number, transaction_id FROM bulk_orders) o
               ON o.account_id = w.account_id AND o.client_order_number = w.number

@@ -167,7 +167,7 @@ class Order(ApiTable, table=True):
             "orders_account_client_number",
             "account_id",
             "client_order_number",
-            postgresql_where=text("client_order_number <> ''"),
+            postgresql_where=text("client_order_number <> '' AND bulk_id IS NULL"),
         ),
         Index("orders_processing", "created_at", postgresql_where=text("status = 'PROCESSING'")),
         Index(

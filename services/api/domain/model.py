@@ -605,7 +605,7 @@ def new_bulk_order(
             unit = one_code_order(
                 unit_id(transaction_id, len(units) + 1),
                 cmd.account_id,
-                "",
+                cmd.client_order_number or "",
                 line.sku,
                 currency,
                 priced[line.sku],
