@@ -95,6 +95,14 @@ def cmd_show(args: argparse.Namespace) -> None:
     order = AdminClient("api").find(f"/admin/orders/{path}")
     if order is None:
         fail(f"No order has transactionId {args.transaction_id!r}: check the id.")
+    if order.get("bulk"):
+        # Its units are orders of their own, each with its history across the services.
+        emit(order)
+        progress(
+            f"bulk order {order['transactionId']}: each unit is an order of its own, e.g. "
+            f"`instant-orders orders show {order['lines'][0]['firstUnit']}`"
+        )
+        return
     decision = _known_to("inventory", f"/admin/decisions/{path}")
     backorder = _known_to("fulfilment", f"/admin/backorders/{path}")
     emit(

@@ -299,3 +299,13 @@ async def test_an_operator_cancels_the_waiting_units_of_a_bulk_order_by_its_id(
     )
     _, said = await cli("orders", "cancel", tx, expect_ok=False)  # nothing left to cancel
     assert "COMPLETED" in said
+
+    operator_view, hint = await cli("orders", "show", tx)
+    assert operator_view["bulk"] is True
+    assert (operator_view["status"], operator_view["refundedTotal"]) == ("COMPLETED", "4.00")
+    [line] = operator_view["lines"]
+    assert line["units"] == {"COMPLETED": 1, "PROCESSING": 0, "CANCELLED": 2}
+    assert line["firstUnit"] == f"{tx}-00001"
+    unit, _ = await cli("orders", "show", line["firstUnit"])  # a unit: an order's history
+    assert unit["order"]["transactionId"] == f"{tx}-00001"
+    assert f"orders show {tx}-00001" in hint

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from services.api.domain.model import (
     AccountNotFound,
+    BulkOrder,
     ExchangeRate,
     IdempotencyKeyReused,
     IllegalTransition,
@@ -21,6 +22,7 @@ from services.api.domain.model import (
     OrderHistory,
     OrderNotFound,
     PinFormat,
+    rolled_up,
 )
 from services.api.entrypoints.http import Services, iso_utc, rate_shown
 from services.api.service_layer import accounts, fx, orders, read_model
@@ -320,12 +322,48 @@ def _history_out(history: OrderHistory) -> dict[str, Any]:
     }
 
 
+def _bulk_out(bulk: BulkOrder) -> dict[str, Any]:
+    """A bulk order as operators see it: what was paid and refunded, and per line how many
+    units are where (each unit is an order of its own: `orders show <id>-00001`)."""
+    lines = []
+    for sku, units in bulk.lines:
+        counts = {status: 0 for status in ("COMPLETED", "PROCESSING", "CANCELLED")}
+        for unit in units:
+            counts[unit.status] += 1
+        lines.append(
+            {
+                "sku": sku,
+                "quantity": len(units),
+                "status": rolled_up([u.status for u in units]),
+                "units": counts,
+                "firstUnit": units[0].transaction_id,
+            }
+        )
+    return {
+        "transactionId": bulk.transaction_id,
+        "bulk": True,
+        "accountId": str(bulk.account_id),
+        "clientOrderNumber": bulk.client_order_number,
+        "status": bulk.status,
+        "grandTotal": f"{bulk.grand_total:.2f}",
+        "refundedTotal": f"{bulk.refunded:.2f}",
+        "currency": bulk.currency,
+        "createdAt": iso_utc(bulk.created_at),
+        "lines": lines,
+    }
+
+
 @router.get("/orders/{transaction_id}")
 async def order_history(
     transaction_id: Annotated[str, Path(max_length=64)], svc: Services
 ) -> dict[str, Any]:
+    """An order and its history; a bulk order's id gives the bulk order (`bulk: true`)."""
     try:
         return ok(_history_out(await orders.order_history(svc.new_uow(), transaction_id)))
+    except OrderNotFound:
+        pass
+    try:
+        return ok(_bulk_out(await orders.bulk_for_operator(svc.new_uow(), transaction_id)))
     except OrderNotFound:
         raise ADMIN_ORDER_NOT_FOUND from None
 

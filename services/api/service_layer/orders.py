@@ -693,6 +693,17 @@ async def order_history(uow: UnitOfWork, transaction_id: str) -> OrderHistory:
     return history
 
 
+async def bulk_for_operator(uow: UnitOfWork, transaction_id: str) -> BulkOrder:
+    """A bulk order with its units, whoever's it is (for operators); OrderNotFound if none
+    has this id."""
+    async with uow:
+        account_id = await uow.orders.bulk_account(transaction_id)
+        bulk = None if account_id is None else await uow.orders.get_bulk(account_id, transaction_id)
+    if bulk is None:
+        raise OrderNotFound()
+    return bulk
+
+
 async def cancel_by_operator(uow: UnitOfWork, transaction_id: str) -> list[Order]:
     """Asks inventory to cancel an order still PROCESSING (refused for a final one), or every
     unit of a bulk order still PROCESSING; returns the orders (units) asked about. The
