@@ -195,6 +195,10 @@ inventory_event = TypeAdapter[InventoryEvent](InventoryEvent)
 # --- catalog.products (key: sku, compacted) ------------------------------------------------
 
 
+# What the PINs of a product's stock are (ProductSnapshot.pin_kind, docs/api.md "PIN format").
+PinKind = Literal["integer", "string"]
+
+
 class ProductSnapshot(Message):
     """The whole public record of a product, as Get Products shows it, plus its version."""
 
@@ -219,6 +223,11 @@ class ProductSnapshot(Message):
     backorder_deadline_seconds: int | None = Field(None, ge=1, le=30 * 24 * 3600)
     """(ours) How long a backorder of this product may wait before it is cancelled and
     refunded; None: the service default (ORDERS_BACKORDER_DEADLINE_S, 24 h)."""
+    pin_kind: PinKind = "string"
+    """(ours) The PINs this product's stock holds: `integer`, each an int32 exactly (or no
+    PIN), checked at stock intake, so that accounts receiving integer PINs may buy it;
+    `string`, any PIN. Absent from snapshots published before it existed: `string`, as those
+    products took any PIN."""
     version: int = 0
 
 

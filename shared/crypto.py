@@ -189,6 +189,31 @@ def code_problem(redeem_code: str, pin_code: str | None) -> str | None:
     return None
 
 
+INT32_MAX = 2**31 - 1
+
+
+def pin_as_integer(pin: str) -> int | None:
+    """The PIN as an int32 `pinCode` when an integer carries it exactly (its canonical decimal:
+    ASCII digits, no sign, no leading zero, at most 2^31-1); None when it cannot, because the
+    integer would be another PIN ("0042" would arrive as 42)."""
+    if not (pin.isascii() and pin.isdigit()) or (len(pin) > 1 and pin[0] == "0"):
+        return None
+    value = int(pin)
+    return value if value <= INT32_MAX else None
+
+
+def pin_kind_problem(pin_code: str | None, pin_kind: str) -> str | None:
+    """What keeps a code out of a product whose PINs are declared `pin_kind` (docs/api.md,
+    "PIN format"), never quoting the PIN; None if nothing. An `integer` product holds codes
+    without PIN or with a PIN an int32 carries exactly; a `string` product holds any PIN."""
+    if pin_kind != "integer" or pin_code is None or pin_as_integer(pin_code) is not None:
+        return None
+    return (
+        "pinCode is not an integer PIN (digits only, no leading zero, at most 2147483647) "
+        "and the product's pinKind is integer: stock it in a product whose pinKind is string"
+    )
+
+
 _CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I to misread
 
 

@@ -3,6 +3,7 @@ OpenAPI-conformance checks (tests/e2e/test_zzz_contract_conformance.py). It wrap
 httpx.AsyncClient.send, so every client of the api is covered, whoever built it."""
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,11 +18,17 @@ class Exchange:
     path: str
     status: int
     body: Any
-    pin_format: str  # the account's, as its creation or last change said
+    # the account's, as its creation or last change said; CHANGING within the window in
+    # which the api may still answer in the format before the change (its credential cache)
+    pin_format: str
 
 
+CHANGING = "changing"
+# The api applies a pin-format change within API_AUTH_CACHE_TTL_S (at most 5 s), plus margin.
+CHANGE_WINDOW_S = 6.0
 EXCHANGES: list[Exchange] = []
 _pin_format_of_key: dict[str, str] = {}
+_changed_at: dict[str, float] = {}
 _key_of_account: dict[str, str] = {}
 
 
@@ -33,7 +40,15 @@ def _note_admin(request: httpx.Request, response: httpx.Response, body: Any) -> 
         _pin_format_of_key[data["apiKey"]] = data.get("pinFormat", "integer")
         _key_of_account[data["accountId"]] = data["apiKey"]
     elif request.url.path.endswith("/pin-format") and data["accountId"] in _key_of_account:
-        _pin_format_of_key[_key_of_account[data["accountId"]]] = data["pinFormat"]
+        key = _key_of_account[data["accountId"]]
+        _pin_format_of_key[key] = data["pinFormat"]
+        _changed_at[key] = time.monotonic()
+
+
+def _pin_format(key: str) -> str:
+    if time.monotonic() - _changed_at.get(key, float("-inf")) < CHANGE_WINDOW_S:
+        return CHANGING
+    return _pin_format_of_key.get(key, "integer")
 
 
 @contextmanager
@@ -57,7 +72,7 @@ def recording(api_url: str, api_admin_url: str) -> Iterator[None]:
             _note_admin(request, response, body)
         elif url.path.startswith("/v2/"):
             key = request.headers.get("x-api-key", "")
-            fmt = _pin_format_of_key.get(key, "integer")
+            fmt = _pin_format(key)
             EXCHANGES.append(Exchange(request.method, url.path, response.status_code, body, fmt))
         return response
 

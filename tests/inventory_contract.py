@@ -101,7 +101,7 @@ def waiting(sku: str, transaction_id: str | None = None) -> OrderDecision:
 async def products(new_uow: NewUow, count: int) -> list[str]:
     skus = [unique("SKU") for _ in range(count)]
     for sku in skus:
-        await catalog.put_product(product(sku), new_uow())
+        await catalog.put_product(product(sku), new_uow(), VAULT)
     return skus
 
 
@@ -251,7 +251,7 @@ class RepositoryContract:
     ) -> None:
         sku, other, prefix = unique("SKU"), unique("SKU"), unique("OLD")
         for each in (sku, other):
-            await catalog.put_product(product(each), new_uow())
+            await catalog.put_product(product(each), new_uow(), VAULT)
         available, sold = await stock_room.stock_the_old_way(
             sku, [OldCode(f"{prefix}-A"), OldCode(f"{prefix}-B", sold_to=unique("tx"))]
         )
@@ -295,7 +295,7 @@ class RepositoryContract:
         self, new_uow: NewUow, stock_room: StockRoom, batch: int
     ) -> None:
         sku, p = unique("SKU"), unique("TWICE")
-        await catalog.put_product(product(sku), new_uow())
+        await catalog.put_product(product(sku), new_uow(), VAULT)
         ids = await stock_room.stock_the_old_way(
             sku,
             [
@@ -384,7 +384,7 @@ class RepositoryContract:
     ) -> None:
         # Review finding 1: a ciphertext that does not open cannot hold the window open.
         sku, p = unique("SKU"), unique("OPEN")
-        await catalog.put_product(product(sku), new_uow())
+        await catalog.put_product(product(sku), new_uow(), VAULT)
         good = VAULT.seal_to_sku(Code(f"{p}-D", None), sku)
         damaged = SealedCode(good.key_id, good.blob[:-1] + bytes([good.blob[-1] ^ 1]), good.binding)
         ids = await stock_room.stock_the_old_way(
@@ -414,7 +414,7 @@ class RepositoryContract:
         # Second review: a SOLD code whose key is gone has no fingerprint to clash with, so
         # putting any old code on sale could sell its duplicate again. Nothing is touched.
         sku, p = unique("SKU"), unique("KEY")
-        await catalog.put_product(product(sku), new_uow())
+        await catalog.put_product(product(sku), new_uow(), VAULT)
         gone = CodeVault(f"gone-{uuid.uuid4().hex[:8]}:{base64.b64encode(os.urandom(32)).decode()}")
         ids = await stock_room.stock_the_old_way(
             sku,
@@ -439,7 +439,7 @@ class RepositoryContract:
         # Third review: a SOLD code whose ciphertext is damaged would lose its fingerprint,
         # and a copy of it could be stocked and sold again. Nothing is touched.
         sku, p = unique("SKU"), unique("DMG")
-        await catalog.put_product(product(sku), new_uow())
+        await catalog.put_product(product(sku), new_uow(), VAULT)
         good = VAULT.seal_to_sku(Code(f"{p}-S", None), sku)
         damaged = SealedCode(good.key_id, good.blob[:-1] + bytes([good.blob[-1] ^ 1]), good.binding)
         ids = await stock_room.stock_the_old_way(
@@ -465,7 +465,7 @@ class RepositoryContract:
         # Third review: a wrong key under a known key id makes every code of it fail to open;
         # setting them all aside would take the stock off sale for good. Nothing is touched.
         sku, p = unique("SKU"), unique("BURST")
-        await catalog.put_product(product(sku), new_uow())
+        await catalog.put_product(product(sku), new_uow(), VAULT)
         wrong = CodeVault(
             f"{VAULT.key_ids.copy().pop()}:{base64.b64encode(os.urandom(32)).decode()}"
         )
@@ -489,7 +489,7 @@ class RepositoryContract:
     ) -> None:
         # Review finding 1: the batch is decided, the delivery parked, then stocked.
         sku, p = unique("SKU"), unique("WAIT")
-        await catalog.put_product(product(sku), new_uow())
+        await catalog.put_product(product(sku), new_uow(), VAULT)
         [old] = await stock_room.stock_the_old_way(sku, [OldCode(f"{p}-OLD")])
         tx = unique("tx")
         delivery = DeliverStock(
@@ -522,7 +522,7 @@ class RepositoryContract:
     ) -> None:
         # Review finding 7: the other processes' passes skip their turn.
         sku = unique("SKU")
-        await catalog.put_product(product(sku), new_uow())
+        await catalog.put_product(product(sku), new_uow(), VAULT)
         [old] = await stock_room.stock_the_old_way(sku, [OldCode(unique("ALONE"))])
         async with new_uow() as running:
             assert await running.run_alone(catalog.REFINGERPRINT_TASK)

@@ -101,6 +101,13 @@ class FakeCodes:
             if row.transaction_id is not None and row.transaction_id in transaction_ids
         }
 
+    async def for_sale(self, sku: str) -> list[StockedCode]:
+        return [
+            row.stocked()
+            for _, row in sorted(self._state.codes.items())
+            if row.sku == sku and row.stocked().status.for_sale
+        ]
+
     async def new_ids(self, count: int) -> list[int]:
         first = self._state.next_code_id
         self._state.next_code_id += count

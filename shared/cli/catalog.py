@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from shared.cli.common import AdminClient, CliError, emit, fail, progress
 from shared.contracts import ProductSnapshot
-from shared.crypto import code_problem
+from shared.crypto import code_problem, pin_kind_problem
 
 CODES_PER_REQUEST = 5_000
 REQUEST_BYTES = 3 * 1024 * 1024  # inventory takes bodies up to 4 MiB
@@ -56,6 +56,13 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     for flag in ("brand", "brand-category", "brand-sub-category", "country", "image-url"):
         upsert.add_argument(f"--{flag}")
     upsert.add_argument("--format", choices=("D", "P"), help="D: digital, P: physical")
+    upsert.add_argument(
+        "--pin-kind",
+        choices=("integer", "string"),
+        help="the PINs its stock holds: integer (int32 exactly, checked at stock intake; "
+        "accounts receiving integer PINs may buy it) or string (any PIN). Default for a new "
+        "product: integer",
+    )
     upsert.add_argument("--face-value", type=_decimal)
     upsert.add_argument("--percentage-off-face-value", type=_decimal)
     for flag, dest in (
@@ -144,6 +151,7 @@ _UPSERT_FIELDS = {
     "descriptions": "descriptions",
     "instructions": "instructions",
     "term_conditions": "termConditions",
+    "pin_kind": "pinKind",
 }
 
 
@@ -151,6 +159,7 @@ def cmd_upsert(args: argparse.Namespace) -> None:
     inventory = Service("inventory")
     current = inventory.find(product_path(args.sku)) or {}
     record: dict[str, Any] = {k: v for k, v in current.items() if k not in ("stock", "version")}
+    record.setdefault("pinKind", NEW_PRODUCT_PIN_KIND)
     for attribute, field in _UPSERT_FIELDS.items():
         value = getattr(args, attribute)
         if value is not None:
@@ -215,11 +224,16 @@ def cmd_list(_: argparse.Namespace) -> None:
     emit({"total": len(items), "items": items})
 
 
+# A record that says nothing of its PINs declares them integers, as inventory's PUT does.
+NEW_PRODUCT_PIN_KIND = "integer"
+
+
 def product_from_record(record: Any) -> ProductSnapshot:
     """A Get Products record (prices[] or price) as a product snapshot, validated."""
     if not isinstance(record, dict):
         raise ValueError("a record must be a JSON object")
     fields = {k: v for k, v in record.items() if k not in ("version", "stock")}
+    fields.setdefault("pinKind", NEW_PRODUCT_PIN_KIND)  # EZ's records have none
     if "price" not in fields and isinstance(fields.get("prices"), list) and fields["prices"]:
         tiers = [p for p in fields["prices"] if isinstance(p, dict)]
         single = [p for p in tiers if p.get("fromQuantity", 1) == 1] or tiers
@@ -281,8 +295,11 @@ def wait_until_api_shows(versions: dict[str, int]) -> None:
 # --- stock ---------------------------------------------------------------------------------
 
 
-def read_codes_csv(path: Path) -> tuple[list[dict[str, str | None]], list[str]]:
-    """The codes of a `redeemCode,pinCode` CSV, and what is wrong with it (by line number).
+def read_codes_csv(
+    path: Path, pin_kind: str = "string"
+) -> tuple[list[dict[str, str | None]], list[str]]:
+    """The codes of a `redeemCode,pinCode` CSV, and what is wrong with it (by line number),
+    for a product whose PINs are `pin_kind`.
 
     Error messages never quote a code.
     """
@@ -305,7 +322,7 @@ def read_codes_csv(path: Path) -> tuple[list[dict[str, str | None]], list[str]]:
                     continue
                 redeem = row[0].strip()
                 pin = row[1].strip() if len(row) > 1 else ""
-                problem = code_problem(redeem, pin)
+                problem = code_problem(redeem, pin) or pin_kind_problem(pin or None, pin_kind)
                 if problem:
                     errors.append(f"line {line}: {problem}")
                     continue
@@ -341,7 +358,11 @@ def cmd_stock_add(args: argparse.Namespace) -> None:
     inventory = Service("inventory")
     path = f"{product_path(args.sku)}/stock"
     if args.file is not None:
-        codes, errors = read_codes_csv(args.file)
+        product = inventory.find(product_path(args.sku))
+        if product is None:
+            fail(f"No product with SKU {args.sku!r}: create it first with `products upsert`.")
+        # Checked here too, so that a bad row is named by its line and nothing is stocked.
+        codes, errors = read_codes_csv(args.file, product.get("pinKind", "string"))
         if errors:
             for error in errors[:_ERRORS_SHOWN]:
                 progress(error)

@@ -67,7 +67,7 @@ async def test_provisioned_with_the_cli_an_order_completes_at_once(
     )
     assert product["version"] >= 1
     codes = tmp_path / "codes.csv"
-    codes.write_text(f"redeemCode,pinCode\n{unique('R')},0007\n{unique('R')},\n")
+    codes.write_text(f"redeemCode,pinCode\n{unique('R')},7007\n{unique('R')},\n")
     stocked, progress = await cli("stock", "add", "--sku", sku, "--file", str(codes))
     assert (stocked["added"], stocked["skipped"]) == (2, 0)
     again, _ = await cli("stock", "add", "--sku", sku, "--file", str(codes))

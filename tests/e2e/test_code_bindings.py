@@ -20,7 +20,7 @@ async def completed_orders(
     new_client: NewClient, new_product: NewProduct, count: int
 ) -> tuple[Client, str, list[str]]:
     codes = [{"redeemCode": unique("BIND"), "pinCode": "0042"} for _ in range(count)]
-    sku = await new_product(price="1.00", codes=codes)
+    sku = await new_product(price="1.00", codes=codes, pinKind="string")
     client = await new_client(balance="10.00", pinFormat="string")
     transaction_ids = []
     for _ in codes:

@@ -18,7 +18,9 @@ pytestmark = pytest.mark.e2e
 async def test_in_stock_order_completes_and_its_code_is_readable_at_once(
     new_client: NewClient, new_product: NewProduct, stack: Stack
 ) -> None:
-    sku = await new_product(price="9.75", codes=[{"redeemCode": unique("R"), "pinCode": "0042"}])
+    sku = await new_product(
+        price="9.75", codes=[{"redeemCode": unique("R"), "pinCode": "0042"}], pinKind="string"
+    )
     client = await new_client(balance="100.00", pinFormat="string")
 
     response = await client.order(sku, clientOrderNumber="PO-1")

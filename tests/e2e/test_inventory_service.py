@@ -83,7 +83,8 @@ async def producer(urls: Stack) -> AsyncIterator[AIOKafkaProducer]:
 async def product(inventory_admin: httpx.AsyncClient, codes: list[str]) -> str:
     sku = unique("SKU")
     response = await inventory_admin.put(
-        f"/admin/products/{sku}", json={"name": f"Card {sku}", "currency": "USD", "price": "1.00"}
+        f"/admin/products/{sku}",
+        json={"name": f"Card {sku}", "currency": "USD", "price": "1.00", "pinKind": "string"},
     )
     assert response.status_code == 200, response.text
     if codes:

@@ -98,7 +98,7 @@ async def test_no_code_in_plaintext_in_tables_logs_or_topics(
     log_sizes_at_start: dict[Path, int],
 ) -> None:
     canaries = [{"redeemCode": unique("CANARY"), "pinCode": unique("PIN")} for _ in range(3)]
-    sku = await new_product(price="1.00", codes=canaries)
+    sku = await new_product(price="1.00", codes=canaries, pinKind="string")
     client = await new_client(pinFormat="string")
     for _ in canaries:
         order = (await client.order(sku)).json()["data"]

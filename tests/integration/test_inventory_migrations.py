@@ -121,7 +121,7 @@ async def test_rows_stocked_the_old_way_survive_the_migrations_and_are_refingerp
 
 async def check_the_migrations(conn: asyncpg.Connection, new_uow: NewUow) -> None:
     sku = "GIFT-OLD"
-    await catalog.put_product(product(sku), new_uow())
+    await catalog.put_product(product(sku), new_uow(), VAULT)
     old = [Code("OLD-CODE-1", "0042"), Code("OLD-CODE-2", None)]
     sealed = [VAULT.seal_to_sku(code, sku) for code in old]
     await conn.execute(

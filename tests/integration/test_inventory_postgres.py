@@ -162,6 +162,7 @@ async def product_with_codes(new_uow: NewUow, count: int) -> tuple[str, list[str
     await catalog.put_product(
         ProductSnapshot(sku=sku, name=f"Card {sku}", currency="USD", price=Decimal("1.00")),
         new_uow(),
+        VAULT,
     )
     redeem = [unique("CODE") for _ in range(count)]
     if count:
@@ -517,7 +518,7 @@ async def test_the_running_inventory_re_fingerprints_codes_that_appear_later(
     # Review finding 6: a version 1 row stocked after start (a restore, an older inventory)
     # is found by the stack's inventory, not only at its start.
     sku = unique("SKU")
-    await catalog.put_product(product(sku), PostgresUnitOfWork(pool))
+    await catalog.put_product(product(sku), PostgresUnitOfWork(pool), VAULT)
     room = PostgresStockRoom(pool)
     try:
         [late] = await room.stock_the_old_way(sku, [OldCode(unique("LATE"))])

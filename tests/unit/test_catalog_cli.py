@@ -189,7 +189,7 @@ def test_stock_from_csv_is_sent_in_chunks_with_totals(
     services: FakeServices, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     run(capsys, "products", "upsert", "--sku", "S1", "--name", "N", "--price", "1",
-        "--currency", "USD")  # fmt: skip
+        "--currency", "USD", "--pin-kind", "string")  # fmt: skip
     path = tmp_path / "codes.csv"
     rows = [f"CODE-{i},{i:04d}" for i in range(12_000)] + ["CODE-1,0001", "", "LAST,"]
     path.write_text("\ufeffredeemCode,pinCode\n" + "\n".join(rows) + "\n")
@@ -218,6 +218,8 @@ def test_generate_is_chunked_too(
 def test_bad_csv_rows_are_reported_by_line_without_the_code(
     services: FakeServices, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
+    run(capsys, "products", "upsert", "--sku", "S1", "--name", "N", "--price", "1",
+        "--currency", "USD", "--pin-kind", "string")  # fmt: skip
     path = tmp_path / "codes.csv"
     secret = "S" * 300
     path.write_text(
@@ -232,6 +234,27 @@ def test_bad_csv_rows_are_reported_by_line_without_the_code(
     assert "nothing was stocked" in err
     assert secret not in err
     assert "GOOD" not in err
+    assert services.stock_requests == []
+
+
+def test_pins_an_integer_product_cannot_hold_are_named_by_line_and_nothing_is_sent(
+    services: FakeServices, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    status, product, _ = run(capsys, "products", "upsert", "--sku", "S1", "--name", "N",
+                             "--price", "1", "--currency", "USD")  # fmt: skip
+    assert (status, product["pinKind"]) == (0, "integer")  # a new product's default
+    path = tmp_path / "codes.csv"
+    path.write_text("redeemCode,pinCode\nGOOD-1,4711\nGOOD-2,\nODD-1,0042\nODD-2,AB12\n")
+
+    status, _, err = run(capsys, "stock", "add", "--sku", "S1", "--file", str(path))
+
+    assert status == 1
+    assert "line 4: pinCode is not an integer PIN" in err
+    assert "line 5: pinCode is not an integer PIN" in err
+    assert "line 2" not in err
+    assert "line 3" not in err
+    assert "0042" not in err
+    assert "AB12" not in err
     assert services.stock_requests == []
 
 
@@ -263,6 +286,9 @@ def test_a_get_products_record_becomes_a_snapshot() -> None:
             "stock": {"available": 1},
         }
     )
-    assert product == ProductSnapshot(sku="X", name="X", currency="USD", price="7.50")
+    # EZ's records say nothing of PINs: integer, as inventory's PUT takes it
+    assert product == ProductSnapshot(
+        sku="X", name="X", currency="USD", price="7.50", pin_kind="integer"
+    )
     with pytest.raises(ValueError, match="JSON object"):
         catalog.product_from_record(["X"])

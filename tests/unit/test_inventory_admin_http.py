@@ -120,7 +120,7 @@ async def test_withdraw_deactivates_and_bumps_the_version(http: httpx.AsyncClien
 
 
 async def test_stock_counts_added_and_skipped(http: httpx.AsyncClient, store: FakeStore) -> None:
-    await put(http, "SKU-1")
+    await put(http, "SKU-1", pinKind="string")
     codes = [
         {"redeemCode": "AAAA-1", "pinCode": "0123"},
         {"redeemCode": "AAAA-2", "pinCode": None},
@@ -170,7 +170,7 @@ async def test_stock_bodies_are_bounded(http: httpx.AsyncClient, body: dict[str,
 
 
 async def test_five_thousand_longest_codes_fit_in_one_request(http: httpx.AsyncClient) -> None:
-    await put(http, "SKU-1")
+    await put(http, "SKU-1", pinKind="string")
     codes = [{"redeemCode": f"{i:06d}" + "X" * 250, "pinCode": "9" * 64} for i in range(5000)]
     response = await http.post("/admin/products/SKU-1/stock", json={"codes": codes})
     assert response.status_code == 200, response.text[:300]

@@ -70,6 +70,7 @@ async def create_product(store: FakeStore, sku: str = SKU) -> ProductSnapshot:
     return await catalog.put_product(
         ProductSnapshot(sku=sku, name="Gift card", currency="USD", price=Decimal("10.00")),
         store.uow(),
+        VAULT,
     )
 
 
@@ -456,6 +457,54 @@ async def test_codes_a_delivery_leaves_out_are_counted_and_logged_without_their_
     assert "SECRET" not in caplog.text
     assert bad_pin not in caplog.text
     assert len(store.state.codes) == 1  # GOOD-1
+
+
+async def test_a_delivery_to_an_integer_product_leaves_out_pins_an_integer_cannot_carry(
+    store: FakeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    await catalog.put_product(
+        ProductSnapshot(
+            sku=SKU, name="Gift card", currency="USD", price=Decimal("10.00"), pin_kind="integer"
+        ),
+        store.uow(),
+        VAULT,
+    )
+    before = refused("pinCode")
+
+    with caplog.at_level(logging.WARNING):
+        await handle_commands(
+            [
+                delivery("FITS-1", delivery_id="d-fits", pin_code="4711"),
+                delivery("ODD-1", delivery_id="d-odd", pin_code="0042"),
+                delivery("NONE-1", delivery_id="d-none", pin_code=None),
+            ],
+            store.uow(),
+            VAULT,
+        )
+
+    assert refused("pinCode") - before == 1
+    assert "delivery d-odd: code 1 left out: pinCode is not an integer PIN" in caplog.text
+    assert "0042" not in caplog.text
+    assert len(store.state.codes) == 2  # FITS-1 and NONE-1
+
+
+async def test_making_a_product_integer_is_refused_while_a_code_for_sale_has_another_pin(
+    store: FakeStore,
+) -> None:
+    await create_product(store)  # string: any PIN
+    await stock(store, "ODD-1")  # PIN 0042
+    integer = ProductSnapshot(
+        sku=SKU, name="Gift card", currency="USD", price=Decimal("10.00"), pin_kind="integer"
+    )
+
+    with pytest.raises(catalog.PinsNotInteger) as refusal:
+        await catalog.put_product(integer, store.uow(), VAULT)
+
+    assert refusal.value.stock_ids == [c for c in store.state.codes]
+    async with store.uow() as uow:
+        kept = await uow.products.get(SKU)
+    assert kept is not None
+    assert kept.pin_kind == "string"
 
 
 async def test_a_delivery_is_stocked_sealed_to_its_stock_items_without_duplicates(

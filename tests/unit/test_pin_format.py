@@ -1,6 +1,6 @@
 import pytest
 
-from services.api.domain.model import pin_as_integer
+from shared.crypto import pin_as_integer
 
 
 @pytest.mark.parametrize(

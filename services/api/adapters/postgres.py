@@ -203,7 +203,12 @@ def _product(row: asyncpg.Record | None) -> Product | None:
     if row is None:
         return None
     return Product(
-        row["sku"], row["currency"].strip(), row["price"], row["is_instant"], row["active"]
+        row["sku"],
+        row["currency"].strip(),
+        row["price"],
+        row["is_instant"],
+        row["active"],
+        row["pin_kind"],
     )
 
 
@@ -708,11 +713,11 @@ class PostgresProducts:
         trip for a whole batch of instant orders."""
         rows = await self._conn.fetch(
             """
-            SELECT sku, currency, price, is_instant, active, NULL::uuid AS account_id
+            SELECT sku, currency, price, is_instant, active, pin_kind, NULL::uuid AS account_id
             FROM products WHERE sku = ANY($1::text[])
             UNION ALL
             SELECT DISTINCT NULL::text, currency, NULL::numeric, NULL::boolean, NULL::boolean,
-                   account_id
+                   NULL::text, account_id
             FROM wallet_slots WHERE account_id = ANY($2::uuid[])
             """,
             list(skus),
@@ -736,11 +741,12 @@ class PostgresProducts:
     async def apply(self, record: dict[str, Any], version: int) -> bool:
         result = await self._conn.fetchval(
             """
-            INSERT INTO products (sku, record, currency, price, is_instant, active, version)
-            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            INSERT INTO products (sku, record, currency, price, is_instant, active, version,
+                                  pin_kind)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
             ON CONFLICT (sku) DO UPDATE SET record = EXCLUDED.record, currency = EXCLUDED.currency,
                 price = EXCLUDED.price, is_instant = EXCLUDED.is_instant, active = EXCLUDED.active,
-                version = EXCLUDED.version, updated_at = now()
+                version = EXCLUDED.version, pin_kind = EXCLUDED.pin_kind, updated_at = now()
             WHERE products.version < EXCLUDED.version
             RETURNING 1
             """,
@@ -751,6 +757,7 @@ class PostgresProducts:
             record["isInstantDeliverySupported"],
             record["active"],
             version,
+            record.get("pinKind", "string"),  # absent from snapshots before it existed
         )
         return result is not None
 

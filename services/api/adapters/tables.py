@@ -143,6 +143,7 @@ class Product(ApiTable, table=True):
     instant path reads."""
 
     __tablename__ = "products"
+    __table_args__ = (CheckConstraint("pin_kind IN ('integer', 'string')"),)
 
     sku: str = Field(primary_key=True, sa_type=Text)
     record: dict[str, Any] = Field(sa_type=JSONB)
@@ -152,6 +153,10 @@ class Product(ApiTable, table=True):
     active: bool = Field(sa_type=Boolean)
     version: int = Field(sa_type=BigInteger)
     updated_at: datetime = defaults_to_now()
+    # ProductSnapshot.pin_kind: may accounts receiving integer PINs buy it (migration 0014).
+    pin_kind: str = Field(
+        default="string", sa_type=Text, sa_column_kwargs={"server_default": "string"}
+    )
 
 
 class Order(ApiTable, table=True):
@@ -163,6 +168,8 @@ class Order(ApiTable, table=True):
         ),
         # transactionId is a ULID: ordering by it is ordering by creation time.
         Index("orders_account_newest", "account_id", text("transaction_id DESC")),
+        # Instant orders only: a bulk order's units carry its number, and the bulk order is
+        # found by its own index.
         Index(
             "orders_account_client_number",
             "account_id",

@@ -19,23 +19,12 @@ from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 from typing import Literal
 from uuid import UUID
 
-from shared.contracts import CancelReason, OrderStatus
+from shared.contracts import CancelReason, OrderStatus, PinKind
 
 # How an account receives PINs (docs/api.md, "PIN format"): `integer` is EZ's wire type (a
 # 32-bit integer in the public EZ v2 descriptions), `string` the PIN exactly as stocked.
 PinFormat = Literal["integer", "string"]
 PIN_FORMATS: tuple[PinFormat, ...] = ("integer", "string")
-INT32_MAX = 2**31 - 1
-
-
-def pin_as_integer(pin: str) -> int | None:
-    """The PIN as an int32 `pinCode` when an integer carries it exactly (its canonical decimal:
-    ASCII digits, no sign, no leading zero, at most 2^31-1); None when it cannot, because the
-    integer would be another PIN ("0042" would arrive as 42)."""
-    if not (pin.isascii() and pin.isdigit()) or (len(pin) > 1 and pin[0] == "0"):
-        return None
-    value = int(pin)
-    return value if value <= INT32_MAX else None
 
 
 CENT = Decimal("0.01")
@@ -51,6 +40,14 @@ class ProductNotFound(DomainError):
 
 class ProductNotInstant(DomainError):
     pass
+
+
+class ProductPinNotInteger(DomainError):
+    """An account receiving integer PINs ordered a product whose PINs may not be integers."""
+
+    def __init__(self, sku: str) -> None:
+        super().__init__(sku)
+        self.sku = sku
 
 
 class InvalidBulkOrder(DomainError):
@@ -133,6 +130,7 @@ class Product:
     price: Decimal
     is_instant: bool
     active: bool
+    pin_kind: PinKind = "string"  # ProductSnapshot.pin_kind
 
 
 @dataclass(frozen=True)
@@ -142,6 +140,7 @@ class CreateInstantOrder:
     client_order_number: str | None
     dup_check: bool
     pay_with_currency: str | None
+    pin_format: PinFormat = "string"  # the ordering account's
 
 
 @dataclass(frozen=True)
@@ -319,13 +318,19 @@ def one_code_order(
     )
 
 
-def check_orderable(product: Product | None, instant: bool = True) -> Product:
+def check_orderable(
+    product: Product | None, instant: bool = True, pin_format: PinFormat = "string"
+) -> Product:
     """The product an order may buy. `isInstantDeliverySupported` is about the instant
-    endpoint only: a bulk order (`instant=False`) may buy any active product."""
+    endpoint only: a bulk order (`instant=False`) may buy any active product. An account
+    receiving integer PINs may buy only products whose PINs are integers (their stock is
+    checked at intake): it could not be sent another one's PIN."""
     if product is None or not product.active:
         raise ProductNotFound()
     if instant and not product.is_instant:
         raise ProductNotInstant()
+    if pin_format == "integer" and product.pin_kind != "integer":
+        raise ProductPinNotInteger(product.sku)
     return product
 
 
@@ -506,6 +511,7 @@ class CreateBulkOrder:
     client_order_number: str | None
     dup_check: bool
     pay_with_currency: str | None
+    pin_format: PinFormat = "string"  # the ordering account's
 
 
 def check_bulk_lines(lines: Sequence[BulkLine]) -> None:

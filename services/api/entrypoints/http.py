@@ -37,8 +37,8 @@ from services.api.domain.model import (
     PipelineUnavailable,
     ProductNotFound,
     ProductNotInstant,
+    ProductPinNotInteger,
     UnsupportedCurrency,
-    pin_as_integer,
     rolled_up,
 )
 from services.api.entrypoints import schemas
@@ -53,7 +53,7 @@ from services.api.service_layer.accounts import (
 from services.api.service_layer.orders import OrderDesk, bulk_order, place_bulk
 from services.api.service_layer.unit_of_work import LockTimeout, TransactionConflict, UnitOfWork
 from shared.contracts import MoneyOut, rate_out, utcnow
-from shared.crypto import Code, CodeVault, KeyConfigError, SealedCode
+from shared.crypto import Code, CodeVault, KeyConfigError, SealedCode, pin_as_integer
 from shared.web import ApiError, error_responses, ok, paged
 
 # Every /v2 operation can answer these (the common middleware, authentication, the rate limit
@@ -141,13 +141,6 @@ AUTHENTICATION_BUSY = ApiError(
     "Credentials cannot be checked right now; nothing was charged. Retry after the delay given.",
     headers={"Retry-After": "1"},
 )
-
-
-async def authenticate(
-    svc: ApiServices, x_api_key: str | None, authorization: str | None, scope: Scope
-) -> uuid.UUID:
-    caller = await authenticate_caller(svc, x_api_key, authorization, scope)
-    return caller.account_id
 
 
 async def authenticate_caller(
@@ -264,6 +257,16 @@ def as_api_error(exc: DomainError) -> ApiError:
                 "PRODUCT_NOT_INSTANT",
                 "This product does not support instant delivery: order it in bulk.",
             )
+        case ProductPinNotInteger():
+            return ApiError(
+                400,
+                "PRODUCT_PIN_NOT_INTEGER",
+                f"Product {exc.sku} may hold PINs that are not integers, and your account "
+                "receives pinCode as an integer: nothing was charged. Order products whose "
+                "pinKind is integer (Get Products), or ask your operator to set your account's "
+                "pinFormat to string.",
+                extra={"sku": exc.sku},
+            )
         case InsufficientBalance():
             return ApiError(
                 400,
@@ -357,15 +360,16 @@ async def create_instant_order(request: Request) -> Response:
         raise RequestValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
         ) from None
-    account_id = await authenticate(svc, x_api_key, authorization, request.scope)
+    caller = await authenticate_caller(svc, x_api_key, authorization, request.scope)
     try:
         order = await svc.order_desk.place_instant(
             CreateInstantOrder(
-                account_id=account_id,
+                account_id=caller.account_id,
                 sku=body.sku,
                 client_order_number=body.clientOrderNumber,
                 dup_check=body.enableClientOrderNumberDupCheck,
                 pay_with_currency=body.payWithCurrency,
+                pin_format=caller.pin_format,
             )
         )
     except DomainError as exc:
@@ -444,15 +448,16 @@ def created_bulk_order_out(bulk: BulkOrder) -> dict[str, Any]:
     "/orders", response_model=None, responses=answers(schemas.CreatedOrderEnvelope, 409, 422)
 )
 async def create_bulk_order(
-    body: CreateBulkOrderIn, account_id: CurrentAccount, svc: Services
+    body: CreateBulkOrderIn, caller: CurrentCaller, svc: Services
 ) -> dict[str, Any]:
     """Always asynchronous: answers PROCESSING at once, with the whole grandTotal paid."""
     cmd = CreateBulkOrder(
-        account_id=account_id,
+        account_id=caller.account_id,
         lines=tuple(BulkLine(p.sku, p.quantity) for p in body.products),
         client_order_number=body.clientOrderNumber,
         dup_check=body.enableClientOrderNumberDupCheck,
         pay_with_currency=body.payWithCurrency,
+        pin_format=caller.pin_format,
     )
     for _ in range(BULK_ATTEMPTS):
         try:
@@ -647,6 +652,7 @@ def product_out(record: dict[str, Any]) -> dict[str, Any]:
     hidden = ("price", "active", "backorderDeadlineSeconds")
     shown = {k: v for k, v in record.items() if k not in hidden}
     shown["prices"] = [{"price": record["price"], "fromQuantity": 1, "toQuantity": 1}]
+    shown["pinKind"] = record.get("pinKind", "string")  # absent from snapshots before it
     price = Decimal(str(record["price"]))
     face = Decimal(str(record.get("faceValue") or price))
     shown["faceValue"] = f"{face:.2f}"

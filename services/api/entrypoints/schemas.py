@@ -116,6 +116,11 @@ class ProductOut(BaseModel):
     descriptions: list[str]
     instructions: list[str]
     termConditions: list[str]
+    pinKind: Literal["integer", "string"] = Field(
+        description="(ours) `integer`: every PIN of its stock is an int32 exactly, so an account "
+        "whose pinFormat is `integer` may buy it; `string`: any PIN, bought by `string` "
+        "accounts only (docs/api.md, PIN format)."
+    )
 
 
 class ProductPage(BaseModel):

@@ -238,7 +238,7 @@ class OrderDesk:
             settled: list[tuple[int, Product, str]] = []
             for i, cmd in enumerate(cmds):
                 try:
-                    product = check_orderable(products.get(cmd.sku))
+                    product = check_orderable(products.get(cmd.sku), pin_format=cmd.pin_format)
                     currency = settlement_currency(
                         product, cmd.pay_with_currency, wallets.get(cmd.account_id, set())
                     )
@@ -508,7 +508,10 @@ async def place_bulk(
     async with uow:
         skus = [line.sku for line in cmd.lines]
         products, wallets = await uow.products.for_orders(sorted(skus), [cmd.account_id])
-        ordered = {sku: check_orderable(products.get(sku), instant=False) for sku in skus}
+        ordered = {
+            sku: check_orderable(products.get(sku), instant=False, pin_format=cmd.pin_format)
+            for sku in skus
+        }
         first = ordered[skus[0]]
         bulk_currency(list(ordered.values()))
         # The instant path's rules: the wallet paid from, and one conversion (price_in).

@@ -174,6 +174,14 @@ class PostgresCodes:
         )
         return {row["transaction_id"]: _claimed(row) for row in rows}
 
+    async def for_sale(self, sku: str) -> list[StockedCode]:
+        rows = await self._conn.fetch(
+            "SELECT id, sku, status, key_id, sealed, binding FROM codes "
+            "WHERE sku = $1 AND status IN ('AVAILABLE', 'UNREADABLE') ORDER BY id",
+            sku,
+        )
+        return [_stocked(row) for row in rows]
+
     async def new_ids(self, count: int) -> list[int]:
         rows = await self._conn.fetch(
             "SELECT nextval(pg_get_serial_sequence('codes', 'id')) AS id "

@@ -14,7 +14,7 @@ from services.inventory.domain import model
 from services.inventory.domain.model import StockLevel
 from services.inventory.service_layer import catalog, decisions
 from services.inventory.service_layer.unit_of_work import UnitOfWork
-from shared.contracts import ProductSnapshot
+from shared.contracts import PinKind, ProductSnapshot
 from shared.crypto import MAX_PIN_CODE, MAX_REDEEM_CODE, Code, CodeVault, code_problem
 from shared.web import ApiError, admin_only, ok, paged
 
@@ -70,6 +70,11 @@ class ProductIn(_Body):
     backorder_deadline_seconds: int | None = Field(
         None, ge=1, le=30 * 24 * 3600, description="(ours) How long a backorder may wait."
     )
+    pin_kind: PinKind = Field(
+        "integer",
+        description="(ours) `integer`: every PIN stocked is an int32 exactly (checked), so "
+        "accounts receiving integer PINs may buy it; `string`: any PIN (docs/api.md).",
+    )
 
 
 class CodeIn(_Body):
@@ -121,8 +126,25 @@ async def put_product(sku: Sku, body: ProductIn, context: Context) -> dict[str, 
             f"The body's sku {body.sku!r} differs from the path's {sku!r}: send one SKU.",
         )
     product = ProductSnapshot.model_validate({**body.model_dump(exclude={"sku"}), "sku": sku})
-    stored = await catalog.put_product(product, context.new_uow())
+    try:
+        stored = await catalog.put_product(product, context.new_uow(), context.vault)
+    except catalog.PinsNotInteger as exc:
+        shown = ", ".join(str(i) for i in exc.stock_ids[:_SHOWN])
+        more = f" and {len(exc.stock_ids) - _SHOWN} more" if len(exc.stock_ids) > _SHOWN else ""
+        raise ApiError(
+            409,
+            "PINS_NOT_INTEGER",
+            f"{len(exc.stock_ids)} code(s) for sale in {sku!r} have a PIN an integer cannot "
+            f"carry exactly, or do not open (stock ids {shown}{more}): the product keeps its "
+            "pinKind. Keep pinKind string, or withdraw those codes' product and stock the "
+            "integer-PIN codes in a new one.",
+            extra={"stockIds": exc.stock_ids[:_SHOWN]},
+        ) from None
     return ok(_product_out(stored))
+
+
+# Offending codes named in one error (the count is always whole).
+_SHOWN = 20
 
 
 @router.post("/products/{sku}/withdraw")
@@ -163,6 +185,19 @@ async def add_stock(sku: Sku, body: StockIn, context: Context) -> dict[str, Any]
         result = await catalog.add_stock(sku, codes, context.new_uow(), context.vault)
     except catalog.ProductNotFound as exc:
         raise _not_found(exc) from None
+    except catalog.PinsNotInteger as exc:
+        raise ApiError(
+            400,
+            "INVALID_REQUEST",
+            f"{len(exc.problems)} code(s) have a PIN that {sku!r} cannot hold (its pinKind is "
+            "integer): see details; nothing was stocked.",
+            extra={
+                "details": [
+                    {"field": f"codes.{position - 1}", "issue": problem}
+                    for position, problem in exc.problems[:_SHOWN]
+                ]
+            },
+        ) from None
     except catalog.RefingerprintPending:
         raise ApiError(
             503,

@@ -18,7 +18,15 @@ from services.inventory.domain.model import (
 )
 from services.inventory.service_layer.unit_of_work import UnitOfWork
 from shared.contracts import DeliverStock, ProductSnapshot, StockArrived
-from shared.crypto import Binding, Code, CodeVault, KeyConfigError, SealedCode, code_problem
+from shared.crypto import (
+    Binding,
+    Code,
+    CodeVault,
+    KeyConfigError,
+    SealedCode,
+    code_problem,
+    pin_kind_problem,
+)
 from shared.topics import CATALOG_PRODUCTS, INVENTORY_EVENTS
 
 log = logging.getLogger(__name__)
@@ -49,6 +57,20 @@ class RefingerprintPending(Exception):
         super().__init__("codes stocked earlier are still being re-fingerprinted")
 
 
+class PinsNotInteger(Exception):
+    """Codes for sale (a product made `integer`) or codes to stock (into an `integer`
+    product) whose PIN an int32 cannot carry exactly: `problems` (1-based position, problem)
+    for codes to stock, `stock_ids` for codes in stock. Nothing was changed."""
+
+    def __init__(
+        self, sku: str, problems: Sequence[tuple[int, str]] = (), stock_ids: Sequence[int] = ()
+    ) -> None:
+        super().__init__(f"{sku}: PINs that are not integers")
+        self.sku = sku
+        self.problems = list(problems)
+        self.stock_ids = list(stock_ids)
+
+
 @dataclass(frozen=True)
 class StockAdded:
     sku: str
@@ -57,13 +79,41 @@ class StockAdded:
     available: int
 
 
-async def put_product(product: ProductSnapshot, uow: UnitOfWork) -> ProductSnapshot:
-    """Creates or replaces the product's record; its version goes up by one each time."""
+async def put_product(
+    product: ProductSnapshot, uow: UnitOfWork, vault: CodeVault
+) -> ProductSnapshot:
+    """Creates or replaces the product's record; its version goes up by one each time.
+
+    Making a product's pinKind `integer` checks the PIN of every code it has for sale, under
+    the product's row lock (which stock intake takes too): PinsNotInteger, nothing changed,
+    when one is not an int32 exactly (or does not open)."""
     async with uow:
+        current = await uow.products.get(product.sku, for_update=True)
+        if product.pin_kind == "integer" and current is not None and current.pin_kind != "integer":
+            in_stock = await uow.codes.for_sale(product.sku)
+            # Opening thousands of codes takes CPU: off the event loop that decides orders.
+            refused = await asyncio.to_thread(_not_integer_pins, in_stock, vault)
+            if refused:
+                raise PinsNotInteger(product.sku, stock_ids=refused)
         stored = await uow.products.save(product)
         uow.publish(CATALOG_PRODUCTS.name, stored.sku, stored)
         await uow.commit()
     return stored
+
+
+def _not_integer_pins(codes: Sequence[StockedCode], vault: CodeVault) -> list[int]:
+    """The stock ids of the codes whose PIN is not an int32 exactly, or that do not open (so
+    their PIN cannot be vouched for)."""
+    refused = []
+    for code in codes:
+        try:
+            opened = vault.open(code.sealed, code.sku, code.stock_id)
+        except (InvalidTag, ValueError, KeyConfigError):
+            refused.append(code.stock_id)
+            continue
+        if pin_kind_problem(opened.pin_code, "integer"):
+            refused.append(code.stock_id)
+    return refused
 
 
 async def withdraw_product(sku: str, uow: UnitOfWork) -> ProductSnapshot:
@@ -110,8 +160,17 @@ async def add_stock(
     if not 0 < len(codes) <= model.MAX_CODES_PER_DELIVERY:
         raise ValueError(f"stock between 1 and {model.MAX_CODES_PER_DELIVERY} codes at a time")
     async with uow:
-        if await uow.products.get(sku) is None:
+        # Locked: a concurrent change of its pinKind waits for these codes, or they for it.
+        product = await uow.products.get(sku, for_update=True)
+        if product is None:
             raise ProductNotFound(sku)
+        problems = [
+            (position, problem)
+            for position, code in enumerate(codes, start=1)
+            if (problem := pin_kind_problem(code.pin_code, product.pin_kind))
+        ]
+        if problems:
+            raise PinsNotInteger(sku, problems=problems)
         await refuse_while_refingerprinting(uow)
         stock_ids = await uow.codes.new_ids(len(codes))
         # Sealing thousands of codes takes CPU: off the event loop that also decides orders.
@@ -150,10 +209,14 @@ async def stock_delivery(command: DeliverStock, uow: UnitOfWork, vault: CodeVaul
     is sealed again to the stock item it becomes. A code an operator could not stock
     (code_problem) is left out, logged by position and kind of problem and counted
     (inventory_supplier_codes_refused_total), never quoted."""
+    product = await uow.products.get(command.sku, for_update=True)
+    pin_kind = "string" if product is None else product.pin_kind
     codes = []
     for position, wire in enumerate(command.sealed_codes, start=1):
         code = vault.open(SealedCode.from_wire(wire), command.sku, None)
-        if problem := code_problem(code.redeem_code, code.pin_code):
+        if problem := code_problem(code.redeem_code, code.pin_code) or pin_kind_problem(
+            code.pin_code, pin_kind
+        ):
             log.warning("delivery %s: code %d left out: %s", command.delivery_id, position, problem)
             metrics.SUPPLIER_CODES_REFUSED.labels(problem.split(" ", 1)[0]).inc()
             continue

@@ -40,6 +40,10 @@ class Codes(Protocol):
 
     async def sold_to(self, transaction_ids: Sequence[str]) -> dict[str, ClaimedCode]: ...
 
+    async def for_sale(self, sku: str) -> list[StockedCode]:
+        """The SKU's codes for sale (AVAILABLE, UNREADABLE), oldest first."""
+        ...
+
     async def new_ids(self, count: int) -> list[int]:
         """Stock ids for codes about to be stocked, ascending (so they can be sealed to
         them); an id given out and not used is never given again."""
