@@ -919,7 +919,10 @@ class PostgresOrders:
 
     async def complete(self, allocations: Sequence[Allocation]) -> list[Order]:
         # One statement; an order completed already (a redelivery, or the reply and the event
-        # both applied) is not returned.
+        # both applied) is not returned. In transactionId order, as complete_and_announce:
+        # the reply path and the inventory.events consumer (in two api processes, say) may
+        # complete the same orders at once, and rows taken in two orders can deadlock.
+        allocations = sorted(allocations, key=lambda a: a[0])
         rows = await self._conn.fetch(
             f"""
             UPDATE orders SET status = 'COMPLETED', stock_id = a.stock_id, sealed_code = a.sealed,
@@ -939,6 +942,7 @@ class PostgresOrders:
     async def complete_and_announce(
         self, allocations: Sequence[tuple[str, int, str, bytes]]
     ) -> set[str]:
+        allocations = sorted(allocations, key=lambda a: a[0])  # the lock order: see complete
         rows = await self._conn.fetch(
             """
             WITH a AS (
