@@ -318,6 +318,39 @@ async def run_rate(
     return result
 
 
+async def bulk_during(sku: str, creds: dict[str, str], units: int, delay_s: float) -> str:
+    """Places one bulk order of `units` codes of `sku`, `delay_s` into a rate's run, and waits
+    until every unit is delivered: how long its acceptance took, and its delivery."""
+    await asyncio.sleep(delay_s)
+    token = local_secret("ADMIN_TOKEN")
+    async with httpx.AsyncClient(timeout=120) as client:
+        began = time.perf_counter()
+        response = await client.post(
+            f"{service_url('api')}/v2/orders",
+            json={"products": [{"sku": sku, "quantity": units}]},
+            headers=creds,
+        )
+        accepted_ms = (time.perf_counter() - began) * 1000
+        if response.status_code != 200:
+            return f"bulk order refused: HTTP {response.status_code} {response.text[:200]}"
+        tx = response.json()["data"]["transactionId"]
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            shown = await client.get(
+                f"{admin_url('api')}/admin/orders/{tx}",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            counts = shown.json()["data"]["lines"][0]["units"]
+            if counts["PROCESSING"] == 0:
+                break
+            await asyncio.sleep(0.5)
+        delivered_s = time.perf_counter() - began
+    return (
+        f"bulk order of {units} units accepted in {accepted_ms:.0f} ms, all decided after "
+        f"{delivered_s:.1f} s ({json.dumps(counts)})"
+    )
+
+
 async def one_at_a_time(sku: str, creds: dict[str, str], count: int) -> Result:
     """Each order sent when the previous one was answered: the latency floor."""
     result = Result(0, 0)
@@ -419,6 +452,14 @@ def restart_api(processes: int) -> None:
     )
 
 
+def bulk_runs_codes(units: int, rounds: int, rates: list[int], seconds: float) -> int:
+    """Codes the --bulk-units runs sell: per round and rate, a run without the bulk order, one
+    with it, and the bulk order (none of it waits for stock, or it would measure the supplier)."""
+    if not units:
+        return 0
+    return rounds * sum(2 * int(rate * seconds * 1.05) + units for rate in rates)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rates", default="300,600,1000")
@@ -442,6 +483,14 @@ async def main() -> None:
         help="e.g. 1,2: restart the api with each count in turn and measure each (default: the "
         "api as it runs)",
     )
+    parser.add_argument(
+        "--bulk-units",
+        type=int,
+        default=0,
+        help="also run each rate with one bulk order of this many units of the same SKU, from "
+        "the same account, placed 2 s into the run (alternating with runs without it)",
+    )
+    parser.add_argument("--bulk-rounds", type=int, default=1, help="pairs of runs per rate")
     parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",") if r]
@@ -450,6 +499,7 @@ async def main() -> None:
         len(counts) * (int(sum(rates) * args.seconds * 1.05) + args.single)
         + args.overload * int(args.overload_seconds)
         + args.soak_rate * 60 * args.soak_minutes
+        + bulk_runs_codes(args.bulk_units, args.bulk_rounds, rates, args.seconds)
         + 100
     )
     print(
@@ -495,6 +545,31 @@ async def main() -> None:
                 rows.append(result.row())
                 print(rows[-1], file=sys.stderr)
             sections.append("\n".join([header, *rows]))
+        if rates and args.bulk_units:
+            rows, notes = [], []
+            for rate in rates:
+                for round_ in range(1, args.bulk_rounds + 1):
+                    for with_bulk in (False, True):
+                        label = f"{rate}, {'with' if with_bulk else 'without'} bulk #{round_}"
+                        print(f"running {label}", file=sys.stderr)
+                        bulk = (
+                            asyncio.create_task(bulk_during(sku, creds[0], args.bulk_units, 2.0))
+                            if with_bulk
+                            else None
+                        )
+                        result = await run_rate(sku, creds, rate, args.seconds, args.connections)
+                        rows.append(result.row().replace(f"| {rate} |", f"| {label} |", 1))
+                        print(rows[-1], file=sys.stderr)
+                        if bulk is not None:
+                            notes.append(f"- {label}: {await bulk}")
+                            print(notes[-1], file=sys.stderr)
+            sections.append(
+                f"Instant orders while one bulk order of {args.bulk_units} units of the same "
+                "SKU and account is accepted and delivered (runs alternated):\n\n"
+                + "\n".join([header, *rows])
+                + "\n\n"
+                + "\n".join(notes)
+            )
     if args.overload:
         print(f"overload: {args.overload}/s for {args.overload_seconds:g}s", file=sys.stderr)
         row = await overload(
