@@ -111,6 +111,8 @@ class ApiSettings(CommonSettings):
     rate_limit_per_s: float = Field(2000.0, alias="API_RATE_LIMIT_PER_S", gt=0)
     rate_limit_burst: int = Field(4000, alias="API_RATE_LIMIT_BURST", ge=1)
     max_in_flight: int = Field(256, alias="API_MAX_IN_FLIGHT", ge=1, le=100_000)
+    # A group commit's wait for more orders before it flushes (docs/benchmarks.md).
+    group_commit_linger_ms: float = Field(0.0, alias="API_GROUP_COMMIT_LINGER_MS", ge=0, le=50)
     nudge_after_s: float = Field(30.0, alias="API_NUDGE_AFTER_S", gt=0)
     nudge_interval_s: float = Field(5.0, alias="API_NUDGE_INTERVAL_S", gt=0)
 

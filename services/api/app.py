@@ -81,6 +81,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 decision_window_s=settings.decision_window_ms / 1000,
                 max_in_flight=settings.max_in_flight,
                 rates=CachedRates(OperatorRates(new_uow)),
+                linger_s=settings.group_commit_linger_ms / 1000,
             ),
             auth=Authenticator(
                 new_uow,

@@ -168,3 +168,29 @@ async def test_a_caller_that_gives_up_does_not_cancel_the_flush_of_its_batch() -
     assert await asyncio.wait_for(waits, DEADLINE_S) == 20
     assert flush.completed == 1
     assert await asyncio.wait_for(commit.submit(3), DEADLINE_S) == 30
+
+
+async def yield_to_the_drainer() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)  # a turn of the event loop each, not a wait for time
+
+
+async def test_with_a_linger_a_lone_request_waits_for_the_ones_arriving_meanwhile() -> None:
+    flush = Flush()
+    commit = GroupCommit("test", flush, linger_s=DEADLINE_S / 10)
+
+    first = asyncio.create_task(commit.submit(1))
+    await yield_to_the_drainer()
+    assert (flush.batches, commit.queued) == ([], 1)  # lingering, not flushed yet
+    second = asyncio.create_task(commit.submit(2))
+
+    assert await asyncio.wait_for(asyncio.gather(first, second), DEADLINE_S) == [10, 20]
+    assert flush.batches == [[1, 2]]
+
+
+async def test_a_full_batch_does_not_linger() -> None:
+    flush = Flush()
+    commit = GroupCommit("test", flush, max_batch=2, linger_s=DEADLINE_S * 2)
+
+    assert await submit_all(commit, [1, 2]) == [10, 20]  # within DEADLINE_S: no linger
+    assert flush.batches == [[1, 2]]

@@ -162,6 +162,8 @@ class OrderDesk:
     decision_window_s: float
     rates: RateSource
     max_in_flight: int = 256
+    # How long a group commit waits for more orders before a flush (0: flushes at once).
+    linger_s: float = 0.0
     _in_flight: int = 0
     _accepting: GroupCommit[CreateInstantOrder, Any] = field(init=False)
     _recording: GroupCommit[tuple[Order, int, str], Order] = field(init=False)
@@ -171,8 +173,10 @@ class OrderDesk:
         # An order that cannot even start its acceptance this soon is refused (503, nothing
         # charged) rather than left to wait past the decision window.
         max_queue_s = min(ACCEPT_MAX_QUEUE_S, self.decision_window_s / 2)
-        self._accepting = GroupCommit("accept", self._accept_batch, max_wait_s=max_queue_s)
-        self._recording = GroupCommit("record", self._record_batch)
+        self._accepting = GroupCommit(
+            "accept", self._accept_batch, max_wait_s=max_queue_s, linger_s=self.linger_s
+        )
+        self._recording = GroupCommit("record", self._record_batch, linger_s=self.linger_s)
 
     async def place_instant(self, cmd: CreateInstantOrder) -> Order:
         """Accept, pay for and durably record one order, then wait (bounded) for inventory.
