@@ -38,6 +38,7 @@ def cmd_seed(_: argparse.Namespace) -> None:
             face_value=Decimal(price),
             types=["Digital"],
             country="US",
+            pin_kind="integer",  # generated PINs are int32s: the (integer) demo account buys them
         )
         versions[sku] = put_product(inventory, product)["version"]
         if stock:

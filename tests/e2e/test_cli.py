@@ -192,3 +192,15 @@ async def test_without_a_reachable_stack_the_cli_says_how_to_start_it(
     assert "make up" in err
     assert "API_ADMIN_URL" in err
     assert "Traceback" not in err
+
+
+async def test_the_demo_account_can_buy_the_demo_cards_and_read_their_pins(stack: Stack) -> None:
+    # What `make up` seeds and prints: its curl must work for a client that knows nothing.
+    seeded, _ = await cli("demo", "seed")
+    async with as_client(stack, seeded) as client:
+        bought = await client.post("/v2/orders/instant", json={"sku": seeded["products"][0]})
+        assert bought.status_code == 200, bought.text
+        order = bought.json()["data"]
+        if order["status"] == "COMPLETED":  # earlier seeds may have sold the demo stock
+            codes = await client.get(f"/v2/orders/{order['transactionId']}/codes")
+            assert isinstance(codes.json()["data"][0]["codes"][0]["pinCode"], int), codes.text
