@@ -146,3 +146,25 @@ async def test_a_string_account_gets_digits_as_a_string(
     order = (await client.order(sku)).json()["data"]
     [code] = await client.codes(order["transactionId"])
     assert code["pinCode"] == "4711"
+
+
+async def test_an_integer_product_with_a_backorder_waiting_cannot_become_string(
+    new_client: NewClient, new_product: NewProduct, inventory_admin: httpx.AsyncClient
+) -> None:
+    sku = await new_product(price="1.00")  # integer, no stock
+    client = await new_client(balance="10.00")
+    order = (await client.order(sku)).json()["data"]
+    assert order["status"] == "PROCESSING"
+
+    async def backordered() -> bool:
+        seen = await inventory_admin.get(f"/admin/decisions/{order['transactionId']}")
+        return seen.status_code == 200 and seen.json()["data"]["state"] == "BACKORDERED"
+
+    await wait_until(backordered, timeout=15, message="inventory backorders the order")
+    record = {"name": f"Card {sku}", "currency": "USD", "price": "1.00", "pinKind": "string"}
+    refused = await inventory_admin.put(f"/admin/products/{sku}", json=record)
+
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"] == "BACKORDERS_WAITING"
+    shown = (await inventory_admin.get(f"/admin/products/{sku}")).json()["data"]
+    assert shown["pinKind"] == "integer"

@@ -507,6 +507,31 @@ async def test_making_a_product_integer_is_refused_while_a_code_for_sale_has_ano
     assert kept.pin_kind == "string"
 
 
+async def test_an_integer_product_with_backorders_waiting_stays_integer(
+    store: FakeStore,
+) -> None:
+    integer = ProductSnapshot(
+        sku=SKU, name="Gift card", currency="USD", price=Decimal("10.00"), pin_kind="integer"
+    )
+    await catalog.put_product(integer, store.uow(), VAULT)
+    await handle_commands([place("tx-waits")], store.uow(), VAULT)  # no stock: backordered
+
+    with pytest.raises(catalog.BackordersWaiting):
+        await catalog.put_product(
+            integer.model_copy(update={"pin_kind": "string"}), store.uow(), VAULT
+        )
+    async with store.uow() as uow:
+        kept = await uow.products.get(SKU)
+    assert kept is not None
+    assert kept.pin_kind == "integer"
+
+    await handle_commands([cancel("tx-waits")], store.uow(), VAULT)
+    made = await catalog.put_product(
+        integer.model_copy(update={"pin_kind": "string"}), store.uow(), VAULT
+    )
+    assert made.pin_kind == "string"
+
+
 async def test_a_delivery_is_stocked_sealed_to_its_stock_items_without_duplicates(
     store: FakeStore,
 ) -> None:

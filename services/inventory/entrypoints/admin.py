@@ -140,6 +140,15 @@ async def put_product(sku: Sku, body: ProductIn, context: Context) -> dict[str, 
             "integer-PIN codes in a new one.",
             extra={"stockIds": exc.stock_ids[:_SHOWN]},
         ) from None
+    except catalog.BackordersWaiting:
+        raise ApiError(
+            409,
+            "BACKORDERS_WAITING",
+            f"Backorders of {sku!r} wait for stock, and they may be orders of accounts that "
+            "receive integer PINs, which a string PIN would reach: the product keeps pinKind "
+            "integer. Make it string once they are served or cancelled, or stock string-PIN "
+            "codes under a new SKU.",
+        ) from None
     return ok(_product_out(stored))
 
 

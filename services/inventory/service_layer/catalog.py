@@ -71,6 +71,14 @@ class PinsNotInteger(Exception):
         self.stock_ids = list(stock_ids)
 
 
+class BackordersWaiting(Exception):
+    """An integer product may not become `string` while backorders of it wait."""
+
+    def __init__(self, sku: str) -> None:
+        super().__init__(f"{sku}: backorders wait")
+        self.sku = sku
+
+
 @dataclass(frozen=True)
 class StockAdded:
     sku: str
@@ -86,7 +94,9 @@ async def put_product(
 
     Making a product's pinKind `integer` checks the PIN of every code it has for sale, under
     the product's row lock (which stock intake takes too): PinsNotInteger, nothing changed,
-    when one is not an int32 exactly (or does not open)."""
+    when one is not an int32 exactly (or does not open). Making an integer product `string`
+    is refused (BackordersWaiting) while backorders of it wait: they may be orders of
+    accounts that receive integer PINs."""
     async with uow:
         current = await uow.products.get(product.sku, for_update=True)
         if product.pin_kind == "integer" and current is not None and current.pin_kind != "integer":
@@ -95,6 +105,14 @@ async def put_product(
             refused = await asyncio.to_thread(_not_integer_pins, in_stock, vault)
             if refused:
                 raise PinsNotInteger(product.sku, stock_ids=refused)
+        # Its backorders may be integer accounts' orders, which a string PIN would reach.
+        if (
+            product.pin_kind != "integer"
+            and current is not None
+            and current.pin_kind == "integer"
+            and await uow.decisions.skus_with_waiting_backorders([product.sku])
+        ):
+            raise BackordersWaiting(product.sku)
         stored = await uow.products.save(product)
         uow.publish(CATALOG_PRODUCTS.name, stored.sku, stored)
         await uow.commit()
