@@ -61,7 +61,9 @@ class FakeProducts:
     def __init__(self, state: State) -> None:
         self._state = state
 
-    async def get(self, sku: str, *, for_update: bool = False) -> ProductSnapshot | None:
+    async def get(
+        self, sku: str, *, for_update: bool = False, for_share: bool = False
+    ) -> ProductSnapshot | None:
         return self._state.products.get(sku)
 
     async def save(self, product: ProductSnapshot) -> ProductSnapshot:

@@ -84,6 +84,7 @@ _PRODUCT_BY_SKU = select(col(ProductRow.record), col(ProductRow.version)).where(
 )
 _GET_PRODUCT = compiled(_PRODUCT_BY_SKU)
 _GET_PRODUCT_FOR_UPDATE = compiled(_PRODUCT_BY_SKU.with_for_update())
+_GET_PRODUCT_FOR_SHARE = compiled(_PRODUCT_BY_SKU.with_for_update(read=True))
 _new_version = pg_insert(ProductRow).values(
     sku=bindparam("sku"),
     name=bindparam("name"),
@@ -120,8 +121,16 @@ class PostgresProducts:
     def __init__(self, conn: Conn) -> None:
         self._conn = conn
 
-    async def get(self, sku: str, *, for_update: bool = False) -> ProductSnapshot | None:
-        query = _GET_PRODUCT_FOR_UPDATE if for_update else _GET_PRODUCT
+    async def get(
+        self, sku: str, *, for_update: bool = False, for_share: bool = False
+    ) -> ProductSnapshot | None:
+        query = (
+            _GET_PRODUCT_FOR_UPDATE
+            if for_update
+            else _GET_PRODUCT_FOR_SHARE
+            if for_share
+            else _GET_PRODUCT
+        )
         row = await self._conn.fetchrow(query.sql, *query.args(sku=sku))
         return None if row is None else _product(row)
 

@@ -178,8 +178,9 @@ async def add_stock(
     if not 0 < len(codes) <= model.MAX_CODES_PER_DELIVERY:
         raise ValueError(f"stock between 1 and {model.MAX_CODES_PER_DELIVERY} codes at a time")
     async with uow:
-        # Locked: a concurrent change of its pinKind waits for these codes, or they for it.
-        product = await uow.products.get(sku, for_update=True)
+        # Share-locked: a concurrent change of its pinKind waits for these codes, or they for
+        # it; other stock intake of the SKU (a supplier's delivery) does not wait.
+        product = await uow.products.get(sku, for_share=True)
         if product is None:
             raise ProductNotFound(sku)
         problems = [
@@ -227,7 +228,7 @@ async def stock_delivery(command: DeliverStock, uow: UnitOfWork, vault: CodeVaul
     is sealed again to the stock item it becomes. A code an operator could not stock
     (code_problem) is left out, logged by position and kind of problem and counted
     (inventory_supplier_codes_refused_total), never quoted."""
-    product = await uow.products.get(command.sku, for_update=True)
+    product = await uow.products.get(command.sku, for_share=True)  # as add_stock
     pin_kind = "string" if product is None else product.pin_kind
     codes = []
     for position, wire in enumerate(command.sealed_codes, start=1):

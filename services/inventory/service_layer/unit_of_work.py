@@ -19,7 +19,12 @@ from shared.contracts import DeliverStock, Message, ProductSnapshot
 
 
 class Products(Protocol):
-    async def get(self, sku: str, *, for_update: bool = False) -> ProductSnapshot | None: ...
+    async def get(
+        self, sku: str, *, for_update: bool = False, for_share: bool = False
+    ) -> ProductSnapshot | None:
+        """`for_update`: the row locked against every other lock (a change of the product);
+        `for_share`: against a change only (stock intake, which may run side by side)."""
+        ...
 
     async def save(self, product: ProductSnapshot) -> ProductSnapshot:
         """Stores the record; returns it with the version assigned (1, then +1 per save)."""
