@@ -704,11 +704,15 @@ async def bulk_for_operator(uow: UnitOfWork, transaction_id: str) -> BulkOrder:
     """A bulk order with its units, whoever's it is (for operators); OrderNotFound if none
     has this id."""
     async with uow:
-        account_id = await uow.orders.bulk_account(transaction_id)
-        bulk = None if account_id is None else await uow.orders.get_bulk(account_id, transaction_id)
+        bulk = await _any_accounts_bulk(uow, transaction_id)
     if bulk is None:
         raise OrderNotFound()
     return bulk
+
+
+async def _any_accounts_bulk(uow: UnitOfWork, transaction_id: str) -> BulkOrder | None:
+    account_id = await uow.orders.bulk_account(transaction_id)
+    return None if account_id is None else await uow.orders.get_bulk(account_id, transaction_id)
 
 
 async def cancel_by_operator(uow: UnitOfWork, transaction_id: str) -> list[Order]:
@@ -723,12 +727,7 @@ async def cancel_by_operator(uow: UnitOfWork, transaction_id: str) -> list[Order
             waiting = [order] if order.status == "PROCESSING" else []
             status = order.status
         else:
-            account_id = await uow.orders.bulk_account(transaction_id)
-            bulk = (
-                None
-                if account_id is None
-                else await uow.orders.get_bulk(account_id, transaction_id)
-            )
+            bulk = await _any_accounts_bulk(uow, transaction_id)
             if bulk is None:
                 raise OrderNotFound()
             waiting = [u for u in bulk.units if u.status == "PROCESSING"]
