@@ -183,6 +183,47 @@ class RepositoryContract:
             per_product = await uow.codes.available_per_product()
         assert (per_product[sku], per_product[other]) == (2, 1)
 
+    async def test_look_up_and_claim_serves_new_orders_and_finds_decided_ones(
+        self, new_uow: NewUow
+    ) -> None:
+        """One step for a batch: known decisions (with the code of a served one) come back
+        as they are, new orders get the oldest codes in the order given, the orders of a
+        SKU whose backorders wait get none, and a SKU's last orders none when it runs out."""
+        sku, queued = await self.stocked(new_uow, 2), await self.stocked(new_uow, 1)
+        served, backordered = unique("tx"), waiting(queued)
+        async with new_uow() as uow:
+            first = await uow.codes.claim({sku: [served]})
+            decided = OrderDecision(
+                transaction_id=served,
+                account_id=uuid.uuid4(),
+                sku=sku,
+                placed_at=datetime.now(UTC),
+                reply_to="orders.replies",
+                state=DecisionState.RESERVED,
+                stock_id=first[served].stock_id,
+            )
+            await uow.decisions.add_all([decided, backordered])
+            await uow.commit()
+        a, b, c = unique("tx"), unique("tx"), unique("tx")
+        batch = [
+            place_order(a, sku),
+            place_order(served, sku),
+            place_order(c, queued),
+            place_order(backordered.transaction_id, queued),
+            place_order(b, sku),
+        ]
+        async with new_uow() as uow:
+            looked_up = await uow.look_up_and_claim(batch)
+            await uow.commit()
+        assert looked_up.known == {served: decided, backordered.transaction_id: backordered}
+        assert set(looked_up.codes) == {served, a}  # b: the SKU ran out; c: queued behind
+        assert looked_up.codes[served] == first[served]
+        assert looked_up.codes[a].stock_id > first[served].stock_id
+        async with new_uow() as uow:
+            assert await uow.codes.sold_to([a, b, c]) == {a: looked_up.codes[a]}
+            assert await uow.codes.available(queued) == 1
+            assert (await uow.look_up_and_claim([])).known == {}
+
     async def test_decisions_and_waiting_backorders(self, new_uow: NewUow) -> None:
         sku, calm = unique("SKU"), unique("SKU")
         first, second = waiting(sku), waiting(sku)

@@ -21,9 +21,9 @@ from services.inventory.domain.model import (
     StockedCode,
     StockLevel,
 )
-from services.inventory.service_layer.unit_of_work import UnitOfWork
+from services.inventory.service_layer.unit_of_work import LookedUp, UnitOfWork
 from shared import postgres_unit_of_work
-from shared.contracts import DeliverStock, ProductSnapshot
+from shared.contracts import DeliverStock, PlaceOrder, ProductSnapshot
 from shared.crypto import FINGERPRINT_VERSION, Binding, SealedCode
 from shared.db import Conn, compiled
 
@@ -37,11 +37,8 @@ TASK_LOCK_SPACE = 0x1A7F
 #   WHERE id = (SELECT id FROM codes WHERE sku=$sku AND status='AVAILABLE'
 #               ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING ...
 # and for n orders of a SKU it pairs its n oldest free codes with them, in order.
-CLAIM_CODES = """
-WITH wanted AS (
-    SELECT sku, transaction_id, row_number() OVER (PARTITION BY sku ORDER BY ord) AS n
-    FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS w (sku, transaction_id, ord)
-), demand AS (
+_PICK_FREE_CODES = """
+demand AS (
     SELECT sku, count(*) AS k FROM wanted GROUP BY sku
 ), picked AS (
     SELECT free.id, free.sku, row_number() OVER (PARTITION BY free.sku ORDER BY free.id) AS n
@@ -51,13 +48,54 @@ WITH wanted AS (
         ORDER BY id LIMIT demand.k
         FOR UPDATE SKIP LOCKED
     ) AS free
-)
+)"""
+_SELL_PICKED_CODES = """
 UPDATE codes
 SET status = 'SOLD', transaction_id = wanted.transaction_id, sold_at = now()
 FROM picked JOIN wanted USING (sku, n)
 WHERE codes.id = picked.id AND codes.status = 'AVAILABLE'
 RETURNING codes.id, codes.transaction_id, codes.key_id, codes.sealed, codes.binding
 """
+CLAIM_CODES = f"""
+WITH wanted AS (
+    SELECT sku, transaction_id, row_number() OVER (PARTITION BY sku ORDER BY ord) AS n
+    FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS w (sku, transaction_id, ord)
+), {_PICK_FREE_CODES}{_SELL_PICKED_CODES}"""  # noqa: S608 - constant fragments
+
+_DECISION_COLUMNS = (
+    "transaction_id, account_id, sku, state, stock_id, reply_to, placed_at, cancel_reason"
+)
+
+# The first step of deciding a batch of orders (UnitOfWork.look_up_and_claim), in one round
+# trip instead of three: the decisions stored already for any of them (with the codes sold to
+# them), and the claim (CLAIM_CODES) for the others, none for the orders of a SKU whose
+# backorders wait (model.claims_to_attempt). A row is a known decision (`state` set, and its
+# code if it was served) or a code claimed now (`state` NULL).
+LOOK_UP_AND_CLAIM = f"""
+WITH batch AS (
+    SELECT sku, transaction_id, ord
+    FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS b (sku, transaction_id, ord)
+), known AS (
+    SELECT {_DECISION_COLUMNS} FROM decisions WHERE transaction_id = ANY($2::text[])
+), wanted AS (
+    SELECT b.sku, b.transaction_id, row_number() OVER (PARTITION BY b.sku ORDER BY b.ord) AS n
+    FROM batch AS b
+    WHERE NOT EXISTS (SELECT 1 FROM known WHERE known.transaction_id = b.transaction_id)
+      AND NOT EXISTS (
+          SELECT 1 FROM decisions AS d WHERE d.sku = b.sku AND d.state = 'BACKORDERED'
+      )
+), {_PICK_FREE_CODES}, sold AS ({_SELL_PICKED_CODES})
+SELECT known.transaction_id, known.account_id, known.sku, known.state, known.stock_id,
+       known.reply_to, known.placed_at, known.cancel_reason,
+       code.id AS code_id, code.key_id, code.sealed, code.binding
+FROM known
+LEFT JOIN codes AS code
+    ON known.stock_id IS NOT NULL AND code.transaction_id = known.transaction_id
+UNION ALL
+SELECT sold.transaction_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       sold.id, sold.key_id, sold.sealed, sold.binding
+FROM sold
+"""  # noqa: S608 - constant column list
 
 
 def _sealed(row: asyncpg.Record) -> SealedCode:
@@ -355,11 +393,6 @@ class PostgresDeliveries:
         return _rows_affected(status) == 1
 
 
-_DECISION_COLUMNS = (
-    "transaction_id, account_id, sku, state, stock_id, reply_to, placed_at, cancel_reason"
-)
-
-
 def _decision(row: asyncpg.Record) -> OrderDecision:
     return OrderDecision(
         transaction_id=row["transaction_id"],
@@ -443,6 +476,21 @@ class PostgresUnitOfWork(postgres_unit_of_work.PostgresUnitOfWork, UnitOfWork):
         self.codes = PostgresCodes(conn)
         self.deliveries = PostgresDeliveries(conn)
         self.decisions = PostgresDecisions(conn)
+
+    async def look_up_and_claim(self, orders: Sequence[PlaceOrder]) -> LookedUp:
+        if not orders:
+            return LookedUp({}, {})
+        rows = await self.connection.fetch(
+            LOOK_UP_AND_CLAIM, [o.sku for o in orders], [o.transaction_id for o in orders]
+        )
+        known: dict[str, OrderDecision] = {}
+        codes: dict[str, ClaimedCode] = {}
+        for row in rows:
+            if row["state"] is not None:
+                known[row["transaction_id"]] = _decision(row)
+            if row["code_id"] is not None:
+                codes[row["transaction_id"]] = ClaimedCode(row["code_id"], _sealed(row))
+        return LookedUp(known, codes)
 
     async def serialize_skus(self, skus: Iterable[str]) -> None:
         # Taken in one statement, in hash order: two batches never wait for each other in a

@@ -75,25 +75,19 @@ async def handle_commands(
 async def place_orders(orders: Sequence[PlaceOrder], uow: UnitOfWork) -> list[Reply]:
     if not orders:
         return []
-    known = await uow.decisions.get_many([order.transaction_id for order in orders])
-    new = [o for o in model.first_of_each_order(orders) if o.transaction_id not in known]
+    each_once = model.first_of_each_order(orders)
+    looked_up = await uow.look_up_and_claim(each_once)
+    known, claimed = looked_up.known, looked_up.codes
+    new = [o for o in each_once if o.transaction_id not in known]
     uow.already_decided += len(orders) - len(new)
 
-    claimed: dict[str, ClaimedCode] = {}
-    decisions: list[OrderDecision] = []
-    if new:
-        waiting = await uow.decisions.skus_with_waiting_backorders({o.sku for o in new})
-        claimed = await uow.codes.claim(model.claims_to_attempt(new, waiting))
-        decisions = [
-            model.reserve_or_backorder(order, claimed.get(order.transaction_id)) for order in new
-        ]
+    decisions = [
+        model.reserve_or_backorder(order, claimed.get(order.transaction_id)) for order in new
+    ]
+    if decisions:
         await uow.decisions.add_all(decisions)
         for decision in decisions:
             _publish_placed(decision, claimed.get(decision.transaction_id), uow)
-
-    served_before = [tx for tx, d in known.items() if d.stock_id is not None]
-    if served_before:
-        claimed |= await uow.codes.sold_to(served_before)
     for decision in known.values():
         _announce_again(decision, claimed.get(decision.transaction_id), uow)
     outcomes = {d.transaction_id: d for d in [*known.values(), *decisions]}

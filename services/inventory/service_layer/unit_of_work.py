@@ -3,8 +3,10 @@ events it publishes (written to the outbox in that same transaction, on commit o
 
 import abc
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
+from services.inventory.domain import model
 from services.inventory.domain.model import (
     ClaimedCode,
     CodeStatus,
@@ -15,7 +17,7 @@ from services.inventory.domain.model import (
     StockLevel,
 )
 from shared import unit_of_work
-from shared.contracts import DeliverStock, Message, ProductSnapshot
+from shared.contracts import DeliverStock, Message, PlaceOrder, ProductSnapshot
 
 
 class Products(Protocol):
@@ -130,6 +132,17 @@ class Decisions(Protocol):
     async def update(self, decision: OrderDecision) -> None: ...
 
 
+@dataclass(frozen=True)
+class LookedUp:
+    """What `UnitOfWork.look_up_and_claim` found for a batch of orders."""
+
+    known: dict[str, OrderDecision]
+    """The orders decided already (redelivered, or sent twice), by transaction id."""
+    codes: dict[str, ClaimedCode]
+    """The codes claimed now for the new orders, and the codes sold before to the known
+    orders that were served, by transaction id."""
+
+
 class UnitOfWork(unit_of_work.UnitOfWork):
     """`async with uow:` ... `await uow.commit()`; leaving the block without commit rolls back."""
 
@@ -145,6 +158,24 @@ class UnitOfWork(unit_of_work.UnitOfWork):
         super().__init__(on_commit)
         # PlaceOrder commands found already decided (redelivered, or sent twice).
         self.already_decided = 0
+
+    async def look_up_and_claim(self, orders: Sequence[PlaceOrder]) -> LookedUp:
+        """The first step of deciding `orders` (each once), under `serialize_skus` of their
+        SKUs: the decisions stored already for any of them, with the codes sold to those that
+        were served; for the others, codes claimed as `codes.claim` does, but none for the
+        orders of a SKU whose backorders are waiting (model.claims_to_attempt).
+
+        Here from the repositories' own steps; PostgreSQL does it in one statement."""
+        known = await self.decisions.get_many([o.transaction_id for o in orders])
+        new = [o for o in orders if o.transaction_id not in known]
+        codes: dict[str, ClaimedCode] = {}
+        if new:
+            waiting = await self.decisions.skus_with_waiting_backorders({o.sku for o in new})
+            codes = await self.codes.claim(model.claims_to_attempt(new, waiting))
+        served_before = [tx for tx, d in known.items() if d.stock_id is not None]
+        if served_before:
+            codes |= await self.codes.sold_to(served_before)
+        return LookedUp(known, codes)
 
     @abc.abstractmethod
     async def serialize_skus(self, skus: Iterable[str]) -> None:
