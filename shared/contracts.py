@@ -65,6 +65,9 @@ class PlaceOrder(Message):
     currency: str
     placed_at: datetime
     reply_to: str | None = None
+    reply_partition: int | None = None
+    """The partition of `reply_to` that the sender reads (each api process reads its own);
+    absent: the reply is keyed by transactionId and lands on any partition."""
 
 
 class AllocateBackorder(Message):

@@ -1,6 +1,7 @@
 """The api service: the thin ingress of instant-orders."""
 
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,6 +23,7 @@ from shared.db import Conn
 from shared.runtime import Listener, Runtime, every, lifespan_for
 from shared.settings import ApiSettings
 from shared.web import AdminGuard, install_common, without_fastapi_422
+from shared.workers import WORKER_INDEX
 
 SERVICE = "api"
 # How often the orders_processing gauges are recounted from the read model.
@@ -68,7 +70,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def started() -> AsyncIterator[None]:
-        replies = ReplyListener(settings.kafka_bootstrap_servers, topics.ORDER_REPLIES.name)
+        replies = ReplyListener(
+            settings.kafka_bootstrap_servers,
+            topics.ORDER_REPLIES.name,
+            instance=int(os.environ.get(WORKER_INDEX) or 0),
+        )
         await replies.start(runtime.producer, runtime.background)
         health = BrokerHealth(runtime.producer)
         app.state.services = http.ApiServices(

@@ -33,13 +33,17 @@ async def test_an_unreadable_reply_is_skipped_and_the_next_one_arrives(stack: St
                 topics.ORDER_REPLIES.name, b"{}", key=b"\xff\xfe-not-utf-8", partition=partition
             )
         await producer.send_and_wait(
-            topics.ORDER_REPLIES.name, b"not json", key=transaction_id.encode()
+            topics.ORDER_REPLIES.name,
+            b"not json",
+            key=transaction_id.encode(),
+            partition=listener.partition,
         )
         decision = Decision(transaction_id=transaction_id, sku="SKU-1", outcome="BACKORDERED")
         await producer.send_and_wait(
             topics.ORDER_REPLIES.name,
             decision.model_dump_json().encode(),
             key=transaction_id.encode(),
+            partition=listener.partition,
         )
         assert await asyncio.wait_for(waiting, 15) == decision
         assert background.down == {}

@@ -51,7 +51,7 @@ async def test_orders_recorded_in_one_statement_survive_a_failing_rest(
     orders = OrderDesk(
         new_uow=new_uow,
         publisher=cast(Any, None),
-        replies=cast(Any, SimpleNamespace(topic="orders.replies")),
+        replies=cast(Any, SimpleNamespace(topic="orders.replies", partition=0)),
         health=cast(Any, SimpleNamespace(accepting=True)),
         decision_window_s=0.5,
         rates=cast(Any, None),  # same-currency orders read no rates

@@ -58,6 +58,7 @@ class Replies:
     """Inventory answering at once: RESERVED with stock id 7, or nothing (`silent`)."""
 
     topic = "api.replies.test"
+    partition = 2
 
     def __init__(self, silent: bool = False) -> None:
         self.silent = silent
@@ -128,7 +129,11 @@ async def test_an_instant_order_is_paid_once_published_and_completed_with_its_co
     [(topic, key, value)] = publisher.sent
     assert (topic, key) == (topics.INVENTORY_COMMANDS.name, b"SKU")
     sent = PlaceOrder.model_validate_json(value)
-    assert (sent.transaction_id, sent.reply_to) == (order.transaction_id, Replies.topic)
+    assert (sent.transaction_id, sent.reply_to, sent.reply_partition) == (
+        order.transaction_id,
+        Replies.topic,
+        Replies.partition,
+    )
     assert [r.type for r in store.events(topics.ORDER_EVENTS.name)] == [
         "OrderAccepted",
         "OrderCompleted",

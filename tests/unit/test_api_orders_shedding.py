@@ -55,7 +55,7 @@ def orders_with(
     orders = OrderDesk(
         new_uow=cast(Any, None),
         publisher=cast(Any, None),
-        replies=cast(Any, SimpleNamespace(topic="api.replies.test")),
+        replies=cast(Any, SimpleNamespace(topic="api.replies.test", partition=0)),
         health=cast(Any, SimpleNamespace(accepting=True)),
         decision_window_s=1.0,
         rates=cast(Any, None),

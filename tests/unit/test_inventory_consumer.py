@@ -32,6 +32,7 @@ class FakeProducer:
 
     def __init__(self, failing_topics: tuple[str, ...] = ()) -> None:
         self.sent: list[tuple[str, bytes | None, bytes, dict[str, bytes]]] = []
+        self.partitions: list[int | None] = []  # the partition asked for, per sent record
         self.failing = failing_topics
 
     async def send_and_wait(
@@ -49,6 +50,7 @@ class FakeProducer:
         value: bytes,
         key: bytes | None = None,
         headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
     ) -> "asyncio.Future[None]":
         await asyncio.sleep(0)
         delivery: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -56,6 +58,7 @@ class FakeProducer:
             delivery.set_exception(KafkaTimeoutError())
         else:
             self.sent.append((topic, key, value, dict(headers or [])))
+            self.partitions.append(partition)
             delivery.set_result(None)
         return delivery
 
@@ -106,10 +109,13 @@ async def test_a_batch_is_one_commit_then_one_reply_per_order(store: FakeStore) 
     await stock(store, "A")
     producer = FakeProducer()
     commits = store.commits
+    own_partition = place("tx-1", reply_to="replies-1").model_copy(update={"reply_partition": 2})
     await consumer(store, producer, FakeUnitOfWork).handle_batch(
-        [record(place("tx-1", reply_to="replies-1")), record(place("tx-2", reply_to="replies-2"))]
+        [record(own_partition), record(place("tx-2", reply_to="replies-2"))]
     )
     assert store.commits == commits + 1
+    # tx-1's sender reads partition 2 of its reply topic; tx-2's named none (keyed by its id)
+    assert producer.partitions == [2, None]
     replies = {
         topic: (key, Decision.model_validate_json(value)) for topic, key, value, _ in producer.sent
     }

@@ -4,11 +4,14 @@ reply listener (the ports are declared in service_layer/orders.py).
 Request/reply over Kafka for the instant path, without FastStream's `request()` (which only
 its in-memory test broker answers).
 
-Each ingress instance reads the whole reply topic with a group-less consumer (assigned all
-partitions, starting at the end), so no rebalance can ever route its replies elsewhere, and
-resolves the future waiting under the reply's transactionId. Replies for other instances, or
-for requests that already gave up, are ignored; so is a record it cannot read (its request
-waits on, for the real reply or its window). The loop runs as a supervised background task
+Each ingress instance reads one partition of the reply topic, its own (chosen by its worker
+index), with a group-less consumer (assigned that partition, starting at the end), so no
+rebalance can ever route its replies elsewhere; its order requests name that partition, and
+inventory answers there. It resolves the future waiting under the reply's transactionId.
+Replies for other instances (more instances than partitions share one), or for requests that
+already gave up, are ignored; so is a record it cannot read (its request waits on, for the
+real reply or its window). Reading one partition rather than all is what keeps N instances
+from fetching and decoding every reply N times. The loop runs as a supervised background task
 (shared.runtime.Background): if it ever dies, it is logged, shown down and restarted.
 """
 
@@ -85,8 +88,12 @@ class BrokerHealth:
 
 
 class ReplyListener:
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, instance: int = 0) -> None:
+        """`instance`: this process's index among the api's processes (its partition is
+        the instance-th of the topic's, modulo their number)."""
         self.topic = topic
+        self.partition: int | None = None
+        self._instance = instance
         self._bootstrap = bootstrap
         self._waiting: dict[str, asyncio.Future[Decision]] = {}
         self._consumer: AIOKafkaConsumer | None = None
@@ -110,12 +117,14 @@ class ReplyListener:
             fetch_max_wait_ms=500,
         )
         await consumer.start()
-        assigned = [TopicPartition(self.topic, p) for p in partitions]
+        own = sorted(partitions)[self._instance % len(partitions)]
+        assigned = [TopicPartition(self.topic, own)]
         consumer.assign(assigned)
         await consumer.seek_to_end(*assigned)
         for tp in assigned:  # pin the positions now, before any request is published
             await consumer.position(tp)
         self._consumer = consumer
+        self.partition = own
         background.start("reply-listener", self._run)
 
     async def stop(self) -> None:

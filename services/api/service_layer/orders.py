@@ -92,6 +92,11 @@ class Replies(Protocol):
     @property
     def topic(self) -> str: ...
 
+    @property
+    def partition(self) -> int | None:
+        """The partition of `topic` this instance reads; None: all of them."""
+        ...
+
     def expect(self, transaction_id: str) -> "asyncio.Future[Decision]": ...
 
     def forget(self, transaction_id: str) -> None: ...
@@ -304,7 +309,7 @@ class OrderDesk:
             return {}
 
     def _accepted(self, order: Order) -> Accepted:
-        return order, place_order(order, self.replies.topic)
+        return order, place_order(order, self.replies.topic, self.replies.partition)
 
     async def _accept_in_a_transaction(
         self,
@@ -463,8 +468,11 @@ class OrderDesk:
         return True
 
 
-def place_order(order: Order, reply_to: str | None) -> PlaceOrder:
-    """The command asking inventory to decide the order (answered to `reply_to`, if any)."""
+def place_order(
+    order: Order, reply_to: str | None, reply_partition: int | None = None
+) -> PlaceOrder:
+    """The command asking inventory to decide the order (answered to `reply_to`, if any, on
+    `reply_partition` of it, if given)."""
     return PlaceOrder(
         transaction_id=order.transaction_id,
         account_id=order.account_id,
@@ -473,6 +481,7 @@ def place_order(order: Order, reply_to: str | None) -> PlaceOrder:
         currency=order.currency,
         placed_at=order.created_at,
         reply_to=reply_to,
+        reply_partition=reply_partition,
     )
 
 

@@ -97,6 +97,7 @@ class CommandConsumer:
                         reply.topic,
                         value=decision.to_bytes(),
                         key=decision.transaction_id.encode(),
+                        partition=reply.partition,
                     )
             except Exception as exc:
                 _reply_lost(decision.transaction_id, reply.topic, exc)

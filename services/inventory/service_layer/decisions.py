@@ -39,6 +39,7 @@ class Reply:
 
     topic: str
     decision: Decision
+    partition: int | None = None
 
 
 async def handle_commands(
@@ -92,7 +93,9 @@ async def place_orders(orders: Sequence[PlaceOrder], uow: UnitOfWork) -> list[Re
         _announce_again(decision, claimed.get(decision.transaction_id), uow)
     outcomes = {d.transaction_id: d for d in [*known.values(), *decisions]}
     return [
-        Reply(order.reply_to, _reply(outcomes[order.transaction_id], claimed))
+        Reply(
+            order.reply_to, _reply(outcomes[order.transaction_id], claimed), order.reply_partition
+        )
         for order in orders
         if order.reply_to
     ]
