@@ -3,7 +3,7 @@
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -68,7 +68,24 @@ def database_unavailable(exc: BaseException) -> BaseException | None:
     return None
 
 
-async def create_pool(dsn: str, size: int, acquire_timeout_s: float = 2.0) -> asyncpg.Pool:
+PlanCacheMode = Literal["auto", "force_generic_plan", "force_custom_plan"]
+
+
+async def create_pool(
+    dsn: str,
+    size: int,
+    acquire_timeout_s: float = 2.0,
+    plan_cache_mode: PlanCacheMode = "force_generic_plan",
+) -> asyncpg.Pool:
+    """The services' pool. Its statements are prepared once per connection (asyncpg's
+    statement cache) and, with `plan_cache_mode=force_generic_plan`, planned once too:
+    PostgreSQL's default (`auto`) plans the hot statements again on every execution (their
+    `= ANY($1)` arrays make the generic plan look dearer than it is), a third of their
+    server time. Every statement of the services is a key look-up or a short index range
+    whose plan does not depend on the values. A generic plan is made again whenever ANALYZE
+    updates a table's statistics; until autovacuum first analyzes a table that grew from
+    nearly empty (within `autovacuum_naptime`, a minute), the plan made for the small table
+    (a seq scan) stays (docs/benchmarks.md, "Generic plans")."""
     pool = BoundedPool(
         dsn,
         connection_class=asyncpg.Connection,
@@ -82,6 +99,7 @@ async def create_pool(dsn: str, size: int, acquire_timeout_s: float = 2.0) -> as
         command_timeout=30,
         max_inactive_connection_lifetime=300,
         max_queries=50_000,  # asyncpg's default
+        server_settings={"plan_cache_mode": plan_cache_mode},
         setup=None,
         connect=None,
         loop=None,

@@ -109,7 +109,10 @@ class Runtime:
 
     async def start(self) -> None:
         self.pool = await db.create_pool(
-            self.database_url, self.settings.db_pool_size, self.settings.db_acquire_timeout_s
+            self.database_url,
+            self.settings.db_pool_size,
+            self.settings.db_acquire_timeout_s,
+            self.settings.db_plan_cache_mode,
         )
         self.producer = durable_producer(
             self.settings.kafka_bootstrap_servers, f"{self.service}-{self.settings.instance_id}"

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Literal, Self
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.db import PlanCacheMode
+
 if TYPE_CHECKING:
     from shared.crypto import CodeVault
 
@@ -45,6 +47,8 @@ class CommonSettings(BaseSettings):
     db_pool_size: int = Field(20, alias="DB_POOL_SIZE", ge=1, le=200)
     # A request that cannot get a connection in this time answers 503 (the pool is exhausted).
     db_acquire_timeout_s: float = Field(2.0, alias="DB_ACQUIRE_TIMEOUT_S", gt=0, le=60)
+    # How PostgreSQL plans the pool's prepared statements (shared/db.py create_pool).
+    db_plan_cache_mode: PlanCacheMode = Field("force_generic_plan", alias="DB_PLAN_CACHE_MODE")
     consumer_max_retries: int = Field(5, alias="CONSUMER_MAX_RETRIES", ge=0, le=100)
     # Every outbox insert wakes the relay (NOTIFY); the poll only covers a lost notification.
     outbox_poll_interval_s: float = Field(2.0, alias="OUTBOX_POLL_INTERVAL_S", gt=0)

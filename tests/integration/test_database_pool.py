@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from shared.db import create_pool, database_unavailable
+from shared.db import PlanCacheMode, create_pool, database_unavailable
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.integration
@@ -27,3 +27,33 @@ async def test_an_exhausted_pool_gives_up_after_its_acquire_timeout(stack: Stack
         assert await asyncio.wait_for(pool.fetchval("SELECT 3"), 1.0) == 3
     finally:
         await pool.close()
+
+
+@pytest.mark.parametrize(
+    ("mode", "planned_per_execution"), [("force_generic_plan", False), ("auto", True)]
+)
+async def test_the_pool_plans_its_prepared_statements_as_configured(
+    stack: Stack, mode: PlanCacheMode, planned_per_execution: bool
+) -> None:
+    """The services' statements are planned once per connection by default: PostgreSQL's own
+    default (`auto`) plans a statement with an `= ANY($1)` array again on every execution."""
+    pool = await create_pool(stack.api_db_url, 1, plan_cache_mode=mode)
+    statement = "SELECT count(*) FROM pg_class WHERE relname = ANY($1::text[])"
+    try:
+        for _ in range(8):  # across releases: the pool's reset keeps the session setting
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("SHOW plan_cache_mode") == mode
+                assert await conn.fetchval(statement, ["pg_class", "pg_type"]) == 2
+        async with pool.acquire() as conn:
+            generic, custom = await conn.fetchrow(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE statement = $1",
+                statement,
+            )
+    finally:
+        await pool.close()
+    assert generic + custom == 8
+    if planned_per_execution:
+        assert custom >= 5, (generic, custom)
+    else:
+        assert (generic, custom) == (8, 0)
