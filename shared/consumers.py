@@ -3,14 +3,16 @@ retries with backoff, dead letters for a poison message, and batch subscribers t
 poll at once and fall back to one message at a time."""
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from itertools import chain
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import ConsumerStoppedError, KafkaError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -169,8 +171,106 @@ BATCH_MAX_RECORDS = 200
 BATCH_IDLE_WAIT_MS = 1000
 
 
+# A batch subscriber commits the offsets of the batches it has applied at most this often:
+# one OffsetCommit request (and one write of the broker's offsets log) per interval instead
+# of one per batch, which under a steady flow of small batches is one per order. A crash
+# redelivers at most this much more, which every consumer already takes (at-least-once,
+# idempotent handlers).
+COMMIT_INTERVAL_S = 0.25
+
+
+class ThrottledCommits:
+    """What FastStream's ack and nack of a batch call instead of the consumer itself.
+
+    `taken` records the offsets of the batch just polled; `commit` (the ack, called only
+    after the handler returned) marks them applied, and a background task commits the
+    applied offsets explicitly, at most every `interval_s`. Explicit offsets, never the
+    consumer's positions, so a commit made while the next batch is being handled cannot
+    cover it. `seek` (the nack: the batch failed) rewinds the consumer and forgets the batch.
+    `flush` commits what is applied now (on stop)."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, name: str, interval_s: float) -> None:
+        self._consumer = consumer
+        self._name = name
+        self._interval = interval_s
+        self._taken: dict[TopicPartition, int] = {}
+        self._applied: dict[TopicPartition, int] = {}
+        self._last_commit = -interval_s
+        self._committer: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self.commits = 0
+
+    def taken(self, records: Sequence[ConsumerRecord]) -> None:
+        self._taken = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            self._taken[tp] = max(self._taken.get(tp, 0), r.offset + 1)
+
+    async def commit(self) -> None:
+        self._applied.update(self._taken)
+        self._taken = {}
+        if self._applied and (self._committer is None or self._committer.done()):
+            self._committer = asyncio.create_task(
+                self._commit_while_applied(), name=f"{self._name}-offset-commit"
+            )
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self._taken = {}
+        self._consumer.seek(partition, offset)
+
+    async def _commit_while_applied(self) -> None:
+        failing = False
+        while self._applied:
+            await asyncio.sleep(max(0.0, self._last_commit + self._interval - time.monotonic()))
+            try:
+                await self.flush()
+            except (KafkaError, ConsumerStoppedError) as exc:
+                # Kept: the next round sends them (with newer ones); until then a crash
+                # redelivers a little more. Said once per outage, not every round.
+                if not failing:
+                    log.warning(
+                        "%s: offset commits fail (%s); retrying every %g s",
+                        self._name,
+                        type(exc).__name__,
+                        self._interval,
+                    )
+                failing = True
+            else:
+                if failing:
+                    log.info("%s: offset commits succeed again", self._name)
+                failing = False
+
+    async def flush(self) -> None:
+        async with self._lock:
+            # Only partitions still assigned: a revoked one's records go to its new owner.
+            assigned = self._consumer.assignment()
+            offsets = {tp: o for tp, o in self._applied.items() if tp in assigned}
+            for tp in set(self._applied) - set(offsets):
+                del self._applied[tp]
+            if not offsets:
+                return
+            self._last_commit = time.monotonic()
+            await self._consumer.commit(offsets)
+            self.commits += 1
+            for tp, offset in offsets.items():
+                if self._applied.get(tp) == offset:
+                    del self._applied[tp]
+
+    async def close(self) -> None:
+        """Commits what is applied (errors logged) and stops the background commits."""
+        if self._committer is not None:
+            self._committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._committer
+        try:
+            await self.flush()
+        except (KafkaError, ConsumerStoppedError) as exc:
+            log.warning("%s: last offset commit failed (%s)", self._name, type(exc).__name__)
+
+
 class LongPollingBatchSubscriber(BatchSubscriber):
-    """FastStream's batch subscriber without its sleep after an empty poll.
+    """FastStream's batch subscriber without its sleep after an empty poll, and with its
+    offset commits throttled (`ThrottledCommits`, every COMMIT_INTERVAL_S at most).
 
     FastStream's own loop waits `batch_timeout_ms` for records and, if none came, sleeps as
     long again. A short timeout then spins (about 100 wake-ups a second per idle subscriber),
@@ -180,12 +280,33 @@ class LongPollingBatchSubscriber(BatchSubscriber):
     """
 
     __slots__ = ()
+    consumer_name: str  # set by batch_subscriber (instances have a __dict__)
+    commits: "ThrottledCommits"
+
+    async def start(self) -> None:
+        await super().start()
+        # Before the consume loop FastStream just scheduled has run: every batch's ack and
+        # nack go through the throttle.
+        assert self.consumer is not None
+        self.commits = ThrottledCommits(self.consumer, self.consumer_name, COMMIT_INTERVAL_S)
+        self.parser._setup(self.commits)
+
+    async def stop(self) -> None:
+        commits: ThrottledCommits | None = getattr(self, "commits", None)
+        if commits is not None and self.consumer is not None:
+            # What is applied by now; a batch still being handled comes again.
+            await commits.close()
+        await super().stop()
 
     async def get_msg(self, consumer: AIOKafkaConsumer) -> tuple[ConsumerRecord, ...]:
         batches = await consumer.getmany(
             timeout_ms=BATCH_IDLE_WAIT_MS, max_records=self.max_records
         )
-        return tuple(chain.from_iterable(batches.values()))
+        records = tuple(chain.from_iterable(batches.values()))
+        commits: ThrottledCommits | None = getattr(self, "commits", None)
+        if commits is not None and records:
+            commits.taken(records)
+        return records
 
 
 async def raw_records(message: Any) -> Any:
@@ -230,6 +351,7 @@ def batch_subscriber(
     # FastStream builds its subscriber classes itself; this one differs only in `get_msg`.
     assert type(subscriber) is BatchSubscriber, type(subscriber)
     subscriber.__class__ = LongPollingBatchSubscriber
+    cast(LongPollingBatchSubscriber, subscriber).consumer_name = name
     return subscriber
 
 

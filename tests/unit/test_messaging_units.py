@@ -17,12 +17,14 @@ from shared.consumers import (
     BATCH_MAX_RECORDS,
     SUBSCRIBER_ACK_POLICY,
     LongPollingBatchSubscriber,
+    ThrottledCommits,
     batch_subscriber,
     consume_batch,
 )
 from shared.contracts import Decision, PlaceOrder, utcnow
 from shared.outbox import header_type, type_header
 from shared.topics import INVENTORY_EVENTS
+from tests.helpers import wait_until
 
 
 def record(offset: int, partition: int = 0, headers: Any = ()) -> ConsumerRecord[bytes, bytes]:
@@ -166,3 +168,43 @@ async def test_a_batch_is_applied_at_once_and_a_poison_message_alone() -> None:
     await consume([raw("c"), raw("poison"), raw("d")])
     assert applied == [["c"], ["d"]]
     assert len(producer.dead) == 2
+
+
+class CommittingConsumer:
+    """What ThrottledCommits uses of aiokafka's consumer: assignment, commit, seek."""
+
+    def __init__(self, assigned: set[TopicPartition]) -> None:
+        self.assigned = assigned
+        self.committed: list[dict[TopicPartition, int]] = []
+        self.seeks: list[tuple[TopicPartition, int]] = []
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.assigned
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.committed.append(dict(offsets))
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self.seeks.append((partition, offset))
+
+
+async def test_a_failed_batch_and_a_revoked_partition_are_not_committed() -> None:
+    p0, p1 = TopicPartition("inventory.events", 0), TopicPartition("inventory.events", 1)
+    consumer = CommittingConsumer({p0, p1})
+    commits = ThrottledCommits(cast(Any, consumer), "test", interval_s=3600)
+
+    commits.taken([record(4, 0), record(9, 1)])
+    await commits.commit()  # applied: the first commit goes at once
+    await wait_until(lambda: consumer.committed, timeout=5)
+    assert consumer.committed == [{p0: 5, p1: 10}]
+
+    commits.taken([record(5, 0)])
+    commits.seek(p0, 5)  # the batch failed (nack): it comes again, it is not applied
+    await commits.commit()
+    commits.taken([record(10, 1)])
+    await commits.commit()
+    consumer.assigned = {p0}  # partition 1 moved to another consumer meanwhile
+    await commits.close()  # the stop does not wait for the interval
+
+    assert consumer.seeks == [(p0, 5)]
+    assert consumer.committed == [{p0: 5, p1: 10}]  # nothing new of p0, p1 no longer ours

@@ -3,8 +3,8 @@
 Commands come in batches (one consumer poll, up to BATCH_MAX_RECORDS records, partition order
 kept) and a batch is decided in ONE transaction: one commit per batch instead of one per
 order is what lets one consumer decide about a thousand orders a second. Replies go out after
-the commit; the offsets are committed after that (at-least-once: a redelivered batch finds
-its decisions stored and changes nothing).
+the commit; the offsets are committed after that, every 250 ms at most (at-least-once: a
+redelivered batch finds its decisions stored and changes nothing).
 
 If the batch transaction fails for a reason other than infrastructure (a poison message), the
 batch is decided again one command at a time (`shared.consumers.consume_batch`, the retry
