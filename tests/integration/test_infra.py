@@ -2,47 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 
 from shared import topics
 from tests.conftest import DB_ENV, Stack, StackCtl
 from tests.helpers import unique, wait_until
+from tests.integration.conftest import NewTopicFn
 
 pytestmark = pytest.mark.integration
-
-NewTopicFn = Callable[[int], Awaitable[str]]
-
-
-@pytest.fixture
-async def admin(stack: Stack) -> AsyncIterator[AIOKafkaAdminClient]:
-    client = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
-    await client.start()
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-@pytest.fixture
-async def new_topic(admin: AIOKafkaAdminClient) -> AsyncIterator[NewTopicFn]:
-    """Creates topics with unique names; deletes them after the test."""
-    created: list[str] = []
-
-    async def create(partitions: int) -> str:
-        name = unique("test-infra")
-        await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
-        created.append(name)
-        return name
-
-    yield create
-    if created:
-        await admin.delete_topics(created)
 
 
 async def consume(consumer: AIOKafkaConsumer, count: int, within: float = 30.0) -> list[bytes]:
