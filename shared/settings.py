@@ -97,8 +97,14 @@ class ApiSettings(CommonSettings):
     admin_port: int = Field(8010, alias="API_ADMIN_PORT", ge=0, le=65535)
     admin_bind_host: str = Field("127.0.0.1", alias="API_ADMIN_BIND_HOST")
     # Worker processes sharing the port (uvicorn's supervisor restarts one that dies); each has
-    # its own reply listener, pool, relay and in-flight limit. See docs/running.md.
+    # its own reply listener, pool, relay and share of the in-flight limit. See docs/running.md.
     processes: int = Field(1, alias="API_PROCESSES", ge=1, le=64)
+
+    @property
+    def max_in_flight_per_process(self) -> int:
+        """Each process's share of `max_in_flight` (rounded up: at least one)."""
+        return -(-self.max_in_flight // self.processes)
+
     decision_window_ms: int = Field(500, alias="ORDERS_DECISION_WINDOW_MS", ge=10, le=5000)
     wallet_slots: int = Field(16, alias="API_WALLET_SLOTS", ge=1, le=256)
     max_body_bytes: int = Field(16 * 1024, alias="API_MAX_BODY_BYTES", ge=1024)
@@ -114,6 +120,9 @@ class ApiSettings(CommonSettings):
     auth_max_lookups: int = Field(4, alias="API_AUTH_MAX_LOOKUPS", ge=1, le=64)
     rate_limit_per_s: float = Field(2000.0, alias="API_RATE_LIMIT_PER_S", gt=0)
     rate_limit_burst: int = Field(4000, alias="API_RATE_LIMIT_BURST", ge=1)
+    # Instant orders in progress in the api on this host, split evenly over its processes:
+    # past it an order is answered 503 at once. Sized so that what is in flight is decided
+    # within the decision window (docs/benchmarks.md, "Overload").
     max_in_flight: int = Field(256, alias="API_MAX_IN_FLIGHT", ge=1, le=100_000)
     # A group commit's wait for more orders before it flushes (docs/benchmarks.md).
     group_commit_linger_ms: float = Field(0.0, alias="API_GROUP_COMMIT_LINGER_MS", ge=0, le=50)

@@ -85,7 +85,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 replies=replies,
                 health=health,
                 decision_window_s=settings.decision_window_ms / 1000,
-                max_in_flight=settings.max_in_flight,
+                max_in_flight=settings.max_in_flight_per_process,
                 rates=CachedRates(OperatorRates(new_uow)),
                 linger_s=settings.group_commit_linger_ms / 1000,
             ),

@@ -38,6 +38,19 @@ def test_dev_starts_with_defaults(monkeypatch: pytest.MonkeyPatch):
     assert ApiSettings().decision_window_ms == 500
 
 
+@pytest.mark.parametrize(
+    ("processes", "limit", "share"), [("1", "256", 256), ("2", "256", 128), ("3", "256", 86)]
+)
+def test_the_in_flight_limit_is_the_hosts_split_over_the_api_processes(
+    monkeypatch: pytest.MonkeyPatch, processes: str, limit: str, share: int
+):
+    """Two api processes must not admit twice what inventory decides in the window."""
+    monkeypatch.setenv("APP_ENV", "dev")
+    monkeypatch.setenv("API_PROCESSES", processes)
+    monkeypatch.setenv("API_MAX_IN_FLIGHT", limit)
+    assert ApiSettings().max_in_flight_per_process == share
+
+
 def test_authentication_cannot_take_the_whole_pool_nor_cache_past_5_seconds(
     monkeypatch: pytest.MonkeyPatch,
 ):
