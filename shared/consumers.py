@@ -11,12 +11,18 @@ from itertools import chain
 from typing import Any, Protocol, TypeVar, cast
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import ConsumerStoppedError, KafkaError
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
+from aiokafka.errors import KafkaError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
-from faststream.kafka.subscriber.usecase import BatchSubscriber
+from faststream.kafka.subscriber.usecase import BatchSubscriber, LogicSubscriber
 from pydantic import BaseModel, ValidationError
 
 from shared import metrics
@@ -173,10 +179,14 @@ BATCH_IDLE_WAIT_MS = 1000
 
 # A batch subscriber commits the offsets of the batches it has applied at most this often:
 # one OffsetCommit request (and one write of the broker's offsets log) per interval instead
-# of one per batch, which under a steady flow of small batches is one per order. A crash
-# redelivers at most this much more, which every consumer already takes (at-least-once,
-# idempotent handlers).
+# of one per batch, which under a steady flow of small batches is one per order. What a crash
+# redelivers is what was applied since the last commit that succeeded: normally up to this
+# long, longer while commits fail (the group coordinator unreachable while the partitions'
+# leaders still serve fetches). Every consumer takes redelivery (at-least-once, idempotent).
 COMMIT_INTERVAL_S = 0.25
+# How long the commit of what was applied may take when partitions are revoked or the
+# subscriber stops, before it is given up (those records then come again).
+LAST_COMMIT_TIMEOUT_S = 5.0
 
 
 class ThrottledCommits:
@@ -187,7 +197,8 @@ class ThrottledCommits:
     applied offsets explicitly, at most every `interval_s`. Explicit offsets, never the
     consumer's positions, so a commit made while the next batch is being handled cannot
     cover it. `seek` (the nack: the batch failed) rewinds the consumer and forgets the batch.
-    `flush` commits what is applied now (on stop)."""
+    `commit_now` commits what is applied at once (partitions revoked); `close` does that one
+    last time and stops the background commits (the subscriber stops)."""
 
     def __init__(self, consumer: AIOKafkaConsumer, name: str, interval_s: float) -> None:
         self._consumer = consumer
@@ -198,6 +209,7 @@ class ThrottledCommits:
         self._last_commit = -interval_s
         self._committer: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._closed = False
         self.commits = 0
 
     def taken(self, records: Sequence[ConsumerRecord]) -> None:
@@ -209,6 +221,8 @@ class ThrottledCommits:
     async def commit(self) -> None:
         self._applied.update(self._taken)
         self._taken = {}
+        if self._closed:
+            return  # stopping: what is applied now comes again after the restart
         if self._applied and (self._committer is None or self._committer.done()):
             self._committer = asyncio.create_task(
                 self._commit_while_applied(), name=f"{self._name}-offset-commit"
@@ -220,13 +234,12 @@ class ThrottledCommits:
 
     async def _commit_while_applied(self) -> None:
         failing = False
-        while self._applied:
+        while self._applied and not self._closed:
             await asyncio.sleep(max(0.0, self._last_commit + self._interval - time.monotonic()))
             try:
-                await self.flush()
-            except (KafkaError, ConsumerStoppedError) as exc:
-                # Kept: the next round sends them (with newer ones); until then a crash
-                # redelivers a little more. Said once per outage, not every round.
+                await self._flush()
+            except KafkaError as exc:
+                # Kept: the next round sends them (with newer ones). Said once per outage.
                 if not failing:
                     log.warning(
                         "%s: offset commits fail (%s); retrying every %g s",
@@ -240,7 +253,7 @@ class ThrottledCommits:
                     log.info("%s: offset commits succeed again", self._name)
                 failing = False
 
-    async def flush(self) -> None:
+    async def _flush(self) -> None:
         async with self._lock:
             # Only partitions still assigned: a revoked one's records go to its new owner.
             assigned = self._consumer.assignment()
@@ -256,16 +269,39 @@ class ThrottledCommits:
                 if self._applied.get(tp) == offset:
                     del self._applied[tp]
 
-    async def close(self) -> None:
-        """Commits what is applied (errors logged) and stops the background commits."""
+    async def commit_now(self, timeout_s: float = LAST_COMMIT_TIMEOUT_S) -> None:
+        """Commits what is applied now, giving up (logged) after `timeout_s`."""
+        try:
+            await asyncio.wait_for(self._flush(), timeout_s)
+        except (KafkaError, TimeoutError) as exc:
+            log.warning(
+                "%s: offsets applied could not be committed (%s): those records come again",
+                self._name,
+                type(exc).__name__,
+            )
+
+    async def close(self, timeout_s: float = LAST_COMMIT_TIMEOUT_S) -> None:
+        self._closed = True
         if self._committer is not None:
             self._committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._committer
-        try:
-            await self.flush()
-        except (KafkaError, ConsumerStoppedError) as exc:
-            log.warning("%s: last offset commit failed (%s)", self._name, type(exc).__name__)
+        await self.commit_now(timeout_s)
+
+
+class CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Commits what was applied before partitions are taken away, so that their next owner
+    (often this consumer again: a rebalance revokes them all) does not get it again."""
+
+    def __init__(self) -> None:
+        self.commits: ThrottledCommits | None = None
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        if self.commits is not None:
+            await self.commits.commit_now()
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        return None
 
 
 class LongPollingBatchSubscriber(BatchSubscriber):
@@ -280,7 +316,9 @@ class LongPollingBatchSubscriber(BatchSubscriber):
     """
 
     __slots__ = ()
-    consumer_name: str  # set by batch_subscriber (instances have a __dict__)
+    # Set by batch_subscriber and start (instances have a __dict__).
+    consumer_name: str
+    on_revoke: CommitOnRevoke
     commits: "ThrottledCommits"
 
     async def start(self) -> None:
@@ -289,14 +327,20 @@ class LongPollingBatchSubscriber(BatchSubscriber):
         # nack go through the throttle.
         assert self.consumer is not None
         self.commits = ThrottledCommits(self.consumer, self.consumer_name, COMMIT_INTERVAL_S)
+        self.on_revoke.commits = self.commits
         self.parser._setup(self.commits)
 
     async def stop(self) -> None:
+        """FastStream's stop (LogicSubscriber.stop: the consume loop, then the consumer), with
+        the last commit in between: once no batch can be acked any more, while the consumer
+        can still commit."""
+        await super(LogicSubscriber, self).stop()  # the loop, and the batch it was handling
         commits: ThrottledCommits | None = getattr(self, "commits", None)
-        if commits is not None and self.consumer is not None:
-            # What is applied by now; a batch still being handled comes again.
+        if commits is not None:
             await commits.close()
-        await super().stop()
+        if self.consumer is not None:
+            await self.consumer.stop()
+            self.consumer = None
 
     async def get_msg(self, consumer: AIOKafkaConsumer) -> tuple[ConsumerRecord, ...]:
         batches = await consumer.getmany(
@@ -334,9 +378,11 @@ def batch_subscriber(
     in partition order, offsets committed only after the handler returned (explicit ack
     policy), a new group starting from the earliest offset. `gather`: a consumer off the
     instant path, whose fetches the broker holds up to GATHER_MAX_WAIT_MS to fill them."""
+    on_revoke = CommitOnRevoke()
     subscriber = broker.subscriber(
         topic,
         batch=True,
+        listener=on_revoke,
         group_id=group_id,
         ack_policy=SUBSCRIBER_ACK_POLICY,
         auto_offset_reset="earliest",
@@ -351,7 +397,9 @@ def batch_subscriber(
     # FastStream builds its subscriber classes itself; this one differs only in `get_msg`.
     assert type(subscriber) is BatchSubscriber, type(subscriber)
     subscriber.__class__ = LongPollingBatchSubscriber
-    cast(LongPollingBatchSubscriber, subscriber).consumer_name = name
+    long_polling = cast(LongPollingBatchSubscriber, subscriber)
+    long_polling.consumer_name = name
+    long_polling.on_revoke = on_revoke
     return subscriber
 
 

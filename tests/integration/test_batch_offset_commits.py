@@ -1,6 +1,7 @@
 """Batch subscribers' offset commits against the real broker: a steady flow of small batches
 costs one commit per COMMIT_INTERVAL_S, not one per batch; what was applied is committed
-even when nothing follows it, and when the subscriber stops."""
+even when nothing follows it, when the subscriber stops, and before a rebalance takes its
+partitions."""
 
 import time
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faststream.kafka import KafkaBroker
 
+from shared import consumers
 from shared.consumers import COMMIT_INTERVAL_S, LongPollingBatchSubscriber, batch_subscriber
 from tests.conftest import Stack
 from tests.helpers import unique, wait_until
@@ -103,3 +105,58 @@ async def test_stopping_commits_what_was_applied(
         await seen.producer.send_and_wait(seen.topic, b"second")
         await wait_until(lambda: seen.applied == [0, 1], timeout=10)
     assert await committed(admin, seen) == 2
+
+
+async def test_a_rebalance_commits_what_was_applied_before_it_takes_the_partitions(
+    stack: Stack, new_topic: NewTopicFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Commits that would otherwise wait a minute: only the revocation can have made them.
+    monkeypatch.setattr(consumers, "COMMIT_INTERVAL_S", 60.0)
+    topic, group = await new_topic(2), unique("commits-group")
+    seen: dict[str, list[tuple[int, int]]] = {"first": [], "second": []}
+
+    subscribers: dict[str, LongPollingBatchSubscriber] = {}
+
+    def member(name: str) -> KafkaBroker:
+        broker = KafkaBroker(stack.kafka_bootstrap)
+
+        async def on_batch(records: Any) -> None:
+            seen[name].extend((r.partition, r.offset) for r in records)
+
+        subscriber = batch_subscriber(broker, topic, group_id=group, name=name, description="t")
+        assert isinstance(subscriber, LongPollingBatchSubscriber)
+        subscriber(on_batch)
+        subscribers[name] = subscriber
+        return broker
+
+    def applied() -> list[tuple[int, int]]:
+        return sorted(seen["first"] + seen["second"])
+
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        async with member("first") as first:
+            await first.start()
+            for partition in (0, 1):
+                await producer.send_and_wait(topic, b"before", partition=partition)
+            await wait_until(lambda: applied() == [(0, 0), (1, 0)], timeout=30)
+            # The first commit goes at once, the second waits for the (long) interval.
+            async with member("second") as second:
+                await second.start()
+
+                def both_members_hold_a_partition() -> bool:
+                    held = [
+                        s.consumer.assignment() if s.consumer else set()
+                        for s in subscribers.values()
+                    ]
+                    return all(len(h) == 1 for h in held)
+
+                await wait_until(both_members_hold_a_partition, timeout=30)
+                for partition in (0, 1):
+                    await producer.send_and_wait(topic, b"after", partition=partition)
+                # Partition order: a record redelivered by the rebalance would come before
+                # the new one of its partition.
+                await wait_until(lambda: {(0, 1), (1, 1)} <= set(applied()), timeout=30)
+        assert applied() == [(0, 0), (0, 1), (1, 0), (1, 1)], seen
+    finally:
+        await producer.stop()
