@@ -34,10 +34,15 @@ def test_a_value_baked_into_the_statement_is_refused_at_compile_time() -> None:
 
 
 def test_each_combination_of_order_filters_has_its_own_statement() -> None:
-    count, page = repository._order_listing(("status",))
-    assert count.params == ("account_id", "status")
-    assert page.params == ("account_id", "status", "limit", "offset")
-    assert "orders.status = $2" in page.sql
+    count, page = repository._order_listing(("client_order_number",), "PROCESSING")
+    assert count.params == ("account_id", "client_order_number")
+    assert page.params == ("account_id", "client_order_number", "limit", "offset")
+    assert "orders.client_order_number = $2" in page.sql
+    # The status is a literal, so that a generic plan can use the partial index of it.
+    assert "orders.status = 'PROCESSING'" in page.sql
+    assert "orders.status = 'COMPLETED'" in repository._order_listing((), "COMPLETED")[0].sql
+    with pytest.raises(ValueError, match="not an order status"):
+        repository._order_listing((), "DONE'; --")
     assert "UNION ALL" in page.sql
     assert "bulk_orders" in page.sql
     assert "ORDER BY entries.transaction_id DESC" in page.sql

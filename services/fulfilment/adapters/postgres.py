@@ -190,15 +190,19 @@ class PostgresBackorders:
     async def listing(
         self, sku: str | None, state: BackorderState | None, limit: int
     ) -> list[Backorder]:
+        # Only the filters given, the state as a literal (a member of BackorderState): with
+        # the pool's generic plans, `$1 IS NULL OR sku = $1` would scan the whole table.
+        where = ["sku = $2"] if sku is not None else []
+        if state is not None:
+            where.append(f"state = '{BackorderState(state).value}'")
         rows = await self._conn.fetch(
             f"""
             SELECT {_BACKORDER_COLUMNS} FROM backorders
-            WHERE ($1::text IS NULL OR sku = $1) AND ($2::text IS NULL OR state = $2)
-            ORDER BY placed_at, transaction_id LIMIT $3
-            """,  # noqa: S608 - constant columns
-            sku,
-            None if state is None else state.value,
+            {"WHERE " + " AND ".join(where) if where else ""}
+            ORDER BY placed_at, transaction_id LIMIT $1
+            """,  # noqa: S608 - constant columns, an enum member's value
             limit,
+            *([sku] if sku is not None else []),
         )
         return [_backorder(row) for row in rows]
 
