@@ -376,7 +376,8 @@ def batch_subscriber(
 ) -> Callable[[Callable[[Any], Awaitable[None]]], object]:
     """The decorator of every batch subscriber: a poll of up to BATCH_MAX_RECORDS raw records
     in partition order, offsets committed only after the handler returned (explicit ack
-    policy), a new group starting from the earliest offset. `gather`: a consumer off the
+    policy; at most every COMMIT_INTERVAL_S, and before partitions are revoked), a new group
+    starting from the earliest offset. `gather`: a consumer off the
     instant path, whose fetches the broker holds up to GATHER_MAX_WAIT_MS to fill them."""
     on_revoke = CommitOnRevoke()
     subscriber = broker.subscriber(
@@ -394,7 +395,8 @@ def batch_subscriber(
         fetch_max_wait_ms=GATHER_MAX_WAIT_MS if gather else 500,
         fetch_min_bytes=GATHER_MIN_BYTES if gather else 1,
     )
-    # FastStream builds its subscriber classes itself; this one differs only in `get_msg`.
+    # FastStream builds its subscriber classes itself; this one differs in `get_msg` and in
+    # how it commits (start, stop), not in its layout.
     assert type(subscriber) is BatchSubscriber, type(subscriber)
     subscriber.__class__ = LongPollingBatchSubscriber
     long_polling = cast(LongPollingBatchSubscriber, subscriber)
