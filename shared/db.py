@@ -82,10 +82,11 @@ async def create_pool(
     PostgreSQL's default (`auto`) plans the hot statements again on every execution (their
     `= ANY($1)` arrays make the generic plan look dearer than it is), a third of their
     server time. Every statement of the services is a key look-up or a short index range
-    whose plan does not depend on the values. A generic plan is made again whenever ANALYZE
-    updates a table's statistics; until autovacuum first analyzes a table that grew from
-    nearly empty (within `autovacuum_naptime`, a minute), the plan made for the small table
-    (a seq scan) stays (docs/benchmarks.md, "Generic plans")."""
+    whose plan does not depend on the values (a filter whose best index does, an order
+    status, is written into the statement as a literal). A generic plan is made again
+    whenever ANALYZE updates a table's statistics; until autovacuum first analyzes a table
+    that grew from nearly empty (within `autovacuum_naptime`, a minute), the plan made for
+    the small table (a seq scan) stays (docs/benchmarks.md, "Generic plans")."""
     pool = BoundedPool(
         dsn,
         connection_class=asyncpg.Connection,

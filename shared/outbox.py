@@ -94,7 +94,7 @@ COALESCE_S = 0.02
 # this far apart (one that filled its batch goes on at once), so a round's fixed cost (lock,
 # select, delete, commit; every relay of a database tries the lock) is shared by the rows of
 # this long instead of being paid tens of times a second. A lone wake after a quiet spell
-# still waits only COALESCE_S. Measured in docs/benchmarks.md ("Outbox relay rounds").
+# still waits only COALESCE_S. Measured in docs/benchmarks.md ("fewer outbox relay rounds").
 MIN_ROUND_INTERVAL_S = 0.1
 
 
