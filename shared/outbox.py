@@ -227,6 +227,9 @@ class OutboxRelay:
                 )
             try:
                 self._round_started = time.monotonic()
+                # Cleared before the round, not after it: a row committed while the round
+                # runs (after its SELECT) wakes the next round instead of waiting for the poll.
+                self._wake.clear()
                 published = await self.relay_once()
                 if published >= self._batch:
                     continue
@@ -239,7 +242,6 @@ class OutboxRelay:
                     "outbox relay of %s failed, will retry: %s", self._service, type(exc).__name__
                 )
                 await asyncio.sleep(min(self._poll * 5, 2.0))
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll)
             # Let the rows of concurrent transactions gather: one round then publishes many.
