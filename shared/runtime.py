@@ -37,6 +37,9 @@ from shared.workers import (
 
 log = logging.getLogger(__name__)
 
+# How long an HTTP connection may stay idle before the server closes it (see serve).
+KEEP_ALIVE_S = 75
+
 
 class Background:
     """The background tasks of a service process that must keep running (the reply listener,
@@ -295,6 +298,10 @@ def serve(
         loop="uvloop",
         http=JsonErrorsHttpToolsProtocol,
         timeout_graceful_shutdown=10,
+        # Longer than the idle expiry of clients' connection pools (httpx 5 s, aiohttp 15 s,
+        # load balancers 60 s): at uvicorn's 5 s a client's request on a connection idle just
+        # that long raced the server's close of it, and failed with a reset.
+        timeout_keep_alive=KEEP_ALIVE_S,
         # Several listeners: ByListener applies the proxy headers to the first one only.
         proxy_headers=len(served) == 1,
     )
