@@ -99,12 +99,6 @@ class ApiSettings(CommonSettings):
     # Worker processes sharing the port (uvicorn's supervisor restarts one that dies); each has
     # its own reply listener, pool, relay and share of the in-flight limit. See docs/running.md.
     processes: int = Field(1, alias="API_PROCESSES", ge=1, le=64)
-
-    @property
-    def max_in_flight_per_process(self) -> int:
-        """Each process's share of `max_in_flight` (rounded up: at least one)."""
-        return -(-self.max_in_flight // self.processes)
-
     decision_window_ms: int = Field(500, alias="ORDERS_DECISION_WINDOW_MS", ge=10, le=5000)
     wallet_slots: int = Field(16, alias="API_WALLET_SLOTS", ge=1, le=256)
     max_body_bytes: int = Field(16 * 1024, alias="API_MAX_BODY_BYTES", ge=1024)
@@ -128,6 +122,11 @@ class ApiSettings(CommonSettings):
     group_commit_linger_ms: float = Field(0.0, alias="API_GROUP_COMMIT_LINGER_MS", ge=0, le=50)
     nudge_after_s: float = Field(30.0, alias="API_NUDGE_AFTER_S", gt=0)
     nudge_interval_s: float = Field(5.0, alias="API_NUDGE_INTERVAL_S", gt=0)
+
+    @property
+    def max_in_flight_per_process(self) -> int:
+        """Each process's share of `max_in_flight` (rounded up: at least one)."""
+        return -(-self.max_in_flight // self.processes)
 
     @model_validator(mode="after")
     def _leave_the_pool_to_orders(self) -> Self:

@@ -8,7 +8,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from tests.conftest import Stack
 from tests.helpers import unique
 
-NewTopicFn = Callable[[int], Awaitable[str]]
+NewTopicFn = Callable[..., Awaitable[str]]
+"""`await new_topic(partitions, **topic_configs)`: the name of a topic made for the test."""
 
 
 @pytest.fixture
@@ -26,9 +27,18 @@ async def new_topic(admin: AIOKafkaAdminClient) -> AsyncIterator[NewTopicFn]:
     """Creates topics with unique names; deletes them after the test."""
     created: list[str] = []
 
-    async def create(partitions: int) -> str:
+    async def create(partitions: int, **topic_configs: str) -> str:
         name = unique("test-topic")
-        await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        await admin.create_topics(
+            [
+                NewTopic(
+                    name,
+                    num_partitions=partitions,
+                    replication_factor=1,
+                    topic_configs=topic_configs,
+                )
+            ]
+        )
         created.append(name)
         return name
 

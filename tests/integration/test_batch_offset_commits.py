@@ -4,7 +4,7 @@ even when nothing follows it, when the subscriber stops, and before a rebalance 
 partitions."""
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,23 +36,33 @@ class Subscribed:
         return [offset for batch in self.batches for offset in batch]
 
 
+def member(
+    stack: Stack, topic: str, group: str, record: Callable[[Sequence[Any]], None]
+) -> tuple[KafkaBroker, LongPollingBatchSubscriber]:
+    """A broker (not started) with a batch subscriber of `topic` in `group` that hands each
+    batch's records to `record`."""
+    broker = KafkaBroker(stack.kafka_bootstrap)
+    subscriber = batch_subscriber(broker, topic, group_id=group, name=group, description="t")
+    assert isinstance(subscriber, LongPollingBatchSubscriber)
+
+    async def on_batch(records: Any) -> None:
+        record(records)
+
+    subscriber(on_batch)
+    return broker, subscriber
+
+
 @asynccontextmanager
 async def subscribed(stack: Stack, new_topic: NewTopicFn) -> AsyncIterator[Subscribed]:
     """A started batch subscriber of a new one-partition topic, recording each batch's
     offsets, and a producer to it. The subscriber stops when the block ends."""
     topic, group = await new_topic(1), unique("commits-group")
-    broker = KafkaBroker(stack.kafka_bootstrap)
-    subscriber = batch_subscriber(
-        broker, topic, group_id=group, name="test-commits", description="test"
+    batches: list[list[int]] = []
+    broker, subscriber = member(
+        stack, topic, group, lambda records: batches.append([r.offset for r in records])
     )
-    assert isinstance(subscriber, LongPollingBatchSubscriber)
     producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
-    seen = Subscribed(topic, group, subscriber, producer)
-
-    async def on_batch(records: Any) -> None:
-        seen.batches.append([r.offset for r in records])
-
-    subscriber(on_batch)
+    seen = Subscribed(topic, group, subscriber, producer, batches)
     await producer.start()
     try:
         async with broker:
@@ -113,41 +123,35 @@ async def test_a_rebalance_commits_what_was_applied_before_it_takes_the_partitio
     # Commits that would otherwise wait a minute: only the revocation can have made them.
     monkeypatch.setattr(consumers, "COMMIT_INTERVAL_S", 60.0)
     topic, group = await new_topic(2), unique("commits-group")
-    seen: dict[str, list[tuple[int, int]]] = {"first": [], "second": []}
+    applied_by: list[tuple[int, int]] = []
 
-    subscribers: dict[str, LongPollingBatchSubscriber] = {}
+    def record(records: Sequence[Any]) -> None:
+        applied_by.extend((r.partition, r.offset) for r in records)
 
-    def member(name: str) -> KafkaBroker:
-        broker = KafkaBroker(stack.kafka_bootstrap)
-
-        async def on_batch(records: Any) -> None:
-            seen[name].extend((r.partition, r.offset) for r in records)
-
-        subscriber = batch_subscriber(broker, topic, group_id=group, name=name, description="t")
-        assert isinstance(subscriber, LongPollingBatchSubscriber)
-        subscriber(on_batch)
-        subscribers[name] = subscriber
-        return broker
+    (first, first_subscriber), (second, second_subscriber) = (
+        member(stack, topic, group, record) for _ in range(2)
+    )
 
     def applied() -> list[tuple[int, int]]:
-        return sorted(seen["first"] + seen["second"])
+        return sorted(applied_by)
 
     producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
     await producer.start()
     try:
-        async with member("first") as first:
+        async with first:
             await first.start()
-            for partition in (0, 1):
-                await producer.send_and_wait(topic, b"before", partition=partition)
+            await producer.send_and_wait(topic, b"before", partition=0)
+            await wait_until(lambda: first_subscriber.commits.commits == 1, timeout=30)
+            # Applied after that first commit: its own commit waits for the (long) interval.
+            await producer.send_and_wait(topic, b"before", partition=1)
             await wait_until(lambda: applied() == [(0, 0), (1, 0)], timeout=30)
-            # The first commit goes at once, the second waits for the (long) interval.
-            async with member("second") as second:
+            async with second:
                 await second.start()
 
                 def both_members_hold_a_partition() -> bool:
                     held = [
                         s.consumer.assignment() if s.consumer else set()
-                        for s in subscribers.values()
+                        for s in (first_subscriber, second_subscriber)
                     ]
                     return all(len(h) == 1 for h in held)
 
@@ -157,6 +161,6 @@ async def test_a_rebalance_commits_what_was_applied_before_it_takes_the_partitio
                 # Partition order: a record redelivered by the rebalance would come before
                 # the new one of its partition.
                 await wait_until(lambda: {(0, 1), (1, 1)} <= set(applied()), timeout=30)
-        assert applied() == [(0, 0), (0, 1), (1, 0), (1, 1)], seen
+        assert applied() == [(0, 0), (0, 1), (1, 0), (1, 1)], applied_by
     finally:
         await producer.stop()

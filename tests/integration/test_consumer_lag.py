@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import REGISTRY
 
@@ -14,22 +11,15 @@ from shared.lag import LagMonitor
 from shared.topics import Topic
 from tests.conftest import Stack
 from tests.helpers import unique
+from tests.integration.conftest import NewTopicFn
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def topic(stack: Stack) -> AsyncIterator[Topic]:
+async def topic(new_topic: NewTopicFn) -> Topic:
     """A two-partition topic of this test only (the system's topics have real consumers)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
-    await admin.start()
-    name = unique("test-lag")
-    try:
-        await admin.create_topics([NewTopic(name, num_partitions=2, replication_factor=1)])
-        yield Topic(name, 2, key="test", doc="lag test")
-        await admin.delete_topics([name])
-    finally:
-        await admin.close()
+    return Topic(await new_topic(2), 2, key="test", doc="lag test")
 
 
 async def test_lag_is_what_the_group_has_still_to_read(stack: Stack, topic: Topic) -> None:

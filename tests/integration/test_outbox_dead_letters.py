@@ -3,19 +3,17 @@ the relay moves it whole to outbox_dead_letters with the reason, counts it in th
 `outbox_dead_letters` gauge the OutboxDeadLetters alert watches, and sends the rows behind it.
 Against the real PostgreSQL server and Kafka broker."""
 
-from collections.abc import AsyncIterator
-
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from shared import metrics
 from shared.db import create_pool
 from shared.outbox import OutboxRelay
 from shared.producers import durable_producer
 from tests.conftest import Stack
-from tests.helpers import unique, wait_until
+from tests.helpers import wait_until
+from tests.integration.conftest import NewTopicFn
 
 pytestmark = pytest.mark.integration
 
@@ -26,20 +24,10 @@ REFUSALS = {"by the producer": (2 * 1024 * 1024, None), "by the broker": (20_000
 
 
 @pytest.fixture(params=sorted(REFUSALS))
-async def topic(stack: Stack, request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, int]]:
+async def topic(new_topic: NewTopicFn, request: pytest.FixtureRequest) -> tuple[str, int]:
     size, topic_limit = REFUSALS[request.param]
-    name = unique("test-outbox-dead-letters")
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
-    await admin.start()
-    try:
-        configs = {"max.message.bytes": topic_limit} if topic_limit else {}
-        await admin.create_topics(
-            [NewTopic(name, num_partitions=1, replication_factor=1, topic_configs=configs)]
-        )
-        yield name, size
-    finally:
-        await admin.delete_topics([name])
-        await admin.close()
+    configs = {"max.message.bytes": topic_limit} if topic_limit else {}
+    return await new_topic(1, **configs), size
 
 
 async def test_a_row_the_broker_never_takes_goes_to_the_dead_letter_table(

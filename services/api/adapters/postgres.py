@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, get_args
 
 import asyncpg
 from asyncpg.exceptions import DeadlockDetectedError, LockNotAvailableError, SerializationError
@@ -61,7 +61,7 @@ from services.api.service_layer.unit_of_work import (
 )
 from shared import topics
 from shared.audit import AdminAction
-from shared.contracts import CancelReason, Message
+from shared.contracts import CancelReason, Message, OrderStatus
 from shared.db import Conn, Query, compiled
 from shared.outbox import add_all_to_outbox
 from shared.postgres_unit_of_work import ConnectionSource, roll_back
@@ -411,7 +411,7 @@ _TAKE_PAST_DEADLINE = _taking("AND backordered_at IS NULL", "created_at")
 _ORDER_FILTERS = ("transaction_id", "client_order_number")
 
 
-_ORDER_STATUSES = frozenset({"PROCESSING", "COMPLETED", "CANCELLED"})
+_ORDER_STATUSES = frozenset(get_args(OrderStatus))
 
 
 @functools.cache
@@ -423,13 +423,13 @@ def _order_listing(filters: tuple[str, ...], status: str | None = None) -> tuple
     (transactionId, is a bulk order): the two index scans merge in transactionId order."""
     if status is not None and status not in _ORDER_STATUSES:
         raise ValueError(f"not an order status: {status!r}")
-    wanted: Any = literal_column(f"'{status}'")
     # A bulk order's units are not orders of their own in the listing: the bulk order is.
     instant = [_ORDERS.c.account_id == bindparam("account_id"), _ORDERS.c.bulk_id.is_(None)]
     instant += [_ORDERS.c[name] == bindparam(name) for name in filters]
     bulk = [_BULK_ORDERS.c.account_id == bindparam("account_id")]
     bulk += [_BULK_ORDERS.c[name] == bindparam(name) for name in filters]
     if status is not None:
+        wanted: Any = literal_column(f"'{status}'")
         instant.append(_ORDERS.c.status == wanted)
         bulk.append(_bulk_status() == wanted)
     entries = union_all(
