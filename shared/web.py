@@ -22,6 +22,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -286,6 +287,16 @@ class CommonMiddleware:
         token = request_id_var.set(raw_rid if _REQUEST_ID.match(raw_rid) else str(uuid.uuid4()))
         started = time.perf_counter()
         status_holder = [500]
+        response_started = [False]
+
+        async def send_with_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                response_started[0] = True
+                status_holder[0] = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id_var.get().encode()))  # type: ignore[union-attr]
+                message["headers"] = headers
+            await send(message)
 
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
@@ -294,14 +305,14 @@ class CommonMiddleware:
                 "PAYLOAD_TOO_LARGE",
                 f"The request body exceeds {self.max_body} bytes; send a smaller body.",
             )
-            await response(scope, receive, send)
+            await response(scope, receive, send_with_status)
             self._observe(scope, 413, started)
             request_id_var.reset(token)
             return
 
         refused = _refused_headers(scope, headers)
         if refused is not None:
-            await refused(scope, receive, send)
+            await refused(scope, receive, send_with_status)
             self._observe(scope, refused.status_code, started)
             request_id_var.reset(token)
             return
@@ -330,17 +341,6 @@ class CommonMiddleware:
                     if has_escaped_nul(body):
                         raise _nul_refusal(*_fields_with_nul(body))
             return message
-
-        response_started = [False]
-
-        async def send_with_status(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                response_started[0] = True
-                status_holder[0] = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id_var.get().encode()))  # type: ignore[union-attr]
-                message["headers"] = headers
-            await send(message)
 
         try:
             await self.app(scope, bounded_receive, send_with_status)
@@ -394,6 +394,87 @@ class CommonMiddleware:
         )
 
 
+HotEndpoint = Callable[[Scope, Callable[[], Awaitable[bytes]]], Awaitable[Response]]
+"""A hot route's endpoint: given the request's scope and a function that reads its whole
+body, it answers a Response, or raises what a route may raise (ApiError,
+RequestValidationError), which is answered as the app's exception handlers would."""
+
+
+class HotRoutes(FastAPI):
+    """A FastAPI app that answers a few routes (`install_common(hot_routes=...)`) as plain
+    ASGI apps inside the common middleware: no Starlette routing, exception middleware or
+    Request, no FastAPI dependency solving. On the instant-order path these cost more of
+    the api's CPU than parsing, authenticating and placing the order together
+    (docs/benchmarks.md). Such a route is declared on the app as well, with the same
+    endpoint: the OpenAPI document shows it, and a request the hot table does not match
+    (another method) is answered by the router as before."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hot: dict[tuple[str, str], ASGIApp] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            hot = self.hot.get((scope["method"], _route_path(scope)))
+            if hot is not None:
+                scope["app"] = self
+                await hot(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the router matches: the request's, less the app's root_path if it is mounted
+    under one."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root + "/") else path
+
+
+class _HotRoute:
+    """One hot route: labels the request with its path (the HTTP metrics' `path`), reads the
+    body only when its endpoint asks, and answers the endpoint's errors as the app's
+    exception handlers do."""
+
+    def __init__(self, path: str, endpoint: HotEndpoint) -> None:
+        self.path = path  # read as scope["route"].path, as of a routed request's route
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["route"] = self
+
+        async def body() -> bytes:
+            chunks = []
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnect()
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+        try:
+            response = await self.endpoint(scope, body)
+        except ApiError as exc:
+            response = api_error_response(exc)
+        except RequestValidationError as exc:
+            response = invalid_request_response(exc)
+        await response(scope, receive, send)
+
+
+def api_error_response(exc: ApiError) -> JSONResponse:
+    return error_response(exc.status, exc.error, exc.message, exc.extra, exc.headers)
+
+
+def invalid_request_response(exc: RequestValidationError) -> JSONResponse:
+    return error_response(
+        400,
+        "INVALID_REQUEST",
+        "The request is not valid: see details for each field to fix.",
+        {"details": _validation_details(exc)},
+    )
+
+
 def install_common(
     app: FastAPI,
     service: str,
@@ -402,31 +483,25 @@ def install_common(
     max_body_bytes: int = 1024 * 1024,
     live_collectors: Sequence[Collector] = (),
     serve_metrics: bool = True,
+    hot_routes: Sequence[tuple[str, str, HotEndpoint]] = (),
 ) -> None:
     """Error bodies, the common middleware, /healthz, /readyz and (with `serve_metrics`)
     /metrics. `live_collectors` are read at each scrape from the answering process (not
-    merged from metric files)."""
+    merged from metric files). `hot_routes` (method, path, endpoint) are answered by
+    `HotRoutes` (the app must be one), inside the same common middleware."""
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.error, exc.message, exc.extra, exc.headers)
+        return api_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(
-            400,
-            "INVALID_REQUEST",
-            "The request is not valid: see details for each field to fix.",
-            {"details": _validation_details(exc)},
-        )
+        return invalid_request_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc.__cause__, ApiError):  # e.g. a chunked body over the limit
-            cause = exc.__cause__
-            return error_response(
-                cause.status, cause.error, cause.message, cause.extra, cause.headers
-            )
+            return api_error_response(exc.__cause__)
         if exc.status_code == 400:  # FastAPI could not read the body (nesting, encoding)
             return error_response(
                 400,
@@ -469,6 +544,13 @@ def install_common(
     if serve_metrics:
         _install_metrics(app, live_collectors)
     app.add_middleware(CommonMiddleware, service=service, max_body_bytes=max_body_bytes)
+    if hot_routes:
+        if not isinstance(app, HotRoutes):
+            raise TypeError("hot routes need a HotRoutes app")
+        for method, path, endpoint in hot_routes:
+            app.hot[(method, path)] = CommonMiddleware(
+                _HotRoute(path, endpoint), service=service, max_body_bytes=max_body_bytes
+            )
 
 
 def _install_metrics(app: FastAPI, live_collectors: Sequence[Collector]) -> None:

@@ -22,7 +22,7 @@ from shared.audit import AdminAudit
 from shared.db import Conn
 from shared.runtime import Listener, Runtime, every, lifespan_for
 from shared.settings import ApiSettings
-from shared.web import AdminGuard, install_common, without_fastapi_422
+from shared.web import AdminGuard, HotRoutes, install_common, without_fastapi_422
 from shared.workers import WORKER_INDEX
 
 SERVICE = "api"
@@ -125,7 +125,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             await health.stop()
             await replies.stop()
 
-    app = FastAPI(
+    app = HotRoutes(
         title="instant-orders API",
         version="2",
         description="EZ Cards v2 compatible ordering API.",
@@ -136,7 +136,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.runtime = runtime
     readiness = runtime.readiness()
     install_common(
-        app, SERVICE, readiness, max_body_bytes=settings.max_body_bytes, serve_metrics=False
+        app,
+        SERVICE,
+        readiness,
+        max_body_bytes=settings.max_body_bytes,
+        serve_metrics=False,
+        hot_routes=[("POST", http.INSTANT_ORDER_PATH, http.instant_order)],
     )
     app.include_router(http.router)
 
