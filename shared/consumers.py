@@ -147,7 +147,8 @@ def subscribe(
 ) -> None:
     """Subscribe `handle` to `topic` in a consumer group: offsets committed after the handler
     (explicit ack policy), from the earliest offset for a new group, every message run under
-    `consume_resiliently` with the topic's dead-letter topic."""
+    `consume_resiliently` with the topic's dead-letter topic. For low-volume topics off the
+    instant path: an idle one long-polls for OFF_PATH_FETCH_WAIT_MS."""
 
     @broker.subscriber(
         topic.name,
@@ -156,6 +157,7 @@ def subscribe(
         auto_offset_reset="earliest",
         title=name,
         description=topic.doc,
+        fetch_max_wait_ms=OFF_PATH_FETCH_WAIT_MS,
     )
     async def on_message(msg: KafkaMessage) -> None:
         await consume_resiliently(
@@ -320,6 +322,8 @@ class LongPollingBatchSubscriber(BatchSubscriber):
     consumer_name: str
     on_revoke: CommitOnRevoke
     commits: "ThrottledCommits"
+    gather_s: float  # GATHER_INTERVAL_S for a consumer off the instant path, else 0
+    resume_at: float  # when a gathering subscriber's paused partitions may fetch again
 
     async def start(self) -> None:
         await super().start()
@@ -343,10 +347,25 @@ class LongPollingBatchSubscriber(BatchSubscriber):
             self.consumer = None
 
     async def get_msg(self, consumer: AIOKafkaConsumer) -> tuple[ConsumerRecord, ...]:
+        gather_s: float = getattr(self, "gather_s", 0.0)
+        if gather_s:
+            # The partitions were paused after the last batch: nothing is fetched until the
+            # interval has passed, then one fetch takes what came meanwhile.
+            wait = getattr(self, "resume_at", 0.0) - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            consumer.resume(*consumer.paused())
         batches = await consumer.getmany(
             timeout_ms=BATCH_IDLE_WAIT_MS, max_records=self.max_records
         )
         records = tuple(chain.from_iterable(batches.values()))
+        if gather_s and 0 < len(records) < (self.max_records or BATCH_MAX_RECORDS):
+            # Before the fetcher runs again (no await since getmany returned): it would
+            # otherwise fetch at once, mostly a record or two. A paused partition's position
+            # stays where this batch ends; nothing fetched is skipped. A full batch goes on at
+            # once: there is more to read.
+            consumer.pause(*consumer.assignment())
+            self.resume_at = time.monotonic() + gather_s
         commits: ThrottledCommits | None = getattr(self, "commits", None)
         if commits is not None and records:
             commits.taken(records)
@@ -358,11 +377,19 @@ async def raw_records(message: Any) -> Any:
     return message.raw_message
 
 
-# Consumers off the instant path let the broker gather their records for up to this long
-# (or 256 KiB): one fetch, one transaction and one offset commit for many events instead of one
-# per order, at the price of that much delay.
-GATHER_MAX_WAIT_MS = 100
-GATHER_MIN_BYTES = 256 * 1024
+# A consumer off the instant path takes a batch at most every GATHER_INTERVAL_S: after a
+# batch its partitions are paused (nothing is fetched) until the interval has passed, and then
+# one fetch takes everything that came meanwhile: one fetch, one transaction and one offset
+# commit for many events instead of one per order, at the price of up to that much delay.
+# Between batches it long-polls like every consumer, for up to OFF_PATH_FETCH_WAIT_MS: the
+# first event after a quiet spell is taken at once, and an idle one asks the broker every few
+# seconds. (The broker gathering instead, with fetch.min.bytes and a 100 ms fetch wait, cost
+# ten empty fetches a second per idle consumer: docs/benchmarks.md.)
+GATHER_INTERVAL_S = 0.1
+OFF_PATH_FETCH_WAIT_MS = 5000
+# Consumers on the instant path keep short long-polls: a fetch the broker holds also holds
+# every request behind it on that connection (a new assignment's first fetch, metadata).
+INSTANT_PATH_FETCH_WAIT_MS = 500
 
 
 def batch_subscriber(
@@ -377,8 +404,8 @@ def batch_subscriber(
     """The decorator of every batch subscriber: a poll of up to BATCH_MAX_RECORDS raw records
     in partition order, offsets committed only after the handler returned (explicit ack
     policy; at most every COMMIT_INTERVAL_S, and before partitions are revoked), a new group
-    starting from the earliest offset. `gather`: a consumer off the
-    instant path, whose fetches the broker holds up to GATHER_MAX_WAIT_MS to fill them."""
+    starting from the earliest offset. `gather`: a consumer off the instant path, which takes
+    a batch at most every GATHER_INTERVAL_S."""
     on_revoke = CommitOnRevoke()
     subscriber = broker.subscriber(
         topic,
@@ -392,8 +419,7 @@ def batch_subscriber(
         decoder=raw_records,
         title=name,
         description=description,
-        fetch_max_wait_ms=GATHER_MAX_WAIT_MS if gather else 500,
-        fetch_min_bytes=GATHER_MIN_BYTES if gather else 1,
+        fetch_max_wait_ms=OFF_PATH_FETCH_WAIT_MS if gather else INSTANT_PATH_FETCH_WAIT_MS,
     )
     # FastStream builds its subscriber classes itself; this one differs in `get_msg` and in
     # how it commits (start, stop), not in its layout.
@@ -402,6 +428,8 @@ def batch_subscriber(
     long_polling = cast(LongPollingBatchSubscriber, subscriber)
     long_polling.consumer_name = name
     long_polling.on_revoke = on_revoke
+    long_polling.gather_s = GATHER_INTERVAL_S if gather else 0.0
+    long_polling.resume_at = 0.0
     return subscriber
 
 
@@ -497,7 +525,7 @@ def subscribe_batched(
     types: frozenset[str] | None = None,
 ) -> None:
     """Like `subscribe`, for high-volume topics off the instant path: each poll (up to
-    BATCH_MAX_RECORDS messages, gathered by the broker for up to GATHER_MAX_WAIT_MS) is
+    BATCH_MAX_RECORDS messages, at most one every GATHER_INTERVAL_S) is
     applied in ONE transaction under `consume_batch`, then its offsets are committed.
 
     `types`: the message types this consumer has a use for. A record whose `x-type` header

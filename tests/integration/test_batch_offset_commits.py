@@ -1,8 +1,10 @@
-"""Batch subscribers' offset commits against the real broker: a steady flow of small batches
+"""Batch subscribers against the real broker. Offset commits: a steady flow of small batches
 costs one commit per COMMIT_INTERVAL_S, not one per batch; what was applied is committed
 even when nothing follows it, when the subscriber stops, and before a rebalance takes its
-partitions."""
+partitions. A gathering subscriber (off the instant path) takes a steady flow in one batch
+per GATHER_INTERVAL_S, every record once and in order, and a lone record at once."""
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -37,12 +39,19 @@ class Subscribed:
 
 
 def member(
-    stack: Stack, topic: str, group: str, record: Callable[[Sequence[Any]], None]
+    stack: Stack,
+    topic: str,
+    group: str,
+    record: Callable[[Sequence[Any]], None],
+    *,
+    gather: bool = False,
 ) -> tuple[KafkaBroker, LongPollingBatchSubscriber]:
     """A broker (not started) with a batch subscriber of `topic` in `group` that hands each
     batch's records to `record`."""
     broker = KafkaBroker(stack.kafka_bootstrap)
-    subscriber = batch_subscriber(broker, topic, group_id=group, name=group, description="t")
+    subscriber = batch_subscriber(
+        broker, topic, group_id=group, name=group, description="t", gather=gather
+    )
     assert isinstance(subscriber, LongPollingBatchSubscriber)
 
     async def on_batch(records: Any) -> None:
@@ -53,13 +62,19 @@ def member(
 
 
 @asynccontextmanager
-async def subscribed(stack: Stack, new_topic: NewTopicFn) -> AsyncIterator[Subscribed]:
+async def subscribed(
+    stack: Stack, new_topic: NewTopicFn, *, gather: bool = False
+) -> AsyncIterator[Subscribed]:
     """A started batch subscriber of a new one-partition topic, recording each batch's
     offsets, and a producer to it. The subscriber stops when the block ends."""
     topic, group = await new_topic(1), unique("commits-group")
     batches: list[list[int]] = []
     broker, subscriber = member(
-        stack, topic, group, lambda records: batches.append([r.offset for r in records])
+        stack,
+        topic,
+        group,
+        lambda records: batches.append([r.offset for r in records]),
+        gather=gather,
     )
     producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
     seen = Subscribed(topic, group, subscriber, producer, batches)
@@ -164,3 +179,31 @@ async def test_a_rebalance_commits_what_was_applied_before_it_takes_the_partitio
         assert applied() == [(0, 0), (0, 1), (1, 0), (1, 1)], applied_by
     finally:
         await producer.stop()
+
+
+async def test_a_gathering_subscriber_takes_a_flow_in_few_batches_and_a_lone_record_at_once(
+    stack: Stack, new_topic: NewTopicFn
+) -> None:
+    async with subscribed(stack, new_topic, gather=True) as seen:
+        await seen.producer.send_and_wait(seen.topic, b"first")
+        await wait_until(lambda: seen.applied == [0], timeout=30, message="assigned and polling")
+        # A steady flow, about 400 records a second for 1.5 s: each fetch would otherwise
+        # bring the record or two sent since the last one.
+        started, sent = time.monotonic(), 1
+        while time.monotonic() - started < 1.5:
+            await seen.producer.send(seen.topic, b"%d" % sent)
+            sent += 1
+            await asyncio.sleep(0.0025)  # the generator's pace, not a synchronisation
+        await seen.producer.flush()
+        await wait_until(lambda: len(seen.applied) == sent, timeout=30, message="all applied")
+        elapsed = time.monotonic() - started
+        flow = len(seen.batches) - 1
+        assert seen.applied == list(range(sent)), "every record once, in order"
+        assert flow <= elapsed / consumers.GATHER_INTERVAL_S + 2, (flow, elapsed, sent)
+
+        # Quiet now (long-polling): a lone record is taken at once, not after the fetch wait.
+        await seen.producer.send_and_wait(seen.topic, b"lone")
+        sent_at = time.monotonic()
+        await wait_until(lambda: len(seen.applied) == sent + 1, timeout=30)
+        assert time.monotonic() - sent_at < 1.0
+        assert consumers.OFF_PATH_FETCH_WAIT_MS >= 2000

@@ -3,6 +3,7 @@ the batch path shared by every batch consumer."""
 
 import asyncio
 import functools
+import time
 import uuid
 from collections.abc import Sequence
 from decimal import Decimal
@@ -15,6 +16,7 @@ from faststream.kafka import KafkaBroker
 from shared.consumers import (
     BATCH_IDLE_WAIT_MS,
     BATCH_MAX_RECORDS,
+    GATHER_INTERVAL_S,
     SUBSCRIBER_ACK_POLICY,
     LongPollingBatchSubscriber,
     ThrottledCommits,
@@ -34,15 +36,32 @@ def record(offset: int, partition: int = 0, headers: Any = ()) -> ConsumerRecord
 
 
 class FakeConsumer:
-    """`getmany` as aiokafka's: records by partition, {} when the wait ended with none."""
+    """`getmany` as aiokafka's: records by partition, {} when the wait ended with none; the
+    partitions of `batches` are its assignment, which it pauses and resumes as aiokafka's."""
 
     def __init__(self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         self.batches = batches
         self.calls: list[dict[str, Any]] = []
+        self.paused_partitions: set[TopicPartition] = set()
+        self.resumed_at: list[float] = []
 
     async def getmany(self, **kwargs: Any) -> dict[TopicPartition, list[Any]]:
         self.calls.append(kwargs)
         return self.batches
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.batches)
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self.paused_partitions.update(partitions)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self.paused_partitions)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        if partitions:
+            self.resumed_at.append(time.monotonic())
+        self.paused_partitions.difference_update(partitions)
 
 
 def long_polling_subscriber(*, gather: bool = False) -> Any:
@@ -124,6 +143,30 @@ async def test_a_poll_hands_over_the_records_of_every_partition_in_partition_ord
 
     assert records == (first, second, third)
     assert all(a is b for a, b in zip(records, (first, second, third), strict=True))
+
+
+async def test_a_gathering_poll_pauses_its_partitions_until_the_interval_has_passed() -> None:
+    subscriber = long_polling_subscriber(gather=True)
+    partitions = {TopicPartition("inventory.events", p): [record(p, p)] for p in (0, 1)}
+    consumer = FakeConsumer(partitions)
+
+    polled_at = time.monotonic()
+    await subscriber.get_msg(consumer)
+    assert consumer.paused() == set(partitions)  # no fetch until the next poll
+    await subscriber.get_msg(consumer)
+    [resumed] = consumer.resumed_at
+    assert resumed - polled_at >= GATHER_INTERVAL_S
+
+
+async def test_a_full_poll_or_one_on_the_instant_path_does_not_pause() -> None:
+    full = FakeConsumer(
+        {TopicPartition("inventory.events", 0): [record(i, 0) for i in range(BATCH_MAX_RECORDS)]}
+    )
+    await long_polling_subscriber(gather=True).get_msg(full)
+    one = FakeConsumer({TopicPartition("inventory.commands", 0): [record(1, 0)]})
+    await long_polling_subscriber().get_msg(one)
+    assert full.paused() == set()
+    assert one.paused() == set()
 
 
 class Sent:
