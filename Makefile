@@ -38,9 +38,11 @@ status:
 # pytest's exit code 5 (no test collected) counts as a failure. The shared lock on
 # tests.lock keeps another `make up` from restarting the services under a test run. Tests
 # run with the simulated supplier off (the test of the supplier turns it on): stock arrives
-# only when a test adds it; and with short repair periods, so that tests of lost messages
-# do not wait the production defaults (30 s).
+# only when a test adds it; with short repair periods, so that tests of lost messages
+# do not wait the production defaults (30 s); and with Prometheus scraping every 2 s, so that
+# tests of alerts see a service go down within seconds.
 test: export SUPPLIER_ENABLED ?= false
+test: export PROMETHEUS_SCRAPE_INTERVAL ?= 2s
 test: export API_NUDGE_AFTER_S ?= 5
 test: export FULFILMENT_RETRY_AFTER_S ?= 3
 test:

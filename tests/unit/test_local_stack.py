@@ -106,6 +106,22 @@ def test_a_port_that_is_no_port_is_refused(monkeypatch: pytest.MonkeyPatch, raw:
         Config.from_env()
 
 
+def test_the_scrape_interval_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROMETHEUS_SCRAPE_INTERVAL", "2s")
+    conf = yaml.safe_load(prometheus.prometheus_config_text(Config.from_env()))
+    assert conf["global"]["scrape_interval"] == "2s"
+    assert conf["global"]["evaluation_interval"] == "2s"
+
+
+@pytest.mark.parametrize("raw", ["2", "0s", "fast", "1.5s", "-2s"])
+def test_a_scrape_interval_that_is_no_duration_is_refused(
+    monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    monkeypatch.setenv("PROMETHEUS_SCRAPE_INTERVAL", raw)
+    with pytest.raises(StackError, match=r"PROMETHEUS_SCRAPE_INTERVAL=.* is not a Prometheus"):
+        Config.from_env()
+
+
 def test_two_processes_on_one_port_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PROMETHEUS_PORT", "8001")
     with pytest.raises(StackError, match="INVENTORY_PORT and PROMETHEUS_PORT are both 8001"):
@@ -338,9 +354,10 @@ def test_prometheus_scrapes_the_three_services_on_the_stacks_ports(
 ) -> None:
     monkeypatch.setenv("INVENTORY_PORT", "18001")
     monkeypatch.setenv("API_ADMIN_PORT", "18010")
+    monkeypatch.delenv("PROMETHEUS_SCRAPE_INTERVAL", raising=False)  # `make test` sets it
     cfg = Config.from_env()
     conf = yaml.safe_load(prometheus.prometheus_config_text(cfg))
-    assert conf["global"]["scrape_interval"] == prometheus.PROMETHEUS_INTERVAL
+    assert conf["global"]["scrape_interval"] == "15s"  # Prometheus's own default
     assert conf["rule_files"] == [str(prometheus.PROMETHEUS_RULES)]
     (job,) = conf["scrape_configs"]
     assert job["honor_labels"] is True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,26 @@ def _port(name: str, default: int) -> int:
     return int(raw)
 
 
+# How often the local Prometheus scrapes the services and evaluates the alert rules. `up`'s
+# default is Prometheus's own; `make test` sets 2s, so that tests see a service go down (and
+# its consumers' lag grow) within seconds. Every scrape costs each service the rendering of
+# its /metrics: at 2 s, about 0.015 cores of the idle stack (docs/benchmarks.md).
+PROMETHEUS_INTERVAL_DEFAULT = "15s"
+_INTERVAL = re.compile(r"[1-9][0-9]*(ms|s|m)")
+
+
+def _interval(name: str, default: str) -> str:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not _INTERVAL.fullmatch(raw):
+        fail(
+            f"{name}={raw!r} is not a Prometheus duration. Set {name} to a number followed by "
+            f"ms, s or m (e.g. 2s, 15s; or unset it to use {default}) and run the command again."
+        )
+    return raw
+
+
 @dataclass(frozen=True)
 class Config:
     run: Path
@@ -84,6 +105,7 @@ class Config:
     kafka_controller_port: int
     pg_port: int
     prometheus_port: int
+    prometheus_interval: str = PROMETHEUS_INTERVAL_DEFAULT
 
     @classmethod
     def from_env(cls) -> Config:
@@ -98,6 +120,9 @@ class Config:
             kafka_controller_port=_port("KAFKA_CONTROLLER_PORT", 9093),
             pg_port=_port("PG_PORT", 5432),
             prometheus_port=_port("PROMETHEUS_PORT", 9090),
+            prometheus_interval=_interval(
+                "PROMETHEUS_SCRAPE_INTERVAL", PROMETHEUS_INTERVAL_DEFAULT
+            ),
         )
         seen: dict[int, str] = {}
         for var, port in cfg.port_vars():

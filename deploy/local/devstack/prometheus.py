@@ -21,9 +21,6 @@ from .processes import Launch, forget_pid, log_since, record_child, running_pid,
 from .system import apt_install, http_status, program_dirs
 
 PROMETHEUS_RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
-# The local Prometheus scrapes and evaluates the alert rules this often: short, so that tests
-# see a service go down (and its consumers' lag grow) within seconds.
-PROMETHEUS_INTERVAL = "2s"
 PROMETHEUS_READY_TIMEOUT = 60.0
 PROMETHEUS_RETENTION = "2d"
 
@@ -91,8 +88,8 @@ def ensure_prometheus() -> PromBin:
 
 def prometheus_config_text(cfg: Config) -> str:
     """The local twin of deploy/prometheus/prometheus.yml (the Docker one): same job, labels
-    and rules, with the stack's ports and a short interval. The api is scraped on its admin
-    listener (API_ADMIN_PORT): its public port does not serve /metrics."""
+    and rules, with the stack's ports and interval (PROMETHEUS_SCRAPE_INTERVAL). The api is
+    scraped on its admin listener (API_ADMIN_PORT): its public port does not serve /metrics."""
     targets = "".join(
         f'      - targets: ["127.0.0.1:{cfg.admin_port(name)}"]\n'
         f"        labels: {{service: {name}}}\n"
@@ -101,9 +98,9 @@ def prometheus_config_text(cfg: Config) -> str:
     return f"""# Written by deploy/local/stack.py on every start; edits are overwritten.
 # The Docker twin is deploy/prometheus/prometheus.yml; both load deploy/prometheus/alerts.yml.
 global:
-  scrape_interval: {PROMETHEUS_INTERVAL}
-  scrape_timeout: {PROMETHEUS_INTERVAL}
-  evaluation_interval: {PROMETHEUS_INTERVAL}
+  scrape_interval: {cfg.prometheus_interval}
+  scrape_timeout: {cfg.prometheus_interval}
+  evaluation_interval: {cfg.prometheus_interval}
 
 rule_files:
   - {json.dumps(str(PROMETHEUS_RULES))}
