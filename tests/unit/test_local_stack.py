@@ -376,6 +376,23 @@ def test_the_prometheus_digest_changes_with_the_ports(monkeypatch: pytest.Monkey
     assert prometheus.prometheus_digest(Config.from_env()) != before
 
 
+def test_prometheus_is_stale_when_the_interval_asked_for_changes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """What makes `up` wait for a test run to end before it reloads Prometheus."""
+    monkeypatch.setenv("IO_RUN_DIR", str(tmp_path))
+    monkeypatch.setenv("PROMETHEUS_SCRAPE_INTERVAL", "2s")
+    testing = Config.from_env()
+    testing.make_dirs()
+    testing.codefile("prometheus").write_text(prometheus.prometheus_digest(testing) + "\n")
+    monkeypatch.setattr(prometheus, "running_pid", lambda cfg, name: 4242)
+    assert not prometheus.prometheus_stale(testing)
+    monkeypatch.delenv("PROMETHEUS_SCRAPE_INTERVAL")
+    assert prometheus.prometheus_stale(Config.from_env())
+    monkeypatch.setattr(prometheus, "running_pid", lambda cfg, name: None)
+    assert not prometheus.prometheus_stale(Config.from_env())  # nothing running to reload
+
+
 # --- environment -------------------------------------------------------------------------------
 
 

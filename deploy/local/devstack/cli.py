@@ -13,6 +13,7 @@ from .apps import stale_apps
 from .commands import cmd_clean, cmd_down, cmd_env, cmd_install, cmd_service, cmd_status, cmd_up
 from .config import Config, StackError, fail, say
 from .install import ensure_venv
+from .prometheus import prometheus_stale
 
 USAGE = """Run the whole instant-orders stack on this machine, without Docker.
 
@@ -64,10 +65,14 @@ def stack_lock(cfg: Config) -> Iterator[None]:
 @contextlib.contextmanager
 def tests_lock(cfg: Config) -> Iterator[None]:
     """Exclusive hold of `.run/tests.lock`, which `make test` holds shared while pytest runs:
-    `up` restarts stale services only between test runs, never under one. Taken before the
+    `up` restarts stale services, or gives Prometheus another interval (`make test` asks for
+    2 s, `make up` for 15 s), only between test runs, never under one. Taken before the
     stack lock (tests call `stack.py restart ...`, which needs the stack lock)."""
     cfg.make_dirs()
-    waiting = "a test run is using this stack: waiting for it to end before restarting services"
+    waiting = (
+        "a test run is using this stack: waiting for it to end before restarting services "
+        "or reloading Prometheus"
+    )
     with _exclusive(cfg.run / "tests.lock", waiting):
         yield
 
@@ -103,7 +108,7 @@ def main(argv: Sequence[str]) -> int:
     cfg = Config.from_env()
     if command in READ_ONLY:
         COMMANDS[command](cfg, names)
-    elif command == "up" and stale_apps(cfg):
+    elif command == "up" and (stale_apps(cfg) or prometheus_stale(cfg)):
         with tests_lock(cfg), stack_lock(cfg):
             cmd_up(cfg)
     else:

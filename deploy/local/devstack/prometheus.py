@@ -198,14 +198,22 @@ def wait_prometheus_ready(cfg: Config, launch: Launch) -> None:
     )
 
 
+def prometheus_stale(cfg: Config) -> bool:
+    """A running Prometheus loaded another config (ports, interval) or other rules than `up`
+    would give it now."""
+    path = cfg.codefile("prometheus")
+    loaded = path.read_text().strip() if path.exists() else None
+    return running_pid(cfg, "prometheus") is not None and loaded != prometheus_digest(cfg)
+
+
 def reload_prometheus_if_changed(cfg: Config) -> None:
     """A running Prometheus reloads its config and rules on SIGHUP: `up` sends it when the
-    alert rules (or the ports) changed since it loaded them."""
+    alert rules, the ports or the interval changed since it loaded them."""
     pid = running_pid(cfg, "prometheus")
-    path = cfg.codefile("prometheus")
-    digest = prometheus_digest(cfg)
-    if pid is None or (path.exists() and path.read_text().strip() == digest):
+    if pid is None or not prometheus_stale(cfg):
         return
+    digest = prometheus_digest(cfg)
+    path = cfg.codefile("prometheus")
     say("the Prometheus config or alert rules changed: reloading them (SIGHUP)")
     write_prometheus_config(cfg, ensure_prometheus())
     os.kill(pid, signal.SIGHUP)
