@@ -413,6 +413,15 @@ class HotRoutes(FastAPI):
         super().__init__(*args, **kwargs)
         self.hot: dict[tuple[str, str], ASGIApp] = {}
 
+    def add_middleware(self, middleware_class: Any, *args: Any, **kwargs: Any) -> None:
+        # A middleware added once hot routes are installed would silently not see them.
+        if self.hot:
+            raise TypeError(
+                f"{getattr(middleware_class, '__name__', middleware_class)} would not wrap the "
+                "hot routes: add middleware before install_common installs them"
+            )
+        super().add_middleware(middleware_class, *args, **kwargs)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             hot = self.hot.get((scope["method"], _route_path(scope)))

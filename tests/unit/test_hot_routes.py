@@ -12,6 +12,7 @@ import pytest
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import Scope
 
 from services.api.app import create_app
@@ -125,6 +126,12 @@ async def test_other_methods_on_a_hot_path_go_to_the_router() -> None:
     assert put.status_code == 200
     assert app.state.routed["/hot"] == 1
     assert (get.status_code, get.json()["error"]) == (405, "METHOD_NOT_ALLOWED")
+
+
+def test_a_middleware_that_would_not_wrap_the_hot_routes_is_refused() -> None:
+    app = app_with_twin()
+    with pytest.raises(TypeError, match="would not wrap the hot routes"):
+        app.add_middleware(GZipMiddleware)
 
 
 def test_the_api_serves_the_instant_order_path_hot_and_declares_it() -> None:
