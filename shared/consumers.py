@@ -147,8 +147,7 @@ def subscribe(
 ) -> None:
     """Subscribe `handle` to `topic` in a consumer group: offsets committed after the handler
     (explicit ack policy), from the earliest offset for a new group, every message run under
-    `consume_resiliently` with the topic's dead-letter topic. For low-volume topics off the
-    instant path: an idle one long-polls for OFF_PATH_FETCH_WAIT_MS."""
+    `consume_resiliently` with the topic's dead-letter topic."""
 
     @broker.subscriber(
         topic.name,
@@ -157,7 +156,6 @@ def subscribe(
         auto_offset_reset="earliest",
         title=name,
         description=topic.doc,
-        fetch_max_wait_ms=OFF_PATH_FETCH_WAIT_MS,
     )
     async def on_message(msg: KafkaMessage) -> None:
         await consume_resiliently(
@@ -381,15 +379,18 @@ async def raw_records(message: Any) -> Any:
 # batch its partitions are paused (nothing is fetched) until the interval has passed, and then
 # one fetch takes everything that came meanwhile: one fetch, one transaction and one offset
 # commit for many events instead of one per order, at the price of up to that much delay.
-# Between batches it long-polls like every consumer, for up to OFF_PATH_FETCH_WAIT_MS: the
-# first event after a quiet spell is taken at once, and an idle one asks the broker every few
-# seconds. (The broker gathering instead, with fetch.min.bytes and a 100 ms fetch wait, cost
-# ten empty fetches a second per idle consumer: docs/benchmarks.md.)
+# Between batches it long-polls like every consumer: the first event after a quiet spell is
+# taken at once. (The broker gathering instead, with fetch.min.bytes and a 100 ms fetch wait,
+# cost ten empty fetches a second per idle consumer: docs/benchmarks.md.) A full batch goes on
+# at once: there is a backlog.
 GATHER_INTERVAL_S = 0.1
-OFF_PATH_FETCH_WAIT_MS = 5000
-# Consumers on the instant path keep short long-polls: a fetch the broker holds also holds
-# every request behind it on that connection (a new assignment's first fetch, metadata).
-INSTANT_PATH_FETCH_WAIT_MS = 500
+# How long the broker holds an empty fetch of any consumer (aiokafka's default): an idle one
+# asks twice a second. Not longer: aiokafka sends one fetch per broker at a time and leaves out
+# the partitions whose records are still buffered, so under a backlog on one partition a fetch
+# of the idle others is held this long, and the busy one's next fetch waits behind it (a
+# backlog of 4 MiB on one of three partitions drained in 15.5 s with 5 s, under 2 s with
+# 500 ms: tests/integration/test_batch_offset_commits.py).
+FETCH_WAIT_MS = 500
 
 
 def batch_subscriber(
@@ -419,7 +420,7 @@ def batch_subscriber(
         decoder=raw_records,
         title=name,
         description=description,
-        fetch_max_wait_ms=OFF_PATH_FETCH_WAIT_MS if gather else INSTANT_PATH_FETCH_WAIT_MS,
+        fetch_max_wait_ms=FETCH_WAIT_MS,
     )
     # FastStream builds its subscriber classes itself; this one differs in `get_msg` and in
     # how it commits (start, stop), not in its layout.

@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from services.api.service_layer.orders import BrokerUnavailable
-from shared.consumers import INSTANT_PATH_FETCH_WAIT_MS
+from shared.consumers import FETCH_WAIT_MS
 from shared.contracts import Decision
 from shared.runtime import Background
 
@@ -115,7 +115,7 @@ class ReplyListener:
             enable_auto_commit=False,
             # The broker answers a fetch as soon as a reply arrives; an idle one asks twice a
             # second.
-            fetch_max_wait_ms=INSTANT_PATH_FETCH_WAIT_MS,
+            fetch_max_wait_ms=FETCH_WAIT_MS,
         )
         await consumer.start()
         own = sorted(partitions)[self._instance % len(partitions)]
