@@ -345,11 +345,11 @@ class LongPollingBatchSubscriber(BatchSubscriber):
             self.consumer = None
 
     async def get_msg(self, consumer: AIOKafkaConsumer) -> tuple[ConsumerRecord, ...]:
-        gather_s: float = getattr(self, "gather_s", 0.0)
+        gather_s = self.gather_s
         if gather_s:
             # The partitions were paused after the last batch: nothing is fetched until the
             # interval has passed, then one fetch takes what came meanwhile.
-            wait = getattr(self, "resume_at", 0.0) - time.monotonic()
+            wait = self.resume_at - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
             consumer.resume(*consumer.paused())

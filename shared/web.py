@@ -22,7 +22,6 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -394,16 +393,16 @@ class CommonMiddleware:
         )
 
 
-HotEndpoint = Callable[[Scope, Callable[[], Awaitable[bytes]]], Awaitable[Response]]
-"""A hot route's endpoint: given the request's scope and a function that reads its whole
-body, it answers a Response, or raises what a route may raise (ApiError,
-RequestValidationError), which is answered as the app's exception handlers would."""
+HotEndpoint = Callable[[Request], Awaitable[Response]]
+"""A hot route's endpoint, as a Starlette endpoint: it answers a Response, or raises what a
+route may raise (ApiError, RequestValidationError), which is answered as the app's exception
+handlers would."""
 
 
 class HotRoutes(FastAPI):
-    """A FastAPI app that answers a few routes (`install_common(hot_routes=...)`) as plain
-    ASGI apps inside the common middleware: no Starlette routing, exception middleware or
-    Request, no FastAPI dependency solving. On the instant-order path these cost more of
+    """A FastAPI app that answers a few routes (`install_common(hot_routes=...)`) by calling
+    their endpoints directly inside the common middleware: no Starlette routing or exception
+    middleware, no FastAPI dependency solving. On the instant-order path these cost more of
     the api's CPU than parsing, authenticating and placing the order together
     (docs/benchmarks.md). Such a route is declared on the app as well, with the same
     endpoint: the OpenAPI document shows it, and a request the hot table does not match
@@ -441,9 +440,8 @@ def _route_path(scope: Scope) -> str:
 
 
 class _HotRoute:
-    """One hot route: labels the request with its path (the HTTP metrics' `path`), reads the
-    body only when its endpoint asks, and answers the endpoint's errors as the app's
-    exception handlers do."""
+    """One hot route: labels the request with its path (the HTTP metrics' `path`), and
+    answers the endpoint's errors as the app's exception handlers do."""
 
     def __init__(self, path: str, endpoint: HotEndpoint) -> None:
         self.path = path  # read as scope["route"].path, as of a routed request's route
@@ -451,19 +449,8 @@ class _HotRoute:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["route"] = self
-
-        async def body() -> bytes:
-            chunks = []
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientDisconnect()
-                chunks.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
         try:
-            response = await self.endpoint(scope, body)
+            response = await self.endpoint(Request(scope, receive))
         except ApiError as exc:
             response = api_error_response(exc)
         except RequestValidationError as exc:

@@ -141,7 +141,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         readiness,
         max_body_bytes=settings.max_body_bytes,
         serve_metrics=False,
-        hot_routes=[("POST", http.INSTANT_ORDER_PATH, http.instant_order)],
+        hot_routes=[("POST", http.INSTANT_ORDER_PATH, http.create_instant_order)],
     )
     app.include_router(http.router)
 

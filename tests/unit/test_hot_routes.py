@@ -4,7 +4,7 @@ and its errors, the same request ids and HTTP metrics; other methods on its path
 the router."""
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -13,7 +13,6 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.middleware.gzip import GZipMiddleware
-from starlette.types import Scope
 
 from services.api.app import create_app
 from services.api.entrypoints.http import INSTANT_ORDER_PATH
@@ -25,9 +24,9 @@ MAX_BODY = 64
 SERVICE = "hot-route-test"
 
 
-async def endpoint(scope: Scope, body: Callable[[], Awaitable[bytes]]) -> Response:
+async def endpoint(request: Request) -> Response:
     """Answers, or fails, as the JSON body says."""
-    asked = json.loads(await body())
+    asked = json.loads(await request.body())
     match asked.get("do"):
         case "refuse":
             raise ApiError(409, "CONFLICT", "refused", {"why": "asked"}, {"Retry-After": "3"})
@@ -35,8 +34,8 @@ async def endpoint(scope: Scope, body: Callable[[], Awaitable[bytes]]) -> Respon
             raise RequestValidationError([{"type": "missing", "loc": ("body", "sku"), "msg": "x"}])
         case "crash":
             raise RuntimeError("a bug")
-    scope["app"].state.hot_calls += 1
-    return JSONResponse(ok({"echo": asked, "method": scope["method"]}))
+    request.app.state.hot_calls += 1
+    return JSONResponse(ok({"echo": asked, "method": request.method}))
 
 
 def app_with_twin() -> HotRoutes:
@@ -50,7 +49,7 @@ def app_with_twin() -> HotRoutes:
 
     async def through_router(request: Request) -> Response:
         app.state.routed[request.url.path] += 1
-        return await endpoint(request.scope, request.body)
+        return await endpoint(request)
 
     app.add_api_route("/hot", through_router, methods=["POST", "PUT"])
     app.add_api_route("/routed", through_router, methods=["POST"])
