@@ -15,9 +15,17 @@ from tests.helpers import wait_until
 pytestmark = pytest.mark.e2e
 
 
+_TAKEN: set[str] = set()
+
+
 def new_currency() -> str:
-    """A currency code of this test only (rates are shared by every test of the run)."""
-    return "X" + "".join(random.choices(string.ascii_uppercase, k=2))
+    """A currency code of this test only (rates are shared by every test of the run, and the
+    api caches them): random codes alone collided, one run in a few dozen, and a test then
+    paid at another test's rate."""
+    while (code := "X" + "".join(random.choices(string.ascii_uppercase, k=2))) in _TAKEN:
+        pass
+    _TAKEN.add(code)
+    return code
 
 
 async def test_an_fx_order_is_charged_converted_and_refunded_as_charged_after_a_rate_change(
