@@ -398,7 +398,10 @@ class RepositoryContract:
             CodeStatus.DUPLICATE,
         ]
         async with new_uow() as uow:
+            per_product = await uow.codes.available_per_product()
+            assert (per_product[sku_a], per_product[sku_b]) == (1, 0)
             claimed = await uow.codes.claim({sku_a: [unique("tx")], sku_b: [unique("tx")]})
+            assert (await uow.codes.available_per_product())[sku_a] == 0  # sold
         assert [c.stock_id for c in claimed.values()] == [upper]
 
     async def test_sold_codes_are_refingerprinted_before_codes_for_sale(
