@@ -156,6 +156,8 @@ def subscribe(
         auto_offset_reset="earliest",
         title=name,
         description=topic.doc,
+        fetch_max_wait_ms=FETCH_WAIT_MS,
+        consumer_timeout_ms=FETCHER_WAKE_MS,
     )
     async def on_message(msg: KafkaMessage) -> None:
         await consume_resiliently(
@@ -391,6 +393,12 @@ GATHER_INTERVAL_S = 0.1
 # backlog of 4 MiB on one of three partitions drained in 15.5 s with 5 s, under 2 s with
 # 500 ms: tests/integration/test_batch_offset_commits.py).
 FETCH_WAIT_MS = 500
+# How long aiokafka's fetch routine sleeps, when nothing wakes it, before it looks at its
+# partitions again (its default, 200 ms, woke every idle consumer five times a second to
+# rebuild a fetch plan while its long poll was still in flight). Whatever it must act on wakes
+# it at once: a fetch answered, records consumed, a partition resumed, an assignment lost.
+# Longer than FETCH_WAIT_MS, so that an idle consumer wakes only when its long poll returns.
+FETCHER_WAKE_MS = 1000
 
 
 def batch_subscriber(
@@ -421,6 +429,7 @@ def batch_subscriber(
         title=name,
         description=description,
         fetch_max_wait_ms=FETCH_WAIT_MS,
+        consumer_timeout_ms=FETCHER_WAKE_MS,
     )
     # FastStream builds its subscriber classes itself; this one differs in `get_msg` and in
     # how it commits (start, stop), not in its layout.

@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from services.api.service_layer.orders import BrokerUnavailable
-from shared.consumers import FETCH_WAIT_MS
+from shared.consumers import FETCH_WAIT_MS, FETCHER_WAKE_MS
 from shared.contracts import Decision
 from shared.runtime import Background
 
@@ -116,6 +116,7 @@ class ReplyListener:
             # The broker answers a fetch as soon as a reply arrives; an idle one asks twice a
             # second.
             fetch_max_wait_ms=FETCH_WAIT_MS,
+            consumer_timeout_ms=FETCHER_WAKE_MS,
         )
         await consumer.start()
         own = sorted(partitions)[self._instance % len(partitions)]
