@@ -96,6 +96,9 @@ COALESCE_S = 0.02
 # this long instead of being paid tens of times a second. A lone wake after a quiet spell
 # still waits only COALESCE_S. Measured in docs/benchmarks.md ("fewer outbox relay rounds").
 MIN_ROUND_INTERVAL_S = 0.1
+# After a failed round (the broker or the database unreachable), the next one follows this
+# much later.
+RETRY_AFTER_S = 2.0
 
 
 def _is_closed(conn: PoolConnectionProxy) -> bool:
@@ -241,7 +244,10 @@ class OutboxRelay:
                 log.warning(
                     "outbox relay of %s failed, will retry: %s", self._service, type(exc).__name__
                 )
-                await asyncio.sleep(min(self._poll * 5, 2.0))
+                # Retried after RETRY_AFTER_S, not after the poll: the rows are there, and no
+                # NOTIFY will come for them again.
+                await asyncio.sleep(min(self._poll, RETRY_AFTER_S))
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll)
             # Let the rows of concurrent transactions gather: one round then publishes many.

@@ -51,7 +51,7 @@ class CommonSettings(BaseSettings):
     db_plan_cache_mode: PlanCacheMode = Field("force_generic_plan", alias="DB_PLAN_CACHE_MODE")
     consumer_max_retries: int = Field(5, alias="CONSUMER_MAX_RETRIES", ge=0, le=100)
     # Every outbox insert wakes the relay (NOTIFY); the poll only covers a lost notification.
-    outbox_poll_interval_s: float = Field(2.0, alias="OUTBOX_POLL_INTERVAL_S", gt=0)
+    outbox_poll_interval_s: float = Field(10.0, alias="OUTBOX_POLL_INTERVAL_S", gt=0)
     # Every order ends by this long after acceptance: fulfilment cancels a backorder still
     # waiting, the api asks to cancel an order no decision was heard of.
     backorder_deadline_s: float = Field(24 * 3600, alias="ORDERS_BACKORDER_DEADLINE_S", gt=0)
