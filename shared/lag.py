@@ -1,8 +1,9 @@
 """Consumer lag per group, topic and partition, computed by the services themselves.
 
-Every few seconds a service reads, for each consumer group it watches, the group's committed
-offsets (admin client, `list_consumer_group_offsets`) and the partitions' end offsets, and
-sets `kafka_consumer_lag_messages{group, topic, partition}`.
+When its /metrics is scraped (shared.web.OnScrape: not on a timer of its own, so an idle
+service asks the broker nothing between scrapes), a service reads, for each consumer group it
+watches, the group's committed offsets (admin client, `list_consumer_group_offsets`) and the
+partitions' end offsets, and sets `kafka_consumer_lag_messages{group, topic, partition}`.
 
 A service watches its own groups AND the groups that consume what it produces: a consumer
 that is down cannot report its own lag, which is exactly when the lag matters. So the
@@ -10,9 +11,9 @@ that is down cannot report its own lag, which is exactly when the lag matters. S
 every group is reported by at least two services; queries take
 `max by (group, topic, partition)`.
 
-The monitor survives broker outages: a failed round is counted
+The monitor survives broker outages: a failed reading is counted
 (`kafka_consumer_lag_refresh_failures_total`), logged once until the broker answers again,
-and the clients are rebuilt on the next round; the gauges keep their last values and
+and the clients are rebuilt for the next one; the gauges keep their last values and
 `kafka_consumer_lag_last_refresh_timestamp_seconds` tells how old they are.
 """
 
@@ -50,7 +51,6 @@ PRODUCES: Mapping[str, tuple[topics.Topic, ...]] = {
     "fulfilment": (topics.INVENTORY_COMMANDS,),
 }
 
-REFRESH_INTERVAL_S = 5.0
 REFRESH_TIMEOUT_S = 5.0
 
 
@@ -76,27 +76,17 @@ class LagMonitor:
         client_id: str,
         groups: Mapping[str, Sequence[topics.Topic]],
         *,
-        interval_s: float = REFRESH_INTERVAL_S,
         timeout_s: float = REFRESH_TIMEOUT_S,
     ) -> None:
         self._bootstrap = bootstrap
         self._client_id = client_id
         self.groups = {group: tuple(read) for group, read in groups.items()}
-        self._interval_s = interval_s
         self._timeout_s = timeout_s
         self._admin: AIOKafkaAdminClient | None = None
         self._offsets: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        """Starts the periodic refresh in the background; it never blocks the service."""
-        self._task = asyncio.create_task(self._run(), name="kafka-consumer-lag")
+        self._healthy = True
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
         await self._close_clients()
 
     async def refresh(self) -> dict[tuple[str, str, int], int]:
@@ -134,28 +124,27 @@ class LagMonitor:
         metrics.CONSUMER_LAG_REFRESHED.set(time.time())
         return lags
 
-    async def _run(self) -> None:
-        healthy = True
-        while True:
-            try:
-                async with asyncio.timeout(self._timeout_s):
-                    await self.refresh()
-                if not healthy:
-                    log.info("consumer lag: the broker answers again")
-                healthy = True
-            except Exception as exc:  # the broker, the network, a client in a bad state
-                metrics.CONSUMER_LAG_FAILURES.inc()
-                if healthy:
-                    log.warning(
-                        "could not read the consumer lag of %s (%s): retrying every %.0fs; the "
-                        "gauges keep their last values meanwhile",
-                        ", ".join(self.groups),
-                        type(exc).__name__,
-                        self._interval_s,
-                    )
-                healthy = False
-                await self._close_clients()
-            await asyncio.sleep(self._interval_s)
+    async def read(self) -> None:
+        """`refresh`, bounded by the timeout, that never fails: a failure is counted and
+        logged (once, until a reading works again) and the clients are rebuilt next time;
+        the gauges keep their last values meanwhile."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self.refresh()
+            if not self._healthy:
+                log.info("consumer lag: the broker answers again")
+            self._healthy = True
+        except Exception as exc:  # the broker, the network, a client in a bad state
+            metrics.CONSUMER_LAG_FAILURES.inc()
+            if self._healthy:
+                log.warning(
+                    "could not read the consumer lag of %s (%s): trying again at the next "
+                    "scrape; the gauges keep their last values meanwhile",
+                    ", ".join(self.groups),
+                    type(exc).__name__,
+                )
+            self._healthy = False
+            await self._close_clients()
 
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._admin is None or self._offsets is None:

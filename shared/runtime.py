@@ -25,7 +25,7 @@ from shared.lag import LagMonitor, watched_groups
 from shared.outbox import OutboxRelay
 from shared.producers import durable_producer, new_broker
 from shared.settings import CommonSettings
-from shared.web import Check, JsonErrorsHttpToolsProtocol, NotReady
+from shared.web import Check, JsonErrorsHttpToolsProtocol, NotReady, OnScrape
 from shared.workers import (
     STABLE_AFTER_S,
     STARTUP_FAILURE,
@@ -105,10 +105,13 @@ class Runtime:
     relay: OutboxRelay = field(init=False)
     lag: LagMonitor = field(init=False)
     background: Background = field(init=False)
+    # Gauges read when /metrics is scraped (shared.web.OnScrape); a service adds its own.
+    on_scrape: list[OnScrape] = field(init=False)
 
     def __post_init__(self) -> None:
         self.broker = new_broker(self.settings.kafka_bootstrap_servers, self.service)
         self.background = Background(self.service)
+        self.on_scrape = [OnScrape("reading the consumer lag", lambda: self.lag.read())]
 
     async def start(self) -> None:
         self.pool = await db.create_pool(
@@ -130,7 +133,6 @@ class Runtime:
             f"{self.service}-{self.settings.instance_id}-lag",
             watched_groups(self.service),
         )
-        await self.lag.start()
 
     async def start_consumers(self) -> None:
         await self.broker.start()
@@ -138,6 +140,8 @@ class Runtime:
     async def stop(self) -> None:
         with contextlib.suppress(Exception):
             await self.background.stop()
+        for refresh in self.on_scrape:
+            await refresh.stop()
         with contextlib.suppress(Exception):
             await self.lag.stop()
         with contextlib.suppress(Exception):

@@ -1,6 +1,7 @@
 """The HTTP conventions every service shares: error envelopes, request ids, bounded bodies,
 health and metrics endpoints, and HTTP metrics."""
 
+import asyncio
 import contextlib
 import hmac
 import json
@@ -471,6 +472,64 @@ def invalid_request_response(exc: RequestValidationError) -> JSONResponse:
     )
 
 
+class OnScrape:
+    """Gauges read from elsewhere (the database, the broker) when /metrics is scraped, not on
+    a timer: an idle service then does nothing between scrapes, and a scrape reads values of
+    that moment rather than up to one period old.
+
+    A scrape starts `step` unless the last one ended less than `fresh_for_s` ago (scrapes of
+    several Prometheus servers, or of one process's two listeners, share it), and waits for
+    it at most `wait_s`: a step that takes longer goes on, and the scrape answers with the
+    values as they are (the next scrape sees what it set). Concurrent scrapes share one
+    step. A failing step is logged once, with its error's type, and again when it works."""
+
+    def __init__(
+        self,
+        name: str,
+        step: Callable[[], Awaitable[object]],
+        *,
+        fresh_for_s: float = 1.0,
+        wait_s: float = 2.0,
+    ) -> None:
+        self.name = name
+        self._step = step
+        self._fresh_for_s = fresh_for_s
+        self._wait_s = wait_s
+        self._ended = -math.inf
+        self._running: asyncio.Task[None] | None = None
+        self._failing = False
+
+    async def scraped(self) -> None:
+        if self._running is None:
+            if time.monotonic() - self._ended < self._fresh_for_s:
+                return
+            self._running = asyncio.create_task(self._run(), name=f"on-scrape {self.name}")
+        await asyncio.wait({self._running}, timeout=self._wait_s)
+
+    async def _run(self) -> None:
+        try:
+            await self._step()
+            if self._failing:
+                log.info("%s works again", self.name)
+            self._failing = False
+        except Exception as exc:
+            if not self._failing:
+                log.warning(
+                    "%s failed (%s); tried again at the next scrape", self.name, type(exc).__name__
+                )
+            self._failing = True
+        finally:
+            self._ended = time.monotonic()
+            self._running = None
+
+    async def stop(self) -> None:
+        running, self._running = self._running, None
+        if running is not None:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+
+
 def install_common(
     app: FastAPI,
     service: str,
@@ -478,13 +537,15 @@ def install_common(
     *,
     max_body_bytes: int = 1024 * 1024,
     live_collectors: Sequence[Collector] = (),
+    on_scrape: Sequence[OnScrape] = (),
     serve_metrics: bool = True,
     hot_routes: Sequence[tuple[str, str, HotEndpoint]] = (),
 ) -> None:
     """Error bodies, the common middleware, /healthz, /readyz and (with `serve_metrics`)
     /metrics. `live_collectors` are read at each scrape from the answering process (not
-    merged from metric files). `hot_routes` (method, path, endpoint) are answered by
-    `HotRoutes` (the app must be one), inside the same common middleware."""
+    merged from metric files); `on_scrape` refreshes gauges before each scrape. `hot_routes`
+    (method, path, endpoint) are answered by `HotRoutes` (the app must be one), inside the
+    same common middleware."""
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -538,7 +599,7 @@ def install_common(
         return JSONResponse({"status": "ready", "service": service})
 
     if serve_metrics:
-        _install_metrics(app, live_collectors)
+        _install_metrics(app, live_collectors, on_scrape)
     app.add_middleware(CommonMiddleware, service=service, max_body_bytes=max_body_bytes)
     if hot_routes:
         if not isinstance(app, HotRoutes):
@@ -549,7 +610,9 @@ def install_common(
             )
 
 
-def _install_metrics(app: FastAPI, live_collectors: Sequence[Collector]) -> None:
+def _install_metrics(
+    app: FastAPI, live_collectors: Sequence[Collector], on_scrape: Sequence[OnScrape]
+) -> None:
     registry = metrics.REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # One of several worker processes: any of them answers for all (see shared.runtime).
@@ -561,6 +624,8 @@ def _install_metrics(app: FastAPI, live_collectors: Sequence[Collector]) -> None
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response:
+        if on_scrape:
+            await asyncio.gather(*(refresh.scraped() for refresh in on_scrape))
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -22,12 +22,10 @@ from shared.audit import AdminAudit
 from shared.db import Conn
 from shared.runtime import Listener, Runtime, every, lifespan_for
 from shared.settings import ApiSettings
-from shared.web import AdminGuard, HotRoutes, install_common, without_fastapi_422
+from shared.web import AdminGuard, HotRoutes, OnScrape, install_common, without_fastapi_422
 from shared.workers import WORKER_INDEX
 
 SERVICE = "api"
-# How often the orders_processing gauges are recounted from the read model.
-PROCESSING_GAUGE_INTERVAL_S = 2.0
 # An order still PROCESSING is asked about again at most this often.
 ASK_AGAIN_AFTER_S = 600.0
 
@@ -68,6 +66,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         metrics.set_processing(await read_model.processing_summary(new_uow()))
         metrics.name_stuck(await read_model.oldest_stuck(new_uow(), metrics.STUCK_AFTER_S))
 
+    runtime.on_scrape.append(OnScrape("counting PROCESSING orders", count_processing))
+
     @contextlib.asynccontextmanager
     async def started() -> AsyncIterator[None]:
         replies = ReplyListener(
@@ -98,12 +98,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             ),
             vault=vault,
             limiter=http.RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
-        )
-        runtime.background.start(
-            "processing-gauges",
-            lambda: every(
-                PROCESSING_GAUGE_INTERVAL_S, "counting PROCESSING orders", count_processing
-            ),
         )
         runtime.background.start(
             "ask-again",
@@ -157,6 +151,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         readiness,
         max_body_bytes=settings.max_body_bytes,
         live_collectors=[metrics.STUCK_ORDER],
+        on_scrape=runtime.on_scrape,
     )
     operators.include_router(admin.router)
     operators.include_router(audit_routes.router)

@@ -14,7 +14,7 @@ from services.fulfilment.service_layer.backorders import Policy, Supplier
 from shared.db import Conn
 from shared.runtime import Runtime, every, lifespan_for
 from shared.settings import FulfilmentSettings
-from shared.web import AdminGuard, install_common
+from shared.web import AdminGuard, OnScrape, install_common
 
 SERVICE = "fulfilment"
 
@@ -53,6 +53,8 @@ def create_app(settings: FulfilmentSettings | None = None) -> FastAPI:
             metrics.BACKORDERS_WAITING.labels(sku.sku).set(sku.count)
         metrics.OLDEST_WAITING_AGE.set(max((s.oldest_age_s for s in skus), default=0.0))
 
+    runtime.on_scrape.append(OnScrape("counting open backorders", refresh_gauges))
+
     @contextlib.asynccontextmanager
     async def loops() -> AsyncIterator[None]:
         start = runtime.background.start
@@ -64,7 +66,6 @@ def create_app(settings: FulfilmentSettings | None = None) -> FastAPI:
                 lambda: backorders.cancel_overdue(new_uow()),
             ),
         )
-        start("gauges", lambda: every(5.0, "gauges", refresh_gauges))
         start(
             "stalled-retry",
             lambda: every(
@@ -85,6 +86,6 @@ def create_app(settings: FulfilmentSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.new_uow = new_uow
     app.state.admin_guard = AdminGuard.from_settings(SERVICE, settings)
-    install_common(app, SERVICE, runtime.readiness())
+    install_common(app, SERVICE, runtime.readiness(), on_scrape=runtime.on_scrape)
     app.include_router(admin.router)
     return app

@@ -74,7 +74,13 @@ def create_app(settings: InventorySettings | None = None) -> FastAPI:
     app.state.runtime = runtime
     app.state.admin = admin.AdminContext(new_uow, vault)
     app.state.admin_guard = AdminGuard.from_settings(SERVICE, settings)
-    install_common(app, SERVICE, runtime.readiness(), max_body_bytes=admin.MAX_BODY_BYTES)
+    install_common(
+        app,
+        SERVICE,
+        runtime.readiness(),
+        max_body_bytes=admin.MAX_BODY_BYTES,
+        on_scrape=runtime.on_scrape,
+    )
     app.include_router(admin.router)
     return app
 

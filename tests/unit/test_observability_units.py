@@ -1,15 +1,19 @@
 """Observability without the stack: which consumer groups each service watches, the lag
-arithmetic, the lag loop surviving a broker outage, and the gauges and counters the services
-derive from what they see."""
+arithmetic, the lag readings surviving a broker outage, gauges read when they are scraped, and
+the gauges and counters the services derive from what they see."""
 
 import asyncio
+import logging
 
+import httpx
 import pytest
 from aiokafka.errors import KafkaConnectionError
+from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
 from services.api import metrics as api_metrics
 from shared import lag
+from shared.web import OnScrape, install_common
 from tests.helpers import unique, wait_until
 
 
@@ -64,10 +68,10 @@ def test_lag_arithmetic(end: int, committed: int | None, beginning: int, expecte
 
 
 class FlakyBroker(lag.LagMonitor):
-    """Fails its first rounds as an unreachable broker would, then answers."""
+    """Fails its first readings as an unreachable broker would, then answers."""
 
-    def __init__(self, failures: int, interval_s: float = 0.01) -> None:
-        super().__init__("127.0.0.1:1", "test", {}, interval_s=interval_s)
+    def __init__(self, failures: int) -> None:
+        super().__init__("127.0.0.1:1", "test", {})
         self.failures = failures
         self.rounds = 0
 
@@ -78,15 +82,18 @@ class FlakyBroker(lag.LagMonitor):
         return {}
 
 
-async def test_the_lag_loop_outlives_a_broker_outage() -> None:
+async def test_lag_readings_outlive_a_broker_outage(caplog: pytest.LogCaptureFixture) -> None:
     failures = sample("kafka_consumer_lag_refresh_failures_total")
     monitor = FlakyBroker(failures=3)
-    await monitor.start()
-    try:
-        await wait_until(lambda: monitor.rounds >= 6, timeout=5, message="the loop goes on")
-    finally:
-        await monitor.stop()
+    with caplog.at_level(logging.INFO, logger="shared.lag"):
+        for _ in range(5):
+            await monitor.read()  # never raises: a scrape must not fail with the broker
+    await monitor.stop()
+    assert monitor.rounds == 5
     assert sample("kafka_consumer_lag_refresh_failures_total") == failures + 3
+    said = [r.getMessage() for r in caplog.records]
+    assert [m for m in said if "could not read the consumer lag" in m] == [said[0]]
+    assert [m for m in said if "answers again" in m] == [said[1]]
 
 
 def test_processing_orders_gauges_cover_both_stages() -> None:
@@ -124,9 +131,87 @@ def test_inventory_counts_the_orders_it_had_already_decided() -> None:
     assert sample("consumer_redeliveries_total", consumer=consumer) == 2
 
 
-async def test_stop_ends_the_loop_even_while_it_waits() -> None:
-    monitor = FlakyBroker(failures=0, interval_s=3600)  # parks the loop in its sleep
-    await monitor.start()
-    await wait_until(lambda: monitor.rounds >= 1, timeout=5)
+class Steps:
+    """A step for OnScrape that counts its runs and, while `hold` is clear, waits."""
+
+    def __init__(self, fail: int = 0) -> None:
+        self.runs = 0
+        self.fail = fail
+        self.hold = asyncio.Event()
+        self.hold.set()
+
+    async def __call__(self) -> None:
+        self.runs += 1
+        await self.hold.wait()
+        if self.runs <= self.fail:
+            raise ConnectionError("database unreachable")
+
+
+async def test_a_scrape_reads_again_only_once_the_last_reading_is_older_than_fresh_for() -> None:
+    step = Steps()
+    fresh = OnScrape("test", step, fresh_for_s=3600)
+    await fresh.scraped()
+    await fresh.scraped()
+    assert step.runs == 1
+    every_time = OnScrape("test", step, fresh_for_s=0)
+    await every_time.scraped()
+    await every_time.scraped()
+    assert step.runs == 3
+
+
+async def test_concurrent_scrapes_share_one_reading() -> None:
+    step = Steps()
+    step.hold.clear()
+    refresh = OnScrape("test", step, fresh_for_s=0)
+    scrapes = [asyncio.create_task(refresh.scraped()) for _ in range(3)]
+    await wait_until(lambda: step.runs == 1, timeout=2, message="the reading started")
+    step.hold.set()
+    await asyncio.gather(*scrapes)
+    assert step.runs == 1
+
+
+async def test_a_slow_reading_does_not_hold_the_scrape_and_stop_ends_it() -> None:
+    step = Steps()
+    step.hold.clear()  # a database that does not answer
+    refresh = OnScrape("test", step, fresh_for_s=0, wait_s=0.05)
     async with asyncio.timeout(2):
-        await monitor.stop()
+        await refresh.scraped()  # answers with the values as they are
+        await refresh.scraped()  # joins the reading still running
+    assert step.runs == 1
+    async with asyncio.timeout(2):
+        await refresh.stop()
+    step.hold.set()
+    await refresh.scraped()  # a new reading, not the cancelled one
+    assert step.runs == 2
+
+
+async def test_a_failing_reading_is_logged_once_and_again_when_it_works(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    step = Steps(fail=3)
+    refresh = OnScrape("counting things", step, fresh_for_s=0)
+    with caplog.at_level(logging.INFO, logger="shared.web"):
+        for _ in range(5):
+            await refresh.scraped()
+    assert step.runs == 5
+    assert [r.getMessage() for r in caplog.records] == [
+        "counting things failed (ConnectionError); tried again at the next scrape",
+        "counting things works again",
+    ]
+
+
+async def test_metrics_are_read_before_the_scrape_answers() -> None:
+    gauge = unique("scraped_value")
+    read: list[float] = []
+
+    async def step() -> None:
+        read.append(float(len(read) + 1))
+        api_metrics.ORDERS_PROCESSING.labels(gauge).set(read[-1])
+
+    app = FastAPI()
+    install_common(app, "test", {}, on_scrape=[OnScrape("test", step, fresh_for_s=0)])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        first = (await c.get("/metrics")).text
+        second = (await c.get("/metrics")).text
+    assert f'orders_processing{{stage="{gauge}"}} 1.0' in first
+    assert f'orders_processing{{stage="{gauge}"}} 2.0' in second
