@@ -73,7 +73,7 @@ AUTH_LOOKED_UP, AUTH_REFUSED_FROM_CACHE, AUTH_LOOKUPS_BUSY = (
     AUTH_LOOKUPS.labels(a) for a in ("database", "refused_cache", "busy")
 )
 
-# The order read model, refreshed every few seconds by the api (see app.py). An order waits
+# Counted from the order read model when /metrics is scraped (see app.py). An order waits
 # for inventory's decision for milliseconds; a backordered order waits for stock, up to its
 # product's backorder deadline. An old order awaiting a decision is a stuck order.
 PROCESSING_STAGES = ("awaiting_decision", "backordered")
@@ -108,8 +108,8 @@ STUCK_AFTER_S = 60.0
 
 class StuckOrder(Collector):
     """`orders_stuck_oldest_age_seconds{transaction_id}`: the oldest order awaiting
-    inventory's decision for over STUCK_AFTER_S, as this process last read it from the
-    database (every few seconds). Exported as it is at the scrape, not kept in a metric
+    inventory's decision for over STUCK_AFTER_S, as this process read it from the database
+    for the scrape (shared.web.OnScrape). Exported as it is at the scrape, not kept in a metric
     file: an order no longer stuck leaves no series behind, whichever process named it."""
 
     def __init__(self) -> None:
