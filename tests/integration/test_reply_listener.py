@@ -1,12 +1,14 @@
 """The api's reply listener against the real broker: a record it cannot read (a key that is
 not UTF-8, a value that is not a Decision) is skipped without killing it or giving up on the
-request, and the replies after it still reach their requests."""
+request, and the replies after it still reach their requests; and its long poll (the broker
+holds an empty fetch REPLY_FETCH_WAIT_MS) delays no reply."""
 
 import asyncio
+import time
 
 import pytest
 
-from services.api.adapters.kafka import ReplyListener
+from services.api.adapters.kafka import REPLY_FETCH_WAIT_MS, ReplyListener
 from shared import topics
 from shared.contracts import Decision
 from shared.producers import durable_producer
@@ -51,3 +53,34 @@ async def test_an_unreadable_reply_is_skipped_and_the_next_one_arrives(stack: St
         await background.stop()
         await listener.stop()
         await producer.stop()
+
+
+async def test_each_reply_arrives_at_once_whatever_the_long_poll(stack: Stack) -> None:
+    """Each reply is sent once the one before it has arrived, so the listener has just sent a
+    new fetch, which the broker holds until a record comes: it must answer with the reply at
+    once, not at the end of the wait."""
+    producer = durable_producer(stack.kafka_bootstrap, unique("test-replies"))
+    await producer.start()
+    background = Background("test")
+    listener = ReplyListener(stack.kafka_bootstrap, topics.ORDER_REPLIES.name)
+    took = []
+    try:
+        await listener.start(producer, background)
+        for _ in range(5):
+            transaction_id = unique("txn")
+            waiting = listener.expect(transaction_id)
+            decision = Decision(transaction_id=transaction_id, sku="SKU-1", outcome="BACKORDERED")
+            sent = time.monotonic()
+            await producer.send_and_wait(
+                topics.ORDER_REPLIES.name,
+                decision.model_dump_json().encode(),
+                key=transaction_id.encode(),
+                partition=listener.partition,
+            )
+            assert await asyncio.wait_for(waiting, 15) == decision
+            took.append(time.monotonic() - sent)
+    finally:
+        await background.stop()
+        await listener.stop()
+        await producer.stop()
+    assert max(took) < REPLY_FETCH_WAIT_MS / 1000 / 5, took

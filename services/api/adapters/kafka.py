@@ -24,7 +24,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from services.api.service_layer.orders import BrokerUnavailable
-from shared.consumers import FETCH_WAIT_MS, FETCHER_WAKE_MS
 from shared.contracts import Decision
 from shared.runtime import Background
 
@@ -88,6 +87,13 @@ class BrokerHealth:
                 await self._probe
 
 
+# How long the broker holds the reply listener's empty fetch. Longer than the group consumers'
+# FETCH_WAIT_MS: the listener reads one partition, so no other partition's fetch is held
+# behind a buffered one (why those do not wait longer), and a reply is answered the moment it
+# arrives whatever the wait.
+REPLY_FETCH_WAIT_MS = 5000
+
+
 class ReplyListener:
     def __init__(self, bootstrap: str, topic: str, instance: int = 0) -> None:
         """`instance`: this process's index among the api's processes (its partition is
@@ -113,10 +119,10 @@ class ReplyListener:
             bootstrap_servers=self._bootstrap,
             group_id=None,
             enable_auto_commit=False,
-            # The broker answers a fetch as soon as a reply arrives; an idle one asks twice a
-            # second.
-            fetch_max_wait_ms=FETCH_WAIT_MS,
-            consumer_timeout_ms=FETCHER_WAKE_MS,
+            # The broker answers a fetch as soon as a reply arrives; an idle listener asks
+            # every REPLY_FETCH_WAIT_MS.
+            fetch_max_wait_ms=REPLY_FETCH_WAIT_MS,
+            consumer_timeout_ms=REPLY_FETCH_WAIT_MS * 2,
         )
         await consumer.start()
         own = sorted(partitions)[self._instance % len(partitions)]
@@ -146,7 +152,9 @@ class ReplyListener:
         assert self._consumer is not None
         while True:
             try:
-                batches = await self._consumer.getmany(timeout_ms=1000, max_records=500)
+                batches = await self._consumer.getmany(
+                    timeout_ms=REPLY_FETCH_WAIT_MS, max_records=500
+                )
             except Exception:
                 log.exception("reply listener could not fetch; retrying")
                 await asyncio.sleep(0.5)
