@@ -354,11 +354,10 @@ class PostgresCodes:
 
     async def available_per_product(self) -> dict[str, int]:
         # Every code for sale less those still waiting for their version 2 fingerprint
-        # (fingerprint_version is 1 or 2): the first count is read from an index alone
-        # (codes_sku_status), the second from codes_old_fingerprints, mostly empty. Counting
-        # `fingerprint_version = 2` directly read every row of the table, sold codes
-        # included: a recount of 1.4 million codes took 0.3-0.5 s of the database's CPU
-        # where this takes 0.06-0.09 s (docs/benchmarks.md, "Idle").
+        # (fingerprint_version is 1 or 2): the first count can be read from an index alone
+        # (codes_sku_status) where the table's pages are all-visible, the second from
+        # codes_old_fingerprints, mostly empty. Counting `fingerprint_version = 2` directly
+        # read every row of the table, sold codes included (docs/benchmarks.md, "Idle").
         rows = await self._conn.fetch(
             """
             SELECT p.sku, coalesce(a.n, 0) - coalesce(v1.n, 0) AS available
