@@ -248,8 +248,11 @@ class OutboxRelay:
                 # NOTIFY will come for them again.
                 await asyncio.sleep(min(self._poll, RETRY_AFTER_S))
                 continue
+            # Without a listener (it could not LISTEN) nothing wakes the relay: it looks again
+            # after RETRY_AFTER_S, and tries to listen again then.
+            poll = self._poll if self._listener is not None else min(self._poll, RETRY_AFTER_S)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll)
+                await asyncio.wait_for(self._wake.wait(), poll)
             # Let the rows of concurrent transactions gather: one round then publishes many.
             since = time.monotonic() - self._round_started
             await asyncio.sleep(max(COALESCE_S, MIN_ROUND_INTERVAL_S - since))

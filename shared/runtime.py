@@ -141,7 +141,8 @@ class Runtime:
         with contextlib.suppress(Exception):
             await self.background.stop()
         for refresh in self.on_scrape:
-            await refresh.stop()
+            with contextlib.suppress(Exception):
+                await refresh.stop()
         with contextlib.suppress(Exception):
             await self.lag.stop()
         with contextlib.suppress(Exception):

@@ -520,7 +520,8 @@ class OnScrape:
             self._failing = True
         finally:
             self._ended = time.monotonic()
-            self._running = None
+            if self._running is asyncio.current_task():  # not one a later scrape started
+                self._running = None
 
     async def stop(self) -> None:
         running, self._running = self._running, None
