@@ -3,12 +3,15 @@ measures per process (docs/benchmarks.md, "Idle").
 
     .venv/bin/python benchmarks/idle_probes.py threads --pid KAFKA_PID --seconds 30
     .venv/bin/python benchmarks/idle_probes.py consumers --count 3 --seconds 30
+    .venv/bin/python benchmarks/idle_probes.py ticks --every 0.1 --seconds 30
 
 `threads`: the CPU a running process used over the window, per thread name (a JVM's request
 handlers, purgatory reapers, metrics meters...), from /proc. `consumers`: the CPU of a process
 that runs nothing but idle aiokafka consumers with the services' settings (FETCH_WAIT_MS,
 FETCHER_WAKE_MS, the batch subscribers' poll), on uvloop like the services, each in a group
-of its own on one topic of the running stack.
+of its own on one topic of the running stack. `ticks`: the CPU of a process on uvloop that
+does nothing but wake every `--every` seconds (what a timer costs an idle service, such as
+uvicorn's 100 ms main loop).
 """
 
 import argparse
@@ -94,6 +97,20 @@ async def consumers(
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def ticks(every_s: float, seconds: float) -> None:
+    async def tick() -> None:
+        while True:  # noqa: ASYNC110 - the wake-up is what is measured
+            await asyncio.sleep(every_s)
+
+    ticking = asyncio.create_task(tick())
+    await asyncio.sleep(1)
+    cpu, wall = time.process_time(), time.monotonic()
+    await asyncio.sleep(seconds)
+    used = (time.process_time() - cpu) / (time.monotonic() - wall)
+    print(f"waking every {every_s:g} s: {used:.5f} cores, {used * every_s * 1000:.3f} ms a wake-up")
+    ticking.cancel()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="probe", required=True)
@@ -109,9 +126,14 @@ def main() -> None:
         "--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     )
     idle.add_argument("--topic", default="inventory.events")
+    timer = sub.add_parser("ticks", help="CPU of a process that only wakes on a timer")
+    timer.add_argument("--every", type=float, default=0.1)
+    timer.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args()
     if args.probe == "threads":
         threads(args.pid, args.seconds)
+    elif args.probe == "ticks":
+        uvloop.run(ticks(args.every, args.seconds))
     else:
         uvloop.run(
             consumers(

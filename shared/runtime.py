@@ -201,10 +201,10 @@ async def every(
 
 class QuietServer(uvicorn.Server):
     """uvicorn's server, whose main loop wakes once a second instead of every 100 ms, and at
-    once when a signal asks it to stop. A wake-up of an idle process costs about 0.15 ms of
-    CPU on the 2-core machine: uvicorn's ten a second were 0.0015-0.002 cores in each of the
-    four service processes (docs/benchmarks.md, "Idle"). The loop refreshes the `date` header
-    on every tick, as uvicorn's does once a second."""
+    once when a signal asks it to stop. A wake-up of an idle process costs 0.15-0.22 ms of
+    CPU on the 2-core machine (benchmarks/idle_probes.py ticks): uvicorn's ten a second were
+    0.0015-0.002 cores in each of the four service processes (docs/benchmarks.md, "Idle").
+    The loop refreshes the `date` header on every tick, as uvicorn's does once a second."""
 
     TICK_S = 1.0
 
