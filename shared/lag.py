@@ -12,14 +12,13 @@ every group is reported by at least two services; queries take
 `max by (group, topic, partition)`.
 
 The monitor survives broker outages: a failed reading is counted
-(`kafka_consumer_lag_refresh_failures_total`), logged once until the broker answers again,
-and the clients are rebuilt for the next one; the gauges keep their last values and
-`kafka_consumer_lag_last_refresh_timestamp_seconds` tells how old they are.
+(`kafka_consumer_lag_refresh_failures_total`), logged once until a reading works again (by the
+OnScrape that reads it), and the clients are rebuilt for the next one; the gauges keep their
+last values and `kafka_consumer_lag_last_refresh_timestamp_seconds` tells how old they are.
 """
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Mapping, Sequence
 
@@ -27,8 +26,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared import metrics, topics
-
-log = logging.getLogger(__name__)
 
 # Every consumer group of the system and the topics it reads (see each service's subscribers).
 CONSUMER_GROUPS: Mapping[str, tuple[topics.Topic, ...]] = {
@@ -84,7 +81,6 @@ class LagMonitor:
         self._timeout_s = timeout_s
         self._admin: AIOKafkaAdminClient | None = None
         self._offsets: AIOKafkaConsumer | None = None
-        self._healthy = True
 
     async def stop(self) -> None:
         await self._close_clients()
@@ -125,26 +121,16 @@ class LagMonitor:
         return lags
 
     async def read(self) -> None:
-        """`refresh`, bounded by the timeout, that never fails: a failure is counted and
-        logged (once, until a reading works again) and the clients are rebuilt next time;
-        the gauges keep their last values meanwhile."""
+        """`refresh`, bounded by the timeout. A failure is counted, the clients are rebuilt
+        for the next reading, and the error is raised again (its OnScrape logs it); the
+        gauges keep their last values meanwhile."""
         try:
             async with asyncio.timeout(self._timeout_s):
                 await self.refresh()
-            if not self._healthy:
-                log.info("consumer lag: the broker answers again")
-            self._healthy = True
-        except Exception as exc:  # the broker, the network, a client in a bad state
+        except Exception:  # the broker, the network, a client in a bad state
             metrics.CONSUMER_LAG_FAILURES.inc()
-            if self._healthy:
-                log.warning(
-                    "could not read the consumer lag of %s (%s): trying again at the next "
-                    "scrape; the gauges keep their last values meanwhile",
-                    ", ".join(self.groups),
-                    type(exc).__name__,
-                )
-            self._healthy = False
             await self._close_clients()
+            raise
 
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._admin is None or self._offsets is None:

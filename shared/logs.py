@@ -49,3 +49,23 @@ def configure(service: str, level: str, worker: str | None = None) -> None:
     root.setLevel(level.upper())
     for noisy in ("aiokafka", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class FailureReport:
+    """What a step repeated on its own (a timer, each scrape) says of its failures: the first
+    one of a spell, with the error's type only (messages may carry values not meant for the
+    logs) and when the step is tried next, and once again when it works."""
+
+    def __init__(self, logger: logging.Logger, name: str, next_try: str) -> None:
+        self._log, self._name, self._next_try = logger, name, next_try
+        self.failing = False
+
+    def worked(self) -> None:
+        if self.failing:
+            self._log.info("%s works again", self._name)
+        self.failing = False
+
+    def failed(self, exc: BaseException) -> None:
+        if not self.failing:
+            self._log.warning("%s failed (%s); %s", self._name, type(exc).__name__, self._next_try)
+        self.failing = True

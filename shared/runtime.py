@@ -112,7 +112,10 @@ class Runtime:
     def __post_init__(self) -> None:
         self.broker = new_broker(self.settings.kafka_bootstrap_servers, self.service)
         self.background = Background(self.service)
-        self.on_scrape = [OnScrape("reading the consumer lag", lambda: self.lag.read())]
+        lag_of = ", ".join(watched_groups(self.service))
+        self.on_scrape = [
+            OnScrape(f"reading the consumer lag of {lag_of}", lambda: self.lag.read())
+        ]
 
     async def start(self) -> None:
         self.pool = await db.create_pool(
@@ -181,21 +184,15 @@ async def every(
     whose message is safe to log) ends the loop instead: its supervisor (`Background`) logs
     it in full, reports the task down (metric, /readyz) and starts it again after a backoff.
     """
-    failing = False
+    report = logs.FailureReport(log, name, f"retrying every {interval_s:.1f}s")
     while True:
         try:
             await step()
-            if failing:
-                log.info("%s works again", name)
-            failing = False
+            report.worked()
         except escalate:
             raise
         except Exception as exc:
-            if not failing:
-                log.warning(
-                    "%s failed (%s); retrying every %.1fs", name, type(exc).__name__, interval_s
-                )
-            failing = True
+            report.failed(exc)
         await asyncio.sleep(interval_s)
 
 

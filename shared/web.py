@@ -28,7 +28,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from shared import metrics
 from shared.db import database_unavailable
-from shared.logs import request_id_var
+from shared.logs import FailureReport, request_id_var
 
 if TYPE_CHECKING:
     from shared.settings import CommonSettings
@@ -497,7 +497,7 @@ class OnScrape:
         self._wait_s = wait_s
         self._ended = -math.inf
         self._running: asyncio.Task[None] | None = None
-        self._failing = False
+        self._report = FailureReport(log, name, "tried again at the next scrape")
 
     async def scraped(self) -> None:
         if self._running is None:
@@ -509,15 +509,9 @@ class OnScrape:
     async def _run(self) -> None:
         try:
             await self._step()
-            if self._failing:
-                log.info("%s works again", self.name)
-            self._failing = False
+            self._report.worked()
         except Exception as exc:
-            if not self._failing:
-                log.warning(
-                    "%s failed (%s); tried again at the next scrape", self.name, type(exc).__name__
-                )
-            self._failing = True
+            self._report.failed(exc)
         finally:
             self._ended = time.monotonic()
             if self._running is asyncio.current_task():  # not one a later scrape started

@@ -3,6 +3,7 @@ arithmetic, the lag readings surviving a broker outage, gauges read when they ar
 the gauges and counters the services derive from what they see."""
 
 import asyncio
+import contextlib
 import logging
 
 import httpx
@@ -13,6 +14,7 @@ from prometheus_client import REGISTRY
 
 from services.api import metrics as api_metrics
 from shared import lag
+from shared.runtime import every
 from shared.web import OnScrape, install_common
 from tests.helpers import unique, wait_until
 
@@ -85,15 +87,23 @@ class FlakyBroker(lag.LagMonitor):
 async def test_lag_readings_outlive_a_broker_outage(caplog: pytest.LogCaptureFixture) -> None:
     failures = sample("kafka_consumer_lag_refresh_failures_total")
     monitor = FlakyBroker(failures=3)
-    with caplog.at_level(logging.INFO, logger="shared.lag"):
+    for _ in range(3):
+        with pytest.raises(KafkaConnectionError):  # counted, and raised for its OnScrape
+            await monitor.read()
+    assert sample("kafka_consumer_lag_refresh_failures_total") == failures + 3
+    # As the runtime reads it: the scrapes never fail with the broker, and say so once.
+    scraped = OnScrape("reading the consumer lag", monitor.read, fresh_for_s=0)
+    monitor.rounds, failures = 0, sample("kafka_consumer_lag_refresh_failures_total")
+    with caplog.at_level(logging.INFO, logger="shared.web"):
         for _ in range(5):
-            await monitor.read()  # never raises: a scrape must not fail with the broker
+            await scraped.scraped()
     await monitor.stop()
     assert monitor.rounds == 5
     assert sample("kafka_consumer_lag_refresh_failures_total") == failures + 3
-    said = [r.getMessage() for r in caplog.records]
-    assert [m for m in said if "could not read the consumer lag" in m] == [said[0]]
-    assert [m for m in said if "answers again" in m] == [said[1]]
+    assert [r.getMessage() for r in caplog.records] == [
+        "reading the consumer lag failed (KafkaConnectionError); tried again at the next scrape",
+        "reading the consumer lag works again",
+    ]
 
 
 def test_processing_orders_gauges_cover_both_stages() -> None:
@@ -215,3 +225,21 @@ async def test_metrics_are_read_before_the_scrape_answers() -> None:
         second = (await c.get("/metrics")).text
     assert f'orders_processing{{stage="{gauge}"}} 1.0' in first
     assert f'orders_processing{{stage="{gauge}"}} 2.0' in second
+
+
+async def test_a_failing_timer_step_is_logged_once_and_again_when_it_works(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    step = Steps(fail=3)
+    with caplog.at_level(logging.INFO, logger="shared.runtime"):
+        loop = asyncio.create_task(every(0.001, "refreshing things", step))
+        try:
+            await wait_until(lambda: step.runs >= 6, timeout=5, message="six runs")
+        finally:
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+    assert [r.getMessage() for r in caplog.records] == [
+        "refreshing things failed (ConnectionError); retrying every 0.0s",
+        "refreshing things works again",
+    ]
