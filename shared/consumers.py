@@ -533,6 +533,7 @@ def subscribe_batched(
     producer_of: Callable[[], AIOKafkaProducer],
     max_retries: int,
     types: frozenset[str] | None = None,
+    committed: Callable[[], None] | None = None,
 ) -> None:
     """Like `subscribe`, for high-volume topics off the instant path: each poll (up to
     BATCH_MAX_RECORDS messages, at most one every GATHER_INTERVAL_S) is
@@ -540,11 +541,16 @@ def subscribe_batched(
 
     `types`: the message types this consumer has a use for. A record whose `x-type` header
     names another type is passed over undecoded (its offset is committed with the batch); a
-    poll of nothing but such records costs no transaction."""
+    poll of nothing but such records costs no transaction.
+
+    `committed`: called after each of its transactions commits (to wake what acts on the rows
+    it wrote, `runtime.when_due`)."""
 
     async def apply_in_a_transaction(messages: Sequence[M]) -> None:
         async with pool_of().acquire() as conn, conn.transaction():
             await apply(conn, messages)
+        if committed is not None:
+            committed()
 
     @batch_subscriber(
         broker, topic.name, group_id=group_id, name=name, description=topic.doc, gather=True

@@ -196,6 +196,42 @@ async def every(
         await asyncio.sleep(interval_s)
 
 
+async def when_due(
+    name: str,
+    step: Callable[[], Awaitable[float | None]],
+    wake: asyncio.Event,
+    *,
+    look_every_s: float,
+    at_most_every_s: float = 1.0,
+) -> None:
+    """Run `step` forever, each time its work is due, instead of on a timer that wakes an idle
+    process for nothing (docs/benchmarks.md, "Idle").
+
+    `step` does what is due and returns the seconds until more will be (None: nothing is
+    scheduled). It runs again then; or when `wake` is set, which a caller does after it
+    committed work that may be due sooner (never before the commit: the round would not see
+    it); and at least every `look_every_s`, for work that another instance committed. Rounds
+    are at least `at_most_every_s` apart. Failures are reported as `every` reports them, and
+    the step is tried again after `at_most_every_s`.
+    """
+    report = logs.FailureReport(log, name, f"retrying in {at_most_every_s:g}s")
+    while True:
+        started = time.monotonic()
+        # Cleared before the round: work committed while it runs wakes the next one.
+        wake.clear()
+        try:
+            due_in = await step()
+            report.worked()
+        except Exception as exc:
+            report.failed(exc)
+            due_in = 0.0
+        wait_s = look_every_s if due_in is None else min(max(due_in, 0.0), look_every_s)
+        if wait_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), wait_s)
+        await asyncio.sleep(max(0.0, at_most_every_s - (time.monotonic() - started)))
+
+
 class QuietServer(uvicorn.Server):
     """uvicorn's server, whose main loop wakes once a second instead of every 100 ms, and at
     once when a signal asks it to stop. A wake-up of an idle process costs 0.15-0.22 ms of

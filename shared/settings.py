@@ -164,7 +164,9 @@ class FulfilmentSettings(CommonSettings):
         alias="FULFILMENT_DATABASE_URL",
     )
     port: int = Field(8002, alias="FULFILMENT_PORT")
-    deadline_scan_interval_s: float = Field(1.0, alias="FULFILMENT_SCAN_INTERVAL_S", gt=0)
+    # The deadline scan and the simulated supplier wake at their next due time, or when this
+    # process commits a new one; this long at most, they look anyway (another instance's).
+    scan_interval_s: float = Field(30.0, alias="FULFILMENT_SCAN_INTERVAL_S", gt=0)
     retry_after_s: float = Field(30.0, alias="FULFILMENT_RETRY_AFTER_S", gt=0)
     supplier_enabled: bool = Field(False, alias="SUPPLIER_ENABLED")
     supplier_delay_s: float = Field(5.0, alias="SUPPLIER_DELAY_S", ge=0)

@@ -175,6 +175,20 @@ class RepositoryContract:
             overdue = await uow.backorders.overdue(EVERYTHING)
         assert of([sku], overdue) == [late, later]
 
+    async def test_the_next_deadline_is_the_first_of_a_waiting_backorder(
+        self, new_uow: NewUow, new_sku: NewSku
+    ) -> None:
+        sku = new_sku()
+        waiting, offered = backorder(sku, due_in_s=-5), backorder(sku, due_in_s=-1_000_000)
+        async with new_uow() as uow:  # never committed: the running service cancels overdue
+            for b in (waiting, offered):
+                await uow.backorders.add(b)
+            await moved(uow, offered, BackorderState.ALLOCATING)
+            seconds = await uow.backorders.seconds_to_next_deadline()
+        # the shared database may hold an earlier one, never one 11 days overdue
+        assert seconds is not None
+        assert -1_000_000 < seconds <= -5
+
     async def test_commands_in_flight_without_answer_are_taken_once_per_period(
         self, new_uow: NewUow, new_sku: NewSku
     ) -> None:
@@ -256,6 +270,14 @@ class RepositoryContract:
             await uow.supplier_requests.mark_delivered(taken.id)
             assert sku not in {r.sku for r in await uow.supplier_requests.take_due(EVERYTHING)}
             assert await uow.supplier_requests.open(sku, 20, 0)
+
+    async def test_the_next_due_supplier_request(self, new_uow: NewUow, new_sku: NewSku) -> None:
+        sku = new_sku()
+        async with new_uow() as uow:  # never committed: the running service may deliver
+            assert await uow.supplier_requests.open(sku, 10, 0)
+            seconds = await uow.supplier_requests.seconds_to_next_due()
+        assert seconds is not None
+        assert seconds <= 0
 
     async def test_leaving_without_commit_rolls_back(
         self, new_uow: NewUow, new_sku: NewSku

@@ -121,6 +121,10 @@ class FakeBackorders:
         )
         return [copy.copy(b) for b in due if b.deadline_at <= self._now][:limit]
 
+    async def seconds_to_next_deadline(self) -> float | None:
+        deadlines = [r.backorder.deadline_at for r in self._rows(BackorderState.WAITING)]
+        return (min(deadlines) - self._now).total_seconds() if deadlines else None
+
     async def take_stale_in_flight(self, older_than_s: float, limit: int) -> list[Backorder]:
         cutoff = self._now - timedelta(seconds=older_than_s)
         stale = sorted(
@@ -202,6 +206,10 @@ class FakeSupplierRequests:
             key=lambda r: r.due_at,
         )
         return [r.request for r in due[:limit]]
+
+    async def seconds_to_next_due(self) -> float | None:
+        due = [r.due_at for r in self._state.requests.values() if r.delivered_at is None]
+        return (min(due) - self._now).total_seconds() if due else None
 
     async def mark_delivered(self, request_id: int) -> None:
         if request_id in self._state.requests:

@@ -1,5 +1,6 @@
 """The fulfilment service: the life of a backorder after inventory could not serve it at once."""
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -12,7 +13,7 @@ from services.fulfilment.entrypoints import admin, consumers
 from services.fulfilment.service_layer import backorders
 from services.fulfilment.service_layer.backorders import Policy, Supplier
 from shared.db import Conn
-from shared.runtime import Runtime, every, lifespan_for
+from shared.runtime import Runtime, every, lifespan_for, when_due
 from shared.settings import FulfilmentSettings
 from shared.web import AdminGuard, OnScrape, install_common
 
@@ -36,6 +37,16 @@ def create_app(settings: FulfilmentSettings | None = None) -> FastAPI:
     def uow_on(conn: Conn) -> PostgresUnitOfWork:
         return PostgresUnitOfWork(conn=conn)
 
+    # The deadline scan and the supplier's deliveries sleep until their next due time. A
+    # commit of this process that may bring one sooner (a waiting backorder, a supplier
+    # request) wakes them; they look anyway every FULFILMENT_SCAN_INTERVAL_S, for what
+    # another instance committed.
+    deadlines_changed, requests_changed = asyncio.Event(), asyncio.Event()
+
+    def committed() -> None:
+        deadlines_changed.set()
+        requests_changed.set()
+
     consumers.register(
         runtime.broker,
         lambda: runtime.pool,
@@ -44,6 +55,7 @@ def create_app(settings: FulfilmentSettings | None = None) -> FastAPI:
         uow_on,
         policy,
         settings,
+        committed,
     )
 
     async def refresh_gauges() -> None:
@@ -60,10 +72,11 @@ def create_app(settings: FulfilmentSettings | None = None) -> FastAPI:
         start = runtime.background.start
         start(
             "deadline-scan",
-            lambda: every(
-                settings.deadline_scan_interval_s,
+            lambda: when_due(
                 "deadline scan",
-                lambda: backorders.cancel_overdue(new_uow()),
+                lambda: backorders.scan_deadlines(new_uow),
+                deadlines_changed,
+                look_every_s=settings.scan_interval_s,
             ),
         )
         start(
@@ -77,7 +90,12 @@ def create_app(settings: FulfilmentSettings | None = None) -> FastAPI:
         if simulated is not None:
             start(
                 "supplier",
-                lambda: every(0.5, "supplier deliveries", lambda: simulated.deliver_due(new_uow())),
+                lambda: when_due(
+                    "supplier deliveries",
+                    lambda: simulated.deliver_round(new_uow),
+                    requests_changed,
+                    look_every_s=settings.scan_interval_s,
+                ),
             )
         yield
 

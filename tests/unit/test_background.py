@@ -2,11 +2,14 @@
 and restarted after a delay; one that returns is done; stop cancels them all."""
 
 import asyncio
+import contextlib
+import itertools
+import logging
 
 import pytest
 
 from shared import metrics
-from shared.runtime import Background, every
+from shared.runtime import Background, every, when_due
 from shared.web import NotReady
 from tests.helpers import wait_until
 
@@ -112,3 +115,81 @@ async def test_a_task_whose_step_escalates_is_shown_down() -> None:
             await background.check()()
     finally:
         await background.stop()
+
+
+async def test_when_due_runs_at_the_due_time_it_was_given_and_when_woken() -> None:
+    """The step runs again at the time it returned, and at once when woken; never on the
+    look-again period here (30 s, longer than any of these waits)."""
+    wake = asyncio.Event()
+    calls: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def step() -> float | None:
+        calls.append(loop.time())
+        if len(calls) == 1:
+            return 0.2
+        if len(calls) == 3:
+            wake.set()  # work committed while the round ran: the next round comes at once
+        return None
+
+    task = asyncio.create_task(when_due("unit due", step, wake, look_every_s=30, at_most_every_s=0))
+    try:
+        await wait_until(lambda: len(calls) == 2, timeout=5)
+        assert calls[1] - calls[0] >= 0.2
+        wake.set()
+        await wait_until(lambda: len(calls) == 4, timeout=5)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_when_due_looks_again_on_its_own_and_retries_a_failed_round(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "shared.runtime")
+    wake = asyncio.Event()
+    outcomes: list[BaseException | float | None] = [ValueError("db down"), ValueError("again")]
+
+    async def step() -> float | None:
+        outcome = outcomes.pop(0) if outcomes else None
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    task = asyncio.create_task(
+        when_due("unit due", step, wake, look_every_s=0.05, at_most_every_s=0.01)
+    )
+    try:
+        # two failures, then rounds with nothing scheduled: it looks again every 0.05 s
+        await wait_until(lambda: "unit due works again" in caplog.text, timeout=5)
+        failed = [r for r in caplog.records if "unit due failed" in r.getMessage()]
+        assert len(failed) == 1
+        assert "ValueError" in failed[0].getMessage()
+        assert "db down" not in caplog.text
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_when_due_rounds_are_at_least_the_minimum_apart() -> None:
+    wake = asyncio.Event()
+    calls: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def step() -> float:
+        calls.append(loop.time())
+        wake.set()
+        return 0.0  # always more due, and always woken
+
+    task = asyncio.create_task(
+        when_due("unit due", step, wake, look_every_s=30, at_most_every_s=0.1)
+    )
+    try:
+        await wait_until(lambda: len(calls) >= 4, timeout=5)
+        assert all(b - a >= 0.1 for a, b in itertools.pairwise(calls[:4]))
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

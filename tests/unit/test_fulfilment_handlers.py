@@ -220,6 +220,26 @@ async def test_overdue_backorders_are_cancelled(store: FakeStore, policy: Policy
     assert await backorders.cancel_overdue(store.uow()) == 0
 
 
+async def test_the_deadline_scan_says_when_the_next_deadline_comes(
+    store: FakeStore, policy: Policy
+) -> None:
+    assert await backorders.scan_deadlines(store.uow) is None  # nothing waits
+    for tx in ("tx-late-1", "tx-late-2"):
+        await follow(store, policy, backordered(tx, placed_s_ago=DEFAULT_DEADLINE_S + 1))
+    await follow(store, policy, backordered("tx-fresh", placed_s_ago=10))
+    # a full batch: more may be overdue, the next round is due at once
+    assert await backorders.scan_deadlines(store.uow, batch=1) == 0.0
+    assert await backorders.scan_deadlines(store.uow, batch=1) == 0.0
+    assert await backorders.scan_deadlines(store.uow) == pytest.approx(
+        DEFAULT_DEADLINE_S - 10, abs=1
+    )
+    assert states(store) == {
+        "tx-late-1": BackorderState.CANCELLING,
+        "tx-late-2": BackorderState.CANCELLING,
+        "tx-fresh": BackorderState.WAITING,
+    }
+
+
 async def test_commands_without_answer_are_sent_again(store: FakeStore, policy: Policy) -> None:
     await follow(
         store,
@@ -270,6 +290,17 @@ async def test_the_simulated_supplier_delivers_once_per_request(store: FakeStore
     assert await simulated.deliver_due(store.uow()) == 0
     [delivery] = [m for m in store.messages() if isinstance(m, DeliverStock)]
     assert (delivery.sku, len(delivery.sealed_codes)) == (SKU, 10)
+
+
+async def test_a_round_of_deliveries_says_when_the_next_request_is_due(store: FakeStore) -> None:
+    simulated = SimulatedSupplier(VAULT, delay_s=5)
+    policy = Policy(DEFAULT_DEADLINE_S, simulated, supplier_batch=10)
+    assert await simulated.deliver_round(store.uow) is None  # nothing asked
+    await follow(store, policy, backordered("tx-1"))
+    assert await simulated.deliver_round(store.uow) == pytest.approx(5, abs=0.5)
+    store.later(6)
+    assert await simulated.deliver_round(store.uow) is None  # delivered, none open
+    assert len([m for m in store.messages() if isinstance(m, DeliverStock)]) == 1
 
 
 async def test_open_backorders_are_counted_per_sku(store: FakeStore, policy: Policy) -> None:

@@ -148,6 +148,13 @@ class PostgresBackorders:
         )
         return [_backorder(row) for row in rows]
 
+    async def seconds_to_next_deadline(self) -> float | None:
+        due = await self._conn.fetchval(  # the backorders_deadline index's first entry
+            "SELECT extract(epoch FROM min(deadline_at) - now()) FROM backorders "
+            "WHERE state = 'WAITING'"
+        )
+        return None if due is None else float(due)
+
     async def take_stale_in_flight(self, older_than_s: float, limit: int) -> list[Backorder]:
         rows = await self._conn.fetch(
             f"""
@@ -234,6 +241,13 @@ class PostgresSupplierRequests:
             limit,
         )
         return [SupplierRequest(r["id"], r["sku"], r["quantity"]) for r in rows]
+
+    async def seconds_to_next_due(self) -> float | None:
+        due = await self._conn.fetchval(  # the open ones are the supplier_requests_open index
+            "SELECT extract(epoch FROM min(due_at) - now()) FROM supplier_requests "
+            "WHERE delivered_at IS NULL"
+        )
+        return None if due is None else float(due)
 
     async def mark_delivered(self, request_id: int) -> None:
         await self._conn.execute(

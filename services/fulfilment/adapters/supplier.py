@@ -7,6 +7,8 @@ code key to their SKU (inventory seals each again to its stock item), sent to in
 DeliverStock command through the outbox.
 """
 
+from collections.abc import Callable
+
 from services.fulfilment import metrics
 from services.fulfilment.service_layer.unit_of_work import UnitOfWork
 from shared import topics
@@ -32,6 +34,16 @@ class SimulatedSupplier:
     async def request(self, uow: UnitOfWork, sku: str, quantity: int) -> None:
         if await uow.supplier_requests.open(sku, quantity, self._delay_s):
             metrics.SUPPLIER_REQUESTS.inc()
+
+    async def deliver_round(
+        self, new_uow: Callable[[], UnitOfWork], limit: int = 20
+    ) -> float | None:
+        """A round of deliveries (`runtime.when_due`): delivers what is due, and returns the
+        seconds until the next open request is (0 after a full batch)."""
+        if await self.deliver_due(new_uow(), limit) >= limit:
+            return 0.0
+        async with new_uow() as uow:
+            return await uow.supplier_requests.seconds_to_next_due()
 
     async def deliver_due(self, uow: UnitOfWork, limit: int = 20) -> int:
         """Deliver every request whose delay has passed; returns how many were delivered."""

@@ -35,14 +35,17 @@ def register(
     uow_on: Callable[[Conn], UnitOfWork],
     policy: backorders.Policy,
     settings: FulfilmentSettings,
+    committed: Callable[[], None],
 ) -> None:
-    """`uow_on`: a unit of work inside the transaction the batch subscriber holds open."""
+    """`uow_on`: a unit of work inside the transaction the batch subscriber holds open.
+    `committed`: called after each transaction of these handlers commits."""
 
     async def follow_inventory(conn: Conn, events: Sequence[InventoryEvent]) -> None:
         await backorders.follow_inventory(events, uow_on(conn), policy)
 
     async def apply_product(product: ProductSnapshot) -> None:
         await backorders.apply_product(product, new_uow(), policy)
+        committed()
 
     subscribe_batched(
         broker,
@@ -55,6 +58,7 @@ def register(
         pool_of=pool_of,
         producer_of=producer_of,
         max_retries=settings.consumer_max_retries,
+        committed=committed,
     )
     subscribe(
         broker,

@@ -201,6 +201,15 @@ async def cancel_overdue(uow: UnitOfWork, batch: int = 500) -> int:
     return len(overdue)
 
 
+async def scan_deadlines(new_uow: Callable[[], UnitOfWork], batch: int = 500) -> float | None:
+    """A round of the deadline scan (`runtime.when_due`): cancels what is overdue, and returns
+    the seconds until the next waiting backorder's deadline (0 after a full batch)."""
+    if await cancel_overdue(new_uow(), batch) >= batch:
+        return 0.0
+    async with new_uow() as uow:
+        return await uow.backorders.seconds_to_next_deadline()
+
+
 async def retry_stalled(new_uow: Callable[[], UnitOfWork], older_than_s: float) -> int:
     """Repair what a lost message left undone; every step is idempotent at inventory.
 

@@ -61,6 +61,11 @@ class Backorders(Protocol):
         transactions hold are passed over."""
         ...
 
+    async def seconds_to_next_deadline(self) -> float | None:
+        """Seconds until the first deadline of a waiting backorder (negative if past); None
+        if none waits."""
+        ...
+
     async def take_stale_in_flight(self, older_than_s: float, limit: int) -> list[Backorder]:
         """Backorders whose command got no answer for `older_than_s`, for update; taken
         again only after another `older_than_s`."""
@@ -88,6 +93,11 @@ class SupplierRequests(Protocol):
     async def take_due(self, limit: int) -> list[SupplierRequest]:
         """Open requests whose delay has passed, first due first, for update; those other
         transactions hold are passed over."""
+        ...
+
+    async def seconds_to_next_due(self) -> float | None:
+        """Seconds until the first open request is due (negative if past); None if none is
+        open."""
         ...
 
     async def mark_delivered(self, request_id: int) -> None: ...
