@@ -7,8 +7,8 @@ measures per process (docs/benchmarks.md, "Idle").
 
 `threads`: the CPU a running process used over the window, per thread name (a JVM's request
 handlers, purgatory reapers, metrics meters...), from /proc. `consumers`: the CPU of a process
-that runs nothing but idle aiokafka consumers with the services' settings (FETCH_WAIT_MS,
-FETCHER_WAKE_MS, the batch subscribers' poll), on uvloop like the services, each in a group
+that runs nothing but idle aiokafka consumers with the services' settings (the idle fetch
+wait, FETCHER_WAKE_MS, the batch subscribers' poll), on uvloop like the services, each in a group
 of its own on one topic of the running stack. `ticks`: the CPU of a process on uvloop that
 does nothing but wake every `--every` seconds (what a timer costs an idle service, such as
 uvicorn's 100 ms main loop).
@@ -28,7 +28,13 @@ from aiokafka import AIOKafkaConsumer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.consumers import BATCH_IDLE_WAIT_MS, FETCH_WAIT_MS, FETCHER_WAKE_MS
+from shared.consumers import (
+    BATCH_IDLE_WAIT_MS,
+    FETCH_WAIT_MS,
+    FETCHER_WAKE_MS,
+    IDLE_FETCH_WAIT_MS,
+    long_poll_when_idle,
+)
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -61,7 +67,13 @@ def threads(pid: int, seconds: float) -> None:
 
 
 async def consumers(
-    bootstrap: str, topic: str, count: int, wake_ms: int, poll_ms: int, seconds: float
+    bootstrap: str,
+    topic: str,
+    count: int,
+    wake_ms: int,
+    poll_ms: int,
+    seconds: float,
+    idle_wait: bool,
 ) -> None:
     run = uuid.uuid4().hex[:8]
 
@@ -76,6 +88,8 @@ async def consumers(
             consumer_timeout_ms=wake_ms,
         )
         await consumer.start()
+        if idle_wait:
+            long_poll_when_idle(consumer)
         try:
             while True:
                 await consumer.getmany(timeout_ms=poll_ms, max_records=200)
@@ -89,7 +103,8 @@ async def consumers(
     await asyncio.sleep(seconds)
     used = (time.process_time() - cpu) / (time.monotonic() - wall)
     print(
-        f"{count} idle consumer(s), fetch wait {FETCH_WAIT_MS} ms, wake {wake_ms} ms, "
+        f"{count} idle consumer(s), fetch wait "
+        f"{IDLE_FETCH_WAIT_MS if idle_wait else FETCH_WAIT_MS} ms, wake {wake_ms} ms, "
         f"poll {poll_ms} ms: {used:.4f} cores"
     )
     for task in tasks:
@@ -123,6 +138,11 @@ def main() -> None:
     idle.add_argument("--poll-ms", type=int, default=BATCH_IDLE_WAIT_MS)
     idle.add_argument("--seconds", type=float, default=30.0)
     idle.add_argument(
+        "--no-idle-wait",
+        action="store_true",
+        help=f"every fetch waits FETCH_WAIT_MS ({FETCH_WAIT_MS} ms), as before the idle one",
+    )
+    idle.add_argument(
         "--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     )
     idle.add_argument("--topic", default="inventory.events")
@@ -137,7 +157,13 @@ def main() -> None:
     else:
         uvloop.run(
             consumers(
-                args.bootstrap, args.topic, args.count, args.wake_ms, args.poll_ms, args.seconds
+                args.bootstrap,
+                args.topic,
+                args.count,
+                args.wake_ms,
+                args.poll_ms,
+                args.seconds,
+                not args.no_idle_wait,
             )
         )
 

@@ -22,7 +22,11 @@ from aiokafka.errors import KafkaError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
-from faststream.kafka.subscriber.usecase import BatchSubscriber, LogicSubscriber
+from faststream.kafka.subscriber.usecase import (
+    BatchSubscriber,
+    DefaultSubscriber,
+    LogicSubscriber,
+)
 from pydantic import BaseModel, ValidationError
 
 from shared import metrics
@@ -149,7 +153,7 @@ def subscribe(
     (explicit ack policy), from the earliest offset for a new group, every message run under
     `consume_resiliently` with the topic's dead-letter topic."""
 
-    @broker.subscriber(
+    subscriber = broker.subscriber(
         topic.name,
         group_id=group_id,
         ack_policy=SUBSCRIBER_ACK_POLICY,
@@ -159,6 +163,11 @@ def subscribe(
         fetch_max_wait_ms=FETCH_WAIT_MS,
         consumer_timeout_ms=FETCHER_WAKE_MS,
     )
+    # As batch_subscriber does: FastStream builds the class, this one only adds to `start`.
+    assert type(subscriber) is DefaultSubscriber, type(subscriber)
+    subscriber.__class__ = LongPollingSubscriber
+
+    @subscriber
     async def on_message(msg: KafkaMessage) -> None:
         await consume_resiliently(
             raw=msg.body,
@@ -174,9 +183,10 @@ def subscribe(
 
 
 # A batch subscriber takes up to this many records a poll. An idle one long-polls: it waits
-# up to BATCH_IDLE_WAIT_MS for a first record and returns the moment one arrives.
+# up to BATCH_IDLE_WAIT_MS for a first record and returns the moment one arrives (stopping
+# cancels the wait).
 BATCH_MAX_RECORDS = 200
-BATCH_IDLE_WAIT_MS = 1000
+BATCH_IDLE_WAIT_MS = 10_000
 
 
 # A batch subscriber commits the offsets of the batches it has applied at most this often:
@@ -306,15 +316,28 @@ class CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         return None
 
 
+class LongPollingSubscriber(DefaultSubscriber):
+    """FastStream's subscriber of one message at a time, whose consumer holds an idle fetch
+    IDLE_FETCH_WAIT_MS (`long_poll_when_idle`)."""
+
+    __slots__ = ()
+
+    async def start(self) -> None:
+        await super().start()
+        assert self.consumer is not None
+        long_poll_when_idle(self.consumer)
+
+
 class LongPollingBatchSubscriber(BatchSubscriber):
     """FastStream's batch subscriber without its sleep after an empty poll, and with its
-    offset commits throttled (`ThrottledCommits`, every COMMIT_INTERVAL_S at most).
+        offset commits throttled (`ThrottledCommits`, every COMMIT_INTERVAL_S at most).
 
-    FastStream's own loop waits `batch_timeout_ms` for records and, if none came, sleeps as
-    long again. A short timeout then spins (about 100 wake-ups a second per idle subscriber),
-    and a long one delays the first message after a quiet spell by up to that long. Here the
-    wait is the whole idle behaviour: aiokafka's `getmany` returns as soon as a record has
-    been fetched, so a quiet subscriber wakes once a second and a message is taken at once.
+        FastStream's own loop waits `batch_timeout_ms` for records and, if none came, sleeps as
+        long again. A short timeout then spins (about 100 wake-ups a second per idle subscriber),
+        and a long one delays the first message after a quiet spell by up to that long. Here the
+        wait is the whole idle behaviour: aiokafka's `getmany` returns as soon as a record has
+        been fetched, so a quiet subscriber wakes every BATCH_IDLE_WAIT_MS and a message is taken
+    at once.
     """
 
     __slots__ = ()
@@ -330,6 +353,7 @@ class LongPollingBatchSubscriber(BatchSubscriber):
         # Before the consume loop FastStream just scheduled has run: every batch's ack and
         # nack go through the throttle.
         assert self.consumer is not None
+        long_poll_when_idle(self.consumer)
         self.commits = ThrottledCommits(self.consumer, self.consumer_name, COMMIT_INTERVAL_S)
         self.on_revoke.commits = self.commits
         self.parser._setup(self.commits)
@@ -386,19 +410,50 @@ async def raw_records(message: Any) -> Any:
 # cost ten empty fetches a second per idle consumer: docs/benchmarks.md.) A full batch goes on
 # at once: there is a backlog.
 GATHER_INTERVAL_S = 0.1
-# How long the broker holds an empty fetch of any consumer (aiokafka's default): an idle one
-# asks twice a second. Not longer: aiokafka sends one fetch per broker at a time and leaves out
-# the partitions whose records are still buffered, so under a backlog on one partition a fetch
-# of the idle others is held this long, and the busy one's next fetch waits behind it (a
-# backlog of 4 MiB on one of three partitions drained in 15.5 s with 5 s, under 2 s with
-# 500 ms: tests/integration/test_batch_offset_commits.py).
+# How long the broker holds an empty fetch that leaves some of the consumer's partitions out
+# (aiokafka's default). Not longer: aiokafka sends one fetch per broker at a time and leaves
+# out the partitions whose records are still buffered (or paused), so under a backlog on one
+# partition a fetch of the idle others is held this long, and the busy one's next fetch waits
+# behind it (a backlog of 4 MiB on one of three partitions drained in 15.5 s with 5 s, under
+# 2 s with 500 ms: tests/integration/test_batch_offset_commits.py).
 FETCH_WAIT_MS = 500
+# How long the broker holds an empty fetch of ALL the consumer's partitions: nothing can wait
+# behind it (a record on any of them answers it at once), so an idle consumer asks every 5 s
+# instead of twice a second (`long_poll_when_idle`; docs/benchmarks.md, "Idle").
+IDLE_FETCH_WAIT_MS = 5000
 # How long aiokafka's fetch routine sleeps, when nothing wakes it, before it looks at its
 # partitions again (its default, 200 ms, woke every idle consumer five times a second to
 # rebuild a fetch plan while its long poll was still in flight). Whatever it must act on wakes
 # it at once: a fetch answered, records consumed, a partition resumed, an assignment lost.
-# Longer than FETCH_WAIT_MS, so that an idle consumer wakes only when its long poll returns.
-FETCHER_WAKE_MS = 1000
+# Longer than IDLE_FETCH_WAIT_MS, so that an idle consumer wakes only when its poll returns.
+FETCHER_WAKE_MS = 10_000
+
+
+def long_poll_when_idle(consumer: AIOKafkaConsumer) -> bool:
+    """Makes the started `consumer` hold a fetch IDLE_FETCH_WAIT_MS when it asks for every
+    partition it has (none has records still buffered, none is paused) and FETCH_WAIT_MS
+    otherwise, so that an idle consumer is asked of every 5 s without a backlog on one
+    partition ever waiting on a long fetch of the others.
+
+    aiokafka (0.11 to 0.14) takes a fetch's wait from its fetcher's `_fetch_max_wait_ms` when
+    it plans the fetch (`_get_actions_per_node`); the plan is wrapped to set it first. False
+    (the consumer keeps FETCH_WAIT_MS: correct, only costlier when idle) if this aiokafka's
+    fetcher differs; tests/integration/test_batch_offset_commits.py fails then."""
+    fetcher: Any = getattr(consumer, "_fetcher", None)
+    plan = getattr(fetcher, "_get_actions_per_node", None)
+    if plan is None or not all(hasattr(fetcher, a) for a in ("_records", "_fetch_max_wait_ms")):
+        log.warning("aiokafka's fetcher differs: idle consumers fetch every %d ms", FETCH_WAIT_MS)
+        return False
+
+    def plan_with_wait(assignment: Any) -> Any:
+        every_partition = not fetcher._records and not any(
+            assignment.state_value(tp).paused for tp in assignment.tps
+        )
+        fetcher._fetch_max_wait_ms = IDLE_FETCH_WAIT_MS if every_partition else FETCH_WAIT_MS
+        return plan(assignment)
+
+    fetcher._get_actions_per_node = plan_with_wait
+    return True
 
 
 def batch_subscriber(
