@@ -54,7 +54,7 @@ async def refingerprint(count: int) -> None:
     try:
         sku = f"BENCH-REFINGERPRINT-{uuid.uuid4().hex[:8]}"
         product = ProductSnapshot(sku=sku, name=sku, currency="USD", price=Decimal("1.00"))
-        await catalog.put_product(product, PostgresUnitOfWork(pool))
+        await catalog.put_product(product, PostgresUnitOfWork(pool), vault)
         codes = [
             vault.seal_to_sku(random_code("OLD", group_length=5, pin_digits=8), sku)
             for _ in range(count)

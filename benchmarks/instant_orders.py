@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -161,11 +162,12 @@ def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
     return delta
 
 
-async def admin(client: httpx.AsyncClient, method: str, url: str, **kw: object) -> dict:
+async def admin(client: httpx.AsyncClient, method: str, url: str, **kw: object) -> dict[str, Any]:
     response = await client.request(method, url, **kw)  # type: ignore[arg-type]
     if response.status_code >= 400:
         raise SystemExit(f"set-up failed: {method} {url} → {response.status_code} {response.text}")
-    return response.json()["data"]
+    data: dict[str, Any] = response.json()["data"]
+    return data
 
 
 async def setup(codes: int, accounts: int) -> tuple[str, list[dict[str, str]]]:
