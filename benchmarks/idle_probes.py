@@ -89,7 +89,7 @@ async def consumers(
         )
         await consumer.start()
         if idle_wait:
-            long_poll_when_idle(consumer)
+            long_poll_when_idle(consumer, lambda: True)  # a getmany always waiting
         try:
             while True:
                 await consumer.getmany(timeout_ms=poll_ms, max_records=200)

@@ -321,22 +321,31 @@ class LongPollingSubscriber(DefaultSubscriber):
     IDLE_FETCH_WAIT_MS (`long_poll_when_idle`)."""
 
     __slots__ = ()
+    waiting: bool  # in get_msg, for a record (instances have a __dict__)
 
     async def start(self) -> None:
+        self.waiting = False
         await super().start()
         assert self.consumer is not None
-        long_poll_when_idle(self.consumer)
+        long_poll_when_idle(self.consumer, lambda: self.waiting)
+
+    async def get_msg(self, consumer: AIOKafkaConsumer) -> ConsumerRecord:
+        self.waiting = True
+        try:
+            return await super().get_msg(consumer)
+        finally:
+            self.waiting = False
 
 
 class LongPollingBatchSubscriber(BatchSubscriber):
     """FastStream's batch subscriber without its sleep after an empty poll, and with its
-        offset commits throttled (`ThrottledCommits`, every COMMIT_INTERVAL_S at most).
+    offset commits throttled (`ThrottledCommits`, every COMMIT_INTERVAL_S at most).
 
-        FastStream's own loop waits `batch_timeout_ms` for records and, if none came, sleeps as
-        long again. A short timeout then spins (about 100 wake-ups a second per idle subscriber),
-        and a long one delays the first message after a quiet spell by up to that long. Here the
-        wait is the whole idle behaviour: aiokafka's `getmany` returns as soon as a record has
-        been fetched, so a quiet subscriber wakes every BATCH_IDLE_WAIT_MS and a message is taken
+    FastStream's own loop waits `batch_timeout_ms` for records and, if none came, sleeps as
+    long again. A short timeout then spins (about 100 wake-ups a second per idle subscriber),
+    and a long one delays the first message after a quiet spell by up to that long. Here the
+    wait is the whole idle behaviour: aiokafka's `getmany` returns as soon as a record has
+    been fetched, so a quiet subscriber wakes every BATCH_IDLE_WAIT_MS and a message is taken
     at once.
     """
 
@@ -347,13 +356,14 @@ class LongPollingBatchSubscriber(BatchSubscriber):
     commits: "ThrottledCommits"
     gather_s: float  # GATHER_INTERVAL_S for a consumer off the instant path, else 0
     resume_at: float  # when a gathering subscriber's paused partitions may fetch again
+    waiting: bool  # in getmany, for records: not handling a batch
 
     async def start(self) -> None:
         await super().start()
         # Before the consume loop FastStream just scheduled has run: every batch's ack and
         # nack go through the throttle.
         assert self.consumer is not None
-        long_poll_when_idle(self.consumer)
+        long_poll_when_idle(self.consumer, lambda: self.waiting)
         self.commits = ThrottledCommits(self.consumer, self.consumer_name, COMMIT_INTERVAL_S)
         self.on_revoke.commits = self.commits
         self.parser._setup(self.commits)
@@ -379,9 +389,13 @@ class LongPollingBatchSubscriber(BatchSubscriber):
             if wait > 0:
                 await asyncio.sleep(wait)
             consumer.resume(*consumer.paused())
-        batches = await consumer.getmany(
-            timeout_ms=BATCH_IDLE_WAIT_MS, max_records=self.max_records
-        )
+        self.waiting = True
+        try:
+            batches = await consumer.getmany(
+                timeout_ms=BATCH_IDLE_WAIT_MS, max_records=self.max_records
+            )
+        finally:
+            self.waiting = False  # before the fetcher plans again: no await since getmany
         records = tuple(chain.from_iterable(batches.values()))
         if gather_s and 0 < len(records) < (self.max_records or BATCH_MAX_RECORDS):
             # Before the fetcher runs again (no await since getmany returned): it would
@@ -429,27 +443,45 @@ IDLE_FETCH_WAIT_MS = 5000
 FETCHER_WAKE_MS = 10_000
 
 
-def long_poll_when_idle(consumer: AIOKafkaConsumer) -> bool:
-    """Makes the started `consumer` hold a fetch IDLE_FETCH_WAIT_MS when it asks for every
-    partition it has (none has records still buffered, none is paused) and FETCH_WAIT_MS
-    otherwise, so that an idle consumer is asked of every 5 s without a backlog on one
-    partition ever waiting on a long fetch of the others.
+def long_poll_when_idle(consumer: AIOKafkaConsumer, waiting: Callable[[], bool]) -> bool:
+    """Makes the started `consumer` hold a fetch IDLE_FETCH_WAIT_MS when its subscriber is
+    `waiting()` for records and the fetch asks for every partition it has, and FETCH_WAIT_MS
+    otherwise; so an idle consumer is asked of every 5 s, and a backlog on one partition
+    never waits on a long fetch of the others.
+
+    Every partition: none has records still buffered (or an error to raise), is paused, awaits
+    an offset reset or has no known leader. Waiting: a fetch planned while a batch is handled
+    is short, since the batch may be given back (a seek) and come again only once that fetch
+    returns. Requests that share the fetch's connection (metadata, offset lookups) can also
+    wait behind a held fetch; the group's heartbeats and commits have their own.
 
     aiokafka (0.11 to 0.14) takes a fetch's wait from its fetcher's `_fetch_max_wait_ms` when
     it plans the fetch (`_get_actions_per_node`); the plan is wrapped to set it first. False
     (the consumer keeps FETCH_WAIT_MS: correct, only costlier when idle) if this aiokafka's
-    fetcher differs; tests/integration/test_batch_offset_commits.py fails then."""
+    fetcher differs; tests/integration/test_idle_long_poll.py fails then."""
     fetcher: Any = getattr(consumer, "_fetcher", None)
     plan = getattr(fetcher, "_get_actions_per_node", None)
-    if plan is None or not all(hasattr(fetcher, a) for a in ("_records", "_fetch_max_wait_ms")):
+    cluster = getattr(getattr(consumer, "_client", None), "cluster", None)
+    if (
+        plan is None
+        or cluster is None
+        or not all(hasattr(fetcher, a) for a in ("_records", "_fetch_max_wait_ms"))
+    ):
         log.warning("aiokafka's fetcher differs: idle consumers fetch every %d ms", FETCH_WAIT_MS)
         return False
 
+    def asks_for_every_partition(assignment: Any) -> bool:
+        for tp in assignment.tps:
+            state = assignment.state_value(tp)
+            if tp in fetcher._records or state.paused or not state.has_valid_position:
+                return False
+            if cluster.leader_for_partition(tp) in (None, -1):
+                return False
+        return True
+
     def plan_with_wait(assignment: Any) -> Any:
-        every_partition = not fetcher._records and not any(
-            assignment.state_value(tp).paused for tp in assignment.tps
-        )
-        fetcher._fetch_max_wait_ms = IDLE_FETCH_WAIT_MS if every_partition else FETCH_WAIT_MS
+        idle = waiting() and asks_for_every_partition(assignment)
+        fetcher._fetch_max_wait_ms = IDLE_FETCH_WAIT_MS if idle else FETCH_WAIT_MS
         return plan(assignment)
 
     fetcher._get_actions_per_node = plan_with_wait
@@ -495,6 +527,7 @@ def batch_subscriber(
     long_polling.on_revoke = on_revoke
     long_polling.gather_s = GATHER_INTERVAL_S if gather else 0.0
     long_polling.resume_at = 0.0
+    long_polling.waiting = False
     return subscriber
 
 

@@ -13,7 +13,11 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from services.fulfilment.adapters.postgres import PostgresUnitOfWork
+from services.fulfilment.adapters.postgres import (
+    PostgresBackorders,
+    PostgresSupplierRequests,
+    PostgresUnitOfWork,
+)
 from services.fulfilment.domain.model import BackorderState
 from shared import db
 from tests.conftest import Stack
@@ -128,3 +132,35 @@ async def test_a_unit_inside_a_transaction_that_fails_leaves_nothing(
         await a_batch_that_fails_after_the_unit_committed()
     async with PostgresUnitOfWork(pool) as uow:
         assert await uow.backorders.get_for_update(lost.transaction_id) is None
+
+
+async def test_the_next_due_times_count_waiting_backorders_and_open_requests_only(
+    pool: asyncpg.Pool, new_sku: NewSku
+) -> None:
+    """Exact, in a transaction that first hides every other row from itself (and is rolled
+    back: the running service and the other tests see none of it)."""
+    sku = new_sku()
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            await conn.execute("DELETE FROM supplier_requests")
+            await conn.execute("DELETE FROM backorders")
+            requests, backorders = PostgresSupplierRequests(conn), PostgresBackorders(conn)
+            assert await requests.seconds_to_next_due() is None
+            assert await backorders.seconds_to_next_deadline() is None
+
+            assert await requests.open(sku, 10, 0)
+            assert await requests.open(new_sku(), 10, 60)
+            [due] = await requests.take_due(EVERYTHING)
+            await requests.mark_delivered(due.id)  # delivered: no longer counted
+            assert await requests.seconds_to_next_due() == pytest.approx(60, abs=5)
+
+            offered, waiting = backorder(sku, due_in_s=-30), backorder(sku, due_in_s=90)
+            for b in (offered, waiting):
+                await backorders.add(b)
+            offered.start_allocating()  # not waiting: not counted, though overdue
+            await backorders.save([offered])
+            assert await backorders.seconds_to_next_deadline() == pytest.approx(90, abs=5)
+        finally:
+            await tx.rollback()
