@@ -6,6 +6,7 @@ duplicates dropped by eventId, one order's events in order (they share a key, so
 
     .venv/bin/python examples/order_events_consumer.py --bootstrap 127.0.0.1:9092
     .venv/bin/python examples/order_events_consumer.py --from-beginning --exit-at-end
+    .venv/bin/python examples/order_events_consumer.py --since 2026-12-01T00:00:00Z
 
 Prints one JSON line per new event: {"transactionId", "type", "status", "sku", "grandTotal"}.
 Only needs aiokafka; the event format is docs/asyncapi.yaml.
@@ -17,8 +18,9 @@ import contextlib
 import json
 import sys
 from collections import OrderedDict
+from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 TOPIC = "orders.events"
 
@@ -40,14 +42,39 @@ class SeenEvents:
         return True
 
 
-async def consume(bootstrap: str, group: str, from_beginning: bool, exit_at_end: bool) -> None:
+class StartAt(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Starts each partition the group has no offset for at its first event at or after
+    `since_ms` (a partition with none since then: at its end)."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, since_ms: int) -> None:
+        self._consumer = consumer
+        self._since_ms = since_ms
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        fresh = [tp for tp in assigned if await self._consumer.committed(tp) is None]
+        if not fresh:
+            return
+        found = await self._consumer.offsets_for_times(dict.fromkeys(fresh, self._since_ms))
+        ends = await self._consumer.end_offsets(fresh)
+        for tp in fresh:
+            at = found.get(tp)
+            self._consumer.seek(tp, at.offset if at is not None else ends[tp])
+
+
+async def consume(
+    bootstrap: str, group: str, from_beginning: bool, exit_at_end: bool, since: datetime | None
+) -> None:
     consumer = AIOKafkaConsumer(
-        TOPIC,
         bootstrap_servers=bootstrap,
         group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
     )
+    listener = None if since is None else StartAt(consumer, int(since.timestamp() * 1000))
+    consumer.subscribe([TOPIC], listener=listener)
     await consumer.start()
     seen = SeenEvents()
     statuses: dict[str, str] = {}
@@ -95,11 +122,31 @@ def main() -> None:
         help="a new group starts at the oldest event instead of the newest",
     )
     parser.add_argument(
+        "--since",
+        type=since_time,
+        help="a new group starts at the first event at or after this time (ISO 8601, e.g. "
+        "2026-12-01T00:00:00Z; without a zone, UTC)",
+    )
+    parser.add_argument(
         "--exit-at-end", action="store_true", help="stop once every partition is read to its end"
     )
     args = parser.parse_args()
+    if args.since is not None and args.from_beginning:
+        parser.error("--since and --from-beginning both say where a new group starts: give one")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(consume(args.bootstrap, args.group, args.from_beginning, args.exit_at_end))
+        asyncio.run(
+            consume(args.bootstrap, args.group, args.from_beginning, args.exit_at_end, args.since)
+        )
+
+
+def since_time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time: give ISO 8601, e.g. 2026-12-01T00:00:00Z"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 if __name__ == "__main__":
