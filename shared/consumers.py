@@ -446,7 +446,7 @@ FETCHER_WAKE_MS = 10_000
 def long_poll_when_idle(consumer: AIOKafkaConsumer, waiting: Callable[[], bool]) -> bool:
     """Makes the started `consumer` hold a fetch IDLE_FETCH_WAIT_MS when its subscriber is
     `waiting()` for records and the fetch asks for every partition it has, and FETCH_WAIT_MS
-    otherwise; so an idle consumer is asked of every 5 s, and a backlog on one partition
+    otherwise: an idle consumer asks the broker every 5 s, and a backlog on one partition
     never waits on a long fetch of the others.
 
     Every partition: none has records still buffered (or an error to raise), is paused, awaits
@@ -455,8 +455,8 @@ def long_poll_when_idle(consumer: AIOKafkaConsumer, waiting: Callable[[], bool])
     returns. Requests that share the fetch's connection (metadata, offset lookups) can also
     wait behind a held fetch; the group's heartbeats and commits have their own.
 
-    aiokafka (0.11 to 0.14) takes a fetch's wait from its fetcher's `_fetch_max_wait_ms` when
-    it plans the fetch (`_get_actions_per_node`); the plan is wrapped to set it first. False
+    aiokafka 0.14 takes a fetch's wait from its fetcher's `_fetch_max_wait_ms` when it plans
+    the fetch (`_get_actions_per_node`); the plan is wrapped to set it first. False
     (the consumer keeps FETCH_WAIT_MS: correct, only costlier when idle) if this aiokafka's
     fetcher differs; tests/integration/test_idle_long_poll.py fails then."""
     fetcher: Any = getattr(consumer, "_fetcher", None)
