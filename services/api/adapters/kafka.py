@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from services.api.service_layer.orders import BrokerUnavailable
+from shared.consumers import FETCHER_WAKE_MS, IDLE_FETCH_WAIT_MS
 from shared.contracts import Decision
 from shared.runtime import Background
 
@@ -87,11 +88,11 @@ class BrokerHealth:
                 await self._probe
 
 
-# How long the broker holds the reply listener's empty fetch. Longer than the group consumers'
-# FETCH_WAIT_MS: the listener reads one partition, so no other partition's fetch is held
-# behind a buffered one (why those do not wait longer), and a reply is answered the moment it
-# arrives whatever the wait.
-REPLY_FETCH_WAIT_MS = 5000
+# How long the broker holds the reply listener's empty fetch: the idle wait of the group
+# consumers. The listener reads one partition, so each of its fetches asks for every
+# partition it has, which is when a group consumer waits this long too
+# (shared.consumers.long_poll_when_idle); a reply answers it the moment it arrives.
+REPLY_FETCH_WAIT_MS = IDLE_FETCH_WAIT_MS
 
 
 class ReplyListener:
@@ -122,7 +123,7 @@ class ReplyListener:
             # The broker answers a fetch as soon as a reply arrives; an idle listener asks
             # every REPLY_FETCH_WAIT_MS.
             fetch_max_wait_ms=REPLY_FETCH_WAIT_MS,
-            consumer_timeout_ms=REPLY_FETCH_WAIT_MS * 2,
+            consumer_timeout_ms=FETCHER_WAKE_MS,
         )
         await consumer.start()
         own = sorted(partitions)[self._instance % len(partitions)]
