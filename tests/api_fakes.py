@@ -33,7 +33,7 @@ from services.api.domain.model import (
 from services.api.service_layer.unit_of_work import Allocation, UnitOfWork
 from shared import topics
 from shared.audit import AdminAction
-from shared.contracts import CancelReason, Message
+from shared.contracts import CancelReason, Decision, Message
 
 
 class UniqueViolation(Exception):
@@ -570,3 +570,14 @@ class FakeUnitOfWork(UnitOfWork):
 
     async def _close(self) -> None:
         self._working = None
+
+
+def reserved(transaction_id: str) -> Decision:
+    """Inventory's decision for an order it reserved a code for (stock id 7)."""
+    return Decision(
+        transaction_id=transaction_id,
+        sku="SKU",
+        outcome="RESERVED",
+        stock_id=7,
+        sealed_code="sealed",
+    )

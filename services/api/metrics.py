@@ -31,6 +31,12 @@ DECISION_TIMEOUTS = Counter(
     "orders_decision_window_timeouts_total",
     "Instant orders answered PROCESSING because no decision came within the window.",
 )
+RECORDINGS_LATE = Counter(
+    "orders_recordings_late_total",
+    "Instant orders reserved within the window but answered PROCESSING because recording "
+    "the reservation took past the window and its grace (a backlog under overload); they "
+    "complete a moment later.",
+)
 ORDER_TRANSITIONS = Counter(
     "orders_transitions_total", "Order status changes applied to the read model.", ["to"]
 )

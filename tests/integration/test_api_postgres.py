@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from types import SimpleNamespace
 
 import asyncpg
 import pytest
 
 from services.api.adapters.postgres import PostgresUnitOfWork
-from services.api.domain.model import OperatorCredit
-from services.api.service_layer import accounts
+from services.api.domain.model import CreateInstantOrder, OperatorCredit
+from services.api.service_layer import accounts, orders
+from services.api.service_layer.fx import OperatorRates
+from services.api.service_layer.orders import OrderDesk
 from shared import db
-from tests.api_contract import SLOTS, NewUow, RepositoryContract
+from shared.contracts import Decision
+from tests.api_contract import SLOTS, NewUow, RepositoryContract, product_record
+from tests.api_fakes import reserved
 from tests.conftest import Stack
 from tests.helpers import unique, wait_until
 
@@ -100,3 +106,92 @@ class TestPostgresRepositories(RepositoryContract):
             outcome = await asyncio.wait_for(second, 5)
             # Rolled back, the key was free for the second; committed, it is the first's.
             assert (outcome is None) is not first_commits
+
+    async def test_a_reservation_recorded_past_the_window_completes_after_its_answer(
+        self, new_uow: NewUow, pool: asyncpg.Pool
+    ) -> None:
+        """The instant path's bound on PostgreSQL: inventory reserves the code in time, but
+        the reservation's UPDATE waits on a lock (as behind a backlog of recordings). The
+        answer is PROCESSING within the window and RECORD_GRACE_S; the order is paid once
+        and completes, with its code, when the lock goes; until then it holds its place in
+        flight."""
+        account_id = await self.account(new_uow, "10.00")
+        sku = unique("SKU")
+        async with new_uow() as uow:
+            assert await uow.products.apply(product_record(sku, price="2.00"), 1)
+        replies = HeldReplies()
+        desk = OrderDesk(
+            new_uow=new_uow,
+            publisher=SentCommands(),
+            replies=replies,
+            health=SimpleNamespace(accepting=True, failed=lambda: None),  # type: ignore[arg-type]
+            decision_window_s=0.3,
+            rates=OperatorRates(new_uow),
+        )
+        began = time.monotonic()
+        answer = asyncio.create_task(
+            desk.place_instant(CreateInstantOrder(account_id, sku, None, False, None))
+        )
+        transaction_id = await wait_until(lambda: replies.waiting, timeout=5)
+        async with pool.acquire() as holder, holder.transaction():
+            await holder.execute(
+                "SELECT 1 FROM orders WHERE transaction_id = $1 FOR UPDATE", transaction_id
+            )
+            replies.decide(transaction_id)
+
+            order = await asyncio.wait_for(answer, 5)
+
+            answered_after = time.monotonic() - began
+            assert order.status == "PROCESSING"
+            assert answered_after < 0.3 + orders.RECORD_GRACE_S + 0.3, answered_after
+            assert desk._in_flight == 1, "the recording, waiting on the lock, holds its place"
+        # The lock is gone (its transaction rolled back): the recording goes through.
+
+        async def completed() -> asyncpg.Record | None:
+            row = await pool.fetchrow(
+                "SELECT status, stock_id FROM orders WHERE transaction_id = $1", transaction_id
+            )
+            return row if row["status"] == "COMPLETED" and not desk._in_flight else None
+
+        row = await wait_until(completed, timeout=5, message="the order completes")
+        assert row["stock_id"] == 7
+        debits = await pool.fetchval(
+            "SELECT count(*) FROM ledger WHERE account_id = $1 AND kind = 'DEBIT'", account_id
+        )
+        assert debits == 1
+
+
+class SentCommands:
+    """The order requests the desk publishes (none reaches a broker: inventory is
+    `HeldReplies`)."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def send(self, topic: str, key: bytes, value: bytes) -> None:
+        self.sent.append(value)
+
+
+class HeldReplies:
+    """Inventory's reply path, held by the test: `waiting` is the order awaiting a decision;
+    `decide` answers it RESERVED (stock id 7)."""
+
+    topic = "api.replies.test"
+    partition = 0
+
+    def __init__(self) -> None:
+        self._futures: dict[str, asyncio.Future[Decision]] = {}
+
+    @property
+    def waiting(self) -> str | None:
+        return next(iter(self._futures), None)
+
+    def expect(self, transaction_id: str) -> asyncio.Future[Decision]:
+        future = self._futures[transaction_id] = asyncio.get_running_loop().create_future()
+        return future
+
+    def decide(self, transaction_id: str) -> None:
+        self._futures[transaction_id].set_result(reserved(transaction_id))
+
+    def forget(self, transaction_id: str) -> None:
+        self._futures.pop(transaction_id, None)

@@ -4,6 +4,7 @@ stories (accepted and paid once, completed or cancelled and refunded once, asked
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -37,7 +38,8 @@ from shared.contracts import (
     PlaceOrder,
 )
 from tests.api_contract import product_record
-from tests.api_fakes import FakeStore, FakeWallets
+from tests.api_fakes import FakeStore, FakeWallets, reserved
+from tests.helpers import wait_until
 
 SLOTS = 4
 DAY = 24 * 3600.0
@@ -66,15 +68,7 @@ class Replies:
     def expect(self, transaction_id: str) -> asyncio.Future[Decision]:
         future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
         if not self.silent:
-            future.set_result(
-                Decision(
-                    transaction_id=transaction_id,
-                    sku="SKU",
-                    outcome="RESERVED",
-                    stock_id=7,
-                    sealed_code="sealed",
-                )
-            )
+            future.set_result(reserved(transaction_id))
         return future
 
     def forget(self, transaction_id: str) -> None:
@@ -151,6 +145,59 @@ async def test_without_a_decision_in_the_window_the_order_is_processing_and_kept
     assert order.status == "PROCESSING"
     async with store.uow() as uow:
         assert await uow.orders.get(account_id, order.transaction_id) == order
+
+
+async def test_the_window_counts_from_when_the_request_came_in() -> None:
+    """An order whose request came in most of a window ago waits only for what is left of
+    it (a silent inventory would otherwise hold it for the whole window)."""
+    store = FakeStore()
+    account_id = await funded(store, "10.00")
+    orders_desk = desk(store, replies=Replies(silent=True), window=2.0)
+
+    began = time.monotonic()
+    order = await orders_desk.place_instant(instant(account_id), received=began - 1.9)
+
+    assert order.status == "PROCESSING"
+    assert time.monotonic() - began < 1.0, "it waited for a window counted from the call"
+
+
+async def test_a_reservation_recorded_late_is_answered_processing_and_completes_after() -> None:
+    """Recording the reservation past the window and RECORD_GRACE_S (a backlog of
+    recordings under overload): the answer does not wait for it, the order completes once it
+    ends, and the order keeps its place in flight until then."""
+    store = FakeStore()
+    account_id = await funded(store, "10.00")
+    orders_desk = desk(store, window=0.2)
+    unblocked = asyncio.Event()
+    record = orders_desk._recording.submit
+
+    async def slow_record(item: Any) -> Order:
+        await asyncio.wait_for(unblocked.wait(), 10)
+        return await record(item)
+
+    orders_desk._recording.submit = slow_record  # type: ignore[method-assign]
+    began = time.monotonic()
+
+    order = await asyncio.wait_for(orders_desk.place_instant(instant(account_id)), 5)
+
+    answered_after = time.monotonic() - began
+    assert order.status == "PROCESSING"
+    assert answered_after < 0.2 + orders.RECORD_GRACE_S + 0.2, answered_after
+    assert orders_desk._in_flight == 1, "the recording still holds the order's place"
+    unblocked.set()
+
+    async def recorded() -> bool:
+        async with store.uow() as uow:
+            stored = await uow.orders.get(account_id, order.transaction_id)
+        return stored is not None and stored.status == "COMPLETED" and not orders_desk._in_flight
+
+    await wait_until(recorded, timeout=5)
+    async with store.uow() as uow:
+        assert (await uow.orders.get(account_id, order.transaction_id)).stock_id == 7  # type: ignore[union-attr]
+    assert [r.type for r in store.events(topics.ORDER_EVENTS.name)] == [
+        "OrderAccepted",
+        "OrderCompleted",
+    ]
 
 
 async def test_a_failed_publish_marks_the_broker_down_and_keeps_the_paid_order() -> None:

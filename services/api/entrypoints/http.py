@@ -356,6 +356,7 @@ async def create_instant_order(request: Request) -> Response:
     FastAPI's per-request dependency solving and response serialisation cost more CPU than
     the rest of the order (docs/decisions/instant-path-batching.md). The public app answers
     it without its router too (shared.web.HotRoutes)."""
+    received = time.monotonic()  # the decision window counts from here
     svc: ApiServices = request.app.state.services
     x_api_key, authorization = _credential_headers(request)
     try:
@@ -374,7 +375,8 @@ async def create_instant_order(request: Request) -> Response:
                 dup_check=body.enableClientOrderNumberDupCheck,
                 pay_with_currency=body.payWithCurrency,
                 pin_format=caller.pin_format,
-            )
+            ),
+            received,
         )
     except DomainError as exc:
         error = as_api_error(exc)

@@ -71,6 +71,11 @@ ACCEPT_MAX_QUEUE_S = 0.2
 # How long a publish may take before the broker counts as unreachable (the decision window
 # can be shorter: the answer is then PROCESSING, and the publish goes on).
 PUBLISH_TIMEOUT_S = 10.0
+# How long after the decision window closes a reserved order may still wait for its
+# reservation to be recorded before it is answered PROCESSING (the recording goes on, and the
+# order completes a moment later): what bounds an answer under overload to the window and a
+# little more, when recordings queue behind each other.
+RECORD_GRACE_S = 0.1
 
 
 # --- the ports to Kafka (adapters/kafka.py) ----------------------------------------------------
@@ -173,6 +178,7 @@ class OrderDesk:
     _accepting: GroupCommit[CreateInstantOrder, Any] = field(init=False)
     _recording: GroupCommit[tuple[Order, int, str], Order] = field(init=False)
     _publishing: set["asyncio.Task[bool]"] = field(default_factory=set)
+    _recordings_late: set["asyncio.Future[Order]"] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         # An order that cannot even start its acceptance this soon is refused (503, nothing
@@ -183,22 +189,26 @@ class OrderDesk:
         )
         self._recording = GroupCommit("record", self._record_batch, linger_s=self.linger_s)
 
-    async def place_instant(self, cmd: CreateInstantOrder) -> Order:
+    async def place_instant(self, cmd: CreateInstantOrder, received: float | None = None) -> Order:
         """Accept, pay for and durably record one order, then wait (bounded) for inventory.
 
         The order row and the debit commit together, in one statement (or transaction) with
         the orders that arrived at the same time; the PlaceOrder command is then published at
-        once. If that
-        publish is lost (the process dies), the order row itself is what the api asks
-        inventory about again (`ask_again_about_undecided`).
+        once. If that publish is lost (the process dies), the order row itself is what the
+        api asks inventory about again (`ask_again_about_undecided`).
+
+        The decision window counts from `received` (`time.monotonic()` when the request
+        came in; now if not given), so that time spent before this call counts too, and the
+        answer comes at most RECORD_GRACE_S after the window closes.
         """
-        started = time.monotonic()
+        started = time.monotonic() if received is None else received
         if not self.health.accepting:
             raise PipelineUnavailable()
         if self._in_flight >= self.max_in_flight:
             metrics.ORDERS_SHED.labels("in_flight").inc()
             raise Overloaded()
         self._in_flight += 1
+        slot_given_back_later = False
         try:
             try:
                 accepted = await self._accepting.submit(cmd)
@@ -215,21 +225,42 @@ class OrderDesk:
             if decision is not None and decision.outcome == "RESERVED":
                 assert decision.stock_id is not None
                 assert decision.sealed_code is not None
+                recording = asyncio.ensure_future(
+                    self._recording.submit((order, decision.stock_id, decision.sealed_code))
+                )
+                deadline = started + self.decision_window_s + RECORD_GRACE_S
                 try:
-                    order = await self._recording.submit(
-                        (order, decision.stock_id, decision.sealed_code)
-                    )
+                    async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                        order = await asyncio.shield(recording)
+                except TimeoutError:
+                    # Answered PROCESSING; the recording goes on, and keeps this order's
+                    # place in flight until it ends, so that a backlog of them is bounded.
+                    metrics.RECORDINGS_LATE.inc()
+                    self._recordings_late.add(recording)
+                    recording.add_done_callback(self._recorded_late)
+                    slot_given_back_later = True
                 except Exception as exc:
                     log.warning(
                         "reservation not recorded at once (%s): answering PROCESSING",
                         type(exc).__name__,
                     )
         finally:
-            self._in_flight -= 1
+            if not slot_given_back_later:
+                self._in_flight -= 1
         metrics.ORDERS_ACCEPTED.labels(
             "completed" if order.status == "COMPLETED" else "processing"
         ).inc()
         return order
+
+    def _recorded_late(self, recording: "asyncio.Future[Order]") -> None:
+        self._recordings_late.discard(recording)
+        self._in_flight -= 1
+        if not recording.cancelled() and recording.exception() is not None:
+            # The inventory.events consumer records the reservation instead.
+            log.warning(
+                "reservation not recorded (%s): the order completes from inventory's event",
+                type(recording.exception()).__name__,
+            )
 
     async def _accept_batch(
         self, cmds: Sequence[CreateInstantOrder]
