@@ -5,6 +5,7 @@ stored in plaintext, and the subscriber acknowledges only what it decided."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -22,7 +23,7 @@ from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 from pydantic import SecretStr
 
-from services.inventory.adapters.postgres import PostgresUnitOfWork
+from services.inventory.adapters.postgres import LOOK_UP_AND_CLAIM, PostgresUnitOfWork
 from services.inventory.domain.model import CodeStatus
 from services.inventory.entrypoints import admin, commands
 from services.inventory.service_layer import catalog
@@ -529,3 +530,51 @@ async def test_the_running_inventory_re_fingerprints_codes_that_appear_later(
         await wait_until(refingerprinted, timeout=30, interval=0.2)
     finally:
         await room.clean_up()
+
+
+async def test_a_claim_reads_only_its_skus_free_codes_behind_other_skus_older_ones(
+    pool: asyncpg.Pool, new_uow: NewUow
+) -> None:
+    """A SKU stocked after others: the claim's generic plan (the pool's plan_cache_mode) must
+    find its free codes through codes_available, not walk the primary key past every older
+    code of other SKUs (which it once did, 80 ms a claim behind 250,000 codes). Inside one
+    rolled-back transaction: 20,000 older codes of two SKUs, stocked interleaved, then the
+    newest SKU's three; the table analyzed, so that the planner sees them."""
+    (old_a, _), (old_b, _) = [await product_with_codes(new_uow, 0) for _ in range(2)]
+    newest, _ = await product_with_codes(new_uow, 0)
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            await conn.execute(
+                """
+                INSERT INTO codes (sku, key_id, sealed, binding, fingerprint, fingerprint_version,
+                                   status)
+                SELECT CASE WHEN n % 2 = 0 THEN $1 WHEN n <= 20000 THEN $2 ELSE $3 END,
+                       'k1', '\\x00', 2, sha256(($4 || n)::bytea), 2, 'AVAILABLE'
+                FROM generate_series(1, 20003) AS n
+                ORDER BY n
+                """,
+                old_a,
+                old_b,
+                newest,
+                unique("fp"),
+            )
+            await conn.execute("ANALYZE codes")
+            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            await conn.execute(f"PREPARE claim_probe(text[], text[]) AS {LOOK_UP_AND_CLAIM}")
+            tx_id = unique("tx")
+            [plan] = json.loads(
+                await conn.fetchval(
+                    "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE claim_probe("
+                    f"ARRAY['{newest}'], ARRAY['{tx_id}'])"
+                )
+            )
+            claimed = await conn.fetch("SELECT sku FROM codes WHERE transaction_id = $1", tx_id)
+        finally:
+            await tx.rollback()
+    assert [row["sku"] for row in claimed] == [newest]
+    pages = plan["Plan"]["Shared Hit Blocks"] + plan["Plan"]["Shared Read Blocks"]
+    # The claim's own work is a few dozen page reads; walking the older codes (`sku = ...`
+    # and ORDER BY id, the generic plan's primary key walk) was about 18,000.
+    assert pages < 150, f"the claim read {pages} pages: {json.dumps(plan)[:2000]}"

@@ -37,6 +37,14 @@ TASK_LOCK_SPACE = 0x1A7F
 #   WHERE id = (SELECT id FROM codes WHERE sku=$sku AND status='AVAILABLE'
 #               ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING ...
 # and for n orders of a SKU it pairs its n oldest free codes with them, in order.
+# Why the SKU is a range of one and the order (sku, id): given `codes.sku = demand.sku`, the
+# planner treats the SKU as fixed, so the primary key's order serves ORDER BY id too; with a
+# LIMIT it then reckons a walk of the primary key, skipping other SKUs' codes, cheaper than
+# the SKU's own free codes in codes_available, as if those were spread evenly over the
+# table. They are not: a SKU stocked after others walked all of theirs (80 ms a claim behind
+# 250,000 older codes, measured). In (sku, id) order over a range, codes_available is the
+# only index that serves the order (docs/benchmarks.md, "A claim that walked other SKUs'
+# codes"; tests/integration/test_inventory_postgres.py proves the plan).
 _PICK_FREE_CODES = """
 demand AS (
     SELECT sku, count(*) AS k FROM wanted GROUP BY sku
@@ -44,8 +52,9 @@ demand AS (
     SELECT free.id, free.sku, row_number() OVER (PARTITION BY free.sku ORDER BY free.id) AS n
     FROM demand CROSS JOIN LATERAL (
         SELECT id, sku FROM codes
-        WHERE codes.sku = demand.sku AND status = 'AVAILABLE' AND fingerprint_version = 2
-        ORDER BY id LIMIT demand.k
+        WHERE codes.sku >= demand.sku AND codes.sku <= demand.sku
+          AND status = 'AVAILABLE' AND fingerprint_version = 2
+        ORDER BY sku, id LIMIT demand.k
         FOR UPDATE SKIP LOCKED
     ) AS free
 )"""
