@@ -18,13 +18,14 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from shared.cli.common import local_secret, service_url  # noqa: E402
 from shared.contracts import Decision, PlaceOrder, new_transaction_id  # noqa: E402
+from shared.producers import durable_producer  # noqa: E402
 from shared.topics import INVENTORY_COMMANDS, ORDER_REPLIES  # noqa: E402
 
 
@@ -59,9 +60,7 @@ async def run(bootstrap: str, rate: int, seconds: float, sku_count: int) -> str:
     await replies.seek_to_end(*partitions)
     for partition in partitions:
         await replies.position(partition)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=1
-    )
+    producer = durable_producer(bootstrap, "bench-inventory-decisions")  # as the api's
     await producer.start()
 
     scheduled: dict[str, float] = {}

@@ -28,6 +28,9 @@ from shared.workers import WORKER_INDEX
 SERVICE = "api"
 # An order still PROCESSING is asked about again at most this often.
 ASK_AGAIN_AFTER_S = 600.0
+# How long shutdown waits for reservations still being recorded (answered PROCESSING late)
+# before the pool closes; one not recorded by then is recorded from inventory's event.
+RECORDINGS_AT_SHUTDOWN_S = 5.0
 
 
 def listeners(settings: ApiSettings) -> list[Listener]:
@@ -115,6 +118,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.services.order_desk.finish_recordings(RECORDINGS_AT_SHUTDOWN_S)
             await runtime.background.stop()
             await health.stop()
             await replies.stop()

@@ -539,18 +539,19 @@ async def test_a_claim_reads_only_its_skus_free_codes_behind_other_skus_older_on
     find its free codes through codes_available, not walk the primary key past every older
     code of other SKUs (which it once did, 80 ms a claim behind 250,000 codes). Inside one
     rolled-back transaction: 20,000 older codes of two SKUs, stocked interleaved, then the
-    newest SKU's three; the table analyzed, so that the planner sees them."""
+    newest SKU's three; the table analyzed, so that the planner sees them (the statistics
+    outlive the rollback until autovacuum renews them)."""
     (old_a, _), (old_b, _) = [await product_with_codes(new_uow, 0) for _ in range(2)]
     newest, _ = await product_with_codes(new_uow, 0)
     async with pool.acquire() as conn:
-        tx = conn.transaction()
+        tx, prepared = conn.transaction(), False
         await tx.start()
         try:
             await conn.execute(
                 """
                 INSERT INTO codes (sku, key_id, sealed, binding, fingerprint, fingerprint_version,
                                    status)
-                SELECT CASE WHEN n % 2 = 0 THEN $1 WHEN n <= 20000 THEN $2 ELSE $3 END,
+                SELECT CASE WHEN n > 20000 THEN $3 WHEN n % 2 = 0 THEN $1 ELSE $2 END,
                        'k1', '\\x00', 2, sha256(($4 || n)::bytea), 2, 'AVAILABLE'
                 FROM generate_series(1, 20003) AS n
                 ORDER BY n
@@ -563,6 +564,7 @@ async def test_a_claim_reads_only_its_skus_free_codes_behind_other_skus_older_on
             await conn.execute("ANALYZE codes")
             await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
             await conn.execute(f"PREPARE claim_probe(text[], text[]) AS {LOOK_UP_AND_CLAIM}")
+            prepared = True
             tx_id = unique("tx")
             [plan] = json.loads(
                 await conn.fetchval(
@@ -573,6 +575,8 @@ async def test_a_claim_reads_only_its_skus_free_codes_behind_other_skus_older_on
             claimed = await conn.fetch("SELECT sku FROM codes WHERE transaction_id = $1", tx_id)
         finally:
             await tx.rollback()
+            if prepared:  # a session's, not the transaction's: the rollback keeps it
+                await conn.execute("DEALLOCATE claim_probe")
     assert [row["sku"] for row in claimed] == [newest]
     pages = plan["Plan"]["Shared Hit Blocks"] + plan["Plan"]["Shared Read Blocks"]
     # The claim's own work is a few dozen page reads; walking the older codes (`sku = ...`

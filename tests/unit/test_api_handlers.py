@@ -168,14 +168,7 @@ async def test_a_reservation_recorded_late_is_answered_processing_and_completes_
     store = FakeStore()
     account_id = await funded(store, "10.00")
     orders_desk = desk(store, window=0.2)
-    unblocked = asyncio.Event()
-    record = orders_desk._recording.submit
-
-    async def slow_record(item: Any) -> Order:
-        await asyncio.wait_for(unblocked.wait(), 10)
-        return await record(item)
-
-    orders_desk._recording.submit = slow_record  # type: ignore[method-assign]
+    unblocked, _ = slowed_recording(orders_desk)
     began = time.monotonic()
 
     order = await asyncio.wait_for(orders_desk.place_instant(instant(account_id)), 5)
@@ -198,6 +191,61 @@ async def test_a_reservation_recorded_late_is_answered_processing_and_completes_
         "OrderAccepted",
         "OrderCompleted",
     ]
+
+
+def slowed_recording(orders_desk: OrderDesk, fail: bool = False) -> tuple[asyncio.Event, list[str]]:
+    """Holds the desk's recordings until the event is set; then records them (or fails them,
+    `fail`). The list holds the transaction ids of the recordings that started."""
+    unblocked, started = asyncio.Event(), []
+    record = orders_desk._recording.submit
+
+    async def slow_record(item: Any) -> Order:
+        started.append(item[0].transaction_id)
+        await asyncio.wait_for(unblocked.wait(), 10)
+        if fail:
+            raise ConnectionError("the database went away")
+        return await record(item)
+
+    orders_desk._recording.submit = slow_record  # type: ignore[method-assign]
+    return unblocked, started
+
+
+async def test_a_request_given_up_while_recording_keeps_its_place_until_it_is_recorded() -> None:
+    store = FakeStore()
+    account_id = await funded(store, "10.00")
+    orders_desk = desk(store, window=5.0)
+    unblocked, started = slowed_recording(orders_desk)
+    request = asyncio.create_task(orders_desk.place_instant(instant(account_id)))
+    await wait_until(lambda: started, timeout=5)
+
+    request.cancel()  # the client went away, or the server is stopping
+    with pytest.raises(asyncio.CancelledError):
+        await request
+
+    assert orders_desk._in_flight == 1, "the recording still holds the order's place"
+    unblocked.set()
+    await wait_until(lambda: orders_desk._in_flight == 0, timeout=5)
+    async with store.uow() as uow:
+        order = await uow.orders.get(account_id, started[0])
+    assert order is not None
+    assert order.status == "COMPLETED", "the recording went on"
+
+
+async def test_a_recording_failing_after_a_late_answer_is_logged_and_gives_its_place_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = FakeStore()
+    account_id = await funded(store, "10.00")
+    orders_desk = desk(store, window=0.05)
+    unblocked, _ = slowed_recording(orders_desk, fail=True)
+
+    order = await asyncio.wait_for(orders_desk.place_instant(instant(account_id)), 5)
+
+    assert order.status == "PROCESSING"
+    unblocked.set()
+    await wait_until(lambda: orders_desk._in_flight == 0, timeout=5)
+    assert "completes from inventory's event" in caplog.text
+    assert "ConnectionError" in caplog.text
 
 
 async def test_a_failed_publish_marks_the_broker_down_and_keeps_the_paid_order() -> None:

@@ -178,7 +178,7 @@ class OrderDesk:
     _accepting: GroupCommit[CreateInstantOrder, Any] = field(init=False)
     _recording: GroupCommit[tuple[Order, int, str], Order] = field(init=False)
     _publishing: set["asyncio.Task[bool]"] = field(default_factory=set)
-    _recordings_late: set["asyncio.Future[Order]"] = field(default_factory=set)
+    _recordings: set["asyncio.Task[Order]"] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         # An order that cannot even start its acceptance this soon is refused (503, nothing
@@ -225,25 +225,9 @@ class OrderDesk:
             if decision is not None and decision.outcome == "RESERVED":
                 assert decision.stock_id is not None
                 assert decision.sealed_code is not None
-                recording = asyncio.ensure_future(
-                    self._recording.submit((order, decision.stock_id, decision.sealed_code))
-                )
-                deadline = started + self.decision_window_s + RECORD_GRACE_S
-                try:
-                    async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
-                        order = await asyncio.shield(recording)
-                except TimeoutError:
-                    # Answered PROCESSING; the recording goes on, and keeps this order's
-                    # place in flight until it ends, so that a backlog of them is bounded.
-                    metrics.RECORDINGS_LATE.inc()
-                    self._recordings_late.add(recording)
-                    recording.add_done_callback(self._recorded_late)
-                    slot_given_back_later = True
-                except Exception as exc:
-                    log.warning(
-                        "reservation not recorded at once (%s): answering PROCESSING",
-                        type(exc).__name__,
-                    )
+                recording = self._start_recording(order, decision.stock_id, decision.sealed_code)
+                slot_given_back_later = True  # when the recording ends (_recording_ended)
+                order = await self._recorded_in_time(recording, order, started)
         finally:
             if not slot_given_back_later:
                 self._in_flight -= 1
@@ -252,15 +236,53 @@ class OrderDesk:
         ).inc()
         return order
 
-    def _recorded_late(self, recording: "asyncio.Future[Order]") -> None:
-        self._recordings_late.discard(recording)
+    def _start_recording(self, order: Order, stock_id: int, sealed: str) -> "asyncio.Task[Order]":
+        """Records the reservation, so that the answer can be COMPLETED and Get Codes has the
+        code at once. The order keeps its place in flight until the recording ends, even if
+        its request is given up meanwhile, so that a backlog of recordings stays bounded."""
+        recording = asyncio.ensure_future(self._recording.submit((order, stock_id, sealed)))
+        self._recordings.add(recording)
+        recording.add_done_callback(self._recording_ended)
+        return recording
+
+    async def _recorded_in_time(
+        self, recording: "asyncio.Task[Order]", order: Order, started: float
+    ) -> Order:
+        """The order as recorded, if that is done by RECORD_GRACE_S after the window closes;
+        else, or if it failed, the order as it is (PROCESSING): the recording goes on, and the
+        inventory.events consumer records the reservation if it fails."""
+        deadline = started + self.decision_window_s + RECORD_GRACE_S
+        done, _ = await asyncio.wait({recording}, timeout=max(deadline - time.monotonic(), 0))
+        if not done:
+            metrics.RECORDINGS_LATE.inc()
+            recording.add_done_callback(self._log_failed_late)
+            return order
+        if (failure := recording.exception()) is not None:
+            log.warning(
+                "reservation not recorded at once (%s): answering PROCESSING",
+                type(failure).__name__,
+            )
+            return order
+        return recording.result()
+
+    def _recording_ended(self, recording: "asyncio.Task[Order]") -> None:
+        self._recordings.discard(recording)
         self._in_flight -= 1
-        if not recording.cancelled() and recording.exception() is not None:
-            # The inventory.events consumer records the reservation instead.
+        if not recording.cancelled():
+            recording.exception()  # retrieved: _record or _log_failed_late reports it
+
+    @staticmethod
+    def _log_failed_late(recording: "asyncio.Task[Order]") -> None:
+        if not recording.cancelled() and (failure := recording.exception()) is not None:
             log.warning(
                 "reservation not recorded (%s): the order completes from inventory's event",
-                type(recording.exception()).__name__,
+                type(failure).__name__,
             )
+
+    async def finish_recordings(self, timeout_s: float) -> None:
+        """At shutdown, before the pool closes: lets recordings still going on end."""
+        if self._recordings:
+            await asyncio.wait(set(self._recordings), timeout=timeout_s)
 
     async def _accept_batch(
         self, cmds: Sequence[CreateInstantOrder]

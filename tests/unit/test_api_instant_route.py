@@ -1,0 +1,48 @@
+"""The instant order route hands the order desk the moment its request came in, so that the
+decision window counts from there (the desk's own bound is in test_api_handlers.py)."""
+
+import json
+import time
+import uuid
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from starlette.requests import Request
+
+from services.api.domain.model import CreateInstantOrder, InsufficientBalance
+from services.api.entrypoints import http
+from shared.web import ApiError
+
+
+async def test_the_route_passes_when_the_request_came_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+
+    class Desk:
+        async def place_instant(self, cmd: CreateInstantOrder, received: float) -> None:
+            seen["received"], seen["called"] = received, time.monotonic()
+            raise InsufficientBalance("USD")  # ends the request: only the call matters here
+
+    async def caller(*_: Any) -> SimpleNamespace:
+        return SimpleNamespace(account_id=uuid.uuid4(), pin_format="string")
+
+    monkeypatch.setattr(http, "authenticate_caller", caller)
+    body = json.dumps({"sku": "SKU-1"}).encode()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    app = SimpleNamespace(state=SimpleNamespace(services=SimpleNamespace(order_desk=Desk())))
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": http.INSTANT_ORDER_PATH,
+        "headers": [(b"x-api-key", b"key"), (b"authorization", b"Bearer token")],
+        "app": app,
+    }
+    before = time.monotonic()
+
+    with pytest.raises(ApiError):
+        await http.create_instant_order(Request(scope, receive))
+
+    assert before <= seen["received"] <= seen["called"]
