@@ -372,6 +372,45 @@ async def one_at_a_time(sku: str, creds: dict[str, str], count: int) -> Result:
     return result
 
 
+# Where one order's time goes, from the services' own histograms: (service, metric, label
+# filter, what it measures). The api's /metrics sums all its processes.
+STAGES = (
+    ("api", "http_request_duration_seconds", 'route="/v2/orders/instant"', "the whole request"),
+    ("api", "group_commit_flush_seconds", 'batch="accept"', "acceptance (debit, order, commit)"),
+    ("api", "orders_instant_decision_seconds", "", "publish to decision (both hops, inventory)"),
+    ("inventory", "inventory_decision_seconds", "", "inventory: command taken to commit"),
+    ("api", "group_commit_flush_seconds", 'batch="record"', "recording the reservation"),
+)
+
+
+def stage_totals() -> dict[int, tuple[float, float]]:
+    """(sum, count) of each STAGES histogram, as /metrics has them now."""
+    texts = {
+        name: httpx.get(f"{admin_url(name)}/metrics", timeout=10).text
+        for name in ("api", "inventory")
+    }
+    totals: dict[int, tuple[float, float]] = {}
+    for i, (service, metric, labels, _) in enumerate(STAGES):
+        found = [0.0, 0.0]
+        for line in texts[service].splitlines():
+            for n, suffix in enumerate(("_sum", "_count")):
+                if line.startswith(metric + suffix) and labels in line:
+                    found[n] += float(line.rsplit(" ", 1)[1])
+        totals[i] = (found[0], found[1])
+    return totals
+
+
+def stages_table(
+    before: dict[int, tuple[float, float]], after: dict[int, tuple[float, float]]
+) -> str:
+    rows = ["| stage | orders | mean ms |", "|---|---|---|"]
+    for i, (_, _, _, what) in enumerate(STAGES):
+        seconds, count = (after[i][n] - before[i][n] for n in (0, 1))
+        mean = f"{seconds / count * 1000:.2f}" if count else "-"
+        rows.append(f"| {what} | {count:.0f} | {mean} |")
+    return "\n".join(rows)
+
+
 async def idle_cpu(seconds: float) -> dict[str, float]:
     """Cores used by each process of the stack while no order arrives."""
     before = cpu_seconds()
@@ -537,10 +576,13 @@ async def main() -> None:
             print(sections[-1], file=sys.stderr)
         if args.single > 0:
             print(f"{args.single} orders one at a time", file=sys.stderr)
+            before = stage_totals()
             single = await one_at_a_time(sku, creds[0], args.single)
             sections.append(
                 f"One order at a time ({args.single} orders): p50 {single.pct(0.5):.1f} ms, "
-                f"p99 {single.pct(0.99):.1f} ms, {json.dumps(single.statuses)}."
+                f"p99 {single.pct(0.99):.1f} ms, {json.dumps(single.statuses)}. Where the time "
+                "went (the services' histograms over these orders):\n\n"
+                + stages_table(before, stage_totals())
             )
             print(sections[-1], file=sys.stderr)
         if rates:
