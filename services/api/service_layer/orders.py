@@ -257,10 +257,10 @@ class OrderDesk:
             metrics.RECORDINGS_LATE.inc()
             recording.add_done_callback(self._log_failed_late)
             return order
-        if (failure := recording.exception()) is not None:
+        if recording.cancelled() or (failure := recording.exception()) is not None:
             log.warning(
                 "reservation not recorded at once (%s): answering PROCESSING",
-                type(failure).__name__,
+                "cancelled" if recording.cancelled() else type(failure).__name__,
             )
             return order
         return recording.result()
@@ -269,7 +269,7 @@ class OrderDesk:
         self._recordings.discard(recording)
         self._in_flight -= 1
         if not recording.cancelled():
-            recording.exception()  # retrieved: _record or _log_failed_late reports it
+            recording.exception()  # retrieved: _recorded_in_time or _log_failed_late reports it
 
     @staticmethod
     def _log_failed_late(recording: "asyncio.Task[Order]") -> None:
