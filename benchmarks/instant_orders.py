@@ -426,17 +426,24 @@ def cores_row(label: str, cores: dict[str, float]) -> str:
 async def overload(
     sku: str, creds: list[dict[str, str]], rate: int, seconds: float, connections: int
 ) -> str:
-    result = await run_rate(sku, creds, rate, seconds, connections)
+    late_by_answer: dict[str, int] = {}
+
+    def count_late(_: float, latency: float, answer: str) -> None:
+        if latency > overload_bound_s():
+            late_by_answer[answer] = late_by_answer.get(answer, 0) + 1
+
+    result = await run_rate(sku, creds, rate, seconds, connections, on_answer=count_late)
     shed = result.statuses.get("HTTP 503", 0)
     worst = max(result.latencies, default=0.0) * 1000
-    late = sum(latency > overload_bound_s() for latency in result.latencies)
+    late = sum(late_by_answer.values())
+    late_cell = f"{late} {json.dumps(late_by_answer, sort_keys=True)}" if late else "0"
     shown = ("COMPLETED", "PROCESSING", "HTTP 503")
     other = {k: v for k, v in result.statuses.items() if k not in shown}
     return (
         f"| {rate} | {result.sent} | {result.statuses.get('COMPLETED', 0)} | "
         f"{result.statuses.get('PROCESSING', 0)} | {shed} | "
         f"{json.dumps(other) if other else '-'} | {result.pct(0.99):.1f} | {worst:.1f} | "
-        f"{late} |"
+        f"{late_cell} |"
     )
 
 
@@ -630,7 +637,7 @@ async def main() -> None:
         )
         sections.append(
             "Overload:\n\n| offered/s | sent | COMPLETED | PROCESSING | 503 | other | p99 ms "
-            f"| max ms | later than {overload_bound_s() * 1000:.0f} ms |\n"
+            f"| max ms | later than {overload_bound_s() * 1000:.0f} ms, by answer |\n"
             "|---|---|---|---|---|---|---|---|---|\n" + row
         )
         print(sections[-1], file=sys.stderr)
