@@ -52,12 +52,18 @@ class GroupCommit(Generic[T, R]):
         return len(self._queue)
 
     async def submit(self, item: T) -> R:
+        # A caller that gives up (cancelled) does not cancel the flush its item is part of.
+        return await asyncio.shield(self.enqueue(item))
+
+    def enqueue(self, item: T) -> "asyncio.Future[R]":
+        """Queues `item` and returns the future of its result, for a caller that waits on it
+        its own way (a bounded wait, a callback when it ends). Cancelling the future is not
+        the way to give up: it would fail the item in its flush; wait on it, or shield it."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future, time.monotonic()))
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain(), name="group-commit")
-        # A caller that gives up (cancelled) does not cancel the flush its item is part of.
-        return await asyncio.shield(future)
+        return future
 
     async def _drain(self) -> None:
         while self._queue:

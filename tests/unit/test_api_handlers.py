@@ -194,19 +194,19 @@ async def test_a_reservation_recorded_late_is_answered_processing_and_completes_
 
 
 def slowed_recording(orders_desk: OrderDesk, fail: bool = False) -> tuple[asyncio.Event, list[str]]:
-    """Holds the desk's recordings until the event is set; then records them (or fails them,
-    `fail`). The list holds the transaction ids of the recordings that started."""
+    """Holds the desk's recording flushes until the event is set; then records them (or fails
+    them, `fail`). The list holds the transaction ids of the orders whose flush started."""
     unblocked, started = asyncio.Event(), []
-    record = orders_desk._recording.submit
+    flush = orders_desk._recording._flush
 
-    async def slow_record(item: Any) -> Order:
-        started.append(item[0].transaction_id)
+    async def slow_flush(items: Any) -> Any:
+        started.extend(order.transaction_id for order, _, _ in items)
         await asyncio.wait_for(unblocked.wait(), 10)
         if fail:
             raise ConnectionError("the database went away")
-        return await record(item)
+        return await flush(items)
 
-    orders_desk._recording.submit = slow_record  # type: ignore[method-assign]
+    orders_desk._recording._flush = slow_flush
     return unblocked, started
 
 

@@ -194,3 +194,19 @@ async def test_a_full_batch_does_not_linger() -> None:
 
     assert await submit_all(commit, [1, 2]) == [10, 20]  # within DEADLINE_S: no linger
     assert flush.batches == [[1, 2]]
+
+
+async def test_an_enqueued_item_is_flushed_whether_or_not_its_caller_waits_for_it() -> None:
+    """`enqueue` hands out the item's future: a caller whose bounded wait runs out leaves the
+    item in its flush, and learns the result when it ends."""
+    flush = Flush(hold_first=True)
+    commit = GroupCommit("test", flush)
+    future = commit.enqueue(3)
+
+    done, _ = await asyncio.wait({future}, timeout=0.01)
+
+    assert not done
+    assert commit.queued == 0, "the flush took it"
+    flush.release.set()
+    assert await asyncio.wait_for(future, DEADLINE_S) == 30
+    assert flush.batches == [[3]]

@@ -178,7 +178,7 @@ class OrderDesk:
     _accepting: GroupCommit[CreateInstantOrder, Any] = field(init=False)
     _recording: GroupCommit[tuple[Order, int, str], Order] = field(init=False)
     _publishing: set["asyncio.Task[bool]"] = field(default_factory=set)
-    _recordings: set["asyncio.Task[Order]"] = field(default_factory=set)
+    _recordings: set["asyncio.Future[Order]"] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         # An order that cannot even start its acceptance this soon is refused (503, nothing
@@ -236,17 +236,17 @@ class OrderDesk:
         ).inc()
         return order
 
-    def _start_recording(self, order: Order, stock_id: int, sealed: str) -> "asyncio.Task[Order]":
+    def _start_recording(self, order: Order, stock_id: int, sealed: str) -> "asyncio.Future[Order]":
         """Records the reservation, so that the answer can be COMPLETED and Get Codes has the
         code at once. The order keeps its place in flight until the recording ends, even if
         its request is given up meanwhile, so that a backlog of recordings stays bounded."""
-        recording = asyncio.ensure_future(self._recording.submit((order, stock_id, sealed)))
+        recording = self._recording.enqueue((order, stock_id, sealed))
         self._recordings.add(recording)
         recording.add_done_callback(self._recording_ended)
         return recording
 
     async def _recorded_in_time(
-        self, recording: "asyncio.Task[Order]", order: Order, started: float
+        self, recording: "asyncio.Future[Order]", order: Order, started: float
     ) -> Order:
         """The order as recorded, if that is done by RECORD_GRACE_S after the window closes;
         else, or if it failed, the order as it is (PROCESSING): the recording goes on, and the
@@ -265,14 +265,14 @@ class OrderDesk:
             return order
         return recording.result()
 
-    def _recording_ended(self, recording: "asyncio.Task[Order]") -> None:
+    def _recording_ended(self, recording: "asyncio.Future[Order]") -> None:
         self._recordings.discard(recording)
         self._in_flight -= 1
         if not recording.cancelled():
             recording.exception()  # retrieved: _recorded_in_time or _log_failed_late reports it
 
     @staticmethod
-    def _log_failed_late(recording: "asyncio.Task[Order]") -> None:
+    def _log_failed_late(recording: "asyncio.Future[Order]") -> None:
         if not recording.cancelled() and (failure := recording.exception()) is not None:
             log.warning(
                 "reservation not recorded (%s): the order completes from inventory's event",
