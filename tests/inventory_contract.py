@@ -22,6 +22,7 @@ from services.inventory.domain.model import (
     NewCode,
     OrderDecision,
     StockLevel,
+    reserve_or_backorder,
 )
 from services.inventory.service_layer import catalog
 from services.inventory.service_layer.catalog import seal_codes
@@ -183,12 +184,13 @@ class RepositoryContract:
             per_product = await uow.codes.available_per_product()
         assert (per_product[sku], per_product[other]) == (2, 1)
 
-    async def test_look_up_and_claim_serves_new_orders_and_finds_decided_ones(
+    async def test_decide_orders_serves_new_orders_and_finds_decided_ones(
         self, new_uow: NewUow
     ) -> None:
         """One step for a batch: known decisions (with the code of a served one) come back
-        as they are, new orders get the oldest codes in the order given, the orders of a
-        SKU whose backorders wait get none, and a SKU's last orders none when it runs out."""
+        as they are; new orders get the oldest codes in the order given, the orders of a SKU
+        whose backorders wait get none, and a SKU's last orders none when it runs out; each
+        new order's decision (model.reserve_or_backorder) is stored, exactly as returned."""
         sku, queued = await self.stocked(new_uow, 2), await self.stocked(new_uow, 1)
         served, backordered = unique("tx"), waiting(queued)
         async with new_uow() as uow:
@@ -206,23 +208,34 @@ class RepositoryContract:
             await uow.commit()
         a, b, c = unique("tx"), unique("tx"), unique("tx")
         batch = [
-            place_order(a, sku),
+            place_order(a, sku).model_copy(update={"reply_to": "orders.replies.1"}),
             place_order(served, sku),
             place_order(c, queued),
             place_order(backordered.transaction_id, queued),
             place_order(b, sku),
         ]
         async with new_uow() as uow:
-            looked_up = await uow.look_up_and_claim(batch)
+            outcome = await uow.decide_orders(batch)
             await uow.commit()
-        assert looked_up.known == {served: decided, backordered.transaction_id: backordered}
-        assert set(looked_up.codes) == {served, a}  # b: the SKU ran out; c: queued behind
-        assert looked_up.codes[served] == first[served]
-        assert looked_up.codes[a].stock_id > first[served].stock_id
+        assert outcome.known == {served: decided, backordered.transaction_id: backordered}
+        assert set(outcome.codes) == {served, a}  # b: the SKU ran out; c: queued behind
+        assert outcome.codes[served] == first[served]
+        assert outcome.codes[a].stock_id > first[served].stock_id
+        orders = {o.transaction_id: o for o in batch}
+        assert outcome.new == [
+            reserve_or_backorder(orders[tx], outcome.codes.get(tx)) for tx in (a, c, b)
+        ]
+        assert [(d.state, d.reply_to) for d in outcome.new] == [
+            (DecisionState.RESERVED, "orders.replies.1"),
+            (DecisionState.BACKORDERED, None),
+            (DecisionState.BACKORDERED, None),
+        ]
         async with new_uow() as uow:
-            assert await uow.codes.sold_to([a, b, c]) == {a: looked_up.codes[a]}
+            assert await uow.codes.sold_to([a, b, c]) == {a: outcome.codes[a]}
             assert await uow.codes.available(queued) == 1
-            assert (await uow.look_up_and_claim([])).known == {}
+            stored = await uow.decisions.get_many([a, b, c, served])
+            assert stored == {d.transaction_id: d for d in [*outcome.new, decided]}
+            assert (await uow.decide_orders([])).known == {}
 
     async def test_decisions_and_waiting_backorders(self, new_uow: NewUow) -> None:
         sku, calm = unique("SKU"), unique("SKU")

@@ -23,7 +23,7 @@ from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 from pydantic import SecretStr
 
-from services.inventory.adapters.postgres import LOOK_UP_AND_CLAIM, PostgresUnitOfWork
+from services.inventory.adapters.postgres import DECIDE_ORDERS, PostgresUnitOfWork
 from services.inventory.domain.model import CodeStatus
 from services.inventory.entrypoints import admin, commands
 from services.inventory.service_layer import catalog
@@ -563,22 +563,31 @@ async def test_a_claim_reads_only_its_skus_free_codes_behind_other_skus_older_on
             )
             await conn.execute("ANALYZE codes")
             await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-            await conn.execute(f"PREPARE claim_probe(text[], text[]) AS {LOOK_UP_AND_CLAIM}")
+            await conn.execute(
+                "PREPARE claim_probe(text[], text[], uuid[], text[], timestamptz[]) AS "
+                + DECIDE_ORDERS
+            )
             prepared = True
             tx_id = unique("tx")
             [plan] = json.loads(
                 await conn.fetchval(
                     "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE claim_probe("
-                    f"ARRAY['{newest}'], ARRAY['{tx_id}'])"
+                    f"ARRAY['{newest}'], ARRAY['{tx_id}'], ARRAY['{uuid.uuid4()}'::uuid], "
+                    "ARRAY[NULL::text], ARRAY[now()])"
                 )
             )
             claimed = await conn.fetch("SELECT sku FROM codes WHERE transaction_id = $1", tx_id)
+            decided = await conn.fetchval(
+                "SELECT state FROM decisions WHERE transaction_id = $1", tx_id
+            )
         finally:
             await tx.rollback()
             if prepared:  # a session's, not the transaction's: the rollback keeps it
                 await conn.execute("DEALLOCATE claim_probe")
     assert [row["sku"] for row in claimed] == [newest]
+    assert decided == "RESERVED"
     pages = plan["Plan"]["Shared Hit Blocks"] + plan["Plan"]["Shared Read Blocks"]
-    # The claim's own work is a few dozen page reads; walking the older codes (`sku = ...`
-    # and ORDER BY id, the generic plan's primary key walk) was about 18,000.
+    # The claim's own work (and storing the decision) is a few dozen page reads; walking
+    # the older codes (`sku = ...` and ORDER BY id, the generic plan's primary key walk) was
+    # about 18,000.
     assert pages < 150, f"the claim read {pages} pages: {json.dumps(plan)[:2000]}"

@@ -20,8 +20,10 @@ from services.inventory.domain.model import (
     Refingerprinted,
     StockedCode,
     StockLevel,
+    placed_at_utc,
+    reserve_or_backorder,
 )
-from services.inventory.service_layer.unit_of_work import LookedUp, UnitOfWork
+from services.inventory.service_layer.unit_of_work import Decided, UnitOfWork
 from shared import postgres_unit_of_work
 from shared.contracts import DeliverStock, PlaceOrder, ProductSnapshot
 from shared.crypto import FINGERPRINT_VERSION, Binding, SealedCode
@@ -75,15 +77,17 @@ _DECISION_COLUMNS = (
     "transaction_id, account_id, sku, state, stock_id, reply_to, placed_at, cancel_reason"
 )
 
-# The first step of deciding a batch of orders (UnitOfWork.look_up_and_claim), in one round
-# trip instead of three: the decisions stored already for any of them (with the codes sold to
-# them), and the claim (CLAIM_CODES) for the others, none for the orders of a SKU whose
-# backorders wait (model.claims_to_attempt). A row is a known decision (`state` set, and its
-# code if it was served) or a code claimed now (`state` NULL).
-LOOK_UP_AND_CLAIM = f"""
+# Deciding a batch of orders (UnitOfWork.decide_orders) in one round trip instead of five:
+# the decisions stored already for any of them (with the codes sold to them); for the
+# others, the claim (CLAIM_CODES), none for the orders of a SKU whose backorders wait
+# (model.claims_to_attempt), and their decisions stored: RESERVED with the code claimed,
+# else BACKORDERED, as model.reserve_or_backorder decides (the contract test holds the two
+# to the same rows). A row returned is a known decision (`state` set, and its code if it was
+# served) or a code claimed now (`state` NULL).
+DECIDE_ORDERS = f"""
 WITH batch AS (
-    SELECT sku, transaction_id, ord
-    FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS b (sku, transaction_id, ord)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::timestamptz[])
+        WITH ORDINALITY AS b (sku, transaction_id, account_id, reply_to, placed_at, ord)
 ), known AS (
     SELECT {_DECISION_COLUMNS} FROM decisions WHERE transaction_id = ANY($2::text[])
 ), wanted AS (
@@ -93,7 +97,15 @@ WITH batch AS (
       AND NOT EXISTS (
           SELECT 1 FROM decisions AS d WHERE d.sku = b.sku AND d.state = 'BACKORDERED'
       )
-), {_PICK_FREE_CODES}, sold AS ({_SELL_PICKED_CODES})
+), {_PICK_FREE_CODES}, sold AS ({_SELL_PICKED_CODES}), decided AS (
+    INSERT INTO decisions ({_DECISION_COLUMNS})
+    SELECT b.transaction_id, b.account_id, b.sku,
+           CASE WHEN sold.id IS NULL THEN 'BACKORDERED' ELSE 'RESERVED' END,
+           sold.id, b.reply_to, b.placed_at, NULL
+    FROM batch AS b LEFT JOIN sold ON sold.transaction_id = b.transaction_id
+    WHERE NOT EXISTS (SELECT 1 FROM known WHERE known.transaction_id = b.transaction_id)
+    ORDER BY b.ord
+)
 SELECT known.transaction_id, known.account_id, known.sku, known.state, known.stock_id,
        known.reply_to, known.placed_at, known.cancel_reason,
        code.id AS code_id, code.key_id, code.sealed, code.binding
@@ -494,11 +506,16 @@ class PostgresUnitOfWork(postgres_unit_of_work.PostgresUnitOfWork, UnitOfWork):
         self.deliveries = PostgresDeliveries(conn)
         self.decisions = PostgresDecisions(conn)
 
-    async def look_up_and_claim(self, orders: Sequence[PlaceOrder]) -> LookedUp:
+    async def decide_orders(self, orders: Sequence[PlaceOrder]) -> Decided:
         if not orders:
-            return LookedUp({}, {})
+            return Decided({}, [], {})
         rows = await self.connection.fetch(
-            LOOK_UP_AND_CLAIM, [o.sku for o in orders], [o.transaction_id for o in orders]
+            DECIDE_ORDERS,
+            [o.sku for o in orders],
+            [o.transaction_id for o in orders],
+            [o.account_id for o in orders],
+            [o.reply_to for o in orders],
+            [placed_at_utc(o) for o in orders],
         )
         known: dict[str, OrderDecision] = {}
         codes: dict[str, ClaimedCode] = {}
@@ -507,7 +524,12 @@ class PostgresUnitOfWork(postgres_unit_of_work.PostgresUnitOfWork, UnitOfWork):
                 known[row["transaction_id"]] = _decision(row)
             if row["code_id"] is not None:
                 codes[row["transaction_id"]] = ClaimedCode(row["code_id"], _sealed(row))
-        return LookedUp(known, codes)
+        new = [
+            reserve_or_backorder(o, codes.get(o.transaction_id))
+            for o in orders
+            if o.transaction_id not in known
+        ]
+        return Decided(known, new, codes)
 
     async def serialize_skus(self, skus: Iterable[str]) -> None:
         # Taken in one statement, in hash order: two batches never wait for each other in a

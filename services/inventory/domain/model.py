@@ -80,18 +80,22 @@ def claims_to_attempt(
 
 
 def reserve_or_backorder(order: PlaceOrder, code: ClaimedCode | None) -> OrderDecision:
-    """The decision on a new order: RESERVED with the code claimed for it, else BACKORDERED."""
+    """The decision on a new order: RESERVED with the code claimed for it, else BACKORDERED.
+    (The PostgreSQL adapter stores the same decision in its claim statement.)"""
     return OrderDecision(
         transaction_id=order.transaction_id,
         account_id=order.account_id,
         sku=order.sku,
-        placed_at=order.placed_at
-        if order.placed_at.tzinfo
-        else order.placed_at.replace(tzinfo=UTC),
+        placed_at=placed_at_utc(order),
         reply_to=order.reply_to,
         state=DecisionState.RESERVED if code else DecisionState.BACKORDERED,
         stock_id=code.stock_id if code else None,
     )
+
+
+def placed_at_utc(order: PlaceOrder) -> datetime:
+    """When the order was placed, in UTC (a sender that gave no zone meant UTC)."""
+    return order.placed_at if order.placed_at.tzinfo else order.placed_at.replace(tzinfo=UTC)
 
 
 def cancelled_undecided(command: CancelBackorder) -> OrderDecision | None:

@@ -76,19 +76,11 @@ async def handle_commands(
 async def place_orders(orders: Sequence[PlaceOrder], uow: UnitOfWork) -> list[Reply]:
     if not orders:
         return []
-    each_once = model.first_of_each_order(orders)
-    looked_up = await uow.look_up_and_claim(each_once)
-    known, claimed = looked_up.known, looked_up.codes
-    new = [o for o in each_once if o.transaction_id not in known]
-    uow.already_decided += len(orders) - len(new)
-
-    decisions = [
-        model.reserve_or_backorder(order, claimed.get(order.transaction_id)) for order in new
-    ]
-    if decisions:
-        await uow.decisions.add_all(decisions)
-        for decision in decisions:
-            _publish_placed(decision, claimed.get(decision.transaction_id), uow)
+    decided = await uow.decide_orders(model.first_of_each_order(orders))
+    known, decisions, claimed = decided.known, decided.new, decided.codes
+    uow.already_decided += len(orders) - len(decisions)
+    for decision in decisions:
+        _publish_placed(decision, claimed.get(decision.transaction_id), uow)
     for decision in known.values():
         _announce_again(decision, claimed.get(decision.transaction_id), uow)
     outcomes = {d.transaction_id: d for d in [*known.values(), *decisions]}

@@ -133,11 +133,13 @@ class Decisions(Protocol):
 
 
 @dataclass(frozen=True)
-class LookedUp:
-    """What `UnitOfWork.look_up_and_claim` found for a batch of orders."""
+class Decided:
+    """What `UnitOfWork.decide_orders` found and did for a batch of orders."""
 
     known: dict[str, OrderDecision]
     """The orders decided already (redelivered, or sent twice), by transaction id."""
+    new: list[OrderDecision]
+    """The decisions taken now on the other orders, in the order given, stored."""
     codes: dict[str, ClaimedCode]
     """The codes claimed now for the new orders, and the codes sold before to the known
     orders that were served, by transaction id."""
@@ -159,23 +161,27 @@ class UnitOfWork(unit_of_work.UnitOfWork):
         # PlaceOrder commands found already decided (redelivered, or sent twice).
         self.already_decided = 0
 
-    async def look_up_and_claim(self, orders: Sequence[PlaceOrder]) -> LookedUp:
-        """The first step of deciding `orders` (each once), under `serialize_skus` of their
-        SKUs: the decisions stored already for any of them, with the codes sold to those that
-        were served; for the others, codes claimed as `codes.claim` does, but none for the
-        orders of a SKU whose backorders are waiting (model.claims_to_attempt).
+    async def decide_orders(self, orders: Sequence[PlaceOrder]) -> Decided:
+        """Decides `orders` (each once), under `serialize_skus` of their SKUs: finds the
+        decisions stored already for any of them, with the codes sold to those that were
+        served; for the others, claims codes as `codes.claim` does, but none for the orders
+        of a SKU whose backorders are waiting (model.claims_to_attempt), and stores their
+        decisions (model.reserve_or_backorder).
 
         Here from the repositories' own steps; PostgreSQL does it in one statement."""
         known = await self.decisions.get_many([o.transaction_id for o in orders])
-        new = [o for o in orders if o.transaction_id not in known]
+        undecided = [o for o in orders if o.transaction_id not in known]
         codes: dict[str, ClaimedCode] = {}
+        if undecided:
+            waiting = await self.decisions.skus_with_waiting_backorders({o.sku for o in undecided})
+            codes = await self.codes.claim(model.claims_to_attempt(undecided, waiting))
+        new = [model.reserve_or_backorder(o, codes.get(o.transaction_id)) for o in undecided]
         if new:
-            waiting = await self.decisions.skus_with_waiting_backorders({o.sku for o in new})
-            codes = await self.codes.claim(model.claims_to_attempt(new, waiting))
+            await self.decisions.add_all(new)
         served_before = [tx for tx, d in known.items() if d.stock_id is not None]
         if served_before:
             codes |= await self.codes.sold_to(served_before)
-        return LookedUp(known, codes)
+        return Decided(known, new, codes)
 
     @abc.abstractmethod
     async def serialize_skus(self, skus: Iterable[str]) -> None:
