@@ -15,7 +15,7 @@ import pytest
 
 from services.api.domain.model import OperatorCredit, Order, Product
 from services.api.service_layer.orders import accepted_event, order_event
-from services.api.service_layer.unit_of_work import UnitOfWork
+from services.api.service_layer.unit_of_work import ProductChanged, UnitOfWork
 from shared.audit import AdminAction
 from shared.contracts import ProductSnapshot
 from tests.helpers import unique
@@ -210,6 +210,31 @@ class RepositoryContract:
             paid, key=lambda o: o.transaction_id
         )
 
+    async def test_pay_and_record_changes_nothing_when_a_product_moved_on(
+        self, new_uow: NewUow
+    ) -> None:
+        """Orders priced at a product version the read model no longer holds (the catalog
+        cache's guard): nothing paid, nothing recorded, ProductChanged naming the SKU."""
+        account_id = await self.account(new_uow, "8.00")
+        sku, steady = unique("SKU"), unique("SKU")
+        async with new_uow() as uow:
+            assert await uow.products.apply(product_record(sku), 1)
+            assert await uow.products.apply(product_record(steady), 1)
+            assert await uow.products.apply(product_record(sku, price="2.00"), 2)
+            unknown = unique("SKU")
+            assert await uow.products.changed({sku: 1, steady: 1, unknown: 1}) == {sku, unknown}
+        orders = [new_order(account_id, sku, "1.00"), new_order(account_id, steady, "1.00")]
+        async with new_uow() as uow:
+            with pytest.raises(ProductChanged) as changed:
+                await uow.orders.pay_and_record(orders, events(*orders), {sku: 1, steady: 1})
+        assert changed.value.skus == {sku}
+        async with new_uow() as uow:
+            assert await uow.wallets.balances(account_id) == [("USD", Decimal("8.00"))]
+            assert await uow.orders.get_many([o.transaction_id for o in orders]) == []
+            assert await uow.products.changed({sku: 2, steady: 1}) == set()
+            recorded = await uow.orders.pay_and_record(orders, events(*orders), {sku: 2, steady: 1})
+        assert recorded == {o.transaction_id for o in orders}
+
     async def test_an_order_is_debited_once(self, new_uow: NewUow) -> None:
         account_id = await self.account(new_uow, "5.00")
         order = new_order(account_id, unique("SKU"))
@@ -331,7 +356,7 @@ class RepositoryContract:
             account_id = await uow.accounts.add(unique("name"), None)
             await uow.wallets.credit(account_id, "EUR", Decimal(1), SLOTS)
             products, wallets = await uow.products.for_orders([sku, unique("SKU")], [account_id])
-        assert products == {sku: Product(sku, "USD", Decimal("9.75"), True, True)}
+        assert products == {sku: Product(sku, "USD", Decimal("9.75"), True, True, version=2)}
         assert wallets == {account_id: {"EUR"}}
 
     async def test_an_orders_history_has_its_money_and_an_unknown_order_has_none(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import random
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -30,7 +30,7 @@ from services.api.domain.model import (
     Wallet,
     unit_number,
 )
-from services.api.service_layer.unit_of_work import Allocation, UnitOfWork
+from services.api.service_layer.unit_of_work import Allocation, ProductChanged, UnitOfWork
 from shared import topics
 from shared.audit import AdminAction
 from shared.contracts import CancelReason, Decision, Message
@@ -205,13 +205,14 @@ class FakeWallets:
         return wallet is not None and wallet.take_from_all_slots(amount)
 
 
-def _product(record: dict[str, Any]) -> Product:
+def _product(record: dict[str, Any], version: int) -> Product:
     return Product(
         record["sku"],
         record["currency"],
         Decimal(record["price"]),
         record["isInstantDeliverySupported"],
         record["active"],
+        version=version,
     )
 
 
@@ -223,12 +224,23 @@ class FakeProducts:
         self, skus: Sequence[str], account_ids: Sequence[uuid.UUID]
     ) -> tuple[dict[str, Product], dict[uuid.UUID, set[str]]]:
         state = self._state()
-        products = {sku: _product(state.products[sku][0]) for sku in skus if sku in state.products}
+        products = {sku: _product(*state.products[sku]) for sku in skus if sku in state.products}
         wallets: dict[uuid.UUID, set[str]] = {}
         for owner, currency in state.wallets:
             if owner in account_ids:
                 wallets.setdefault(owner, set()).add(currency)
         return products, wallets
+
+    def changed_now(self, versions: Mapping[str, int]) -> set[str]:
+        stored = self._state().products
+        return {
+            sku
+            for sku, version in versions.items()
+            if sku not in stored or stored[sku][1] != version
+        }
+
+    async def changed(self, versions: Mapping[str, int]) -> set[str]:
+        return self.changed_now(versions)
 
     async def apply(self, record: dict[str, Any], version: int) -> bool:
         stored = self._state().products.get(record["sku"])
@@ -287,9 +299,18 @@ class FakeOrders:
                 )
             )
 
+    def _check_versions(self, versions: Mapping[str, int] | None) -> None:
+        stale = FakeProducts(self._state).changed_now(versions or {})
+        if stale:
+            raise ProductChanged(stale)
+
     async def pay_and_record(
-        self, orders: Sequence[Order], accepted_events: Sequence[bytes]
+        self,
+        orders: Sequence[Order],
+        accepted_events: Sequence[bytes],
+        versions: Mapping[str, int] | None = None,
     ) -> set[str]:
+        self._check_versions(versions)
         state = self._state()
         totals: dict[tuple[uuid.UUID, str], Decimal] = {}
         for o in orders:

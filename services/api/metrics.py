@@ -37,6 +37,12 @@ RECORDINGS_LATE = Counter(
     "the reservation took past the window and its grace (a backlog under overload); they "
     "complete a moment later.",
 )
+PRODUCTS_CHANGED_AT_ACCEPTANCE = Counter(
+    "orders_acceptance_products_changed_total",
+    "Acceptance batches that found a product changed since the api remembered it (a new "
+    "catalog version): nothing of them was charged, and their orders were tried again on "
+    "the product as it is now.",
+)
 ORDER_TRANSITIONS = Counter(
     "orders_transitions_total", "Order status changes applied to the read model.", ["to"]
 )

@@ -160,6 +160,47 @@ class TestPostgresRepositories(RepositoryContract):
         )
         assert debits == 1
 
+    async def test_the_catalog_cache_charges_a_changed_product_at_its_new_price(
+        self, new_uow: NewUow, pool: asyncpg.Pool
+    ) -> None:
+        """The acceptance remembers the product between batches; once the read model holds a
+        new version, the next order (on the one-statement path, then on the dup-checked
+        general path) is charged the new price, once, on PostgreSQL."""
+        account_id = await self.account(new_uow, "10.00")
+        sku = unique("SKU")
+        async with new_uow() as uow:
+            assert await uow.products.apply(product_record(sku, price="2.00"), 1)
+        desk = OrderDesk(
+            new_uow=new_uow,
+            publisher=SentCommands(),
+            replies=HeldReplies(),  # never decides: each order is answered PROCESSING
+            health=SimpleNamespace(accepting=True, failed=lambda: None),  # type: ignore[arg-type]
+            decision_window_s=0.05,
+            rates=OperatorRates(new_uow),
+        )
+
+        async def order(number: str | None = None, version: int = 0, price: str = "") -> str:
+            if version:
+                async with new_uow() as uow:
+                    assert await uow.products.apply(product_record(sku, price=price), version)
+            placed = await desk.place_instant(
+                CreateInstantOrder(account_id, sku, number, number is not None, None)
+            )
+            return str(placed.transaction_id)
+
+        placed = [await order(), await order(version=2, price="3.00")]
+        placed.append(await order("n-1", version=3, price="1.50"))
+        charged = await pool.fetch(
+            "SELECT transaction_id, amount FROM ledger WHERE transaction_id = ANY($1::text[]) "
+            "AND kind = 'DEBIT'",
+            placed,
+        )
+        assert {r["transaction_id"]: r["amount"] for r in charged} == dict(
+            zip(placed, [Decimal("-2.00"), Decimal("-3.00"), Decimal("-1.50")], strict=True)
+        )
+        async with new_uow() as uow:
+            assert await uow.wallets.balances(account_id) == [("USD", Decimal("3.50"))]
+
 
 class SentCommands:
     """The order requests the desk publishes (none reaches a broker: inventory is

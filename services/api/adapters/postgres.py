@@ -6,7 +6,7 @@ recording) are written by hand, as measured (docs/decisions/instant-path-batchin
 
 import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, get_args
@@ -56,6 +56,7 @@ from services.api.domain.model import (
 from services.api.service_layer.unit_of_work import (
     Allocation,
     LockTimeout,
+    ProductChanged,
     TransactionConflict,
     UnitOfWork,
 )
@@ -86,33 +87,36 @@ _ACCOUNT_EXISTS = compiled(select(literal_column("1")).where(col(Account.id) == 
 
 
 DEBIT_ONE_SLOT = """
-
-
 UPDATE wallet_slots SET balance = balance - $3
-
-
 WHERE (account_id, currency, slot) = (
     SELECT account_id, currency, slot FROM wallet_slots
     WHERE account_id = $1 AND currency = $2 AND balance >= $3
     ORDER BY random() LIMIT 1 FOR UPDATE {wait})
-
-
 RETURNING slot
 """
 
 
+def _changed_products(skus: str, versions: str) -> str:
+    """The SKUs of (SKU, version) pairs whose version the read model no longer holds."""
+    return f"""
+    SELECT v.sku FROM unnest({skus}::text[], {versions}::bigint[]) AS v (sku, version)
+    LEFT JOIN products AS p ON p.sku = v.sku
+    WHERE p.version IS DISTINCT FROM v.version
+"""  # noqa: S608 - parameter numbers only
+
+
+CHANGED_PRODUCTS = _changed_products("$1", "$2")
+# The products ($16 SKU, $17 version) the orders were priced and checked at whose version
+# the read model no longer holds: when there is one, the statements below change nothing and
+# return its SKU (ProductChanged). Without versions (`record`: the general path checks its
+# products at its start, Products.changed), it is empty.
+STALE_PRODUCTS = f"stale AS ({_changed_products('$16', '$17')}),"
+
 # Records accepted orders in one statement: each order's DEBIT ledger row (the ledger's unique
-
-
 # index refuses a second debit of an order), its row, and its OrderAccepted event in the
-
-
-# outbox, in order. `{paid_only}` narrows the orders to those whose wallet a CTE before paid.
-
-
+# outbox, in order; a row per order recorded (`stale` false) or per product changed (true).
+# `{paid_only}` narrows the orders to those whose wallet a CTE before paid.
 RECORD_ORDERS = """
-
-
 new_orders AS (
     SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::integer[],
                          $6::numeric[], $7::text[], $8::numeric[], $9::timestamptz[],
@@ -121,7 +125,7 @@ new_orders AS (
         AS o (transaction_id, account_id, client_order_number, sku, quantity, unit_price,
               currency, grand_total, created_at, product_currency, unit_price_original,
               fx_rate, fx_as_of, event, n)
-    {paid_only}
+    WHERE NOT EXISTS (SELECT 1 FROM stale) {paid_only}
 ), ledger_rows AS (
     INSERT INTO ledger (transaction_id, account_id, currency, amount, kind)
     SELECT transaction_id, account_id, currency, -grand_total, 'DEBIT' FROM new_orders
@@ -133,33 +137,22 @@ new_orders AS (
            currency, grand_total, 'PROCESSING', created_at,
            product_currency, unit_price_original, fx_rate, fx_as_of
     FROM new_orders
+), accepted AS (
+    INSERT INTO outbox (topic, key, payload, headers)
+    SELECT $15, transaction_id, event, jsonb_build_object('x-type', 'OrderAccepted')
+    FROM new_orders ORDER BY n
+    RETURNING key
 )
-
-
-INSERT INTO outbox (topic, key, payload, headers)
-
-
-SELECT $15, transaction_id, event, jsonb_build_object('x-type', 'OrderAccepted')
-
-
-FROM new_orders ORDER BY n
-
-
-RETURNING key
+SELECT key, false AS stale FROM accepted
+UNION ALL
+SELECT sku, true FROM stale
 """
 
-
-# Pays each wallet ($16 account, $17 currency, $18 amount) from one slot that holds the amount
-
-
+# Pays each wallet ($18 account, $19 currency, $20 amount) from one slot that holds the amount
 # and is not locked by another transaction; a wallet with no such slot is not paid.
-
-
 PAY_FROM_FREE_SLOTS = """
-
-
-WITH wanted AS (
-    SELECT * FROM unnest($16::uuid[], $17::text[], $18::numeric[])
+wanted AS (
+    SELECT * FROM unnest($18::uuid[], $19::text[], $20::numeric[])
         AS w (account_id, currency, amount)
 ), picked AS (
     SELECT w.account_id, w.currency, w.amount, free.slot
@@ -168,6 +161,7 @@ WITH wanted AS (
         WHERE account_id = w.account_id AND currency = w.currency AND balance >= w.amount
         ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED
     ) AS free
+    WHERE NOT EXISTS (SELECT 1 FROM stale)
 ), paid AS (
     UPDATE wallet_slots s SET balance = s.balance - p.amount
     FROM picked p
@@ -175,6 +169,31 @@ WITH wanted AS (
     RETURNING s.account_id, s.currency
 ),
 """
+
+
+PAY_AND_RECORD = (
+    "WITH "  # noqa: S608 - constant fragments
+    + STALE_PRODUCTS
+    + PAY_FROM_FREE_SLOTS
+    + RECORD_ORDERS.format(
+        paid_only="AND (o.account_id, o.currency) IN (SELECT account_id, currency FROM paid)"
+    )
+)
+RECORD_PAID = "WITH " + STALE_PRODUCTS + RECORD_ORDERS.format(paid_only="")
+
+
+def _versions(versions: Mapping[str, int] | None) -> list[list[Any]]:
+    pairs = sorted((versions or {}).items())
+    return [[sku for sku, _ in pairs], [version for _, version in pairs]]
+
+
+def _recorded(rows: Sequence[asyncpg.Record]) -> set[str]:
+    """The transaction ids a RECORD_ORDERS statement recorded; ProductChanged if it recorded
+    nothing because a product's version moved on."""
+    stale = {row["key"] for row in rows if row["stale"]}
+    if stale:
+        raise ProductChanged(stale)
+    return {row["key"] for row in rows}
 
 
 def _order_arrays(orders: Sequence[Order], events: Sequence[bytes]) -> list[Any]:
@@ -209,6 +228,7 @@ def _product(row: asyncpg.Record | None) -> Product | None:
         row["is_instant"],
         row["active"],
         row["pin_kind"],
+        row["version"],
     )
 
 
@@ -719,11 +739,12 @@ class PostgresProducts:
         trip for a whole batch of instant orders."""
         rows = await self._conn.fetch(
             """
-            SELECT sku, currency, price, is_instant, active, pin_kind, NULL::uuid AS account_id
+            SELECT sku, currency, price, is_instant, active, pin_kind, version,
+                   NULL::uuid AS account_id
             FROM products WHERE sku = ANY($1::text[])
             UNION ALL
             SELECT DISTINCT NULL::text, currency, NULL::numeric, NULL::boolean, NULL::boolean,
-                   NULL::text, account_id
+                   NULL::text, NULL::bigint, account_id
             FROM wallet_slots WHERE account_id = ANY($2::uuid[])
             """,
             list(skus),
@@ -743,6 +764,10 @@ class PostgresProducts:
     async def get_record(self, sku: str) -> tuple[dict[str, Any], int] | None:
         row = await self._conn.fetchrow("SELECT record, version FROM products WHERE sku = $1", sku)
         return None if row is None else (row["record"], row["version"])
+
+    async def changed(self, versions: Mapping[str, int]) -> set[str]:
+        rows = await self._conn.fetch(CHANGED_PRODUCTS, *_versions(versions))
+        return {row["sku"] for row in rows}
 
     async def apply(self, record: dict[str, Any], version: int) -> bool:
         result = await self._conn.fetchval(
@@ -813,13 +838,17 @@ class PostgresOrders:
 
     async def record(self, orders: Sequence[Order], accepted_events: Sequence[bytes]) -> None:
         await self._conn.execute(
-            "WITH " + RECORD_ORDERS.format(paid_only=""),
+            RECORD_PAID,
             *_order_arrays(orders, accepted_events),
             topics.ORDER_EVENTS.name,
+            *_versions(None),
         )
 
     async def pay_and_record(
-        self, orders: Sequence[Order], accepted_events: Sequence[bytes]
+        self,
+        orders: Sequence[Order],
+        accepted_events: Sequence[bytes],
+        versions: Mapping[str, int] | None = None,
     ) -> set[str]:
         # ONE statement, and so one commit when the connection is not in a transaction.
         totals: dict[tuple[uuid.UUID, str], Decimal] = {}
@@ -828,18 +857,15 @@ class PostgresOrders:
                 totals.get((o.account_id, o.currency), 0) + o.grand_total
             )
         rows = await self._conn.fetch(
-            PAY_FROM_FREE_SLOTS
-            + RECORD_ORDERS.format(
-                paid_only="WHERE (o.account_id, o.currency) IN "
-                "(SELECT account_id, currency FROM paid)"
-            ),
+            PAY_AND_RECORD,
             *_order_arrays(orders, accepted_events),
             topics.ORDER_EVENTS.name,
+            *_versions(versions),
             [a for a, _ in totals],
             [c for _, c in totals],
             list(totals.values()),
         )
-        return {row["key"] for row in rows}
+        return _recorded(rows)
 
     async def record_bulk(self, bulk: BulkOrder, accepted_events: Sequence[bytes]) -> None:
         await self._conn.execute(

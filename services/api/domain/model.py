@@ -131,6 +131,8 @@ class Product:
     is_instant: bool
     active: bool
     pin_kind: PinKind = "string"  # ProductSnapshot.pin_kind
+    version: int = 0
+    """The catalog version the read model held it at (0: not known)."""
 
 
 @dataclass(frozen=True)

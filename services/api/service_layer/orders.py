@@ -35,10 +35,12 @@ from services.api.domain.model import (
     price_in,
     settlement_currency,
 )
+from services.api.service_layer.catalog_cache import CatalogCache
 from services.api.service_layer.fx import RateSource
 from services.api.service_layer.unit_of_work import (
     Allocation,
     LockTimeout,
+    ProductChanged,
     TransactionConflict,
     UnitOfWork,
 )
@@ -174,6 +176,7 @@ class OrderDesk:
     max_in_flight: int = 256
     # How long a group commit waits for more orders before a flush (0: flushes at once).
     linger_s: float = 0.0
+    catalog: CatalogCache = field(default_factory=CatalogCache)
     _in_flight: int = 0
     _accepting: GroupCommit[CreateInstantOrder, Any] = field(init=False)
     _recording: GroupCommit[tuple[Order, int, str], Order] = field(init=False)
@@ -287,30 +290,20 @@ class OrderDesk:
     async def _accept_batch(
         self, cmds: Sequence[CreateInstantOrder]
     ) -> list[Accepted | DomainError | object]:
-        """Accepts a batch of orders: looks their products and wallets up, then pays for and
-        records them in one statement (one round trip, one commit) when no dup check is asked
-        and each wallet has a free slot holding its orders' sum; the rest take the general
-        path, one transaction with the dup check and the slow debits."""
+        """Accepts a batch of orders: checks them against their products and wallets (as the
+        catalog cache remembers them, or read now), then pays for and records them in one
+        statement (one round trip, one commit) when no dup check is asked and each wallet has
+        a free slot holding its orders' sum; the rest take the general path, one transaction
+        with the dup check and the slow debits. If a product changed since it was remembered,
+        nothing of the batch not yet recorded is, and its orders are tried again."""
         results: list[Accepted | DomainError | object] = [AGAIN] * len(cmds)
         placed_at = utcnow()
         async with self.new_uow() as uow:
-            products, wallets = await uow.products.for_orders(
-                sorted({c.sku for c in cmds}), list({c.account_id for c in cmds})
-            )
-            settled: list[tuple[int, Product, str]] = []
-            for i, cmd in enumerate(cmds):
-                try:
-                    product = check_orderable(products.get(cmd.sku), pin_format=cmd.pin_format)
-                    currency = settlement_currency(
-                        product, cmd.pay_with_currency, wallets.get(cmd.account_id, set())
-                    )
-                except DomainError as exc:
-                    results[i] = exc
-                    continue
-                settled.append((i, product, currency))
+            settled = await self._settle(uow, cmds, results)
             rates = await self._rates_for(settled, results)
             settled = [s for s in settled if results[s[0]] is AGAIN]
             orders: list[tuple[int, Order]] = []
+            versions: dict[str, int] = {}
             for i, product, currency in settled:
                 try:
                     priced = price_in(product.price, product.currency, currency, rates)
@@ -318,26 +311,87 @@ class OrderDesk:
                     results[i] = exc
                     continue
                 orders.append((i, new_order(cmds[i], product, currency, priced, placed_at)))
-            rest = orders
-            if orders and not any(dup_checked(cmds[i]) for i, _ in orders):
-                recorded = await uow.orders.pay_and_record(
-                    [o for _, o in orders], [accepted_event(o).to_bytes() for _, o in orders]
+                # Two versions of a product in one batch (read again for a doubtful order):
+                # the older one is checked, and so fails, and the batch is tried again.
+                versions[product.sku] = min(
+                    versions.get(product.sku, product.version), product.version
                 )
-                rest = [(i, o) for i, o in orders if o.transaction_id not in recorded]
-                for i, o in orders:
-                    if o.transaction_id in recorded:
-                        results[i] = self._accepted(o)
-            if rest:
-                # Orders recorded above are committed: a failure here is only the rest's.
-                try:
-                    await self._accept_in_a_transaction(uow, cmds, rest, results)
-                except LockTimeout:
-                    for i, _ in rest:
-                        results[i] = Overloaded()  # wallet or dup-check lock busy too long
-                except Exception as exc:
-                    for i, _ in rest:
-                        results[i] = exc
+            rest = orders
+            try:
+                if orders and not any(dup_checked(cmds[i]) for i, _ in orders):
+                    recorded = await uow.orders.pay_and_record(
+                        [o for _, o in orders],
+                        [accepted_event(o).to_bytes() for _, o in orders],
+                        versions,
+                    )
+                    rest = [(i, o) for i, o in orders if o.transaction_id not in recorded]
+                    for i, o in orders:
+                        if o.transaction_id in recorded:
+                            results[i] = self._accepted(o)
+                if rest:
+                    # Orders recorded above are committed: a failure here is only the rest's.
+                    try:
+                        await self._accept_in_a_transaction(
+                            uow, cmds, rest, results, {o.sku: versions[o.sku] for _, o in rest}
+                        )
+                    except ProductChanged:
+                        raise
+                    except LockTimeout:
+                        for i, _ in rest:
+                            results[i] = Overloaded()  # wallet or dup-check lock busy too long
+                    except Exception as exc:
+                        for i, _ in rest:
+                            results[i] = exc
+            except ProductChanged as exc:
+                self.catalog.forget(exc.skus)
+                metrics.PRODUCTS_CHANGED_AT_ACCEPTANCE.inc()
+                for i, _ in rest:
+                    results[i] = AGAIN
         return results
+
+    async def _settle(
+        self,
+        uow: UnitOfWork,
+        cmds: Sequence[CreateInstantOrder],
+        results: list[Accepted | DomainError | object],
+    ) -> list[tuple[int, Product, str]]:
+        """Each order's product and the currency it is paid in, checked (refusals go to
+        `results`). An order refused on what the catalog cache remembered is checked again
+        on its product and wallets read now, before it is refused."""
+        found = await self.catalog.look_up(
+            uow, sorted({c.sku for c in cmds}), list({c.account_id for c in cmds})
+        )
+        settled: list[tuple[int, Product, str]] = []
+        pending = list(range(len(cmds)))
+        while pending:
+            doubtful = []
+            for i in pending:
+                cmd = cmds[i]
+                try:
+                    product = check_orderable(
+                        found.products.get(cmd.sku), pin_format=cmd.pin_format
+                    )
+                    currency = settlement_currency(
+                        product, cmd.pay_with_currency, found.wallets.get(cmd.account_id, set())
+                    )
+                except DomainError as exc:
+                    if found.remembered(cmd.sku, cmd.account_id):
+                        doubtful.append(i)
+                    else:
+                        results[i] = exc
+                    continue
+                settled.append((i, product, currency))
+            if doubtful:
+                found = await self.catalog.look_up(
+                    uow,
+                    sorted({cmds[i].sku for i in doubtful}),
+                    list({cmds[i].account_id for i in doubtful}),
+                    found=found,
+                    afresh=True,
+                )
+            pending = doubtful
+        settled.sort(key=lambda s: s[0])
+        return settled
 
     async def _rates_for(
         self,
@@ -370,12 +424,16 @@ class OrderDesk:
         cmds: Sequence[CreateInstantOrder],
         orders: Sequence[tuple[int, Order]],
         results: list[Accepted | DomainError | object],
+        versions: dict[str, int],
     ) -> None:
         for attempt in range(3):
             outcome: dict[int, Accepted | DomainError | object] = {}
             try:
                 # A lock held elsewhere may not hold this batch past the decision window.
                 async with uow.transaction(lock_timeout_s=self.decision_window_s):
+                    # Checked, refused, priced and paid on the products as they are now.
+                    if changed := await uow.products.changed(versions):
+                        raise ProductChanged(changed)
                     kept = await self._not_duplicates(uow, cmds, orders, outcome)
                     paid = await self._debit(uow, kept, outcome)
                     if paid:

@@ -15,7 +15,7 @@ writes outside a transaction.
 import abc
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from types import TracebackType
@@ -46,6 +46,15 @@ class LockTimeout(Exception):
 class TransactionConflict(Exception):
     """The transaction lost a race (a deadlock, a serialization failure) and was rolled
     back; running it again is the remedy."""
+
+
+class ProductChanged(Exception):
+    """The read model holds another version of these products than the orders were priced
+    and checked at: nothing of them was paid for or recorded."""
+
+    def __init__(self, skus: Iterable[str]) -> None:
+        self.skus = frozenset(skus)
+        super().__init__(f"products changed meanwhile: {', '.join(sorted(self.skus))}")
 
 
 class Accounts(Protocol):
@@ -143,6 +152,10 @@ class Products(Protocol):
         batch of orders is checked against, in one round trip."""
         ...
 
+    async def changed(self, versions: Mapping[str, int]) -> set[str]:
+        """The SKUs (of SKU -> version) whose version the read model no longer holds."""
+        ...
+
     async def apply(self, record: dict[str, Any], version: int) -> bool:
         """Stores a product snapshot unless a newer one is stored; True if it was applied."""
         ...
@@ -172,12 +185,18 @@ class ExchangeRates(Protocol):
 
 class Orders(Protocol):
     async def pay_and_record(
-        self, orders: Sequence[Order], accepted_events: Sequence[bytes]
+        self,
+        orders: Sequence[Order],
+        accepted_events: Sequence[bytes],
+        versions: Mapping[str, int] | None = None,
     ) -> set[str]:
         """Pays for the orders and records them (DEBIT ledger rows, order rows, their
         OrderAccepted events) in ONE statement: each wallet pays the sum of its orders from
         one slot that holds it and no other transaction holds. Returns the transaction ids
-        recorded; a wallet without such a slot has nothing of its orders changed."""
+        recorded; a wallet without such a slot has nothing of its orders changed.
+
+        `versions` (SKU -> version the orders were priced at): if the read model holds
+        another version of any of them, nothing is changed and ProductChanged is raised."""
         ...
 
     async def record(self, orders: Sequence[Order], accepted_events: Sequence[bytes]) -> None:
