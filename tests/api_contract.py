@@ -228,6 +228,11 @@ class RepositoryContract:
             with pytest.raises(ProductChanged) as changed:
                 await uow.orders.pay_and_record(orders, events(*orders), {sku: 1, steady: 1})
         assert changed.value.skus == {sku}
+        async with new_uow() as uow, uow.transaction():  # the general path's statement
+            assert await uow.wallets.take_from_one_slot(account_id, "USD", Decimal("1.00"))
+            with pytest.raises(ProductChanged):
+                await uow.orders.record(orders[:1], events(orders[0]), {sku: 1})
+            # left without commit: rolled back
         async with new_uow() as uow:
             assert await uow.wallets.balances(account_id) == [("USD", Decimal("8.00"))]
             assert await uow.orders.get_many([o.transaction_id for o in orders]) == []

@@ -331,7 +331,13 @@ class FakeOrders:
             state.wallets[w].slots[slot] -= totals[w]
         return {o.transaction_id for o, _ in kept}
 
-    async def record(self, orders: Sequence[Order], accepted_events: Sequence[bytes]) -> None:
+    async def record(
+        self,
+        orders: Sequence[Order],
+        accepted_events: Sequence[bytes],
+        versions: Mapping[str, int] | None = None,
+    ) -> None:
+        self._check_versions(versions)
         self._add(orders, accepted_events)
 
     async def record_bulk(self, bulk: BulkOrder, accepted_events: Sequence[bytes]) -> None:

@@ -39,9 +39,9 @@ RECORDINGS_LATE = Counter(
 )
 PRODUCTS_CHANGED_AT_ACCEPTANCE = Counter(
     "orders_acceptance_products_changed_total",
-    "Acceptance batches that found a product changed since the api remembered it (a new "
-    "catalog version): nothing of them was charged, and their orders were tried again on "
-    "the product as it is now.",
+    "Acceptance batches that found a product at another catalog version than the one their "
+    "orders were priced at (remembered, or changed while the batch ran): their orders not "
+    "yet recorded were charged nothing and tried again on the product as it is now.",
 )
 ORDER_TRANSITIONS = Counter(
     "orders_transitions_total", "Order status changes applied to the read model.", ["to"]

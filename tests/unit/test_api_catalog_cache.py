@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 
 from services.api import metrics
-from services.api.domain.model import CreateInstantOrder, ProductNotFound, UnsupportedCurrency
+from services.api.domain.model import (
+    CreateInstantOrder,
+    InsufficientBalance,
+    ProductNotFound,
+    UnsupportedCurrency,
+)
 from services.api.service_layer import accounts
 from tests.api_contract import product_record
 from tests.api_fakes import FakeProducts, FakeStore
@@ -118,3 +123,56 @@ async def test_an_order_refused_on_what_was_remembered_is_checked_on_what_is_now
 
     assert (order.currency, order.grand_total) == ("EUR", Decimal("0.50"))
     assert reads[reads_before:] == [(["SKU"], [account_id])]  # read again: then accepted
+
+
+async def test_a_price_remembered_in_another_currency_is_not_converted_once_it_changed(
+    reads: list[Any],
+) -> None:
+    """Remembered in EUR, the product now sells in USD: an order paid in USD needs no
+    conversion (and there is no rate to convert with), so it is priced on the product read
+    afresh instead of being refused for want of a rate."""
+    store = FakeStore()
+    await product(store, 1, currency="EUR", price="2.00")
+    account_id = await account(store, ("USD", "10.00"), ("EUR", "10.00"))
+    orders_desk = desk(store)
+    await orders_desk.place_instant(instant(account_id))  # remembers it in EUR
+    await product(store, 2, currency="USD", price="3.00")
+
+    order = await orders_desk.place_instant(
+        CreateInstantOrder(account_id, "SKU", None, False, "USD")
+    )
+
+    assert (order.currency, order.unit_price, order.fx) == ("USD", Decimal("3.00"), None)
+    assert reads[1:] == [(["SKU"], [])]
+
+
+async def test_a_product_of_no_known_version_is_read_for_every_batch(reads: list[Any]) -> None:
+    """Version 0 ("not known") could not be checked at payment: it is never remembered, and
+    its orders are accepted on it as read, each batch."""
+    store = FakeStore()
+    await product(store, 0, price="2.00")
+    account_id = await account(store, ("USD", "10.00"))
+    orders_desk = desk(store)
+
+    for _ in range(2):
+        await orders_desk.place_instant(instant(account_id))
+
+    assert [skus for skus, _ in reads] == [["SKU"], ["SKU"]]
+    assert await balance(store, account_id) == Decimal("6.00")
+
+
+async def test_the_general_path_does_not_refuse_on_a_remembered_price(reads: list[Any]) -> None:
+    """Remembered at 9.00, the product now costs 1.00: a dup-checked order from an account
+    holding 5.00 is paid at 1.00, not refused for a balance the old price would need."""
+    store = FakeStore()
+    await product(store, 1, price="9.00")
+    account_id = await account(store, ("USD", "5.00"))
+    orders_desk = desk(store)
+    with pytest.raises(InsufficientBalance):
+        await orders_desk.place_instant(instant(account_id))  # remembers it at 9.00
+    await product(store, 2, price="1.00")
+
+    order = await orders_desk.place_instant(instant(account_id, "n-1"))
+
+    assert order.unit_price == Decimal("1.00")
+    assert await balance(store, account_id) == Decimal("4.00")

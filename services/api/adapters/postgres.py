@@ -108,8 +108,7 @@ def _changed_products(skus: str, versions: str) -> str:
 CHANGED_PRODUCTS = _changed_products("$1", "$2")
 # The products ($16 SKU, $17 version) the orders were priced and checked at whose version
 # the read model no longer holds: when there is one, the statements below change nothing and
-# return its SKU (ProductChanged). Without versions (`record`: the general path checks its
-# products at its start, Products.changed), it is empty.
+# return its SKU (ProductChanged). Without versions, it is empty.
 STALE_PRODUCTS = f"stale AS ({_changed_products('$16', '$17')}),"
 
 # Records accepted orders in one statement: each order's DEBIT ledger row (the ledger's unique
@@ -836,13 +835,19 @@ class PostgresOrders:
     def __init__(self, conn: Conn) -> None:
         self._conn = conn
 
-    async def record(self, orders: Sequence[Order], accepted_events: Sequence[bytes]) -> None:
-        await self._conn.execute(
+    async def record(
+        self,
+        orders: Sequence[Order],
+        accepted_events: Sequence[bytes],
+        versions: Mapping[str, int] | None = None,
+    ) -> None:
+        rows = await self._conn.fetch(
             RECORD_PAID,
             *_order_arrays(orders, accepted_events),
             topics.ORDER_EVENTS.name,
-            *_versions(None),
+            *_versions(versions),
         )
+        _recorded(rows)
 
     async def pay_and_record(
         self,

@@ -9,8 +9,9 @@ Remembering cannot let an order through that the database would refuse:
   orders are tried again with it read afresh).
 - Wallets are never removed, so a currency remembered is still there. One not remembered is
   looked up before an order is refused for it.
-- Whatever is refused on remembered data (a product inactive, a currency missing) is
-  checked again on data read now before the refusal is answered.
+- Whatever is refused on remembered data (a product inactive, a currency missing, a price
+  that cannot be converted, exchange rates needed and unreadable) is checked again on data
+  read now before the refusal is answered.
 """
 
 from collections.abc import Iterable, Sequence
@@ -69,20 +70,23 @@ class CatalogCache:
                 self._wallets.clear()
             for sku in wanted_skus:
                 self._products.pop(sku, None)
-            self._products.update(products)
-            self._wallets.update((a, frozenset(c)) for a, c in wallets.items())
-            found.fresh_skus.update(wanted_skus)
-            found.fresh_accounts.update(wanted_accounts)
-            for sku in wanted_skus:
                 found.products.pop(sku, None)
             for account_id in wanted_accounts:
                 found.wallets.pop(account_id, None)
+            # A product of no known version (0) is not remembered: it could not be checked.
+            self._products.update((sku, p) for sku, p in products.items() if p.version)
+            self._wallets.update((a, frozenset(c)) for a, c in wallets.items())
+            found.products.update(products)
+            found.wallets.update((a, set(c)) for a, c in wallets.items())
+            found.fresh_skus.update(wanted_skus)
+            found.fresh_accounts.update(wanted_accounts)
         for sku in skus:
-            if (product := self._products.get(sku)) is not None:
+            if sku not in found.products and (product := self._products.get(sku)) is not None:
                 found.products[sku] = product
         for account_id in account_ids:
-            if (currencies := self._wallets.get(account_id)) is not None:
-                found.wallets[account_id] = set(currencies)
+            remembered = self._wallets.get(account_id)
+            if account_id not in found.wallets and remembered is not None:
+                found.wallets[account_id] = set(remembered)
         return found
 
     def forget(self, skus: Iterable[str]) -> None:

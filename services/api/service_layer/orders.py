@@ -35,7 +35,7 @@ from services.api.domain.model import (
     price_in,
     settlement_currency,
 )
-from services.api.service_layer.catalog_cache import CatalogCache
+from services.api.service_layer.catalog_cache import CatalogCache, Found
 from services.api.service_layer.fx import RateSource
 from services.api.service_layer.unit_of_work import (
     Allocation,
@@ -299,23 +299,40 @@ class OrderDesk:
         results: list[Accepted | DomainError | object] = [AGAIN] * len(cmds)
         placed_at = utcnow()
         async with self.new_uow() as uow:
-            settled = await self._settle(uow, cmds, results)
+            settled, found = await self._settle(uow, cmds, results)
             rates = await self._rates_for(settled, results)
-            settled = [s for s in settled if results[s[0]] is AGAIN]
+            tried_again: set[int] = set()
+
+            def refuse(i: int, sku: str, exc: BaseException) -> None:
+                # A refusal that rests on a product remembered, not read now (its price, its
+                # currency): the product is read afresh and the order tried again.
+                if sku in found.fresh_skus:
+                    results[i] = exc
+                else:
+                    self.catalog.forget([sku])
+                    tried_again.add(i)
+                    results[i] = AGAIN
+
+            for i, product, _ in settled:
+                failure = results[i]
+                if isinstance(failure, BaseException):  # the rates it needed were unreadable
+                    refuse(i, product.sku, failure)
+            settled = [s for s in settled if results[s[0]] is AGAIN and s[0] not in tried_again]
             orders: list[tuple[int, Order]] = []
             versions: dict[str, int] = {}
             for i, product, currency in settled:
                 try:
                     priced = price_in(product.price, product.currency, currency, rates)
                 except DomainError as exc:
-                    results[i] = exc
+                    refuse(i, product.sku, exc)
                     continue
                 orders.append((i, new_order(cmds[i], product, currency, priced, placed_at)))
-                # Two versions of a product in one batch (read again for a doubtful order):
-                # the older one is checked, and so fails, and the batch is tried again.
-                versions[product.sku] = min(
-                    versions.get(product.sku, product.version), product.version
-                )
+                if product.version:  # 0: not known, so never remembered and not checked
+                    # Two versions of a product in one batch (read again for a doubtful
+                    # order): the older one is checked, and so fails, and all are tried again.
+                    versions[product.sku] = min(
+                        versions.get(product.sku, product.version), product.version
+                    )
             rest = orders
             try:
                 if orders and not any(dup_checked(cmds[i]) for i, _ in orders):
@@ -332,7 +349,12 @@ class OrderDesk:
                     # Orders recorded above are committed: a failure here is only the rest's.
                     try:
                         await self._accept_in_a_transaction(
-                            uow, cmds, rest, results, {o.sku: versions[o.sku] for _, o in rest}
+                            uow,
+                            cmds,
+                            rest,
+                            results,
+                            {o.sku: versions[o.sku] for _, o in rest if o.sku in versions},
+                            found.fresh_skus,
                         )
                     except ProductChanged:
                         raise
@@ -354,10 +376,11 @@ class OrderDesk:
         uow: UnitOfWork,
         cmds: Sequence[CreateInstantOrder],
         results: list[Accepted | DomainError | object],
-    ) -> list[tuple[int, Product, str]]:
+    ) -> tuple[list[tuple[int, Product, str]], Found]:
         """Each order's product and the currency it is paid in, checked (refusals go to
-        `results`). An order refused on what the catalog cache remembered is checked again
-        on its product and wallets read now, before it is refused."""
+        `results`), and what they were checked against. An order refused on what the catalog
+        cache remembered is checked again on its product and wallets read now, before it is
+        refused."""
         found = await self.catalog.look_up(
             uow, sorted({c.sku for c in cmds}), list({c.account_id for c in cmds})
         )
@@ -391,7 +414,7 @@ class OrderDesk:
                 )
             pending = doubtful
         settled.sort(key=lambda s: s[0])
-        return settled
+        return settled, found
 
     async def _rates_for(
         self,
@@ -425,20 +448,27 @@ class OrderDesk:
         orders: Sequence[tuple[int, Order]],
         results: list[Accepted | DomainError | object],
         versions: dict[str, int],
+        read_now: set[str],
     ) -> None:
+        """The general path. `versions`: the products' versions the orders were priced at;
+        those not `read_now` (remembered) are checked before anything is decided, and all of
+        them again by the statement that records the orders (ProductChanged)."""
+        remembered = {sku: v for sku, v in versions.items() if sku not in read_now}
         for attempt in range(3):
             outcome: dict[int, Accepted | DomainError | object] = {}
             try:
                 # A lock held elsewhere may not hold this batch past the decision window.
                 async with uow.transaction(lock_timeout_s=self.decision_window_s):
                     # Checked, refused, priced and paid on the products as they are now.
-                    if changed := await uow.products.changed(versions):
+                    if remembered and (changed := await uow.products.changed(remembered)):
                         raise ProductChanged(changed)
                     kept = await self._not_duplicates(uow, cmds, orders, outcome)
                     paid = await self._debit(uow, kept, outcome)
                     if paid:
                         await uow.orders.record(
-                            [o for _, o in paid], [accepted_event(o).to_bytes() for _, o in paid]
+                            [o for _, o in paid],
+                            [accepted_event(o).to_bytes() for _, o in paid],
+                            versions,
                         )
                     await uow.commit()
             except TransactionConflict:

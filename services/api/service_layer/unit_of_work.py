@@ -199,9 +199,16 @@ class Orders(Protocol):
         another version of any of them, nothing is changed and ProductChanged is raised."""
         ...
 
-    async def record(self, orders: Sequence[Order], accepted_events: Sequence[bytes]) -> None:
+    async def record(
+        self,
+        orders: Sequence[Order],
+        accepted_events: Sequence[bytes],
+        versions: Mapping[str, int] | None = None,
+    ) -> None:
         """Ledger rows, order rows and OrderAccepted events of orders paid for already in
-        this transaction. A second DEBIT of an order is refused by the database."""
+        this transaction. A second DEBIT of an order is refused by the database. `versions`
+        as for `pay_and_record`: nothing is recorded and ProductChanged raised (the caller
+        then rolls the transaction back)."""
         ...
 
     async def record_bulk(self, bulk: BulkOrder, accepted_events: Sequence[bytes]) -> None:
