@@ -2,6 +2,8 @@
 round trip (idempotent producer, acks=all, the same settings as the services) and a bare
 PostgreSQL commit of a one-row insert (fsync and synchronous_commit on), each measured many
 times one at a time. An instant order needs two Kafka hops and two commits at the least.
+Also what a PostgreSQL round trip costs to a backend that just answered and to one idle for
+a few milliseconds, as the steps of a lone order find theirs.
 
     .venv/bin/python benchmarks/floor.py --count 300
 """
@@ -79,6 +81,45 @@ async def pg_commit(url: str, count: int) -> list[float]:
     return samples
 
 
+async def pg_round_trips(url: str, count: int) -> dict[str, list[float]]:
+    """What a round trip costs: to a backend that just answered (back to back), and to one
+    idle for 5 ms (as each step of a lone order finds it); and a transaction's BEGIN and first
+    statement as two round trips or as one simple-protocol query (both after 5 ms idle)."""
+    conn = await asyncpg.connect(url)
+    samples: dict[str, list[float]] = {
+        "PostgreSQL `SELECT 1`, back to back": [],
+        "PostgreSQL `SELECT 1`, after 5 ms idle": [],
+        "PostgreSQL BEGIN, then `SELECT 1` (two round trips), after 5 ms idle": [],
+        "PostgreSQL `BEGIN; SELECT 1` (one simple query), after 5 ms idle": [],
+    }
+    hot, idle, two, one = samples.values()
+    try:
+        for _ in range(count):
+            await conn.fetchval("SELECT 1")
+            began = time.perf_counter()
+            await conn.fetchval("SELECT 1")
+            hot.append(time.perf_counter() - began)
+            await asyncio.sleep(0.005)
+            began = time.perf_counter()
+            await conn.fetchval("SELECT 1")
+            idle.append(time.perf_counter() - began)
+            await asyncio.sleep(0.005)
+            began = time.perf_counter()
+            await conn.execute("BEGIN")
+            await conn.fetchval("SELECT 1")
+            two.append(time.perf_counter() - began)
+            await conn.execute("ROLLBACK")
+            await asyncio.sleep(0.005)
+            began = time.perf_counter()
+            await conn.execute("BEGIN; SELECT 1")
+            one.append(time.perf_counter() - began)
+            await conn.execute("ROLLBACK")
+            await asyncio.sleep(0.005)
+    finally:
+        await conn.close()
+    return samples
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=300)
@@ -91,6 +132,7 @@ async def main() -> None:
             await kafka_round_trip(bootstrap, args.count),
         ),
         summary("PostgreSQL one-row insert, autocommit", await pg_commit(url, args.count)),
+        *(summary(name, taken) for name, taken in (await pg_round_trips(url, args.count)).items()),
     ]
     print("| what | n | p50 ms | p99 ms | mean ms |\n|---|---|---|---|---|\n" + "\n".join(rows))
 
