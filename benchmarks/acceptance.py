@@ -12,9 +12,9 @@ stock, they complete), so that none is left for the api to ask about again later
 import argparse
 import asyncio
 import os
-import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from alternating import alternate, summary  # noqa: E402
 from instant_orders import setup  # noqa: E402
 
 from services.api.adapters.postgres import PostgresUnitOfWork  # noqa: E402
@@ -128,30 +129,23 @@ async def main() -> None:
         for name, cache in (("remembered", CatalogCache()), ("read afresh", ReadsAfresh()))
     }
     order = CreateInstantOrder(account_id, sku, None, False, None)
-    medians: dict[str, list[float]] = {name: [] for name in desks}
     commands: list[PlaceOrder] = []
-    for round_ in range(1, args.rounds + 1):
-        for name, desk in desks.items():
-            taken = []
-            for _ in range(args.orders):
-                began = time.perf_counter()
-                [accepted] = await desk._accept_batch([order])
-                taken.append(time.perf_counter() - began)
-                if not isinstance(accepted, tuple):
-                    raise SystemExit(f"the order was not accepted: {accepted!r}")
-                commands.append(accepted[1])
-                await asyncio.sleep(0.01)  # one at a time, not synchronisation
-            medians[name].append(statistics.median(taken[10:]) * 1000)
-            print(f"round {round_}, {name}: median {medians[name][-1]:.2f} ms", file=sys.stderr)
+
+    def accept_with(desk: OrderDesk) -> Callable[[], Awaitable[None]]:
+        async def accept() -> None:
+            [accepted] = await desk._accept_batch([order])
+            if not isinstance(accepted, tuple):
+                raise SystemExit(f"the order was not accepted: {accepted!r}")
+            commands.append(accepted[1])
+
+        return accept
+
+    medians = await alternate(
+        {name: accept_with(desk) for name, desk in desks.items()}, args.rounds, args.orders
+    )
     await complete(pool, commands)
     await pool.close()
-    print("| products and wallets | rounds | median of the round medians | range |")
-    print("|---|---|---|---|")
-    for name, values in medians.items():
-        print(
-            f"| {name} | {len(values)} | {statistics.median(values):.2f} ms "
-            f"| {min(values):.2f}-{max(values):.2f} ms |"
-        )
+    print(summary("products and wallets", medians))
 
 
 if __name__ == "__main__":
