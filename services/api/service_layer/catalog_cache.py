@@ -5,8 +5,9 @@ currencies. A batch then makes one round trip (pay and record) instead of two.
 Remembering cannot let an order through that the database would refuse:
 - A product is used at the version it was read at, and the statement that pays for and
   records the orders checks that version against the read model (`ProductChanged` when it
-  moved on: nothing of the batch is paid or recorded, the product is forgotten here, and the
-  orders are tried again with it read afresh).
+  moved on: none of that statement's orders is paid or recorded, the product is forgotten
+  here, and they are tried again with it read afresh). The general path checks the versions
+  of remembered products before it decides anything, and all of them again as it records.
 - Wallets are never removed, so a currency remembered is still there. One not remembered is
   looked up before an order is refused for it.
 - Whatever is refused on remembered data (a product inactive, a currency missing, a price
