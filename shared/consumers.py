@@ -75,8 +75,12 @@ async def consume_resiliently(
     """Run `handle` for one message with the retry policy shared by every consumer.
 
     - A message that does not parse is dead-lettered at once: retrying cannot help.
-    - A handler error is retried with exponential backoff, `max_retries` times, then the
-      message is dead-lettered with the error in its headers, so the partition moves on.
+    - So is one whose handler refuses its data (a `ValueError`: a delivery for a SKU that
+      does not exist, a code that does not open, a value the database rejects): the same
+      message is refused again, and while it is retried the partition's other messages, the
+      instant path's order requests among them, wait behind it.
+    - Any other handler error is retried with exponential backoff, `max_retries` times, then
+      the message is dead-lettered with the error in its headers, so the partition moves on.
     - An infrastructure failure (database or broker unreachable) is re-raised after a pause:
       the subscriber does not commit, and the message is redelivered when things are back.
     """
@@ -93,6 +97,11 @@ async def consume_resiliently(
             metrics.CONSUMER_RETRIES.labels(consumer, "transient").inc()
             await asyncio.sleep(min(2.0, base_backoff_s * 2**attempt))
             raise
+        except ValueError as exc:
+            await _dead_letter(
+                producer, dead_letter_topic, raw, key, topic, consumer, exc, attempt + 1
+            )
+            return
         except Exception as exc:
             metrics.CONSUMER_RETRIES.labels(consumer, "error").inc()
             if attempt == max_retries:

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from shared.contracts import (
     AllocateBackorder,
     Decision,
+    DeliverStock,
     PlaceOrder,
     inventory_event,
 )
@@ -33,6 +34,7 @@ class Tail:
         self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
         self._topics = topics
         self.records: list[tuple[str, bytes | None, bytes]] = []
+        self.headers: list[dict[str, bytes]] = []  # of each record, in the same order
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -48,6 +50,7 @@ class Tail:
         batches = await self._consumer.getmany(timeout_ms=100)
         for records in batches.values():
             self.records.extend((r.topic, r.key, r.value or b"") for r in records)
+            self.headers.extend(dict(r.headers) for r in records)
 
     async def stop(self) -> None:
         await self._consumer.stop()
@@ -152,6 +155,36 @@ async def test_an_order_is_answered_on_its_reply_topic_and_announced(
     metrics = (await inventory_admin.get("/metrics")).text
     assert f'inventory_codes_available{{sku="{sku}"}} 1.0' in metrics
     assert 'inventory_code_claims_total{outcome="reserved"}' in metrics
+
+
+async def test_a_delivery_inventory_refuses_is_dead_lettered_without_retries(
+    inventory_admin: httpx.AsyncClient, tail: Tail, producer: AIOKafkaProducer
+) -> None:
+    """A DeliverStock for a SKU inventory does not know is refused for its data (ValueError):
+    retrying cannot change that, so it goes to the dead-letter topic on its first attempt
+    instead of holding its partition through the retries' backoff, and the order behind it
+    on the same partition is decided."""
+    sku = await product(inventory_admin, [])
+    delivery = DeliverStock(delivery_id=unique("delivery"), sku=unique("UNKNOWN"), sealed_codes=[])
+    order = place(sku)
+    for value in (delivery.to_bytes(), order.to_bytes()):  # one key: one partition, in order
+        await producer.send_and_wait(INVENTORY_COMMANDS.name, value, key=sku.encode())
+
+    async def dead_lettered() -> list[dict[str, bytes]]:
+        await tail.poll()
+        return [
+            headers
+            for (topic, _, value), headers in zip(tail.records, tail.headers, strict=True)
+            if topic == INVENTORY_COMMANDS.dead_letter and delivery.delivery_id.encode() in value
+        ]
+
+    [headers] = await wait_until(dead_lettered, timeout=15, message="the delivery dead-lettered")
+    assert (headers["x-error"], headers["x-attempts"]) == (b"ValueError", b"1")
+    await wait_until(
+        lambda: seen(tail, ORDER_REPLIES.name, order.transaction_id),
+        timeout=15,
+        message="the order behind it decided",
+    )
 
 
 async def test_a_poison_command_is_dead_lettered_and_the_partition_moves_on(

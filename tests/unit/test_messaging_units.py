@@ -22,6 +22,7 @@ from shared.consumers import (
     ThrottledCommits,
     batch_subscriber,
     consume_batch,
+    consume_resiliently,
 )
 from shared.contracts import Decision, PlaceOrder, utcnow
 from shared.outbox import header_type, type_header
@@ -210,6 +211,36 @@ async def test_a_batch_is_applied_at_once_and_a_poison_message_alone() -> None:
     applied.clear()
     await consume([raw("c"), raw("poison"), raw("d")])
     assert applied == [["c"], ["d"]]
+    assert len(producer.dead) == 2
+
+
+async def test_a_message_whose_data_is_refused_is_dead_lettered_without_retries() -> None:
+    """Refused data (a ValueError) is refused again: it is dead-lettered on its first
+    attempt, without the backoff that would hold its partition; another error is retried."""
+    attempts: dict[str, int] = {}
+
+    async def handle(message: Decision) -> None:
+        attempts[message.transaction_id] = attempts.get(message.transaction_id, 0) + 1
+        if message.transaction_id == "refused":
+            raise ValueError("a delivery for unknown SKU")
+        raise RuntimeError("a bug")
+
+    producer = Sent()
+    for transaction_id in ("refused", "failing"):
+        await consume_resiliently(
+            raw=Decision(transaction_id=transaction_id, sku="S", outcome="BACKORDERED").to_bytes(),
+            parse=Decision.model_validate_json,
+            handle=handle,
+            producer=cast(AIOKafkaProducer, producer),
+            topic=INVENTORY_EVENTS.name,
+            dead_letter_topic=INVENTORY_EVENTS.dead_letter,
+            key=b"S",
+            consumer="test",
+            max_retries=3,
+            base_backoff_s=0,
+        )
+
+    assert attempts == {"refused": 1, "failing": 4}
     assert len(producer.dead) == 2
 
 
