@@ -76,9 +76,9 @@ async def consume_resiliently(
 
     - A message that does not parse is dead-lettered at once: retrying cannot help.
     - So is one whose handler refuses its data (a `ValueError`: a delivery for a SKU that
-      does not exist, a code that does not open, a value the database rejects): the same
-      message is refused again, and while it is retried the partition's other messages, the
-      instant path's order requests among them, wait behind it.
+      does not exist, a code that does not open): the same message is refused again, and
+      while it is retried the partition's other messages, the instant path's order requests
+      among them, wait behind it.
     - Any other handler error is retried with exponential backoff, `max_retries` times, then
       the message is dead-lettered with the error in its headers, so the partition moves on.
     - An infrastructure failure (database or broker unreachable) is re-raised after a pause:
