@@ -9,9 +9,7 @@ stock, they complete), so that none is left for the api to ask about again later
     .venv/bin/python benchmarks/acceptance.py --rounds 6 --orders 150
 """
 
-import argparse
 import asyncio
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -27,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from alternating import alternate, summary  # noqa: E402
+from alternating import alternate, arguments, summary  # noqa: E402
 from instant_orders import setup  # noqa: E402
 
 from services.api.adapters.postgres import PostgresUnitOfWork  # noqa: E402
@@ -98,13 +96,7 @@ async def complete(pool: asyncpg.Pool, commands: list[PlaceOrder]) -> None:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=6, help="rounds of each variant")
-    parser.add_argument("--orders", type=int, default=150, help="orders per round")
-    args = parser.parse_args()
-    dsn = os.environ.get("API_DATABASE_URL")
-    if not dsn:
-        raise SystemExit('No API_DATABASE_URL: eval "$(python3 deploy/local/stack.py env)".')
+    args, dsn = arguments(__doc__, "API_DATABASE_URL")
     # The product, through inventory's catalog, with a code for every order.
     sku, _ = await setup(codes=2 * args.rounds * args.orders, accounts=0)
     pool = await create_pool(dsn, 4)

@@ -2,11 +2,27 @@
 acceptance.py and inventory_decide.py): the machine's slow spells, larger here than the
 differences measured, then fall on both variants of a round alike."""
 
+import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
+
+
+def arguments(description: str, dsn_variable: str) -> tuple[argparse.Namespace, str]:
+    """The comparison's command line (--rounds, --orders) and the database it runs on, from
+    the stack's settings."""
+    parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=6, help="rounds of each variant")
+    parser.add_argument("--orders", type=int, default=150, help="orders per round")
+    args = parser.parse_args()
+    dsn = os.environ.get(dsn_variable)
+    if not dsn:
+        raise SystemExit(f'No {dsn_variable}: eval "$(python3 deploy/local/stack.py env)".')
+    return args, dsn
+
 
 # The first calls of a round are left out of its median: a restarted variant warms up.
 WARM_UP = 10

@@ -10,9 +10,7 @@ events, as those of inventory_decisions.py).
     .venv/bin/python benchmarks/inventory_decide.py --rounds 6 --orders 150
 """
 
-import argparse
 import asyncio
-import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,12 +21,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from alternating import alternate, summary  # noqa: E402
+from alternating import alternate, arguments, summary  # noqa: E402
 from inventory_decisions import stock_products  # noqa: E402
 
 from services.inventory.adapters import postgres  # noqa: E402
 from services.inventory.adapters.postgres import PostgresUnitOfWork  # noqa: E402
-from services.inventory.domain.model import ClaimedCode, reserve_or_backorder  # noqa: E402
 from services.inventory.service_layer.decisions import handle_commands  # noqa: E402
 from services.inventory.service_layer.unit_of_work import Decided  # noqa: E402
 from shared.contracts import PlaceOrder, new_transaction_id, utcnow  # noqa: E402
@@ -44,40 +41,17 @@ LOOK_UP_AND_CLAIM = _STATEMENT[:_START] + ")" + _STATEMENT[_END + 2 :]
 class InsertOfItsOwn(PostgresUnitOfWork):
     """The decisions stored by a statement of their own after the claim (before 230ffe7)."""
 
+    DECIDE_STATEMENT = LOOK_UP_AND_CLAIM
+
     async def decide_orders(self, orders: Sequence[PlaceOrder]) -> Decided:
-        # The adapter's own steps, but for the claim statement (its row readers included).
-        rows = await self.connection.fetch(
-            LOOK_UP_AND_CLAIM,
-            [o.sku for o in orders],
-            [o.transaction_id for o in orders],
-            [o.account_id for o in orders],
-            [o.reply_to for o in orders],
-            [o.placed_at for o in orders],
-        )
-        known = {r["transaction_id"]: postgres._decision(r) for r in rows if r["state"]}
-        codes = {
-            r["transaction_id"]: ClaimedCode(r["code_id"], postgres._sealed(r))
-            for r in rows
-            if r["code_id"] is not None
-        }
-        new = [
-            reserve_or_backorder(o, codes.get(o.transaction_id))
-            for o in orders
-            if o.transaction_id not in known
-        ]
-        if new:
-            await self.decisions.add_all(new)
-        return Decided(known, new, codes)
+        decided = await super().decide_orders(orders)
+        if decided.new:
+            await self.decisions.add_all(decided.new)
+        return decided
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=6, help="rounds of each variant")
-    parser.add_argument("--orders", type=int, default=150, help="orders per round")
-    args = parser.parse_args()
-    dsn = os.environ.get("INVENTORY_DATABASE_URL")
-    if not dsn:
-        raise SystemExit('No INVENTORY_DATABASE_URL: eval "$(python3 deploy/local/stack.py env)".')
+    args, dsn = arguments(__doc__, "INVENTORY_DATABASE_URL")
     sku = f"BENCH-{uuid.uuid4().hex[:8]}"
     await stock_products([sku], 2 * args.rounds * args.orders + 10)
     pool = await create_pool(dsn, 4)

@@ -499,6 +499,8 @@ class PostgresDecisions:
 
 class PostgresUnitOfWork(postgres_unit_of_work.PostgresUnitOfWork, UnitOfWork):
     CONFLICTS = (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError)
+    # What decide_orders runs (benchmarks/inventory_decide.py compares another).
+    DECIDE_STATEMENT = DECIDE_ORDERS
 
     def _bind(self, conn: Conn) -> None:
         self.products = PostgresProducts(conn)
@@ -510,7 +512,7 @@ class PostgresUnitOfWork(postgres_unit_of_work.PostgresUnitOfWork, UnitOfWork):
         if not orders:
             return Decided({}, [], {})
         rows = await self.connection.fetch(
-            DECIDE_ORDERS,
+            self.DECIDE_STATEMENT,
             [o.sku for o in orders],
             [o.transaction_id for o in orders],
             [o.account_id for o in orders],
