@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from types import SimpleNamespace
+from typing import Any
 
 import asyncpg
 import pytest
 
-from services.api.adapters.postgres import PostgresUnitOfWork
+from services.api.adapters.postgres import CHANGED_PRODUCTS, PostgresUnitOfWork
 from services.api.domain.model import CreateInstantOrder, OperatorCredit
 from services.api.service_layer import accounts, orders
 from services.api.service_layer.fx import OperatorRates
@@ -236,3 +238,54 @@ class HeldReplies:
 
     def forget(self, transaction_id: str) -> None:
         self._futures.pop(transaction_id, None)
+
+
+def _scans(node: dict[str, Any]) -> list[tuple[str, str]]:
+    """(node type, relation) of every node of an EXPLAIN (FORMAT JSON) plan that reads one."""
+    found = [(node["Node Type"], node["Relation Name"])] if "Relation Name" in node else []
+    for child in node.get("Plans", []):
+        found += _scans(child)
+    return found
+
+
+async def test_a_remembered_products_version_is_checked_by_its_key(pool: asyncpg.Pool) -> None:
+    """Every acceptance batch on remembered products checks their versions (CHANGED_PRODUCTS,
+    and the same check in the pay-and-record statement): it must look each SKU up by the
+    primary key, not read the whole products table. Written as a join on unnest(), the check
+    was planned (generically) as a hash join reading every product, on a catalog of a few
+    hundred, and as a nested loop of key lookups on a larger one: which, the table's
+    statistics decide. Nested loops are turned off here, so that the planner takes the hash
+    join wherever a join lets it; a lookup per SKU has no join to choose."""
+    async with pool.acquire() as conn:
+        tx, prepared = conn.transaction(), False
+        await tx.start()
+        try:
+            await conn.execute(
+                """
+                INSERT INTO products (sku, record, currency, price, is_instant, active, version)
+                SELECT 'PLAN-' || n, '{}', 'USD', 1.00, true, true, 1
+                FROM generate_series(1, 300) AS n
+                """
+            )
+            await conn.execute("ANALYZE products")
+            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            await conn.execute("SET LOCAL enable_nestloop = off")
+            await conn.execute("PREPARE changed_probe(text[], bigint[]) AS " + CHANGED_PRODUCTS)
+            prepared = True
+            [plan] = json.loads(
+                await conn.fetchval(
+                    "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE "
+                    "changed_probe(ARRAY['PLAN-7', 'PLAN-8', 'PLAN-NONE'], ARRAY[1, 2, 1])"
+                )
+            )
+            changed = await conn.fetch(
+                "EXECUTE changed_probe(ARRAY['PLAN-7', 'PLAN-8', 'PLAN-NONE'], ARRAY[1, 2, 1])"
+            )
+        finally:
+            await tx.rollback()
+            if prepared:  # a prepared statement outlives the transaction
+                await conn.execute("DEALLOCATE changed_probe")
+    assert sorted(r["sku"] for r in changed) == ["PLAN-8", "PLAN-NONE"]
+    scans = _scans(plan["Plan"])
+    assert ("Seq Scan", "products") not in scans, scans
+    assert plan["Plan"]["Shared Hit Blocks"] + plan["Plan"].get("Shared Read Blocks", 0) < 30

@@ -97,11 +97,14 @@ RETURNING slot
 
 
 def _changed_products(skus: str, versions: str) -> str:
-    """The SKUs of (SKU, version) pairs whose version the read model no longer holds."""
+    """The SKUs of (SKU, version) pairs whose version the read model no longer holds.
+
+    Each SKU is looked up by the primary key (a subquery per pair): a join would be planned,
+    generically, as a hash join reading the whole products table for catalogs of up to about
+    a thousand products, in every acceptance batch."""
     return f"""
     SELECT v.sku FROM unnest({skus}::text[], {versions}::bigint[]) AS v (sku, version)
-    LEFT JOIN products AS p ON p.sku = v.sku
-    WHERE p.version IS DISTINCT FROM v.version
+    WHERE (SELECT p.version FROM products AS p WHERE p.sku = v.sku) IS DISTINCT FROM v.version
 """  # noqa: S608 - parameter numbers only
 
 
