@@ -424,6 +424,12 @@ def test_tuning_passes_the_services_variables_and_nothing_else(
 def test_tuning_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert environment.tuning_env() == {"SUPPLIER_ENABLED": "true", "API_PROCESSES": "4"}
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert environment.default_api_processes() == 1  # the other core for the rest of the stack
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert environment.default_api_processes() == 2
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert environment.default_api_processes() == 1
     monkeypatch.setattr(os, "cpu_count", lambda: None)
     assert environment.default_api_processes() == 1
     monkeypatch.setenv("API_PROCESSES", "3")

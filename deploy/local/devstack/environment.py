@@ -117,11 +117,12 @@ def process_env(cfg: Config, secret: dict[str, str]) -> dict[str, str]:
 
 
 def default_api_processes() -> int:
-    """How many api worker processes `up` runs unless API_PROCESSES says: one per core, up to
-    four. On two cores, two api processes sustained 577-586 orders/s at 600 offered (p99
-    0.9-1.0 s) where one sustained 497-505 (p99 4.9-5.8 s), at the same CPU per order
-    (docs/benchmarks.md, "Several api processes")."""
-    return max(1, min(4, os.cpu_count() or 1))
+    """How many api worker processes `up` runs unless API_PROCESSES says: one per core but one
+    (left to inventory, Kafka and PostgreSQL), at least one, up to four. On two cores, one api
+    process now beats two at every rate: at 600/s offered, p99 188-287 ms and every order
+    COMPLETED against 380-989 ms with 503s; at 1,000/s, 891-982/s answered against 725-986/s
+    (docs/benchmarks.md, "One api process or two, again"). Larger machines are not measured."""
+    return max(1, min(4, (os.cpu_count() or 1) - 1))
 
 
 def tuning_env() -> dict[str, str]:
