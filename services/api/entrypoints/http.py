@@ -358,6 +358,12 @@ async def create_instant_order(request: Request) -> Response:
     it without its router too (shared.web.HotRoutes)."""
     received = time.monotonic()  # the decision window counts from here
     svc: ApiServices = request.app.state.services
+    if svc.order_desk.full:
+        # Refused before its body is parsed and its caller authenticated: under overload most
+        # requests are refused, and what each refusal costs is taken from the orders in flight.
+        # Nothing is charged and nothing is told but that the service is busy.
+        metrics.ORDERS_SHED.labels("in_flight").inc()
+        raise as_api_error(Overloaded())
     x_api_key, authorization = _credential_headers(request)
     try:
         body = CreateInstantOrderIn.model_validate_json(await request.body())

@@ -192,6 +192,13 @@ class OrderDesk:
         )
         self._recording = GroupCommit("record", self._record_batch, linger_s=self.linger_s)
 
+    @property
+    def full(self) -> bool:
+        """Whether an order would be refused now for want of room in flight: the route asks
+        before it parses and authenticates a request, so that under overload a refusal costs
+        as little as it can (`place_instant` checks again, and decides)."""
+        return self._in_flight >= self.max_in_flight
+
     async def place_instant(self, cmd: CreateInstantOrder, received: float | None = None) -> Order:
         """Accept, pay for and durably record one order, then wait (bounded) for inventory.
 
@@ -207,7 +214,7 @@ class OrderDesk:
         started = time.monotonic() if received is None else received
         if not self.health.accepting:
             raise PipelineUnavailable()
-        if self._in_flight >= self.max_in_flight:
+        if self.full:
             metrics.ORDERS_SHED.labels("in_flight").inc()
             raise Overloaded()
         self._in_flight += 1
