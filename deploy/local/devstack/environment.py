@@ -121,7 +121,8 @@ def default_api_processes() -> int:
     (left to inventory, Kafka and PostgreSQL), at least one, up to four. On two cores, one api
     process now beats two at every rate: at 600/s offered, p99 188-287 ms and every order
     COMPLETED against 380-989 ms with 503s; at 1,000/s, 891-982/s answered against 725-986/s
-    (docs/benchmarks.md, "One api process or two, again"). Larger machines are not measured."""
+    (docs/benchmarks.md, "One api process or two, again"); under overload too, since a full
+    desk refuses before the body is read. Larger machines are not measured."""
     return max(1, min(4, (os.cpu_count() or 1) - 1))
 
 
