@@ -58,6 +58,12 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 """Failures of the infrastructure, not of the message: retried without limit, never
 dead-lettered, so a database restart cannot throw live messages away."""
 
+REFUSED_BY_THE_DATABASE = asyncpg.DataError
+"""PostgreSQL's "data exception" (SQLSTATE class 22: a number out of its column's range, a
+string too long, text it cannot hold), and a value asyncpg cannot encode for its parameter,
+which it reports the same way before sending anything. The same message is refused again on
+every attempt: it is refused data, like a ValueError."""
+
 
 async def consume_resiliently(
     *,
@@ -76,7 +82,8 @@ async def consume_resiliently(
 
     - A message that does not parse is dead-lettered at once: retrying cannot help.
     - So is one whose handler refuses its data (a `ValueError`: a delivery for a SKU that
-      does not exist, a code that does not open): the same message is refused again, and
+      does not exist, a code that does not open; or `REFUSED_BY_THE_DATABASE`, a value the
+      database or its driver refuses): the same message is refused again, and
       while it is retried the partition's other messages, the instant path's order requests
       among them, wait behind it.
     - Any other handler error is retried with exponential backoff, `max_retries` times, then
@@ -97,7 +104,7 @@ async def consume_resiliently(
             metrics.CONSUMER_RETRIES.labels(consumer, "transient").inc()
             await asyncio.sleep(min(2.0, base_backoff_s * 2**attempt))
             raise
-        except ValueError as exc:
+        except (ValueError, REFUSED_BY_THE_DATABASE) as exc:
             await _dead_letter(
                 producer, dead_letter_topic, raw, key, topic, consumer, exc, attempt + 1
             )
