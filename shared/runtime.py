@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from shared import db, logs, metrics
+from shared.gc_pauses import freeze_startup_objects, watch_gc_pauses
 from shared.lag import LagMonitor, watched_groups
 from shared.outbox import OutboxRelay
 from shared.producers import durable_producer, new_broker
@@ -112,6 +113,7 @@ class Runtime:
     def __post_init__(self) -> None:
         self.broker = new_broker(self.settings.kafka_bootstrap_servers, self.service)
         self.background = Background(self.service)
+        watch_gc_pauses(self.service)
         lag_of = ", ".join(watched_groups(self.service))
         self.on_scrape = [
             OnScrape(f"reading the consumer lag of {lag_of}", lambda: self.lag.read())
@@ -263,6 +265,11 @@ class QuietServer(uvicorn.Server):
                 self._loop.call_soon_threadsafe(self._stop_asked.set)
 
 
+def frozen(service: str) -> None:
+    frozen = freeze_startup_objects(service)
+    log.info("started: %d objects moved out of the garbage collector's reach", frozen)
+
+
 def lifespan_for(
     runtime: Runtime,
     on_start: Callable[[], "contextlib.AbstractAsyncContextManager[None]"] | None = None,
@@ -273,10 +280,12 @@ def lifespan_for(
         try:
             if on_start is None:
                 await runtime.start_consumers()
+                frozen(runtime.service)
                 yield
             else:
                 async with on_start():
                     await runtime.start_consumers()
+                    frozen(runtime.service)
                     yield
         finally:
             await runtime.stop()
