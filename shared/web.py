@@ -28,6 +28,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from shared import metrics
 from shared.db import database_unavailable
+from shared.gc_pauses import GcPauses
 from shared.logs import FailureReport, request_id_var
 
 if TYPE_CHECKING:
@@ -594,7 +595,8 @@ def install_common(
         return JSONResponse({"status": "ready", "service": service})
 
     if serve_metrics:
-        _install_metrics(app, live_collectors, on_scrape)
+        # The collector's pauses are kept per process: the answering one's (shared.gc_pauses).
+        _install_metrics(app, [*live_collectors, GcPauses(service)], on_scrape)
     app.add_middleware(CommonMiddleware, service=service, max_body_bytes=max_body_bytes)
     if hot_routes:
         if not isinstance(app, HotRoutes):
