@@ -61,6 +61,20 @@ def log_sizes_at_start() -> dict[Path, int]:
     return {log: log.stat().st_size for log in log_dir().glob("*.log")}
 
 
+@pytest.fixture(scope="session", autouse=True)
+async def transactions_at_start(stack: Stack) -> dict[str, int]:
+    """The current transaction id of each service's database when this session began (as
+    `pg_current_xact_id`, with its epoch): a row inserted or updated since has a newer xmin."""
+    started: dict[str, int] = {}
+    for name in ("api", "inventory", "fulfilment"):
+        conn = await asyncpg.connect(stack.db_url(name))
+        try:
+            started[name] = int(await conn.fetchval("SELECT pg_current_xact_id()::text"))
+        finally:
+            await conn.close()
+    return started
+
+
 def log_dir() -> Path:
     return Path(os.environ.get("IO_RUN_DIR", ".run")) / "logs"
 
