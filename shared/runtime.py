@@ -265,7 +265,7 @@ class QuietServer(uvicorn.Server):
                 self._loop.call_soon_threadsafe(self._stop_asked.set)
 
 
-def frozen() -> None:
+def freeze_the_start() -> None:
     frozen = freeze_startup_objects()
     log.info("started: %d objects moved out of the garbage collector's reach", frozen)
 
@@ -280,12 +280,12 @@ def lifespan_for(
         try:
             if on_start is None:
                 await runtime.start_consumers()
-                frozen()
+                freeze_the_start()
                 yield
             else:
                 async with on_start():
                     await runtime.start_consumers()
-                    frozen()
+                    freeze_the_start()
                     yield
         finally:
             await runtime.stop()
