@@ -8,26 +8,42 @@ every full collection, which stopped the api's event loop for about 100 ms twice
 `freeze_startup_objects` moves them to the permanent generation, which no collection walks;
 objects made later are collected as before.
 
-The pauses are counted by a callback of the collector itself, which may run inside any
+The pauses are timed by a callback of the collector itself, which may run inside any
 allocation, in any thread, including one that holds a lock of prometheus_client (with
-several worker processes, one lock for every metric): so it only adds to a plain list, and
-`GcPauses`, a collector read at each scrape, turns the list into series."""
+several worker processes, one lock for every metric): so the callback only appends to a
+plain list, and `flush_gc_pauses`, called from ordinary code (after each HTTP request and
+before each scrape: shared/web.py), moves what it noted into the histogram. A process's
+pauses thus reach /metrics with its next request, and with several api processes every
+process's are merged as the other metrics are."""
 
-import bisect
 import gc
 import time
-from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import Gauge, Histogram
 
-BOUNDS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
-GENERATIONS = 3
-# Per generation: a count for each bucket (the last one past every bound), then the sum.
-_SLOTS = len(BOUNDS_S) + 2
-_pauses: list[float] = [0] * (GENERATIONS * _SLOTS)
+GC_PAUSE_SECONDS = Histogram(
+    "python_gc_pause_seconds",
+    "How long one collection of the garbage collector stopped the process, by generation.",
+    ["service", "generation"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
+)
+GC_FROZEN_OBJECTS = Gauge(
+    "python_gc_frozen_objects",
+    "Objects of the process's start moved to the permanent generation, out of the garbage "
+    "collector's reach (0 until the service is ready).",
+    ["service"],
+    # With several api processes: 0 while any live one has not frozen its start.
+    multiprocess_mode="livemin",
+)
+
+# At most this many pauses wait per generation for a flush (a process nothing flushes
+# would otherwise keep them all); past it, the newest are not counted.
+MAX_PENDING = 10_000
+
+_pending: tuple[list[float], list[float], list[float]] = ([], [], [])
 _started = [0.0]
+_observers: list[Any] = []  # the histogram's children of this process's service, by generation
 
 
 def _on_collection(phase: str, info: dict[str, Any]) -> None:
@@ -35,59 +51,40 @@ def _on_collection(phase: str, info: dict[str, Any]) -> None:
     if phase == "start":
         _started[0] = time.perf_counter()
         return
-    took = time.perf_counter() - _started[0]
-    base = info["generation"] * _SLOTS
-    _pauses[base + bisect.bisect_left(BOUNDS_S, took)] += 1
-    _pauses[base + _SLOTS - 1] += took
+    pending = _pending[info["generation"]]
+    if len(pending) < MAX_PENDING:
+        pending.append(time.perf_counter() - _started[0])
 
 
-def watch_gc_pauses() -> None:
-    """Time every collection of this process from now on (once per process: two calls to
-    perf_counter and three list updates per collection, a few a second under load)."""
-    if _on_collection not in gc.callbacks:
-        gc.callbacks.append(_on_collection)
+def watch_gc_pauses(service: str) -> None:
+    """Time every collection of this process from now on, as `service`'s (the first
+    service that asks, once per process)."""
+    if _on_collection in gc.callbacks:
+        return
+    _observers.extend(GC_PAUSE_SECONDS.labels(service, str(g)) for g in range(len(_pending)))
+    gc.callbacks.append(_on_collection)
 
 
-def freeze_startup_objects() -> int:
+def flush_gc_pauses() -> None:
+    """Move the pauses noted since the last flush into the histogram. Never from a
+    collector's callback."""
+    if not _observers:
+        return
+    for pending, observer in zip(_pending, _observers, strict=True):
+        if pending:
+            taken = pending.copy()
+            del pending[: len(taken)]  # a pause noted meanwhile stays for the next flush
+            for seconds in taken:
+                observer.observe(seconds)
+
+
+def freeze_startup_objects(service: str) -> int:
     """Collect what the start left behind, then move every surviving object to the permanent
     generation. Returns how many objects were frozen. Call once, when the service is ready:
     a frozen object dropped later is still freed by its reference count, but a frozen cycle
     dropped later never is, so only what lives as long as the process should be frozen."""
     gc.collect()
     gc.freeze()
-    return gc.get_freeze_count()
-
-
-class GcPauses(Collector):
-    """`python_gc_pause_seconds` (a histogram by generation) and `python_gc_frozen_objects`
-    of the process that is scraped."""
-
-    def __init__(self, service: str) -> None:
-        self.service = service
-
-    def collect(self) -> Iterator[Metric]:
-        pauses = _pauses.copy()  # one C call: a collection cannot land in the middle
-        histogram = HistogramMetricFamily(
-            "python_gc_pause_seconds",
-            "How long one collection of the garbage collector stopped the process, by "
-            "generation (the process that answered the scrape).",
-            labels=["service", "generation"],
-        )
-        for generation in range(GENERATIONS):
-            base = generation * _SLOTS
-            buckets, total = [], 0.0
-            for i, bound in enumerate((*BOUNDS_S, float("inf"))):
-                total += pauses[base + i]
-                buckets.append(("+Inf" if bound == float("inf") else str(bound), total))
-            histogram.add_metric(
-                [self.service, str(generation)], buckets, sum_value=pauses[base + _SLOTS - 1]
-            )
-        yield histogram
-        frozen = GaugeMetricFamily(
-            "python_gc_frozen_objects",
-            "Objects of the process's start moved to the permanent generation, out of the "
-            "garbage collector's reach (0 until the service is ready).",
-            labels=["service"],
-        )
-        frozen.add_metric([self.service], gc.get_freeze_count())
-        yield frozen
+    frozen = gc.get_freeze_count()
+    GC_FROZEN_OBJECTS.labels(service).set(frozen)
+    return frozen

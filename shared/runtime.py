@@ -113,7 +113,7 @@ class Runtime:
     def __post_init__(self) -> None:
         self.broker = new_broker(self.settings.kafka_bootstrap_servers, self.service)
         self.background = Background(self.service)
-        watch_gc_pauses()
+        watch_gc_pauses(self.service)
         lag_of = ", ".join(watched_groups(self.service))
         self.on_scrape = [
             OnScrape(f"reading the consumer lag of {lag_of}", lambda: self.lag.read())
@@ -265,8 +265,8 @@ class QuietServer(uvicorn.Server):
                 self._loop.call_soon_threadsafe(self._stop_asked.set)
 
 
-def freeze_the_start() -> None:
-    frozen = freeze_startup_objects()
+def freeze_the_start(service: str) -> None:
+    frozen = freeze_startup_objects(service)
     log.info("started: %d objects moved out of the garbage collector's reach", frozen)
 
 
@@ -280,12 +280,12 @@ def lifespan_for(
         try:
             if on_start is None:
                 await runtime.start_consumers()
-                freeze_the_start()
+                freeze_the_start(runtime.service)
                 yield
             else:
                 async with on_start():
                     await runtime.start_consumers()
-                    freeze_the_start()
+                    freeze_the_start(runtime.service)
                     yield
         finally:
             await runtime.stop()

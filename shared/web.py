@@ -28,7 +28,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from shared import metrics
 from shared.db import database_unavailable
-from shared.gc_pauses import GcPauses
+from shared.gc_pauses import flush_gc_pauses
 from shared.logs import FailureReport, request_id_var
 
 if TYPE_CHECKING:
@@ -393,6 +393,7 @@ class CommonMiddleware:
         metrics.HTTP_LATENCY.labels(self.service, path, method).observe(
             time.perf_counter() - started
         )
+        flush_gc_pauses()  # so that every process's pauses reach /metrics (shared.gc_pauses)
 
 
 HotEndpoint = Callable[[Request], Awaitable[Response]]
@@ -595,8 +596,7 @@ def install_common(
         return JSONResponse({"status": "ready", "service": service})
 
     if serve_metrics:
-        # The collector's pauses are kept per process: the answering one's (shared.gc_pauses).
-        _install_metrics(app, [*live_collectors, GcPauses(service)], on_scrape)
+        _install_metrics(app, live_collectors, on_scrape)
     app.add_middleware(CommonMiddleware, service=service, max_body_bytes=max_body_bytes)
     if hot_routes:
         if not isinstance(app, HotRoutes):
@@ -623,6 +623,7 @@ def _install_metrics(
     async def metrics_endpoint() -> Response:
         if on_scrape:
             await asyncio.gather(*(refresh.scraped() for refresh in on_scrape))
+        flush_gc_pauses()
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 

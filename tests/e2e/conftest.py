@@ -51,7 +51,8 @@ def record_v2_exchanges(stack: Stack) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def session_started_at() -> datetime:
+def session_started_at(transactions_at_start: dict[str, int]) -> datetime:
+    # After the transaction ids: a row stocked since this moment has a newer xmin.
     return datetime.now(UTC)
 
 

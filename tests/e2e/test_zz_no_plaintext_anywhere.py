@@ -124,8 +124,10 @@ async def test_no_code_in_plaintext_in_tables_logs_or_topics(
         f"{name} database": await _table_dumps(stack.db_url(name), transactions_at_start[name])
         for name in ("api", "inventory", "fulfilment")
     }
-    # The rows written during the session are in the dumps: the canaries' orders are.
+    # The rows written during the session are in the dumps: the canaries' orders are, and
+    # their product's rows.
     assert all(transaction_id in places["api database"] for transaction_id in sold)
+    assert sku in places["inventory database"]
     logs: dict[str, str] = {}
     for log in sorted(log_dir().glob("*.log")):
         with log.open("rb") as f:
