@@ -30,9 +30,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-from shared.producers import durable_producer
+from instant_orders import Result, cpu_seconds  # noqa: E402
+
+from shared.producers import durable_producer  # noqa: E402
 
 TOPIC = "bench.kafka-clients"
 PAYLOAD = b"x" * 300
@@ -46,19 +50,6 @@ def confluent() -> Any:
     import confluent_kafka
 
     return confluent_kafka
-
-
-def cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-def broker_cpu_s() -> float:
-    pid = int(
-        Path(os.environ.get("IO_RUN_DIR", ".run"), "pids", "kafka.pid").read_text().split()[0]
-    )
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def ensure_topic(bootstrap: str) -> None:
@@ -97,19 +88,17 @@ class Run:
     async def sample_cpu(self) -> None:
         for moment in self.window:
             await asyncio.sleep(max(0.0, moment - time.perf_counter()))
-            self.marks.append((cpu_s(), broker_cpu_s()))
+            used = cpu_seconds()  # "generator": this process, its librdkafka threads too
+            self.marks.append((used["generator"], used["kafka"]))
 
     def row(self, client: str) -> str:
         (c0, b0), (c1, b1) = self.marks
         n = max(1, self.in_window)
-        ordered = sorted(self.latencies)
-
-        def pct(q: float) -> float:
-            return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
+        taken = Result(self.rate, 0, latencies=self.latencies)
         return (
-            f"| {client} | {self.rate} | {len(ordered)}/{self.total} | {pct(0.5):.2f} | "
-            f"{pct(0.99):.2f} | {(c1 - c0) * 1e6 / n:.0f} | {(b1 - b0) * 1e6 / n:.0f} |"
+            f"| {client} | {self.rate} | {len(self.latencies)}/{self.total} | "
+            f"{taken.pct(0.5):.2f} | {taken.pct(0.99):.2f} | {(c1 - c0) * 1e6 / n:.0f} | "
+            f"{(b1 - b0) * 1e6 / n:.0f} |"
         )
 
 
@@ -141,8 +130,7 @@ async def with_aiokafka(bootstrap: str, run: Run) -> None:
             await asyncio.sleep(max(0.0, run.scheduled(i) - time.perf_counter()))
             key = b"%026d" % i
             await producer.send(TOPIC, value(i), key=key, partition=0)
-        await asyncio.wait_for(consuming, timeout=60)
-        await run.done.wait()
+        await asyncio.wait_for(consuming, timeout=60)  # it returns once all are received
         await sampling
     finally:
         await consumer.stop()

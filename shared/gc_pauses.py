@@ -17,6 +17,7 @@ pauses thus reach /metrics with its next request, and with several api processes
 process's are merged as the other metrics are."""
 
 import gc
+import logging
 import time
 from typing import Any
 
@@ -36,6 +37,8 @@ GC_FROZEN_OBJECTS = Gauge(
     # With several api processes: 0 while any live one has not frozen its start.
     multiprocess_mode="livemin",
 )
+
+log = logging.getLogger(__name__)
 
 # At most this many pauses wait per generation for a flush (a process nothing flushes
 # would otherwise keep them all); past it, the newest are not counted.
@@ -87,4 +90,5 @@ def freeze_startup_objects(service: str) -> int:
     gc.freeze()
     frozen = gc.get_freeze_count()
     GC_FROZEN_OBJECTS.labels(service).set(frozen)
+    log.info("started: %d objects moved out of the garbage collector's reach", frozen)
     return frozen

@@ -265,11 +265,6 @@ class QuietServer(uvicorn.Server):
                 self._loop.call_soon_threadsafe(self._stop_asked.set)
 
 
-def freeze_the_start(service: str) -> None:
-    frozen = freeze_startup_objects(service)
-    log.info("started: %d objects moved out of the garbage collector's reach", frozen)
-
-
 def lifespan_for(
     runtime: Runtime,
     on_start: Callable[[], "contextlib.AbstractAsyncContextManager[None]"] | None = None,
@@ -278,15 +273,10 @@ def lifespan_for(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
         try:
-            if on_start is None:
+            async with on_start() if on_start is not None else contextlib.nullcontext():
                 await runtime.start_consumers()
-                freeze_the_start(runtime.service)
+                freeze_startup_objects(runtime.service)
                 yield
-            else:
-                async with on_start():
-                    await runtime.start_consumers()
-                    freeze_the_start(runtime.service)
-                    yield
         finally:
             await runtime.stop()
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from shared.cli.common import run_dir
 from tests.conftest import Stack, StackCtl
 from tests.e2e.conftest import Client, NewClient, NewProduct, order_retrying_503
+from tests.e2e.test_observability import scrape
 from tests.helpers import wait_until
 
 
@@ -114,21 +114,6 @@ async def orders_over_separate_connections(
         await asyncio.gather(*(c.aclose() for c in clients))
 
 
-async def merged_gc_readings(stack: Stack) -> tuple[float, float]:
-    """Full collections counted, and the fewest frozen objects, over the api's workers, as
-    /metrics merges them."""
-    async with httpx.AsyncClient(base_url=str(stack.api_admin_url), timeout=10) as http:
-        text = (await http.get("/metrics")).text
-    full, frozen = 0.0, 0.0
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "python_gc_pause_seconds_count" and s.labels["generation"] == "2":
-                full += s.value
-            if s.name == "python_gc_frozen_objects":
-                frozen = s.value
-    return full, frozen
-
-
 async def test_two_api_processes_each_get_their_own_replies_and_survive_a_kill(
     two_api_processes: None, new_client: NewClient, new_product: NewProduct, stack: Stack
 ) -> None:
@@ -149,8 +134,9 @@ async def test_two_api_processes_each_get_their_own_replies_and_survive_a_kill(
     # Each worker froze its start (one full collection each), and its pauses, noted outside
     # any metrics lock, reach the merged /metrics once it has answered a request.
     async def both_workers_counted() -> bool:
-        full, frozen = await merged_gc_readings(stack)
-        return full >= 2 and frozen > 10_000
+        merged = await scrape(str(stack.api_admin_url))
+        full = merged.value("python_gc_pause_seconds_count", generation="2")
+        return full >= 2 and merged.value("python_gc_frozen_objects") > 10_000
 
     await wait_until(both_workers_counted, timeout=10, message="both workers' gc pauses")
 
