@@ -10,9 +10,11 @@ naive design serialises on the balance row.
 In one run it measures: the idle stack's CPU; one order at a time (p50/p99); each rate's
 latency percentiles, COMPLETED count and CPU per order of every process of the stack (api,
 inventory, fulfilment, Kafka, PostgreSQL, and the load generator itself), from /proc CPU time
-over the steady run; and, with --overload, a burst offered above the ceiling (how many got a
-fast 503, and the longest any request waited). --soak-minutes runs one rate for that long and
-prints per minute the p99, throughput and resident memory of every process.
+over the steady run, and how many orders each stage took per cycle (the api's accepting and
+recording group commits, inventory's decision transactions); and, with --overload, a burst
+offered above the ceiling (how many got a fast 503, and the longest any request waited).
+--soak-minutes runs one rate for that long and prints per minute the p99, throughput and
+resident memory of every process.
 
 Prints Markdown tables, and with --record appends them to docs/benchmarks.md with the command.
 The load generator is a minimal keep-alive HTTP/1.1 client (httpx's pool cost more CPU per
@@ -22,6 +24,7 @@ the whole rate took, so a server that falls behind shows it.
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -52,6 +55,7 @@ class Result:
     latencies: list[float] = field(default_factory=list)
     statuses: dict[str, int] = field(default_factory=dict)
     cpu_ms: dict[str, float] = field(default_factory=dict)
+    per_cycle: dict[str, float] = field(default_factory=dict)
 
     def pct(self, p: float) -> float:
         lat = sorted(self.latencies)
@@ -67,10 +71,13 @@ class Result:
         worst = max(self.latencies, default=float("nan")) * 1000
         others = json.dumps(other) if other else "-"
         per_order = " | ".join(f"{self.cpu_ms.get(name, 0):.2f}" for name in CPU_COLUMNS)
+        per_cycle = " | ".join(
+            f"{self.per_cycle[what]:.1f}" if what in self.per_cycle else "-" for *_, what in CYCLES
+        )
         return (
             f"| {self.rate} | {self.answered_per_s:.0f} | {self.pct(0.50):.1f} | "
             f"{self.pct(0.95):.1f} | {self.pct(0.99):.1f} | {worst:.1f} | {completed} | "
-            f"{others} | {per_order} |"
+            f"{others} | {per_order} | {per_cycle} |"
         )
 
 
@@ -272,12 +279,24 @@ async def run_rate(
     # the tail while the last answers come back.
     window = (start + min(2.0, seconds / 5), start + seconds - min(1.0, seconds / 10))
     marks: list[dict[str, float]] = []
+    cycles: list[dict[int, tuple[float, float]]] = []
     in_window = 0
 
+    async def count_cycles() -> None:
+        # A service that does not answer its /metrics: no batch sizes, but the run goes on.
+        with contextlib.suppress(httpx.HTTPError):
+            cycles.append(await histogram_totals(CYCLES))
+
     async def sample_cpu() -> None:
-        for moment in window:
+        # The batch sizes are scraped just before the window opens and just after it closes,
+        # so that rendering /metrics is not in the CPU counted per order.
+        for n, moment in enumerate(window):
             await asyncio.sleep(max(0.0, moment - time.perf_counter()))
+            if n == 0:
+                await count_cycles()
             marks.append(cpu_seconds())
+            if n == 1:
+                await count_cycles()
 
     async def one(i: int) -> None:
         scheduled = start + i / rate
@@ -313,6 +332,11 @@ async def run_rate(
         orders = max(1, in_window)  # answers within the window: a server behind is not flattered
         used = cpu_delta(marks[0], marks[1])
         result.cpu_ms = {name: used[name] * 1000 / orders for name in used}
+        if len(cycles) == 2:
+            for i, (*_, what) in enumerate(CYCLES):
+                served, flushes = (cycles[1][i][n] - cycles[0][i][n] for n in (0, 1))
+                if flushes:
+                    result.per_cycle[what] = served / flushes
     else:
         sampler.cancel()
     while not pool.empty():
@@ -383,14 +407,26 @@ STAGES = (
 )
 
 
-def stage_totals() -> dict[int, tuple[float, float]]:
-    """(sum, count) of each STAGES histogram, as /metrics has them now."""
-    texts = {
-        name: httpx.get(f"{admin_url(name)}/metrics", timeout=10).text
-        for name in ("api", "inventory")
-    }
+# How many orders each stage of the instant path took per cycle (its batches): a stage takes
+# what arrived since its last cycle, so this is what CPU per order follows (docs/benchmarks.md,
+# "What a cycle costs"). Same shape as STAGES.
+CYCLES = (
+    ("api", "group_commit_batch_size", 'batch="accept"', "accept"),
+    ("api", "group_commit_batch_size", 'batch="record"', "record"),
+    ("inventory", "inventory_decision_batch_size", "", "inventory"),
+)
+Series = tuple[tuple[str, str, str, str], ...]
+
+
+async def histogram_totals(series: Series = STAGES) -> dict[int, tuple[float, float]]:
+    """(sum, count) of each histogram of `series`, as /metrics has them now."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        texts = {
+            name: (await client.get(f"{admin_url(name)}/metrics")).text
+            for name in ("api", "inventory")
+        }
     totals: dict[int, tuple[float, float]] = {}
-    for i, (service, metric, labels, _) in enumerate(STAGES):
+    for i, (service, metric, labels, _) in enumerate(series):
         found = [0.0, 0.0]
         for line in texts[service].splitlines():
             for n, suffix in enumerate(("_sum", "_count")):
@@ -584,20 +620,24 @@ async def main() -> None:
             print(sections[-1], file=sys.stderr)
         if args.single > 0:
             print(f"{args.single} orders one at a time", file=sys.stderr)
-            before = stage_totals()
+            before = await histogram_totals()
             single = await one_at_a_time(sku, creds[0], args.single)
             sections.append(
                 f"One order at a time ({args.single} orders): p50 {single.pct(0.5):.1f} ms, "
                 f"p99 {single.pct(0.99):.1f} ms, {json.dumps(single.statuses)}. Where the time "
                 "went (the services' histograms over these orders):\n\n"
-                + stages_table(before, stage_totals())
+                + stages_table(before, await histogram_totals())
             )
             print(sections[-1], file=sys.stderr)
         if rates:
             header = (
                 "| offered orders/s | answered/s | p50 ms | p95 ms | p99 ms | max ms | COMPLETED "
-                "| other | " + " | ".join(f"{n} ms CPU/order" for n in CPU_COLUMNS) + " |\n"
-                "|---|---|---|---|---|---|---|---|" + "---|" * len(CPU_COLUMNS)
+                "| other | "
+                + " | ".join(f"{n} ms CPU/order" for n in CPU_COLUMNS)
+                + " | "
+                + " | ".join(f"orders per {what} cycle" for *_, what in CYCLES)
+                + " |\n|---|---|---|---|---|---|---|---|"
+                + "---|" * (len(CPU_COLUMNS) + len(CYCLES))
             )
             rows = []
             for rate in rates:

@@ -43,6 +43,11 @@ DECISION_SECONDS = Histogram(
     "Time from taking a batch of commands off the topic to its commit, per command.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0),
 )
+DECISION_BATCH_SIZE = Histogram(
+    "inventory_decision_batch_size",
+    "Commands decided in one transaction: about 1 at low load, growing with load.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 
 for _outcome in ("reserved", "allocated"):
     CODE_CLAIMS.labels(_outcome)

@@ -167,7 +167,11 @@ async def test_orders_move_every_services_counters(
     assert delta("inventory", "inventory_code_claims_total", outcome="reserved") == 3
     assert delta("inventory", "inventory_code_claims_total", outcome="allocated") == 1
     assert delta("inventory", "inventory_backorders_created_total") == 1
-    assert delta("inventory", "inventory_decision_seconds_count") >= 5  # 4 orders, 1 allocation
+    commands = delta("inventory", "inventory_decision_seconds_count")
+    assert commands >= 5  # 4 orders, 1 allocation
+    # Every command decided was in one batch, and a batch holds at least one.
+    assert delta("inventory", "inventory_decision_batch_size_sum") == commands
+    assert 1 <= delta("inventory", "inventory_decision_batch_size_count") <= commands
     assert after["inventory"].value("inventory_codes_available", sku=sku) == 0
 
     # fulfilment: the backorder waited, was allocated and completed.

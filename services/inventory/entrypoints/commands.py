@@ -80,6 +80,7 @@ class CommandConsumer:
         elapsed = time.perf_counter() - started
         for _ in commands:
             metrics.DECISION_SECONDS.observe(elapsed)
+        metrics.DECISION_BATCH_SIZE.observe(len(commands))
         await self._send(replies)
 
     async def _send(self, replies: Sequence[Reply]) -> None:
