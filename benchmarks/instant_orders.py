@@ -408,8 +408,9 @@ STAGES = (
 
 
 # How many orders each stage of the instant path took per cycle (its batches): a stage takes
-# what arrived since its last cycle, so this is what CPU per order follows (docs/benchmarks.md,
-# "What a cycle costs"). Same shape as STAGES.
+# what arrived since its last cycle, so these say how busy the machine was for that rate, which
+# latency follows and CPU per order does not (docs/benchmarks.md, "What a cycle costs"). Same
+# shape as STAGES.
 CYCLES = (
     ("api", "group_commit_batch_size", 'batch="accept"', "accept"),
     ("api", "group_commit_batch_size", 'batch="record"', "record"),
