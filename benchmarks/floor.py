@@ -3,7 +3,9 @@ round trip (idempotent producer, acks=all, the same settings as the services) an
 PostgreSQL commit of a one-row insert (fsync and synchronous_commit on), each measured many
 times one at a time. An instant order needs two Kafka hops and two commits at the least.
 Also what a PostgreSQL round trip costs to a backend that just answered and to one idle for
-a few milliseconds, as the steps of a lone order find theirs.
+a few milliseconds, as the steps of a lone order find theirs; and a transaction of the shape
+of inventory's decision, as five round trips (asyncpg, psycopg 3) and as two (psycopg 3's
+pipeline mode; psycopg is installed into the virtualenv for this if it is missing).
 
     .venv/bin/python benchmarks/floor.py --count 300
 """
@@ -21,6 +23,9 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from optional import installed
 
 from shared.producers import durable_producer
 from shared.topics import ORDER_REPLIES
@@ -120,6 +125,92 @@ async def pg_round_trips(url: str, count: int) -> dict[str, list[float]]:
     return samples
 
 
+PSYCOPG = "psycopg[binary]==3.3.9"
+CLAIM = (
+    "UPDATE floor_codes SET status = 'SOLD', taken_by = %s WHERE id = (SELECT id FROM "
+    "floor_codes WHERE status = 'AVAILABLE' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) "
+    "RETURNING id"
+)
+
+
+async def pg_transaction_shapes(url: str, count: int) -> dict[str, list[float]]:
+    """A transaction of the shape of inventory's decision on a lone order (BEGIN, a
+    transaction-level advisory lock, a claim of one row by UPDATE ... RETURNING, an insert
+    built from what the claim returned, COMMIT), each after 5 ms idle, on tables of its own
+    (dropped afterwards): five round trips with asyncpg, the services' driver; the same five
+    with psycopg 3; and psycopg 3's pipeline mode, which sends the first three statements
+    together and the last two together (the insert needs the claim's answer): two round
+    trips. psycopg is not a project dependency: installed into this virtualenv if missing."""
+    psycopg = installed("psycopg", PSYCOPG)
+    setup = await asyncpg.connect(url)
+    await setup.execute("DROP TABLE IF EXISTS floor_codes, floor_outbox")  # a run cut short
+    await setup.execute(
+        "CREATE TABLE floor_codes (id bigserial PRIMARY KEY, status text NOT NULL, taken_by text);"
+        "CREATE INDEX ON floor_codes (id) WHERE status = 'AVAILABLE';"
+        "CREATE TABLE floor_outbox (id bigserial PRIMARY KEY, payload bytea NOT NULL)"
+    )
+    await setup.execute(
+        "INSERT INTO floor_codes (status) SELECT 'AVAILABLE' FROM generate_series(1, $1)",
+        3 * count + 30,
+    )
+    samples: dict[str, list[float]] = {
+        "inventory's transaction shape, asyncpg, five round trips": [],
+        "inventory's transaction shape, psycopg 3, five round trips": [],
+        "inventory's transaction shape, psycopg 3 pipeline, two round trips": [],
+    }
+    five_asyncpg, five_psycopg, two_pipelined = samples.values()
+    apg = await asyncpg.connect(url)
+    pg3 = await psycopg.AsyncConnection.connect(url, autocommit=True)
+    asyncpg_claim = CLAIM.replace("%s", "$1")
+    try:
+        for i in range(count + 10):  # the first ten warm the statements up, not counted
+            key = uuid.uuid4().hex
+            await asyncio.sleep(0.005)
+            began = time.perf_counter()
+            async with apg.transaction():
+                await apg.execute("SELECT pg_advisory_xact_lock(7, 1)")
+                code = await apg.fetchval(asyncpg_claim, key)
+                await apg.execute(
+                    "INSERT INTO floor_outbox (payload) VALUES ($1)", b"%d" % code * 10
+                )
+            taken = time.perf_counter() - began
+            if i >= 10:
+                five_asyncpg.append(taken)
+            await asyncio.sleep(0.005)
+            began = time.perf_counter()
+            await pg3.execute("BEGIN")
+            await pg3.execute("SELECT pg_advisory_xact_lock(7, 1)")
+            code = (await (await pg3.execute(CLAIM, (key,))).fetchone())[0]
+            await pg3.execute(
+                "INSERT INTO floor_outbox (payload) VALUES (%s)", (b"%d" % code * 10,)
+            )
+            await pg3.execute("COMMIT")
+            taken = time.perf_counter() - began
+            if i >= 10:
+                five_psycopg.append(taken)
+            await asyncio.sleep(0.005)
+            began = time.perf_counter()
+            async with pg3.pipeline() as pipeline:
+                await pg3.execute("BEGIN")
+                await pg3.execute("SELECT pg_advisory_xact_lock(7, 1)")
+                claimed = await pg3.execute(CLAIM, (key,))
+                await pipeline.sync()  # the first round trip: the claim's answer is needed
+                code = (await claimed.fetchone())[0]
+                await pg3.execute(
+                    "INSERT INTO floor_outbox (payload) VALUES (%s)", (b"%d" % code * 10,)
+                )
+                await pg3.execute("COMMIT")
+            taken = time.perf_counter() - began  # the second: the block's end syncs
+            if i >= 10:
+                two_pipelined.append(taken)
+    finally:
+        await apg.close()
+        await pg3.close()
+        await setup.execute("DROP TABLE floor_codes; DROP TABLE floor_outbox")
+        await setup.close()
+    return samples
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=300)
@@ -133,6 +224,10 @@ async def main() -> None:
         ),
         summary("PostgreSQL one-row insert, autocommit", await pg_commit(url, args.count)),
         *(summary(name, taken) for name, taken in (await pg_round_trips(url, args.count)).items()),
+        *(
+            summary(name, taken)
+            for name, taken in (await pg_transaction_shapes(url, args.count)).items()
+        ),
     ]
     print("| what | n | p50 ms | p99 ms | mean ms |\n|---|---|---|---|---|\n" + "\n".join(rows))
 

@@ -16,9 +16,7 @@ virtualenv it runs in if it is missing (a wheel with librdkafka inside). The top
 
 import argparse
 import asyncio
-import importlib.util
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -35,6 +33,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from instant_orders import Result, cpu_seconds  # noqa: E402
+from optional import installed  # noqa: E402
 
 from shared.producers import durable_producer  # noqa: E402
 
@@ -44,12 +43,7 @@ CONFLUENT = "confluent-kafka==2.16.2"
 
 
 def confluent() -> Any:
-    if importlib.util.find_spec("confluent_kafka") is None:
-        print(f"installing {CONFLUENT} into {sys.prefix} (for this benchmark only)", flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", CONFLUENT], check=True)
-    import confluent_kafka
-
-    return confluent_kafka
+    return installed("confluent_kafka", CONFLUENT)
 
 
 async def ensure_topic(bootstrap: str) -> None:
