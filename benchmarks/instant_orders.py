@@ -456,6 +456,30 @@ async def idle_cpu(seconds: float) -> dict[str, float]:
     return {name: used[name] / seconds for name in used}
 
 
+def autovacuum_running() -> bool:
+    """Whether one of PostgreSQL's autovacuum workers runs now (by its process title)."""
+    tree = _children()
+    return any(
+        "autovacuum worker" in _cmdline(pid)
+        for root in stack_pids().get("postgres", [])
+        for pid in _tree(root, tree)
+    )
+
+
+async def autovacuum_share(seconds: float, every_s: float = 1.0) -> float:
+    """The share of `seconds` in which an autovacuum worker was running, sampled: the idle
+    figure right after a stocking holds PostgreSQL's vacuum and analyze of the new rows
+    when it does (docs/benchmarks.md, 2026-12-06 and 2026-12-08), which are not wake-ups
+    of an idle stack."""
+    seen = ticks = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        seen += autovacuum_running()
+        ticks += 1
+        await asyncio.sleep(every_s)
+    return seen / ticks if ticks else 0.0
+
+
 def cores_row(label: str, cores: dict[str, float]) -> str:
     return f"| {label} | " + " | ".join(f"{cores.get(n, 0):.3f}" for n in CPU_COLUMNS) + " |"
 
@@ -609,9 +633,12 @@ async def main() -> None:
         if args.idle_seconds > 0:
             print(f"idle for {args.idle_seconds:g}s", file=sys.stderr)
             await asyncio.sleep(3)  # let the set-up's own work settle first
-            idle = await idle_cpu(args.idle_seconds)
+            idle, vacuuming = await asyncio.gather(
+                idle_cpu(args.idle_seconds), autovacuum_share(args.idle_seconds)
+            )
             sections.append(
-                "Idle stack, cores used:\n\n| | "
+                "Idle stack, cores used (a PostgreSQL autovacuum worker was running in "
+                f"{vacuuming:.0%} of the window):\n\n| | "
                 + " | ".join(CPU_COLUMNS)
                 + " |\n|---"
                 + "|---" * len(CPU_COLUMNS)
