@@ -153,56 +153,53 @@ async def pg_transaction_shapes(url: str, count: int) -> dict[str, list[float]]:
         "INSERT INTO floor_codes (status) SELECT 'AVAILABLE' FROM generate_series(1, $1)",
         3 * count + 30,
     )
-    samples: dict[str, list[float]] = {
-        "inventory's transaction shape, asyncpg, five round trips": [],
-        "inventory's transaction shape, psycopg 3, five round trips": [],
-        "inventory's transaction shape, psycopg 3 pipeline, two round trips": [],
-    }
-    five_asyncpg, five_psycopg, two_pipelined = samples.values()
     apg = await asyncpg.connect(url)
     pg3 = await psycopg.AsyncConnection.connect(url, autocommit=True)
-    asyncpg_claim = CLAIM.replace("%s", "$1")
+    insert = "INSERT INTO floor_outbox (payload) VALUES (%s)"
+    asyncpg_claim, asyncpg_insert = (sql.replace("%s", "$1") for sql in (CLAIM, insert))
+
+    def payload(code: int) -> bytes:  # built from the claim's answer, as inventory's events are
+        return b"%d" % code * 10
+
+    async def asyncpg_five(key: str) -> None:
+        async with apg.transaction():
+            await apg.execute("SELECT pg_advisory_xact_lock(7, 1)")
+            code = await apg.fetchval(asyncpg_claim, key)
+            await apg.execute(asyncpg_insert, payload(code))
+
+    async def psycopg_five(key: str) -> None:
+        await pg3.execute("BEGIN")
+        await pg3.execute("SELECT pg_advisory_xact_lock(7, 1)")
+        code = (await (await pg3.execute(CLAIM, (key,))).fetchone())[0]
+        await pg3.execute(insert, (payload(code),))
+        await pg3.execute("COMMIT")
+
+    async def psycopg_pipelined(key: str) -> None:
+        async with pg3.pipeline() as pipeline:
+            await pg3.execute("BEGIN")
+            await pg3.execute("SELECT pg_advisory_xact_lock(7, 1)")
+            claimed = await pg3.execute(CLAIM, (key,))
+            await pipeline.sync()  # the first round trip: the claim's answer is needed
+            code = (await claimed.fetchone())[0]
+            await pg3.execute(insert, (payload(code),))
+            await pg3.execute("COMMIT")
+        # the second round trip: the block's end syncs
+
+    variants = {
+        "inventory's transaction shape, asyncpg, five round trips": asyncpg_five,
+        "inventory's transaction shape, psycopg 3, five round trips": psycopg_five,
+        "inventory's transaction shape, psycopg 3 pipeline, two round trips": psycopg_pipelined,
+    }
+    samples: dict[str, list[float]] = {name: [] for name in variants}
     try:
         for i in range(count + 10):  # the first ten warm the statements up, not counted
             key = uuid.uuid4().hex
-            await asyncio.sleep(0.005)
-            began = time.perf_counter()
-            async with apg.transaction():
-                await apg.execute("SELECT pg_advisory_xact_lock(7, 1)")
-                code = await apg.fetchval(asyncpg_claim, key)
-                await apg.execute(
-                    "INSERT INTO floor_outbox (payload) VALUES ($1)", b"%d" % code * 10
-                )
-            taken = time.perf_counter() - began
-            if i >= 10:
-                five_asyncpg.append(taken)
-            await asyncio.sleep(0.005)
-            began = time.perf_counter()
-            await pg3.execute("BEGIN")
-            await pg3.execute("SELECT pg_advisory_xact_lock(7, 1)")
-            code = (await (await pg3.execute(CLAIM, (key,))).fetchone())[0]
-            await pg3.execute(
-                "INSERT INTO floor_outbox (payload) VALUES (%s)", (b"%d" % code * 10,)
-            )
-            await pg3.execute("COMMIT")
-            taken = time.perf_counter() - began
-            if i >= 10:
-                five_psycopg.append(taken)
-            await asyncio.sleep(0.005)
-            began = time.perf_counter()
-            async with pg3.pipeline() as pipeline:
-                await pg3.execute("BEGIN")
-                await pg3.execute("SELECT pg_advisory_xact_lock(7, 1)")
-                claimed = await pg3.execute(CLAIM, (key,))
-                await pipeline.sync()  # the first round trip: the claim's answer is needed
-                code = (await claimed.fetchone())[0]
-                await pg3.execute(
-                    "INSERT INTO floor_outbox (payload) VALUES (%s)", (b"%d" % code * 10,)
-                )
-                await pg3.execute("COMMIT")
-            taken = time.perf_counter() - began  # the second: the block's end syncs
-            if i >= 10:
-                two_pipelined.append(taken)
+            for name, transaction in variants.items():
+                await asyncio.sleep(0.005)
+                began = time.perf_counter()
+                await transaction(key)
+                if i >= 10:
+                    samples[name].append(time.perf_counter() - began)
     finally:
         await apg.close()
         await pg3.close()

@@ -290,13 +290,13 @@ async def run_rate(
     async def sample_cpu() -> None:
         # The batch sizes are scraped just before the window opens and just after it closes,
         # so that rendering /metrics is not in the CPU counted per order.
-        for n, moment in enumerate(window):
-            await asyncio.sleep(max(0.0, moment - time.perf_counter()))
-            if n == 0:
-                await count_cycles()
-            marks.append(cpu_seconds())
-            if n == 1:
-                await count_cycles()
+        opens, closes = window
+        await asyncio.sleep(max(0.0, opens - time.perf_counter()))
+        await count_cycles()
+        marks.append(cpu_seconds())
+        await asyncio.sleep(max(0.0, closes - time.perf_counter()))
+        marks.append(cpu_seconds())
+        await count_cycles()
 
     async def one(i: int) -> None:
         scheduled = start + i / rate

@@ -5,6 +5,8 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 __all__ = ["REGISTRY"]
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Items per batch (a group commit, a consumer's transaction): up to the largest batch taken.
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 HTTP_REQUESTS = Counter(
     "http_requests_total", "HTTP requests answered.", ["service", "route", "method", "status"]
@@ -25,7 +27,7 @@ GROUP_COMMIT_SIZE = Histogram(
     "group_commit_batch_size",
     "Requests served by one group-commit flush.",
     ["batch"],
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    buckets=BATCH_SIZE_BUCKETS,
 )
 BACKGROUND_UP = Gauge(
     "background_task_up",

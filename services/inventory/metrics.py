@@ -11,7 +11,7 @@ from shared.contracts import (
     OrderReserved,
     StockArrived,
 )
-from shared.metrics import CONSUMER_REDELIVERIES
+from shared.metrics import BATCH_SIZE_BUCKETS, CONSUMER_REDELIVERIES
 
 CODES_AVAILABLE = Gauge(
     "inventory_codes_available",
@@ -46,7 +46,7 @@ DECISION_SECONDS = Histogram(
 DECISION_BATCH_SIZE = Histogram(
     "inventory_decision_batch_size",
     "Commands decided in one transaction: about 1 at low load, growing with load.",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    buckets=BATCH_SIZE_BUCKETS,
 )
 
 for _outcome in ("reserved", "allocated"):
