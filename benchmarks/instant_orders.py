@@ -10,11 +10,12 @@ naive design serialises on the balance row.
 In one run it measures: the idle stack's CPU; one order at a time (p50/p99); each rate's
 latency percentiles, COMPLETED count and CPU per order of every process of the stack (api,
 inventory, fulfilment, Kafka, PostgreSQL, and the load generator itself), from /proc CPU time
-over the steady run, and how many orders each stage took per cycle (the api's accepting and
-recording group commits, inventory's decision transactions); and, with --overload, a burst
-offered above the ceiling (how many got a fast 503, and the longest any request waited).
---soak-minutes runs one rate for that long and prints per minute the p99, throughput and
-resident memory of every process.
+over the steady run, how many orders each stage took per cycle (the api's accepting and
+recording group commits, inventory's decision transactions), and how much WAL PostgreSQL wrote
+per order (records and kB, the whole server: what an order's rows and index entries cost to
+write); and, with --overload, a burst offered above the ceiling (how many got a fast 503, and
+the longest any request waited). --soak-minutes runs one rate for that long and prints per
+minute the p99, throughput and resident memory of every process.
 
 Prints Markdown tables, and with --record appends them to docs/benchmarks.md with the command.
 The load generator is a minimal keep-alive HTTP/1.1 client (httpx's pool cost more CPU per
@@ -38,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +58,7 @@ class Result:
     statuses: dict[str, int] = field(default_factory=dict)
     cpu_ms: dict[str, float] = field(default_factory=dict)
     per_cycle: dict[str, float] = field(default_factory=dict)
+    wal_per_order: tuple[float, float] | None = None  # (records, kB)
 
     def pct(self, p: float) -> float:
         lat = sorted(self.latencies)
@@ -74,10 +77,11 @@ class Result:
         per_cycle = " | ".join(
             f"{self.per_cycle[what]:.1f}" if what in self.per_cycle else "-" for *_, what in CYCLES
         )
+        wal = "{:.1f} | {:.2f}".format(*self.wal_per_order) if self.wal_per_order else "- | -"
         return (
             f"| {self.rate} | {self.answered_per_s:.0f} | {self.pct(0.50):.1f} | "
             f"{self.pct(0.95):.1f} | {self.pct(0.99):.1f} | {worst:.1f} | {completed} | "
-            f"{others} | {per_order} | {per_cycle} |"
+            f"{others} | {per_order} | {per_cycle} | {wal} |"
         )
 
 
@@ -280,6 +284,7 @@ async def run_rate(
     window = (start + min(2.0, seconds / 5), start + seconds - min(1.0, seconds / 10))
     marks: list[dict[str, float]] = []
     cycles: list[dict[int, tuple[float, float]]] = []
+    wal: list[tuple[int, int]] = []
     in_window = 0
 
     async def count_cycles() -> None:
@@ -287,15 +292,23 @@ async def run_rate(
         with contextlib.suppress(httpx.HTTPError):
             cycles.append(await histogram_totals(CYCLES))
 
+    async def count_wal() -> None:
+        # Nor without PostgreSQL's statistics: no WAL per order.
+        with contextlib.suppress(OSError, asyncpg.PostgresError):
+            wal.append(await wal_written())
+
     async def sample_cpu() -> None:
         # The batch sizes are scraped just before the window opens and just after it closes,
-        # so that rendering /metrics is not in the CPU counted per order.
+        # so that rendering /metrics is not in the CPU counted per order; PostgreSQL's WAL
+        # counters are read between those and the window's edges.
         opens, closes = window
         await asyncio.sleep(max(0.0, opens - time.perf_counter()))
         await count_cycles()
+        await count_wal()
         marks.append(cpu_seconds())
         await asyncio.sleep(max(0.0, closes - time.perf_counter()))
         marks.append(cpu_seconds())
+        await count_wal()
         await count_cycles()
 
     async def one(i: int) -> None:
@@ -337,6 +350,9 @@ async def run_rate(
                 served, flushes = (cycles[1][i][n] - cycles[0][i][n] for n in (0, 1))
                 if flushes:
                     result.per_cycle[what] = served / flushes
+        if len(wal) == 2:
+            records, written = (wal[1][n] - wal[0][n] for n in (0, 1))
+            result.wal_per_order = (records / orders, written / 1024 / orders)
     else:
         sampler.cancel()
     while not pool.empty():
@@ -411,6 +427,21 @@ STAGES = (
 # what arrived since its last cycle, so these say how busy the machine was for that rate, which
 # latency follows and CPU per order does not (docs/benchmarks.md, "What a cycle costs"). Same
 # shape as STAGES.
+async def wal_written() -> tuple[int, int]:
+    """(records, bytes) of WAL the PostgreSQL server has written since its statistics were
+    reset (`pg_stat_wal`: the whole server, so all three services' databases, and whatever
+    else runs, an autovacuum worker included)."""
+    conn = await asyncpg.connect(
+        os.environ.get("API_DATABASE_URL", "postgresql://api:api@127.0.0.1:5432/api"), timeout=10
+    )
+    try:
+        row = await conn.fetchrow("SELECT wal_records, wal_bytes FROM pg_stat_wal")
+    finally:
+        await conn.close()
+    assert row is not None
+    return int(row["wal_records"]), int(row["wal_bytes"])
+
+
 CYCLES = (
     ("api", "group_commit_batch_size", 'batch="accept"', "accept"),
     ("api", "group_commit_batch_size", 'batch="record"', "record"),
@@ -664,8 +695,8 @@ async def main() -> None:
                 + " | ".join(f"{n} ms CPU/order" for n in CPU_COLUMNS)
                 + " | "
                 + " | ".join(f"orders per {what} cycle" for *_, what in CYCLES)
-                + " |\n|---|---|---|---|---|---|---|---|"
-                + "---|" * (len(CPU_COLUMNS) + len(CYCLES))
+                + " | WAL records/order | WAL kB/order |\n|---|---|---|---|---|---|---|---|"
+                + "---|" * (len(CPU_COLUMNS) + len(CYCLES) + 2)
             )
             rows = []
             for rate in rates:
