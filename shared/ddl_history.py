@@ -49,3 +49,18 @@ INSERT INTO outbox (id, topic, key, payload, headers, created_at, relay_after)
     SELECT id, topic, key, payload, headers, created_at, 'infinity' FROM outbox_dead_letters;
 DROP TABLE outbox_dead_letters;
 """
+
+# The outbox keeps only its primary key: since the relay deletes the rows the broker
+# acknowledged (rather than marking them published), every row in the table is unpublished, so
+# outbox_unpublished held the same entries as the primary key, one more index entry to write
+# for every event, and outbox_published_at held none.
+OUTBOX_PRIMARY_KEY_ONLY = """
+DROP INDEX CONCURRENTLY IF EXISTS outbox_unpublished;
+DROP INDEX CONCURRENTLY IF EXISTS outbox_published_at;
+"""
+OUTBOX_PRIMARY_KEY_ONLY_UNDO = """
+CREATE INDEX CONCURRENTLY IF NOT EXISTS outbox_unpublished ON outbox (id)
+    WHERE published_at IS NULL;
+CREATE INDEX CONCURRENTLY IF NOT EXISTS outbox_published_at ON outbox (published_at)
+    WHERE published_at IS NOT NULL;
+"""

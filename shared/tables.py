@@ -17,7 +17,6 @@ from sqlalchemy import (
     CHAR,
     BigInteger,
     DateTime,
-    Index,
     LargeBinary,
     MetaData,
     Numeric,
@@ -39,7 +38,9 @@ def defaults_to_now() -> Any:
 
 class OutboxColumns(SQLModel):
     """Events written in the transaction that caused them, relayed to Kafka after commit
-    (shared.outbox.OutboxRelay). A row is deleted once the broker acknowledged it."""
+    (shared.outbox.OutboxRelay). A row is deleted once the broker acknowledged it, so the
+    table is indexed by its primary key alone (`published_at` is set only on rows an earlier
+    version marked sent; the relay deletes those when it starts)."""
 
     id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger)
     topic: str = Field(sa_type=Text)
@@ -73,13 +74,3 @@ def service_metadata(service: str) -> MetaData:
     module = importlib.import_module(f"services.{service}.adapters.tables")
     metadata: MetaData = getattr(module, f"{service.title()}Table").metadata
     return metadata
-
-
-def outbox_indexes() -> tuple[Index, ...]:
-    """The outbox's partial indexes (new objects for each service's table)."""
-    return (
-        Index("outbox_unpublished", "id", postgresql_where=text("published_at IS NULL")),
-        Index(
-            "outbox_published_at", "published_at", postgresql_where=text("published_at IS NOT NULL")
-        ),
-    )

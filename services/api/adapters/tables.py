@@ -29,7 +29,6 @@ from shared.tables import (
     OutboxColumns,
     OutboxDeadLetterColumns,
     defaults_to_now,
-    outbox_indexes,
 )
 
 # An exchange rate, stored exactly: up to 12 digits before the point and 6 after.
@@ -291,7 +290,6 @@ class AdminAuditEntry(ApiTable, table=True):
 
 class Outbox(OutboxColumns, ApiTable, table=True):
     __tablename__ = "outbox"
-    __table_args__ = outbox_indexes()
 
 
 class OutboxDeadLetter(OutboxDeadLetterColumns, ApiTable, table=True):

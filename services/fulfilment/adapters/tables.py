@@ -12,7 +12,6 @@ from shared.tables import (
     OutboxColumns,
     OutboxDeadLetterColumns,
     defaults_to_now,
-    outbox_indexes,
 )
 
 OPEN_STATES = "state IN ('WAITING', 'ALLOCATING', 'CANCELLING')"
@@ -97,7 +96,6 @@ class SupplierRequest(FulfilmentTable, table=True):
 
 class Outbox(OutboxColumns, FulfilmentTable, table=True):
     __tablename__ = "outbox"
-    __table_args__ = outbox_indexes()
 
 
 class OutboxDeadLetter(OutboxDeadLetterColumns, FulfilmentTable, table=True):

@@ -26,7 +26,6 @@ from shared.tables import (
     OutboxColumns,
     OutboxDeadLetterColumns,
     defaults_to_now,
-    outbox_indexes,
 )
 
 
@@ -156,7 +155,6 @@ class Decision(InventoryTable, table=True):
 
 class Outbox(OutboxColumns, InventoryTable, table=True):
     __tablename__ = "outbox"
-    __table_args__ = outbox_indexes()
 
 
 class OutboxDeadLetter(OutboxDeadLetterColumns, InventoryTable, table=True):
