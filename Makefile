@@ -16,7 +16,7 @@ help:
 	@echo "make up       start PostgreSQL, Kafka and the three services (installs what is missing)"
 	@echo "make test     make up, then run the tests against the running stack"
 	@echo "make status   one line per process;  make down: stop them all"
-	@echo "make lint     ruff check, ruff format --check, mypy"
+	@echo "make lint     ruff check, ruff format --check, mypy (and gofmt, go vet where Go is installed)"
 	@echo "make bench    the benchmark, against the running stack"
 	@echo "make drill    the fault drill: kill -9 every process in turn under load, check the books"
 	@echo "make fuzz     schemathesis against the api's OpenAPI document, every check"
@@ -59,6 +59,11 @@ lint:
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/mypy deploy/local/stack.py deploy/local/devstack
+	@if command -v go >/dev/null; then \
+		unformatted="$$(gofmt -l benchmarks/loadgen)"; \
+		test -z "$$unformatted" || { echo "gofmt would change: $$unformatted"; exit 1; }; \
+		cd benchmarks/loadgen && go vet .; \
+	fi
 
 bench:
 	$(STACK) up

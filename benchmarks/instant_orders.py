@@ -29,11 +29,13 @@ import contextlib
 import json
 import os
 import platform
+import shutil
+import statistics
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -147,8 +149,9 @@ def _per_process(value_of: Callable[[list[str], bool], int]) -> dict[str, int]:
     return totals
 
 
-def cpu_seconds() -> dict[str, float]:
-    """CPU time so far of each stack process with its descendants, and of this generator."""
+def cpu_seconds(generator_pids: Sequence[int] = ()) -> dict[str, float]:
+    """CPU time so far of each stack process with its descendants, and of the generator: this
+    process and the Go load generator it runs (`generator_pids`)."""
 
     def ticks(fields: list[str], is_root: bool) -> int:
         used = int(fields[11]) + int(fields[12])  # utime, stime
@@ -159,6 +162,9 @@ def cpu_seconds() -> dict[str, float]:
     seconds = {name: t / CLOCK_TICKS for name, t in _per_process(ticks).items()}
     me = os.times()
     seconds["generator"] = me.user + me.system
+    for pid in generator_pids:
+        if (fields := _stat(pid)) is not None:
+            seconds["generator"] += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
     return seconds
 
 
@@ -263,29 +269,143 @@ class Connection:
             self.writer.close()
 
 
+@dataclass(frozen=True)
+class Answer:
+    """One request of a run, its times in seconds from the run's start: when it was due, when
+    the generator got round to it (later if its loop was behind), when it wrote it (later
+    still if every connection was busy), and when the answer was read."""
+
+    scheduled: float
+    woke: float
+    written: float
+    answered: float
+    answer: str  # data.status of a 200, "HTTP <code>", or the error's name
+
+
+GENERATORS = ("go", "python")
+GENERATOR_NAMES = {"go": "benchmarks/loadgen", "python": "this script's event loop"}
+LOADGEN = REPO / "benchmarks" / "loadgen"
+
+
+def loadgen_binary() -> Path:
+    """benchmarks/loadgen built (again when its source is newer) into the stack's .run."""
+    binary = run_dir() / "loadgen"
+    sources = [*LOADGEN.glob("*.go"), LOADGEN / "go.mod"]
+    if not binary.exists() or binary.stat().st_mtime < max(f.stat().st_mtime for f in sources):
+        print("building the Go load generator (benchmarks/loadgen)", file=sys.stderr)
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["go", "build", "-o", str(binary), "."], cwd=LOADGEN, check=True)
+    return binary
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What a generator sends: `total` requests at `rate` a second, the first due at `start`
+    (a `time.perf_counter()` of this process), on at most `connections` at once, each with
+    the next set of `creds` in turn."""
+
+    url: httpx.URL
+    body: bytes
+    creds: list[dict[str, str]]
+    rate: int
+    total: int
+    connections: int
+    start: float
+
+
+async def python_answers(run: Schedule) -> list[Answer]:
+    """The run from this process's own event loop (`--generator python`)."""
+    url, body, creds, rate, start = run.url, run.body, run.creds, run.rate, run.start
+    pool: asyncio.Queue[Connection] = asyncio.Queue()
+    for _ in range(run.connections):
+        pool.put_nowait(Connection(url.host, url.port or 80))
+    answers: list[Answer] = []
+
+    async def one(i: int) -> None:
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        woke = time.perf_counter()
+        conn = await pool.get()
+        written = time.perf_counter()
+        try:
+            status, payload = await conn.post("/v2/orders/instant", body, creds[i % len(creds)])
+            key = json.loads(payload)["data"]["status"] if status == 200 else f"HTTP {status}"
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            conn.close()
+            conn = Connection(url.host, url.port or 80)
+            key = type(exc).__name__
+        finally:
+            pool.put_nowait(conn)
+        answered = time.perf_counter()
+        answers.append(Answer(i / rate, woke - start, written - start, answered - start, key))
+
+    await asyncio.gather(*(one(i) for i in range(run.total)))
+    while not pool.empty():
+        pool.get_nowait().close()
+    return answers
+
+
+async def go_answers(run: Schedule, started: "Callable[[int], None]") -> list[Answer]:
+    """The run from benchmarks/loadgen, started so that its first request is due at
+    `run.start` (the two processes' clocks agree through the wall clock); `started` is told
+    its pid."""
+    settings = {
+        "addr": f"{run.url.host}:{run.url.port or 80}",
+        "path": "/v2/orders/instant",
+        "rate": run.rate,
+        "count": run.total,
+        "connections": run.connections,
+        "body": run.body.decode(),
+        "headers": run.creds,
+        "start_unix_ns": time.time_ns() + int((run.start - time.perf_counter()) * 1e9),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        str(loadgen_binary()),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    started(proc.pid)
+    out, _ = await proc.communicate(json.dumps(settings).encode())
+    if proc.returncode != 0:
+        raise SystemExit(f"the Go load generator failed (exit {proc.returncode})")
+    answers = []
+    for line in out.decode().splitlines():
+        index, woke, written, answered, key = line.split("\t", 4)
+        at = [int(us) / 1e6 for us in (woke, written, answered)]
+        answers.append(Answer(int(index) / run.rate, at[0], at[1], at[2], key))
+    return answers
+
+
 async def run_rate(
     sku: str,
     creds: list[dict[str, str]],
     rate: int,
     seconds: float,
     connections: int,
-    on_answer: "Callable[[float, float, str], None] | None" = None,
+    on_answer: "Callable[[Answer], None] | None" = None,
+    generator: str = "go",
 ) -> Result:
     result = Result(rate, seconds)
-    url = httpx.URL(service_url("api"))
-    pool: asyncio.Queue[Connection] = asyncio.Queue()
-    for _ in range(connections):
-        pool.put_nowait(Connection(url.host, url.port or 80))
-    body = json.dumps({"sku": sku}).encode()
     total = int(rate * seconds)
-    start = time.perf_counter() + 0.2
+    start = time.perf_counter() + 0.3
+    schedule = Schedule(
+        httpx.URL(service_url("api")),
+        json.dumps({"sku": sku}).encode(),
+        creds,
+        rate,
+        total,
+        connections,
+        start,
+    )
     # Only the steady middle of the run counts towards CPU per order: not the start-up, nor
     # the tail while the last answers come back.
     window = (start + min(2.0, seconds / 5), start + seconds - min(1.0, seconds / 10))
     marks: list[dict[str, float]] = []
     cycles: list[dict[int, tuple[float, float]]] = []
     wal: list[tuple[int, int]] = []
-    in_window = 0
+    generator_pids: list[int] = []
 
     async def count_cycles() -> None:
         # A service that does not answer its /metrics: no batch sizes, but the run goes on.
@@ -305,41 +425,27 @@ async def run_rate(
         await asyncio.sleep(max(0.0, opens - time.perf_counter()))
         await count_cycles()
         await count_wal()
-        marks.append(cpu_seconds())
+        marks.append(cpu_seconds(generator_pids))
         await asyncio.sleep(max(0.0, closes - time.perf_counter()))
-        marks.append(cpu_seconds())
+        marks.append(cpu_seconds(generator_pids))
         await count_wal()
         await count_cycles()
 
-    async def one(i: int) -> None:
-        scheduled = start + i / rate
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        conn = await pool.get()
-        try:
-            status, payload = await conn.post("/v2/orders/instant", body, creds[i % len(creds)])
-            key = json.loads(payload)["data"]["status"] if status == 200 else f"HTTP {status}"
-        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-            conn.close()
-            conn = Connection(url.host, url.port or 80)
-            key = type(exc).__name__
-        finally:
-            pool.put_nowait(conn)
-        nonlocal in_window
-        answered = time.perf_counter()
-        in_window += window[0] <= answered < window[1]
-        latency = answered - scheduled
-        result.latencies.append(latency)
-        result.statuses[key] = result.statuses.get(key, 0) + 1
-        if on_answer is not None:
-            on_answer(scheduled, latency, key)
-
     began = time.perf_counter()
     sampler = asyncio.create_task(sample_cpu())
-    await asyncio.gather(*(one(i) for i in range(total)))
+    if generator == "go":
+        answers = await go_answers(schedule, generator_pids.append)
+    else:
+        answers = await python_answers(schedule)
     result.elapsed = time.perf_counter() - began
     result.sent = total
+    in_window = 0
+    for a in answers:
+        in_window += window[0] <= start + a.answered < window[1]
+        result.latencies.append(a.answered - a.scheduled)
+        result.statuses[a.answer] = result.statuses.get(a.answer, 0) + 1
+        if on_answer is not None:
+            on_answer(a)
     if seconds >= 3:
         await sampler
         orders = max(1, in_window)  # answers within the window: a server behind is not flattered
@@ -355,8 +461,6 @@ async def run_rate(
             result.wal_per_order = (records / orders, written / 1024 / orders)
     else:
         sampler.cancel()
-    while not pool.empty():
-        pool.get_nowait().close()
     return result
 
 
@@ -423,10 +527,6 @@ STAGES = (
 )
 
 
-# How many orders each stage of the instant path took per cycle (its batches): a stage takes
-# what arrived since its last cycle, so these say how busy the machine was for that rate, which
-# latency follows and CPU per order does not (docs/benchmarks.md, "What a cycle costs"). Same
-# shape as STAGES.
 async def wal_written() -> tuple[int, int]:
     """(records, bytes) of WAL the PostgreSQL server has written since its statistics were
     reset (`pg_stat_wal`: the whole server, so all three services' databases, and whatever
@@ -442,6 +542,10 @@ async def wal_written() -> tuple[int, int]:
     return int(row["wal_records"]), int(row["wal_bytes"])
 
 
+# How many orders each stage of the instant path took per cycle (its batches): a stage takes
+# what arrived since its last cycle, so these say how busy the machine was for that rate, which
+# latency follows and CPU per order does not (docs/benchmarks.md, "What a cycle costs"). Same
+# shape as STAGES.
 CYCLES = (
     ("api", "group_commit_batch_size", 'batch="accept"', "accept"),
     ("api", "group_commit_batch_size", 'batch="record"', "record"),
@@ -516,27 +620,43 @@ def cores_row(label: str, cores: dict[str, float]) -> str:
 
 
 async def overload(
-    sku: str, creds: list[dict[str, str]], rate: int, seconds: float, connections: int
+    sku: str,
+    creds: list[dict[str, str]],
+    rate: int,
+    seconds: float,
+    connections: int,
+    generator: str,
 ) -> str:
     late_by_answer: dict[str, int] = {}
+    late_parts: list[tuple[float, float, float]] = []
     bound_s = overload_bound_s()
 
-    def count_late(_: float, latency: float, answer: str) -> None:
-        if latency > bound_s:
-            late_by_answer[answer] = late_by_answer.get(answer, 0) + 1
+    def count_late(a: Answer) -> None:
+        if a.answered - a.scheduled > bound_s:
+            late_by_answer[a.answer] = late_by_answer.get(a.answer, 0) + 1
+            # Where its time went: the generator behind its schedule, every connection busy,
+            # and after it was written (the kernel's buffers, the api, reading the answer).
+            late_parts.append((a.woke - a.scheduled, a.written - a.woke, a.answered - a.written))
 
-    result = await run_rate(sku, creds, rate, seconds, connections, on_answer=count_late)
+    result = await run_rate(
+        sku, creds, rate, seconds, connections, on_answer=count_late, generator=generator
+    )
     shed = result.statuses.get("HTTP 503", 0)
     worst = max(result.latencies, default=0.0) * 1000
     late = sum(late_by_answer.values())
     late_cell = f"{late} {json.dumps(late_by_answer, sort_keys=True)}" if late else "0"
+    parts_cell = (
+        " / ".join(f"{statistics.median(p) * 1000:.0f}" for p in zip(*late_parts, strict=True))
+        if late_parts
+        else "-"
+    )
     shown = ("COMPLETED", "PROCESSING", "HTTP 503")
     other = {k: v for k, v in result.statuses.items() if k not in shown}
     return (
         f"| {rate} | {result.sent} | {result.statuses.get('COMPLETED', 0)} | "
         f"{result.statuses.get('PROCESSING', 0)} | {shed} | "
         f"{json.dumps(other) if other else '-'} | {result.pct(0.99):.1f} | {worst:.1f} | "
-        f"{late_cell} |"
+        f"{late_cell} | {parts_cell} |"
     )
 
 
@@ -548,11 +668,16 @@ def overload_bound_s() -> float:
 
 
 async def soak(
-    sku: str, creds: list[dict[str, str]], rate: int, minutes: int, connections: int
+    sku: str,
+    creds: list[dict[str, str]],
+    rate: int,
+    minutes: int,
+    connections: int,
+    generator: str,
 ) -> list[str]:
     rows: list[str] = []
     for minute in range(1, minutes + 1):
-        result = await run_rate(sku, creds, rate, 60, connections)
+        result = await run_rate(sku, creds, rate, 60, connections, generator=generator)
         rss = rss_mib()
         sizes = " | ".join(f"{rss.get(n, 0):.0f}" for n in STACK_PROCESSES)
         rows.append(
@@ -641,6 +766,13 @@ async def main() -> None:
         "the same account, placed 2 s into the run (alternating with runs without it)",
     )
     parser.add_argument("--bulk-rounds", type=int, default=1, help="pairs of runs per rate")
+    parser.add_argument(
+        "--generator",
+        choices=GENERATORS,
+        default="go" if shutil.which("go") else "python",
+        help="the load generator: go (benchmarks/loadgen, built on first use; the default "
+        "where Go is installed) or python (this process's event loop)",
+    )
     parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",") if r]
@@ -660,7 +792,10 @@ async def main() -> None:
     for count in counts:
         if count:
             restart_api(count)
-        sections.append(f"Processes: {running_counts()}.")
+        sections.append(
+            f"Processes: {running_counts()}; load generator: {args.generator} "
+            f"({GENERATOR_NAMES[args.generator]})."
+        )
         if args.idle_seconds > 0:
             print(f"idle for {args.idle_seconds:g}s", file=sys.stderr)
             await asyncio.sleep(3)  # let the set-up's own work settle first
@@ -701,7 +836,9 @@ async def main() -> None:
             rows = []
             for rate in rates:
                 print(f"running {rate} orders/s for {args.seconds:g}s", file=sys.stderr)
-                result = await run_rate(sku, creds, rate, args.seconds, args.connections)
+                result = await run_rate(
+                    sku, creds, rate, args.seconds, args.connections, generator=args.generator
+                )
                 rows.append(result.row())
                 print(rows[-1], file=sys.stderr)
             sections.append("\n".join([header, *rows]))
@@ -717,7 +854,14 @@ async def main() -> None:
                             if with_bulk
                             else None
                         )
-                        result = await run_rate(sku, creds, rate, args.seconds, args.connections)
+                        result = await run_rate(
+                            sku,
+                            creds,
+                            rate,
+                            args.seconds,
+                            args.connections,
+                            generator=args.generator,
+                        )
                         rows.append(result.row().replace(f"| {rate} |", f"| {label} |", 1))
                         print(rows[-1], file=sys.stderr)
                         if bulk is not None:
@@ -733,16 +877,24 @@ async def main() -> None:
     if args.overload:
         print(f"overload: {args.overload}/s for {args.overload_seconds:g}s", file=sys.stderr)
         row = await overload(
-            sku, creds, args.overload, args.overload_seconds, max(args.connections, 512)
+            sku,
+            creds,
+            args.overload,
+            args.overload_seconds,
+            max(args.connections, 512),
+            args.generator,
         )
         sections.append(
             "Overload:\n\n| offered/s | sent | COMPLETED | PROCESSING | 503 | other | p99 ms "
-            f"| max ms | later than {overload_bound_s() * 1000:.0f} ms, by answer |\n"
-            "|---|---|---|---|---|---|---|---|---|\n" + row
+            f"| max ms | later than {overload_bound_s() * 1000:.0f} ms, by answer | those late, "
+            "median ms: generator behind / every connection busy / after the request was "
+            "written |\n|---|---|---|---|---|---|---|---|---|---|\n" + row
         )
         print(sections[-1], file=sys.stderr)
     if args.soak_minutes:
-        rows = await soak(sku, creds, args.soak_rate, args.soak_minutes, args.connections)
+        rows = await soak(
+            sku, creds, args.soak_rate, args.soak_minutes, args.connections, args.generator
+        )
         sections.append(
             f"Soak at {args.soak_rate}/s, per minute:\n\n| minute | answered/s | p50 ms | p99 ms "
             "| COMPLETED | other | stack ms CPU/order | "

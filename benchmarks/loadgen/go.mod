@@ -1,0 +1,3 @@
+module instant-orders/benchmarks/loadgen
+
+go 1.22
