@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 import pytest
 
-from benchmarks.instant_orders import Answer, Schedule, go_answers
+from benchmarks.instant_orders import Answer, Schedule, go_answers, loadgen_binary
 
 pytestmark = pytest.mark.skipif(shutil.which("go") is None, reason="needs Go to build loadgen")
 
@@ -68,10 +68,13 @@ def completed() -> bytes:
 async def run(
     url: httpx.URL, creds: list[dict[str, str]], rate: int, total: int, connections: int
 ) -> tuple[float, list[Answer]]:
+    binary = loadgen_binary()
     start = time.perf_counter() + 0.3
     pids: list[int] = []
     answers = await go_answers(
-        Schedule(url, b'{"sku": "S"}', creds, rate, total, connections, start), pids.append
+        Schedule(url, b'{"sku": "S"}', creds, rate, total, connections, start),
+        binary,
+        pids.append,
     )
     assert len(pids) == 1
     return start, answers
