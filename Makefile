@@ -62,7 +62,7 @@ lint:
 	@if command -v go >/dev/null; then \
 		unformatted="$$(gofmt -l benchmarks/loadgen)"; \
 		test -z "$$unformatted" || { echo "gofmt would change: $$unformatted"; exit 1; }; \
-		cd benchmarks/loadgen && go vet .; \
+		cd benchmarks/loadgen && GOCACHE="$${GOCACHE:-$(CURDIR)/.run/go-cache}" go vet .; \
 	fi
 
 bench:

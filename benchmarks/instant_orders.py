@@ -246,10 +246,15 @@ class Connection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    async def open(self) -> None:
+        """Connects, unless connected already."""
         if self.writer is None or self.writer.is_closing():
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        await self.open()
         assert self.reader is not None
+        assert self.writer is not None
         head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         self.writer.write(
             f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
@@ -283,6 +288,7 @@ class Answer:
 
 
 GENERATORS = ("go", "python")
+START_LEAD_S = 0.3  # from choosing a rate's start to its first request
 GENERATOR_NAMES = {"go": "benchmarks/loadgen", "python": "this script's event loop"}
 LOADGEN = REPO / "benchmarks" / "loadgen"
 
@@ -330,8 +336,10 @@ async def python_answers(run: Schedule) -> list[Answer]:
             await asyncio.sleep(delay)
         woke = time.perf_counter()
         conn = await pool.get()
-        written = time.perf_counter()
+        written: float | None = None
         try:
+            await conn.open()
+            written = time.perf_counter()  # after the connect: that wait is not the server's
             status, payload = await conn.post("/v2/orders/instant", body, creds[i % len(creds)])
             key = json.loads(payload)["data"]["status"] if status == 200 else f"HTTP {status}"
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
@@ -341,6 +349,7 @@ async def python_answers(run: Schedule) -> list[Answer]:
         finally:
             pool.put_nowait(conn)
         answered = time.perf_counter()
+        written = answered if written is None else written  # it never was
         answers.append(Answer(i / rate, woke - start, written - start, answered - start, key))
 
     await asyncio.gather(*(one(i) for i in range(run.total)))
@@ -367,9 +376,17 @@ async def go_answers(run: Schedule, binary: Path, started: "Callable[[int], None
         str(binary),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
+        # It needs nothing of this environment (which, under `make bench`, holds the stack's
+        # secrets); GOMAXPROCS, when set, is passed on.
+        env={k: v for k, v in os.environ.items() if k == "GOMAXPROCS"},
     )
     started(proc.pid)
-    out, _ = await proc.communicate(json.dumps(settings).encode())
+    try:
+        out, _ = await proc.communicate(json.dumps(settings).encode())
+    finally:
+        if proc.returncode is None:  # the benchmark was stopped: so is its generator
+            proc.kill()
+            await proc.wait()
     if proc.returncode != 0:
         raise SystemExit(f"the Go load generator failed (exit {proc.returncode})")
     answers = []
@@ -392,7 +409,7 @@ async def run_rate(
     result = Result(rate, seconds)
     total = int(rate * seconds)
     binary = loadgen_binary() if generator == "go" else None  # a build takes seconds
-    start = time.perf_counter() + 0.3
+    start = time.perf_counter() + START_LEAD_S
     schedule = Schedule(
         httpx.URL(service_url("api")),
         json.dumps({"sku": sku}).encode(),
@@ -434,13 +451,13 @@ async def run_rate(
         await count_wal()
         await count_cycles()
 
-    began = time.perf_counter()
     sampler = asyncio.create_task(sample_cpu())
     if binary is not None:
         answers = await go_answers(schedule, binary, generator_pids.append)
     else:
         answers = await python_answers(schedule)
-    result.elapsed = time.perf_counter() - began
+    # From the first request's due time to the last answer: the lead before it is not the run's.
+    result.elapsed = max((a.answered for a in answers), default=0.0)
     result.sent = total
     in_window = 0
     for a in answers:
@@ -531,18 +548,23 @@ STAGES = (
 
 
 async def wal_written() -> tuple[int, int]:
-    """(records, bytes) of WAL the PostgreSQL server has written since its statistics were
-    reset (`pg_stat_wal`: the whole server, so all three services' databases, and whatever
-    else runs, an autovacuum worker included)."""
+    """WAL the PostgreSQL server has written: records since its statistics were reset, and
+    bytes since it began (the whole server, so all three services' databases, and whatever
+    else runs, an autovacuum worker included). The bytes are exact (the WAL's insert
+    position); the record count is PostgreSQL 15's `pg_stat_wal`, to which a busy backend
+    reports about once a second, so a window's count is off by up to a second's worth."""
     conn = await asyncpg.connect(
         os.environ.get("API_DATABASE_URL", "postgresql://api:api@127.0.0.1:5432/api"), timeout=10
     )
     try:
-        row = await conn.fetchrow("SELECT wal_records, wal_bytes FROM pg_stat_wal")
+        row = await conn.fetchrow(
+            "SELECT wal_records, pg_current_wal_insert_lsn() - '0/0'::pg_lsn AS written "
+            "FROM pg_stat_wal"
+        )
     finally:
         await conn.close()
     assert row is not None
-    return int(row["wal_records"]), int(row["wal_bytes"])
+    return int(row["wal_records"]), int(row["written"])
 
 
 # How many orders each stage of the instant path took per cycle (its batches): a stage takes
@@ -853,7 +875,9 @@ async def main() -> None:
                         label = f"{rate}, {'with' if with_bulk else 'without'} bulk #{round_}"
                         print(f"running {label}", file=sys.stderr)
                         bulk = (
-                            asyncio.create_task(bulk_during(sku, creds[0], args.bulk_units, 2.0))
+                            asyncio.create_task(
+                                bulk_during(sku, creds[0], args.bulk_units, START_LEAD_S + 2.0)
+                            )
                             if with_bulk
                             else None
                         )

@@ -15,9 +15,10 @@
 //	index  woke_us  written_us  answered_us  answer
 //
 // in microseconds from the start: when it got round to the request (late if it fell
-// behind), when it wrote it (later still if every connection was busy), when the answer
-// was read; the answer is the body's data.status on a 200, "HTTP <code>" otherwise, or
-// "error" when no answer came (a connection closed or refused).
+// behind), when it wrote it (later still if every connection was busy, or while one was
+// being dialled), when the answer was read; the answer is the body's data.status on a 200,
+// "HTTP <code>" otherwise, or "error" when no answer came (a connection refused or closed,
+// an answer it cannot read, none within a minute).
 package main
 
 import (
@@ -64,14 +65,28 @@ func (k *conn) close() {
 	}
 }
 
-// post writes one request and reads its answer: the status code and the body.
+// answerTimeout bounds one request, so that a server that takes a connection and never
+// answers ends the run instead of hanging it: the request counts as "error".
+const answerTimeout = 60 * time.Second
+
+// dial connects, unless connected already.
+func (k *conn) dial() error {
+	if k.c != nil {
+		return nil
+	}
+	c, err := net.Dial("tcp", k.addr)
+	if err != nil {
+		return err
+	}
+	k.c, k.r = c, bufio.NewReaderSize(c, 16<<10)
+	return nil
+}
+
+// post writes one request on the dialled connection and reads its answer: the status code
+// and the body (Content-Length only; anything else fails, and the connection is closed).
 func (k *conn) post(request []byte) (int, []byte, error) {
-	if k.c == nil {
-		c, err := net.Dial("tcp", k.addr)
-		if err != nil {
-			return 0, nil, err
-		}
-		k.c, k.r = c, bufio.NewReaderSize(c, 16<<10)
+	if err := k.c.SetDeadline(time.Now().Add(answerTimeout)); err != nil {
+		return 0, nil, err
 	}
 	if _, err := k.c.Write(request); err != nil {
 		return 0, nil, err
@@ -88,7 +103,7 @@ func (k *conn) post(request []byte) (int, []byte, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	length, closing := 0, false
+	length, closing := -1, bytes.HasPrefix(line, []byte("HTTP/1.0"))
 	for {
 		line, err := k.r.ReadSlice('\n')
 		if err != nil {
@@ -101,12 +116,17 @@ func (k *conn) post(request []byte) (int, []byte, error) {
 		name, value, _ := strings.Cut(header, ":")
 		switch strings.ToLower(strings.TrimSpace(name)) {
 		case "content-length":
-			if length, err = strconv.Atoi(strings.TrimSpace(value)); err != nil {
-				return 0, nil, err
+			if length, err = strconv.Atoi(strings.TrimSpace(value)); err != nil || length < 0 {
+				return 0, nil, fmt.Errorf("bad content-length %q", value)
 			}
+		case "transfer-encoding":
+			return 0, nil, fmt.Errorf("transfer-encoding %q is not read here", value)
 		case "connection":
-			closing = strings.EqualFold(strings.TrimSpace(value), "close")
+			closing = strings.Contains(strings.ToLower(value), "close")
 		}
+	}
+	if length < 0 {
+		return 0, nil, fmt.Errorf("an answer without content-length")
 	}
 	body := make([]byte, length)
 	if _, err := io.ReadFull(k.r, body); err != nil {
@@ -160,10 +180,13 @@ func main() {
 	}
 	outcomes := make([]outcome, s.Count)
 	var wg sync.WaitGroup
-	if s.StartUnixNs > 0 {
-		time.Sleep(time.Until(time.Unix(0, s.StartUnixNs)))
-	}
+	// The start is the moment asked for, on this process's monotonic clock, even if that
+	// moment has passed (the process came up late): the requests are then late by it.
 	start := time.Now()
+	if s.StartUnixNs > 0 {
+		start = start.Add(time.Until(time.Unix(0, s.StartUnixNs)))
+		time.Sleep(time.Until(start))
+	}
 	for i := 0; i < s.Count; i++ {
 		due := time.Duration(float64(i) * float64(time.Second) / s.Rate)
 		if wait := due - time.Since(start); wait > 0 {
@@ -174,13 +197,18 @@ func main() {
 		go func(i int, woke time.Duration) {
 			defer wg.Done()
 			k := <-pool
-			written := time.Since(start)
-			status, body, err := k.post(requests[i%len(requests)])
+			err := k.dial()
+			written := time.Since(start) // after the connect: that wait is not the server's
 			answer := "error"
+			if err == nil {
+				var status int
+				var body []byte
+				if status, body, err = k.post(requests[i%len(requests)]); err == nil {
+					answer = answerOf(status, body)
+				}
+			}
 			if err != nil {
 				k.close()
-			} else {
-				answer = answerOf(status, body)
 			}
 			outcomes[i] = outcome{woke, written, time.Since(start), answer}
 			pool <- k

@@ -66,10 +66,15 @@ def completed() -> bytes:
 
 
 async def run(
-    url: httpx.URL, creds: list[dict[str, str]], rate: int, total: int, connections: int
+    url: httpx.URL,
+    creds: list[dict[str, str]],
+    rate: int,
+    total: int,
+    connections: int,
+    lead_s: float = 0.3,
 ) -> tuple[float, list[Answer]]:
     binary = loadgen_binary()
-    start = time.perf_counter() + 0.3
+    start = time.perf_counter() + lead_s
     pids: list[int] = []
     answers = await go_answers(
         Schedule(url, b'{"sku": "S"}', creds, rate, total, connections, start),
@@ -131,3 +136,15 @@ async def test_a_connection_closed_without_an_answer_is_an_error_and_the_run_goe
         _, answers = await run(url, [{"x-answer": "ok"}], 50, 4, 1)
 
     assert [a.answer for a in answers] == ["error", "COMPLETED", "COMPLETED", "COMPLETED"]
+
+
+async def test_a_start_that_has_passed_makes_the_first_requests_late_by_it() -> None:
+    async def quick(headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+        return 200, completed()
+
+    async with Server(quick) as url:
+        _, answers = await run(url, [{"x-answer": "ok"}], 100, 3, 1, lead_s=-0.25)
+
+    # Due at 0, 10 and 20 ms after a start 0.25 s before the generator was even asked.
+    assert all(a.woke - a.scheduled >= 0.2 for a in answers)
+    assert all(a.answered - a.scheduled >= 0.2 for a in answers)
