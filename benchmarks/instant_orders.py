@@ -278,7 +278,8 @@ class Connection:
 class Answer:
     """One request of a run, its times in seconds from the run's start: when it was due, when
     the generator got round to it (later if its loop was behind), when it wrote it (later
-    still if every connection was busy), and when the answer was read."""
+    still if every connection was busy, or while one was dialled), and when the answer was
+    read."""
 
     scheduled: float
     woke: float

@@ -138,6 +138,17 @@ func (k *conn) post(request []byte) (int, []byte, error) {
 	return status, body, nil
 }
 
+// answer sends one request on the dialled connection and says what came back; a connection
+// that failed is closed, to be dialled again by the next request on it.
+func (k *conn) answer(request []byte) string {
+	status, body, err := k.post(request)
+	if err != nil {
+		k.close()
+		return "error"
+	}
+	return answerOf(status, body)
+}
+
 func answerOf(status int, body []byte) string {
 	if status != 200 {
 		return "HTTP " + strconv.Itoa(status)
@@ -198,17 +209,9 @@ func main() {
 			defer wg.Done()
 			k := <-pool
 			err := k.dial()
-			written := time.Since(start) // after the connect: that wait is not the server's
-			answer := "error"
+			written, answer := time.Since(start), "error" // after the connect: not the server's
 			if err == nil {
-				var status int
-				var body []byte
-				if status, body, err = k.post(requests[i%len(requests)]); err == nil {
-					answer = answerOf(status, body)
-				}
-			}
-			if err != nil {
-				k.close()
+				answer = k.answer(requests[i%len(requests)])
 			}
 			outcomes[i] = outcome{woke, written, time.Since(start), answer}
 			pool <- k
