@@ -301,6 +301,24 @@ def test_kafka_properties_use_the_stacks_ports_and_folders(
         assert props[key] == "1", key
 
 
+def test_the_broker_jvm_defaults_log_its_collections_and_yield_to_kafkas_variables(
+    monkeypatch: pytest.MonkeyPatch, cfg: Config
+) -> None:
+    monkeypatch.delenv("KAFKA_HEAP_OPTS", raising=False)
+    monkeypatch.delenv("KAFKA_JVM_PERFORMANCE_OPTS", raising=False)
+    gc_log = f"-Xlog:gc:file={cfg.logs / 'kafka-gc.log'}:time,uptime:filecount=3,filesize=10M"
+    assert kafka.broker_jvm_options(cfg) == ["-Xmx512m", gc_log]
+    monkeypatch.setenv("KAFKA_HEAP_OPTS", "-Xmx1g -Xms1g")
+    monkeypatch.setenv("KAFKA_JVM_PERFORMANCE_OPTS", "-XX:+UseG1GC -XX:MaxGCPauseMillis=20")
+    cmd = kafka.java_cmd(
+        "java", cfg, "kafka.Kafka", "x.properties", jvm=kafka.broker_jvm_options(cfg)
+    )
+    assert cmd[:6] == [
+        "java", "-Xmx1g", "-Xms1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", gc_log
+    ]  # fmt: skip
+    assert cmd[-2:] == ["kafka.Kafka", "x.properties"]
+
+
 def test_postgres_listens_on_loopback_and_trusts_no_one(cfg: Config) -> None:
     layout = postgres_files.pg_layout(cfg)
     conf = postgres_files.pg_config_text(cfg, layout)
