@@ -14,7 +14,8 @@ names):
 Printed per server, app and rate: the server process's CPU time per request (its children
 and threads included: granian runs the app in a worker process with Rust threads beside the
 Python loop), the generator's, p50/p99/max latency from each request's scheduled send, and
-how many answers were a 200 saying COMPLETED.
+how far the generator fell behind its schedule at worst. Every answer must be a 200 saying
+COMPLETED, and the server must live through the run: if not, the benchmark stops and says so.
 
     .venv/bin/python benchmarks/http_servers.py --rates 1000,3000 --seconds 10 --rounds 2
 
@@ -24,6 +25,7 @@ virtualenv it runs in if it is missing.
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -44,6 +46,7 @@ from instant_orders import (  # noqa: E402
     Result,
     Schedule,
     _children,
+    _stat,
     _tree,
     go_answers,
     loadgen_binary,
@@ -135,6 +138,7 @@ def serve(server: str, port: int) -> None:
     if server == "uvicorn":
         import uvicorn
 
+        from shared.runtime import QuietServer
         from shared.web import JsonErrorsHttpToolsProtocol
 
         config = uvicorn.Config(
@@ -146,7 +150,7 @@ def serve(server: str, port: int) -> None:
             loop="uvloop",
             http=JsonErrorsHttpToolsProtocol,
         )
-        uvicorn.Server(config).run()
+        QuietServer(config).run()
         return
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops, RuntimeModes, TaskImpl
@@ -196,21 +200,13 @@ async def wait_listening(
 
 
 def tree_cpu_s(root: int) -> float:
-    """CPU time so far of `root` and its descendants, thread by thread."""
+    """CPU time so far of `root` and its descendants (each process's own counts every thread
+    it ran, those that have ended too)."""
     total = 0
     for pid in _tree(root, _children()):
-        for task in Path(f"/proc/{pid}/task").glob("*"):
-            if (fields := _stat(task / "stat")) is not None:
-                total += int(fields[11]) + int(fields[12])  # utime, stime
+        if (fields := _stat(pid)) is not None:
+            total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / CLOCK_TICKS
-
-
-def _stat(path: Path) -> list[str] | None:
-    try:
-        raw = path.read_text()
-    except OSError:
-        return None
-    return raw[raw.rindex(")") + 2 :].split()  # fields from the 3rd (state) on
 
 
 def children_cpu_s() -> float:
@@ -221,27 +217,42 @@ def children_cpu_s() -> float:
 
 async def measured(
     schedule: Schedule, binary: Path, server_pid: int
-) -> tuple[Result, float, float]:
-    """One run of `schedule`, and the server's and the generator's CPU ms per request."""
+) -> tuple[Result, float, float, float]:
+    """One run of `schedule`: its result, the server's and the generator's CPU ms per request,
+    and how far the generator fell behind its schedule at worst (ms). A run
+    in which the server died or any answer was not a COMPLETED order ends the benchmark: its
+    numbers would be those of refused connections."""
     server_before, generator_before = tree_cpu_s(server_pid), children_cpu_s()
     answers = await go_answers(schedule, binary, lambda _: None)
     server_s, generator_s = (
         tree_cpu_s(server_pid) - server_before,
         children_cpu_s() - generator_before,
     )
+    if returncode(server_pid) is not None:
+        raise SystemExit(f"the server (pid {server_pid}) died during the run")
     result = Result(schedule.rate, schedule.total / schedule.rate)
     result.elapsed = max(a.answered for a in answers) - min(a.scheduled for a in answers)
     for a in answers:
         result.latencies.append(a.answered - a.scheduled)
         result.statuses[a.answer] = result.statuses.get(a.answer, 0) + 1
-    return result, server_s / len(answers) * 1000, generator_s / len(answers) * 1000
+    if set(result.statuses) != {"COMPLETED"}:
+        raise SystemExit(f"not every answer was a COMPLETED order: {result.statuses}")
+    behind_ms = max(a.woke - a.scheduled for a in answers) * 1000
+    n = len(answers)
+    return result, server_s / n * 1000, generator_s / n * 1000, behind_ms
+
+
+def returncode(pid: int) -> int | None:
+    """None while `pid` runs (a zombie, exited but not reaped, has ended too)."""
+    fields = _stat(pid)
+    return None if fields is not None and fields[0] not in ("Z", "X") else 1
 
 
 def schedule_for(port: int, rate: int, count: int) -> Schedule:
     return Schedule(
         url=httpx.URL(f"http://127.0.0.1:{port}"),
         body=BODY.encode(),
-        creds=[{"content-type": "application/json"}],
+        creds=[{}],  # loadgen sends Content-Type itself; no credentials are needed
         rate=rate,
         total=count,
         connections=CONNECTIONS,
@@ -258,38 +269,58 @@ async def one_server(server: str, app_name: str, rates: list[int], seconds: floa
     try:
         await wait_listening(port, proc)
         binary = loadgen_binary()
-        await measured(schedule_for(port, 200, 400), binary, proc.pid)  # connections, warm paths
+        await measured(schedule_for(port, 200, 400), binary, proc.pid)  # the server's code warm
         for rate in rates:
-            result, server_ms, generator_ms = await measured(
+            result, server_ms, generator_ms, behind_ms = await measured(
                 schedule_for(port, rate, int(rate * seconds)), binary, proc.pid
             )
             print(
                 f"| {server} | {app_name} | {rate} | {result.answered_per_s:.0f} | "
                 f"{server_ms:.3f} | {generator_ms:.3f} | {result.pct(0.50):.2f} | "
                 f"{result.pct(0.99):.2f} | {max(result.latencies) * 1000:.1f} | "
-                f"{result.statuses.get('COMPLETED', 0)} of {int(rate * seconds)} |",
+                f"{behind_ms:.1f} |",
                 flush=True,
             )
     finally:
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), 30)
+        await stop(proc)
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    """Stops the server (SIGTERM, then SIGKILL after 30 s), whatever the run ended with."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rates", default="1000,2000")
+    parser.add_argument("--rates", default="1000,3000")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--servers", default=",".join(SERVERS))
     parser.add_argument("--apps", default=",".join(APPS))
     args = parser.parse_args()
+    for option, wanted, known in (
+        ("--servers", args.servers, SERVERS),
+        ("--apps", args.apps, APPS),
+    ):
+        if unknown := set(wanted.split(",")) - set(known):
+            parser.error(
+                f"{option}: unknown {', '.join(sorted(unknown))} (known: {', '.join(known)})"
+            )
     from optional import installed
 
     installed("granian", GRANIAN)
     rates = [int(r) for r in args.rates.split(",")]
     print(
         "| server | app | offered/s | answered/s | server CPU ms/request | generator CPU ms/request"
-        " | p50 ms | p99 ms | max ms | 200s |"
+        " | p50 ms | p99 ms | max ms | generator behind, at most ms |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for _ in range(args.rounds):

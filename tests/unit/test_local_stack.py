@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -304,19 +306,65 @@ def test_kafka_properties_use_the_stacks_ports_and_folders(
 def test_the_broker_jvm_defaults_log_its_collections_and_yield_to_kafkas_variables(
     monkeypatch: pytest.MonkeyPatch, cfg: Config
 ) -> None:
-    monkeypatch.delenv("KAFKA_HEAP_OPTS", raising=False)
-    monkeypatch.delenv("KAFKA_JVM_PERFORMANCE_OPTS", raising=False)
-    gc_log = f"-Xlog:gc:file={cfg.logs / 'kafka-gc.log'}:time,uptime:filecount=3,filesize=10M"
-    assert kafka.broker_jvm_options(cfg) == ["-Xmx512m", gc_log]
+    gc_log = f'-Xlog:gc:file="{cfg.logs / "kafka-gc.log"}":time,uptime:filecount=3,filesize=10M'
+    for unset in (None, ""):  # empty is unset, as in Kafka's scripts
+        for name in ("KAFKA_HEAP_OPTS", "KAFKA_JVM_PERFORMANCE_OPTS"):
+            if unset is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, unset)
+        assert kafka.broker_jvm_options(cfg) == ["-Xmx512m", gc_log]
     monkeypatch.setenv("KAFKA_HEAP_OPTS", "-Xmx1g -Xms1g")
     monkeypatch.setenv("KAFKA_JVM_PERFORMANCE_OPTS", "-XX:+UseG1GC -XX:MaxGCPauseMillis=20")
-    cmd = kafka.java_cmd(
-        "java", cfg, "kafka.Kafka", "x.properties", jvm=kafka.broker_jvm_options(cfg)
-    )
-    assert cmd[:6] == [
-        "java", "-Xmx1g", "-Xms1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", gc_log
+    assert kafka.broker_jvm_options(cfg) == [
+        "-Xmx1g", "-Xms1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", gc_log
     ]  # fmt: skip
-    assert cmd[-2:] == ["kafka.Kafka", "x.properties"]
+
+
+def test_broker_jvm_options_that_do_not_split_are_refused(
+    monkeypatch: pytest.MonkeyPatch, cfg: Config
+) -> None:
+    monkeypatch.setenv("KAFKA_JVM_PERFORMANCE_OPTS", '-XX:OnError="echo')
+    with pytest.raises(StackError, match=r"KAFKA_JVM_PERFORMANCE_OPTS.*quoting"):
+        kafka.broker_jvm_options(cfg)
+
+
+def test_the_broker_is_launched_with_its_jvm_options(
+    monkeypatch: pytest.MonkeyPatch, cfg: Config
+) -> None:
+    monkeypatch.setenv("KAFKA_HEAP_OPTS", "-Xmx300m")
+    (cfg.kafka_data).mkdir(parents=True)
+    (cfg.kafka_data / "meta.properties").write_text("formatted\n")
+    cfg.logs.mkdir(parents=True, exist_ok=True)
+    launched: list[list[str]] = []
+
+    class FakeBroker:
+        pid = 999_999
+
+        def __init__(self, args: list[str], **_: object) -> None:
+            launched.append(args)
+
+    monkeypatch.setattr(kafka.subprocess, "Popen", FakeBroker)
+    monkeypatch.setattr(kafka, "record_child", lambda *_: None)
+    kafka.launch_kafka(cfg, "java")
+    assert launched[0][0] == "java"
+    assert launched[0][1 : 1 + len(kafka.broker_jvm_options(cfg))] == kafka.broker_jvm_options(cfg)
+    assert "-Xmx300m" in launched[0]
+    assert launched[0][-2:] == ["kafka.Kafka", str(cfg.kafka_properties)]
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="no JVM on this machine")
+def test_the_jvm_takes_the_broker_options_even_with_a_colon_in_the_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("IO_RUN_DIR", str(tmp_path / "run:1"))
+    cfg = Config.from_env()
+    cfg.logs.mkdir(parents=True)
+    java = subprocess.run(
+        ["java", *kafka.broker_jvm_options(cfg), "-version"], capture_output=True, timeout=60
+    )
+    assert java.returncode == 0, java.stderr.decode()
+    assert (cfg.logs / "kafka-gc.log").exists()
 
 
 def test_postgres_listens_on_loopback_and_trusts_no_one(cfg: Config) -> None:

@@ -23,10 +23,10 @@ KAFKA_LOG4J = ROOT / "deploy" / "kafka" / "log4j2.xml"
 KAFKA_READY_LINE = "Kafka Server started"
 KAFKA_READY_TIMEOUT = 120.0
 # The broker's heap and JVM options, overridden by the variables Kafka's own start scripts
-# read. Kept at the JVM's defaults for G1 (200 ms pause goal), not at the flags of Kafka's
-# scripts (a fixed heap, a 20 ms goal), which the image of docker-compose.yml runs: measured
-# under load, Kafka's flags gave more, shorter pauses and no better latency
-# (docs/benchmarks.md, "The broker's garbage collector").
+# read, when the broker is started or restarted. Kept at the JVM's defaults for G1 (a 200 ms
+# pause goal), not at the flags of Kafka's scripts (a fixed heap, a 20 ms goal), which the
+# image of docker-compose.yml runs: measured under load, Kafka's flags gave more and shorter
+# pauses and no better latency (docs/benchmarks.md, "The broker's garbage collector").
 KAFKA_HEAP_OPTS = "-Xmx512m"
 KAFKA_JVM_PERFORMANCE_OPTS = ""
 
@@ -134,14 +134,21 @@ def kafka_cluster_id(cfg: Config) -> str:
 
 
 def broker_jvm_options(cfg: Config) -> list[str]:
-    """The broker's heap and collector (KAFKA_HEAP_OPTS, KAFKA_JVM_PERFORMANCE_OPTS, as
-    Kafka's scripts read them), and its collections logged to logs/kafka-gc.log (as
-    kafka-server-start.sh logs them)."""
-    return [
-        *shlex.split(os.environ.get("KAFKA_HEAP_OPTS", KAFKA_HEAP_OPTS)),
-        *shlex.split(os.environ.get("KAFKA_JVM_PERFORMANCE_OPTS", KAFKA_JVM_PERFORMANCE_OPTS)),
-        f"-Xlog:gc:file={cfg.logs / 'kafka-gc.log'}:time,uptime:filecount=3,filesize=10M",
-    ]
+    """The broker's heap and collector (KAFKA_HEAP_OPTS, KAFKA_JVM_PERFORMANCE_OPTS: unset or
+    empty means the default, as in Kafka's scripts), and its collections logged to
+    logs/kafka-gc.log (its path quoted: the JVM splits -Xlog at colons)."""
+    options = []
+    for name, default in (
+        ("KAFKA_HEAP_OPTS", KAFKA_HEAP_OPTS),
+        ("KAFKA_JVM_PERFORMANCE_OPTS", KAFKA_JVM_PERFORMANCE_OPTS),
+    ):
+        value = os.environ.get(name) or default
+        try:
+            options += shlex.split(value)
+        except ValueError as exc:
+            fail(f"{name}={value!r} cannot be split into JVM options ({exc}): fix its quoting.")
+    gc_log = cfg.logs / "kafka-gc.log"
+    return [*options, f'-Xlog:gc:file="{gc_log}":time,uptime:filecount=3,filesize=10M']
 
 
 def java_cmd(java: str, cfg: Config, *args: str, jvm: list[str]) -> list[str]:
