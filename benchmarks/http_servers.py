@@ -65,7 +65,7 @@ APPS = ("raw", "route")
 PATH = "/v2/orders/instant"
 CONNECTIONS = 64
 BODY = json.dumps({"sku": "BENCH-SKU-0001", "clientOrderNumber": "c-1"})
-# The size and shape of a created instant order's answer (services/api: created_order_out).
+# About the size of a created instant order's answer (services/api: created_order_out).
 ANSWER: dict[str, Any] = {
     "requestId": "6b9d2c2e-6a3f-4b0e-9b7e-1f2d3c4b5a69",
     "data": {
