@@ -41,15 +41,12 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from instant_orders import (  # noqa: E402
-    CLOCK_TICKS,
     START_LEAD_S,
     Result,
     Schedule,
-    _children,
-    _stat,
-    _tree,
     go_answers,
     loadgen_binary,
+    tree_cpu_seconds,
 )
 
 GRANIAN = "granian==2.8.9"
@@ -199,16 +196,6 @@ async def wait_listening(
 # --- a measured run ---------------------------------------------------------------------------
 
 
-def tree_cpu_s(root: int) -> float:
-    """CPU time so far of `root` and its descendants (each process's own counts every thread
-    it ran, those that have ended too)."""
-    total = 0
-    for pid in _tree(root, _children()):
-        if (fields := _stat(pid)) is not None:
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLOCK_TICKS
-
-
 def children_cpu_s() -> float:
     """CPU time of this process's reaped children: the generators that have exited."""
     times = os.times()
@@ -216,20 +203,20 @@ def children_cpu_s() -> float:
 
 
 async def measured(
-    schedule: Schedule, binary: Path, server_pid: int
+    schedule: Schedule, binary: Path, server: asyncio.subprocess.Process
 ) -> tuple[Result, float, float, float]:
     """One run of `schedule`: its result, the server's and the generator's CPU ms per request,
     and how far the generator fell behind its schedule at worst (ms). A run
     in which the server died or any answer was not a COMPLETED order ends the benchmark: its
     numbers would be those of refused connections."""
-    server_before, generator_before = tree_cpu_s(server_pid), children_cpu_s()
+    server_before, generator_before = tree_cpu_seconds(server.pid), children_cpu_s()
     answers = await go_answers(schedule, binary, lambda _: None)
     server_s, generator_s = (
-        tree_cpu_s(server_pid) - server_before,
+        tree_cpu_seconds(server.pid) - server_before,
         children_cpu_s() - generator_before,
     )
-    if returncode(server_pid) is not None:
-        raise SystemExit(f"the server (pid {server_pid}) died during the run")
+    if server.returncode is not None:
+        raise SystemExit(f"the server exited ({server.returncode}) during the run")
     result = Result(schedule.rate, schedule.total / schedule.rate)
     result.elapsed = max(a.answered for a in answers) - min(a.scheduled for a in answers)
     for a in answers:
@@ -240,12 +227,6 @@ async def measured(
     behind_ms = max(a.woke - a.scheduled for a in answers) * 1000
     n = len(answers)
     return result, server_s / n * 1000, generator_s / n * 1000, behind_ms
-
-
-def returncode(pid: int) -> int | None:
-    """None while `pid` runs (a zombie, exited but not reaped, has ended too)."""
-    fields = _stat(pid)
-    return None if fields is not None and fields[0] not in ("Z", "X") else 1
 
 
 def schedule_for(port: int, rate: int, count: int) -> Schedule:
@@ -269,10 +250,10 @@ async def one_server(server: str, app_name: str, rates: list[int], seconds: floa
     try:
         await wait_listening(port, proc)
         binary = loadgen_binary()
-        await measured(schedule_for(port, 200, 400), binary, proc.pid)  # the server's code warm
+        await measured(schedule_for(port, 200, 400), binary, proc)  # the server's code warm
         for rate in rates:
             result, server_ms, generator_ms, behind_ms = await measured(
-                schedule_for(port, rate, int(rate * seconds)), binary, proc.pid
+                schedule_for(port, rate, int(rate * seconds)), binary, proc
             )
             print(
                 f"| {server} | {app_name} | {rate} | {result.answered_per_s:.0f} | "

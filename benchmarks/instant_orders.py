@@ -149,17 +149,31 @@ def _per_process(value_of: Callable[[list[str], bool], int]) -> dict[str, int]:
     return totals
 
 
+def _cpu_ticks(fields: list[str], is_root: bool) -> int:
+    """A process's CPU time (every thread it ran), and for the root its reaped children's."""
+    used = int(fields[11]) + int(fields[12])  # utime, stime
+    if is_root:
+        used += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return used
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time so far of `root` and all its descendants."""
+    tree = _children()
+    return (
+        sum(
+            _cpu_ticks(fields, pid == root)
+            for pid in _tree(root, tree)
+            if (fields := _stat(pid)) is not None
+        )
+        / CLOCK_TICKS
+    )
+
+
 def cpu_seconds(generator_pids: Sequence[int] = ()) -> dict[str, float]:
     """CPU time so far of each stack process with its descendants, and of the generator: this
     process and the Go load generator it runs (`generator_pids`)."""
-
-    def ticks(fields: list[str], is_root: bool) -> int:
-        used = int(fields[11]) + int(fields[12])  # utime, stime
-        if is_root:  # and its reaped children's
-            used += int(fields[13]) + int(fields[14])
-        return used
-
-    seconds = {name: t / CLOCK_TICKS for name, t in _per_process(ticks).items()}
+    seconds = {name: t / CLOCK_TICKS for name, t in _per_process(_cpu_ticks).items()}
     me = os.times()
     seconds["generator"] = me.user + me.system
     for pid in generator_pids:
